@@ -1,0 +1,68 @@
+"""The ``vitamin`` command line: one sub-command per job, each in its own module.
+
+A sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.  Modules
+are imported only when their command runs, so ``vitamin --help`` stays fast.  Expected
+failures (bad input, a config that does not fit, a damaged file) are raised as
+:class:`UserError` or one of :data:`USER_ERRORS` and printed as one line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+#: command name -> (module, one-line help)
+COMMANDS = {
+    "quantize": ("cli.quantize", "quantize a timm ViT/DeiT into an integer graph (.npz)"),
+    "run": ("cli.run", "integer inference of an integer graph; prints the top-5 classes"),
+    "accuracy": ("cli.accuracy", "train a ViT on digits and print the quantization accuracy table"),
+    "verilog": ("cli.verilog", "write the Verilog of one hardware unit"),
+    "compile": ("cli.compile", "compile an integer graph into an accelerator program"),
+    "disasm": ("cli.disasm", "disassemble a program binary"),
+    "simulate": ("cli.simulate", "cycle-level simulation: latency, MAC utilization, stalls"),
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hw.config import ConfigError
+    from sw.graph import GraphFormatError
+    from sw.intops import IntegerOverflowError
+    return (UserError, ConfigError, GraphFormatError, IntegerOverflowError, FileNotFoundError)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="vitamin", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = {}
+    for name, (_, help_) in COMMANDS.items():
+        subparsers[name] = sub.add_parser(name, help=help_, description=help_)
+    return parser, subparsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, subparsers = build_parser()
+    # Import only the chosen command's module, then let it declare its arguments.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    if chosen in COMMANDS:
+        module = importlib.import_module(COMMANDS[chosen][0])
+        module.add_arguments(subparsers[chosen])
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except _user_errors() as exc:
+        print(f"vitamin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitamin {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The integer reference executor: runs an :class:`~sw.graph.IntGraph` with integers only.
+
+Every op is one call into :mod:`sw.intops`, so the arithmetic is defined in exactly one
+place.  Arrays carry the batch on axis 0.  Every intermediate is range-checked by the op
+functions (:class:`~sw.intops.IntegerOverflowError` instead of silent wrapping), and every
+op output is checked against its tensor's declared width.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import intops
+from .graph import IntGraph, Op
+
+
+def _qkv_split(qkv: np.ndarray, heads: int, head_dim: int):
+    """``[B, T, 3D]`` -> three ``[B, H, T, dh]`` arrays (timm's q | k | v column order)."""
+    b, t, _ = qkv.shape
+    x = qkv.reshape(b, t, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
+    return x[0], x[1], x[2]
+
+
+def run_patchify(op: Op, x):
+    return intops.patchify(x, op.attrs["patch"])
+
+
+def run_linear(op: Op, x):
+    p, a = op.params, op.attrs
+    acc = intops.linear(x, p["weight"], p["bias"])
+    lo, hi = (intops.INT8_MIN, intops.INT8_MAX) if a["out_bits"] == 8 else (intops.INT16_MIN, intops.INT16_MAX)
+    return intops.requantize(acc, p["mult"], p["shift"], a["zp_out"], lo, hi)
+
+
+def run_concat_tokens(op: Op, x):
+    tokens = np.broadcast_to(op.params["tokens"].astype(np.int64), (x.shape[0],) + op.params["tokens"].shape)
+    return np.concatenate([tokens, x], axis=1)
+
+
+def run_add(op: Op, a, b=None):
+    p, at = op.params, op.attrs
+    if b is None:
+        b = p["const"][None]
+    return intops.residual_add(a, b, at["zp_a"], at["zp_b"], p["mult_a"], p["mult_b"], p["shift"], at["zp_out"])
+
+
+def run_layernorm(op: Op, x):
+    p, a = op.params, op.attrs
+    return intops.ptf_layernorm(x, a["zp_in"], p["alpha"], a["mean_mult"], p["mult"], p["shift"], p["offset"])
+
+
+def run_qk_scores(op: Op, qkv):
+    a = op.attrs
+    q, k, _ = _qkv_split(qkv, a["heads"], a["head_dim"])
+    acc = intops.int_matmul(q, np.swapaxes(k, -1, -2), "q @ k^T")
+    return intops.requantize(acc, op.params["mult"], op.params["shift"], 0, intops.INT16_MIN, intops.INT16_MAX)
+
+
+def run_softmax(op: Op, x):
+    a = op.attrs
+    fn = intops.lis_softmax if a["mode"] == "lis" else intops.uniform_softmax
+    return fn(x, a["frac_bits"], a["b_int"], a["c_int"])
+
+
+def run_attn_value(op: Op, codes, qkv):
+    a = op.attrs
+    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
+    fn = intops.attn_value_lis if a["mode"] == "lis" else intops.attn_value_uniform
+    acc = fn(codes, v)                                    # [B, H, T, dh]
+    b, h, t, dh = acc.shape
+    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"])
+
+
+def run_gelu(op: Op, x):
+    return intops.gelu_lut(x, op.params["table"])
+
+
+def run_select_tokens(op: Op, x):
+    idx = list(op.attrs["indices"])
+    return x[:, idx, :].reshape(x.shape[0], -1)
+
+
+def run_token_mean(op: Op, x):
+    p, a = op.params, op.attrs
+    return intops.token_mean(x, a["zp_in"], p["mult"], p["shift"], a["zp_out"], a["start"])
+
+
+#: The function that runs each op kind.
+OP_RUNNERS: dict[str, Callable] = {
+    "patchify": run_patchify, "linear": run_linear, "concat_tokens": run_concat_tokens,
+    "add": run_add, "layernorm": run_layernorm, "qk_scores": run_qk_scores,
+    "softmax": run_softmax, "attn_value": run_attn_value, "gelu": run_gelu,
+    "select_tokens": run_select_tokens, "token_mean": run_token_mean,
+}
+
+
+def run_op(graph: IntGraph, op: Op, *inputs: np.ndarray) -> np.ndarray:
+    """Run one op on batched integer inputs and check its output against its tensor's width."""
+    out = OP_RUNNERS[op.kind](op, *inputs)
+    t = graph.tensors[op.outputs[0]]
+    lo, hi = t.range
+    intops.check_range(out, lo, hi, f"{op.name} output")
+    return out
+
+
+def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False):
+    """Run ``graph`` on integer inputs (batch on axis 0).
+
+    ``inputs`` is the array of the single graph input or a dict by input name.  Returns the
+    graph outputs as a dict of int64 arrays, or every tensor when ``keep`` is true.
+    """
+    if not isinstance(inputs, dict):
+        if len(graph.inputs) != 1:
+            raise ValueError(f"graph has inputs {graph.inputs}: pass a dict")
+        inputs = {graph.inputs[0]: inputs}
+    env: dict[str, np.ndarray] = {}
+    for name in graph.inputs:
+        if name not in inputs:
+            raise ValueError(f"missing graph input {name!r}")
+        x = np.asarray(inputs[name])
+        t = graph.tensors[name]
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"input {name!r} must be an integer array, got {x.dtype}")
+        if tuple(x.shape[1:]) != tuple(t.shape):
+            raise ValueError(f"input {name!r} has shape {tuple(x.shape[1:])} per sample; "
+                             f"the model expects {tuple(t.shape)}")
+        lo, hi = t.range
+        intops.check_range(x, lo, hi, f"input {name!r}")
+        env[name] = x.astype(np.int64)
+    last_use = {}
+    for i, op in enumerate(graph.ops):
+        for t in op.inputs:
+            last_use[t] = i
+    for i, op in enumerate(graph.ops):
+        env[op.outputs[0]] = run_op(graph, op, *(env[t] for t in op.inputs))
+        if not keep:
+            for t in op.inputs:
+                if last_use[t] == i and t not in graph.outputs:
+                    del env[t]
+    return env if keep else {name: env[name] for name in graph.outputs}

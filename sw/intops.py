@@ -1,0 +1,452 @@
+"""The integer arithmetic of every op: the golden model of the whole project.
+
+Each function here is the single definition of one op's arithmetic.  The integer
+reference executor (:mod:`sw.executor`) calls them, the cycle-level model calls them, and
+the hardware tests compare the RTL against them.  They take and return numpy integer
+arrays (``int64`` internally) and never use floating point, with one documented
+exception: matrix products of small integers are carried through a float64 BLAS product,
+which is exact while every partial sum stays below 2**53 (checked, see :func:`int_matmul`).
+
+Every intermediate has a stated width that hardware implements; a value outside it raises
+:class:`IntegerOverflowError` instead of wrapping.
+
+Widths (C = channels, up to 4096; N = softmax row length, up to 4096)
+
+=====================  ============================================  ==================
+op                     intermediate                                  width
+=====================  ============================================  ==================
+linear / matmul        int8 x int8 products, int32 accumulator        32 (checked)
+requantize             acc (int32) x mult (int16) -> 47-bit product   48
+residual add           (q - zp) (9 b) x mult (int16), sum of two      26
+PTF LayerNorm          shifted input xs = (x - zp) << alpha           12 signed
+                       row sum S                                      24 signed
+                       centred d = xs - mu                            13 signed
+                       sum of squares Q (and Q << 8 for the sqrt)     44 unsigned
+                       1/sqrt factor F = 2**35 // isqrt(Q << 8)       32 unsigned
+                       normalised n = (d * F) >> 8                    25 signed
+LIS softmax            input (requantized scores)                     16 signed
+                       x - rowmax                                     17 signed
+                       exp polynomial                                 16 unsigned
+                       exp (poly << (n - q)), n = 15                  31 unsigned
+                       row sum of exp                                 43 unsigned
+attention x V (LIS)    V << (15 - code), accumulated                  32 (checked)
+GELU                   256-entry table lookup                         8
+=====================  ============================================  ==================
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "IntegerOverflowError", "INT8_MIN", "INT8_MAX", "INT16_MIN", "INT16_MAX",
+    "REQUANT_MULT_BITS", "REQUANT_MAX_SHIFT", "LN_MEAN_SHIFT", "LN_SQRT_FRAC",
+    "LN_NORM_SHIFT", "LN_NORM_BITS", "LIS_EXP_N", "LIS_CODE_BITS", "LIS_ZERO_CODE",
+    "LIS_SHIFT_BASE", "LIS_SQRT2_Q16", "UNIFORM_RECIP_BITS", "check_range", "dyadic",
+    "requantize", "int_matmul", "linear", "residual_add", "isqrt", "bit_length",
+    "ln_mean_mult", "ptf_layernorm", "ln_row_stats", "ln_normalize", "lis_exp_constants",
+    "int_exp", "lis_codes", "softmax_exp_rows", "lis_softmax", "uniform_softmax",
+    "attn_value_lis", "attn_value_uniform", "gelu_lut", "patchify", "token_mean",
+]
+
+INT8_MIN, INT8_MAX = -128, 127
+INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+#: Requantizer multipliers are signed 16-bit: ``|mult| < 2**15``.
+REQUANT_MULT_BITS = 16
+#: Largest right shift a requantizer applies (6-bit shift field).
+REQUANT_MAX_SHIFT = 63
+
+#: LayerNorm mean: ``mu = round(S * mean_mult / 2**LN_MEAN_SHIFT)``, ``mean_mult = round(2**24 / C)``.
+LN_MEAN_SHIFT = 24
+#: Fraction bits of the integer square root: ``k = isqrt(Q << 2*LN_SQRT_FRAC)``.
+LN_SQRT_FRAC = 4
+#: Right shift after ``d * F``; the normalised value ``n`` has ``31 - LN_NORM_SHIFT`` fraction bits.
+LN_NORM_SHIFT = 8
+#: ``n / 2**LN_NORM_BITS`` approximates ``d / sqrt(Q)`` (so ``d / sigma = sqrt(C) * n / 2**LN_NORM_BITS``).
+LN_NORM_BITS = 31 - LN_NORM_SHIFT
+
+#: Integer exponential output is ``poly * 2**(LIS_EXP_N - q)``; inputs below ``-LIS_EXP_N * ln 2`` clip.
+LIS_EXP_N = 15
+#: LIS attention codes are 4-bit; the largest code means "zero attention".
+LIS_CODE_BITS = 4
+LIS_ZERO_CODE = (1 << LIS_CODE_BITS) - 1
+#: Attention x V shifts ``V << (LIS_SHIFT_BASE - code)``; the result carries scale ``2**-LIS_SHIFT_BASE``.
+LIS_SHIFT_BASE = LIS_ZERO_CODE
+#: ``round(sqrt(2) * 2**16)``: the rounding threshold between two log2 codes.
+LIS_SQRT2_Q16 = 92682
+#: 8-bit uniform softmax: one reciprocal per row, ``inv = 2**UNIFORM_RECIP_BITS // sum``.
+UNIFORM_RECIP_BITS = 48
+
+#: Polynomial ``exp(t) ~ A t**2 + B t + 1`` on ``[-ln 2, 0]`` (FQ-ViT / I-BERT constants).
+_EXP_A = 0.35815147
+_EXP_B = 0.96963238
+
+
+class IntegerOverflowError(ArithmeticError):
+    """An intermediate left the width that hardware implements for it."""
+
+
+def check_range(x, lo: int, hi: int, what: str) -> np.ndarray:
+    """Return ``x`` unchanged after checking that every element lies in ``[lo, hi]``."""
+    x = np.asarray(x)
+    if x.size:
+        xmin, xmax = int(x.min()), int(x.max())
+        if xmin < lo or xmax > hi:
+            raise IntegerOverflowError(
+                f"{what}: value range [{xmin}, {xmax}] exceeds [{lo}, {hi}]")
+    return x
+
+
+def _signed_bits(x, bits: int, what: str) -> np.ndarray:
+    return check_range(x, -(1 << (bits - 1)), (1 << (bits - 1)) - 1, what)
+
+
+def _as_int(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iub":
+        raise TypeError(f"integer array expected, got dtype {x.dtype}")
+    return x.astype(np.int64, copy=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Requantization (build time: float ratio -> dyadic; run time: integers only)
+# ----------------------------------------------------------------------------------------
+
+def dyadic(ratio, mult_bits: int = REQUANT_MULT_BITS):
+    """Approximate real ``ratio`` (scalar or array, any sign) by ``mult / 2**shift``.
+
+    Build-time helper (float in, integers out).  ``|mult| < 2**(mult_bits-1)`` and
+    ``0 <= shift <= REQUANT_MAX_SHIFT``; the magnitude keeps ``mult_bits - 1`` significant
+    bits whenever the shift range allows.  Raises ``ValueError`` for a ratio too large to
+    express (``>= 2**(mult_bits-1)``) or not finite.
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ValueError("requantization ratio is not finite")
+    frac_bits = mult_bits - 1
+    mant, exp = np.frexp(np.abs(r))            # |r| = mant * 2**exp, mant in [0.5, 1)
+    shift = frac_bits - exp
+    mult = np.atleast_1d(np.rint(mant * (1 << frac_bits)).astype(np.int64))
+    shift = np.atleast_1d(shift)
+    carry = mult == (1 << frac_bits)
+    mult = np.where(carry, mult >> 1, mult)
+    shift = np.where(carry, shift - 1, shift)
+    if np.any((shift < 0) & (mult != 0)):
+        raise ValueError(f"requantization ratio {float(np.max(np.abs(r)))} too large "
+                         f"for a {mult_bits}-bit multiplier")
+    too_small = shift > REQUANT_MAX_SHIFT
+    if np.any(too_small):
+        mult[too_small] = np.rint(np.abs(r[too_small]) * 2.0 ** REQUANT_MAX_SHIFT)
+        shift = np.where(too_small, REQUANT_MAX_SHIFT, shift)
+    zero = mult == 0
+    shift = np.where(zero, 0, shift)
+    mult = np.where(np.atleast_1d(r) < 0, -mult, mult)
+    return mult.reshape(r.shape).astype(np.int64), shift.reshape(r.shape).astype(np.int64)
+
+
+def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MAX):
+    """``clamp(((acc * mult + 2**(shift-1)) >> shift) + offset, lo, hi)``.
+
+    ``acc`` is an int32 accumulator; ``mult`` (int16), ``shift`` (0..63) and ``offset``
+    broadcast against it (per tensor or per output channel on the last axis).  The
+    rounding is half-up (add half, arithmetic shift right), as a hardware adder and
+    shifter do it; ``shift = 0`` adds nothing.  Latency in hardware: one multiply, one add,
+    one shift, one clamp.
+    """
+    acc = _signed_bits(_as_int(acc), 32, "requantize input")
+    mult = _signed_bits(_as_int(mult), REQUANT_MULT_BITS, "requantize multiplier")
+    shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "requantize shift")
+    offset = _signed_bits(_as_int(offset), 32, "requantize offset")
+    half = (np.int64(1) << shift) >> 1
+    y = ((acc * mult + half) >> shift) + offset
+    return np.clip(y, lo, hi)
+
+
+# ----------------------------------------------------------------------------------------
+# Matrix products
+# ----------------------------------------------------------------------------------------
+
+def int_matmul(a, b, what: str = "matmul") -> np.ndarray:
+    """Exact integer ``a @ b`` (int64 result), through a float64 BLAS product.
+
+    float64 holds every integer below 2**53 exactly, so the product is exact when
+    ``K * max|a| * max|b| < 2**53``; this is checked before multiplying (it holds with a
+    wide margin for int8 x int8 and for the LIS attention weights x int8 values).
+    """
+    a = _as_int(a)
+    b = _as_int(b)
+    k = a.shape[-1]
+    amax = int(np.abs(a).max()) if a.size else 0
+    bmax = int(np.abs(b).max()) if b.size else 0
+    if k * amax * bmax >= (1 << 53):
+        raise IntegerOverflowError(f"{what}: operands too large for an exact float64 product")
+    return np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
+
+
+def linear(x, weight, bias=None):
+    """int32 accumulator of ``x @ weight.T + bias``.
+
+    ``x`` int8 ``[..., K]``, ``weight`` int8 ``[N, K]``, ``bias`` int32 ``[N]`` (the input
+    zero point is already folded into it: ``bias = round(b / (s_x s_w)) - zp_x * sum_k W``).
+    """
+    x = _signed_bits(_as_int(x), 8, "linear input")
+    w = _signed_bits(_as_int(weight), 8, "linear weight")
+    acc = int_matmul(x, w.T, "linear")
+    if bias is not None:
+        acc = acc + _signed_bits(_as_int(bias), 32, "linear bias")
+    return _signed_bits(acc, 32, "linear accumulator")
+
+
+# ----------------------------------------------------------------------------------------
+# Residual add
+# ----------------------------------------------------------------------------------------
+
+def residual_add(a, b, zp_a, zp_b, mult_a, mult_b, shift, zp_out,
+                 lo: int = INT8_MIN, hi: int = INT8_MAX):
+    """Add two int8 tensors of different scales into one int8 tensor.
+
+    ``t = (a - zp_a) * mult_a + (b - zp_b) * mult_b`` (26 bits), then
+    ``clamp(((t + 2**(shift-1)) >> shift) + zp_out)``.  ``mult_a = round(s_a / s_out * 2**shift)``
+    and likewise for b; multipliers and shift may be per channel (last axis), which is how
+    a PTF-quantized residual stream (one scale per channel) is added.
+    """
+    a = _signed_bits(_as_int(a), 8, "residual input a")
+    b = _signed_bits(_as_int(b), 8, "residual input b")
+    ma = _signed_bits(_as_int(mult_a), REQUANT_MULT_BITS, "residual multiplier a")
+    mb = _signed_bits(_as_int(mult_b), REQUANT_MULT_BITS, "residual multiplier b")
+    shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "residual shift")
+    t = (a - zp_a) * ma + (b - zp_b) * mb
+    half = (np.int64(1) << shift) >> 1
+    return np.clip(((t + half) >> shift) + zp_out, lo, hi)
+
+
+# ----------------------------------------------------------------------------------------
+# PTF LayerNorm
+# ----------------------------------------------------------------------------------------
+
+def bit_length(v) -> np.ndarray:
+    """Elementwise ``int.bit_length`` of non-negative int64 values (a leading-one detector)."""
+    v = _as_int(v)
+    if v.size and int(v.min()) < 0:
+        raise ValueError("bit_length of a negative value")
+    n = np.zeros(v.shape, dtype=np.int64)
+    for step in (32, 16, 8, 4, 2, 1):
+        big = (v >> step) > 0
+        n = n + np.where(big, step, 0)
+        v = np.where(big, v >> step, v)
+    return n + (v > 0)
+
+
+def isqrt(v) -> np.ndarray:
+    """Elementwise ``floor(sqrt(v))`` of non-negative int64 values, integers only.
+
+    Digit-by-digit (restoring) square root, two bits of ``v`` per step: what a
+    bit-serial hardware square root computes.
+    """
+    v = _as_int(v).copy()
+    if v.size and int(v.min()) < 0:
+        raise ValueError("isqrt of a negative value")
+    root = np.zeros(v.shape, dtype=np.int64)
+    bit = np.int64(1) << 62
+    while bit:
+        trial = root + bit
+        ge = v >= trial
+        v = np.where(ge, v - trial, v)
+        root = np.where(ge, (root >> 1) + bit, root >> 1)
+        bit >>= 2
+    return root
+
+
+def ln_mean_mult(channels: int) -> int:
+    """``round(2**LN_MEAN_SHIFT / C)``: the constant that turns a row sum into its mean."""
+    if channels < 1:
+        raise ValueError("LayerNorm needs at least one channel")
+    return (2 * (1 << LN_MEAN_SHIFT) + channels) // (2 * channels)
+
+
+def ln_row_stats(xs, mean_mult: int):
+    """Per-row statistics of the PTF-shifted input ``xs`` (``[..., C]``, 12-bit signed).
+
+    Returns ``(mu, factor)``: the integer mean
+    ``mu = (S * mean_mult + 2**23) >> 24`` and the integer reciprocal square root
+    ``factor = 2**(31 + LN_SQRT_FRAC) // isqrt(Q << 2*LN_SQRT_FRAC)`` (0 for a row whose
+    centred values are all zero), with ``S = sum xs`` and ``Q = sum (xs - mu)**2``.
+    Hardware computes ``Q`` in the same pass as ``S`` as ``sum xs**2 - 2 mu S + C mu**2``,
+    the same integer.  One divide per row.
+    """
+    xs = _signed_bits(xs, 12, "layernorm shifted input")
+    s = _signed_bits(xs.sum(axis=-1, keepdims=True), 24, "layernorm row sum")
+    mu = (s * mean_mult + (1 << (LN_MEAN_SHIFT - 1))) >> LN_MEAN_SHIFT
+    d = _signed_bits(xs - mu, 13, "layernorm centred value")
+    q = check_range((d * d).sum(axis=-1, keepdims=True), 0, (1 << (44 - 2 * LN_SQRT_FRAC)) - 1,
+                    "layernorm sum of squares")
+    k = isqrt(q << (2 * LN_SQRT_FRAC))
+    factor = np.where(k > 0, (np.int64(1) << (31 + LN_SQRT_FRAC)) // np.maximum(k, 1), 0)
+    return mu, factor
+
+
+def ln_normalize(xs, mu, factor) -> np.ndarray:
+    """``n = ((xs - mu) * factor) >> LN_NORM_SHIFT``: ``n / 2**23`` approximates ``d / sqrt(Q)``."""
+    d = _signed_bits(xs - mu, 13, "layernorm centred value")
+    return _signed_bits((d * factor) >> LN_NORM_SHIFT, 32 - LN_NORM_SHIFT + 1, "layernorm normalised")
+
+
+def ptf_layernorm(x, zp_in, alpha, mean_mult, mult, shift, offset):
+    """Integer LayerNorm of an int8 input quantized with Power-of-Two Factors.
+
+    ``x`` int8 ``[..., C]`` with zero point ``zp_in`` and per-channel factors ``alpha``
+    (0..3): channel c has scale ``s1 * 2**alpha[c]``.  Steps:
+
+    1. ``xs = (x - zp_in) << alpha`` puts every channel on the common scale ``s1``;
+    2. ``mu, factor = ln_row_stats(xs)``: integer mean and ``2**31 / sqrt(Q)``;
+    3. ``n = ln_normalize(xs, mu, factor)``;
+    4. ``requantize(n, mult, shift, offset)`` applies the affine ``gamma``, ``beta`` and the
+       output scale per channel: ``mult / 2**shift = gamma_c sqrt(C) / (s_out 2**23)`` and
+       ``offset = round(beta_c / s_out) + zp_out``.
+
+    Zero-variance rows give ``n = 0`` and so ``offset`` (the quantized ``beta``).
+    """
+    x = _signed_bits(_as_int(x), 8, "layernorm input")
+    alpha = check_range(_as_int(alpha), 0, 3, "PTF factor")
+    xs = (x - zp_in) << alpha
+    mu, factor = ln_row_stats(xs, mean_mult)
+    n = ln_normalize(xs, mu, factor)
+    return requantize(n, mult, shift, offset)
+
+
+# ----------------------------------------------------------------------------------------
+# Softmax: Log-Int-Softmax (4-bit log2 codes) and an 8-bit uniform variant
+# ----------------------------------------------------------------------------------------
+
+def lis_exp_constants(frac_bits: int):
+    """Integer constants of the exponential for input scale ``ln(2) / 2**frac_bits``.
+
+    Build-time helper.  Returns ``(b_int, c_int)`` with ``b_int = floor(B / A / s)`` and
+    ``c_int = floor(1 / A / s**2)``, so that ``(r + b_int) * r + c_int`` is
+    ``exp(r s) / (A s**2)`` on ``r s`` in ``(-ln 2, 0]``.  ``frac_bits`` from 2 to 6 keeps the
+    polynomial within 16 bits.
+    """
+    if not 2 <= frac_bits <= 6:
+        raise ValueError("softmax input fraction bits must be in 2..6")
+    s = math.log(2.0) / (1 << frac_bits)
+    return int(math.floor(_EXP_B / _EXP_A / s)), int(math.floor(1.0 / _EXP_A / (s * s)))
+
+
+def int_exp(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
+    """Integer exponential of ``x <= 0`` at scale ``ln(2) / 2**frac_bits``.
+
+    With ``x0 = -2**frac_bits`` (the integer of ``-ln 2``), ``q = (-x) >> frac_bits`` and
+    ``r = x + q * 2**frac_bits`` in ``(x0, 0]``, ``e**(x s) = 2**-q * e**(r s)`` and the result is
+    ``((r + b_int) * r + c_int) << (LIS_EXP_N - q)`` after clipping ``q <= LIS_EXP_N``.
+    No multiply by a non-constant except ``r * (r + b_int)``; the shift is a barrel shifter.
+    """
+    x = _as_int(x)
+    if x.size and int(x.max()) > 0:
+        raise ValueError("int_exp input must be <= 0")
+    x = np.maximum(x, -(LIS_EXP_N << frac_bits))
+    q = (-x) >> frac_bits
+    r = x + (q << frac_bits)
+    poly = check_range((r + b_int) * r + c_int, 0, (1 << 16) - 1, "exp polynomial")
+    return poly << (LIS_EXP_N - q)
+
+
+def softmax_exp_rows(x, frac_bits: int, b_int: int, c_int: int):
+    """Row max subtraction, integer exponential and row sum: ``(exp, row_sum)``."""
+    x = _signed_bits(_as_int(x), 16, "softmax input")
+    e = int_exp(x - x.max(axis=-1, keepdims=True), frac_bits, b_int, c_int)
+    total = check_range(e.sum(axis=-1, keepdims=True), 1, (1 << 43) - 1, "softmax row sum")
+    return e, total
+
+
+def lis_codes(e, total) -> np.ndarray:
+    """4-bit codes ``round(log2(total / e))``, clipped to 15 (15 means zero attention).
+
+    No divide: with ``es = (e * LIS_SQRT2_Q16) >> 16`` (``e * sqrt 2``) the code is the
+    number of ``k >= 0`` with ``es << k <= total``, i.e. ``log2(total / e)`` rounded at the
+    true midpoints ``2**(k + 1/2)``.  Hardware: two leading-one detectors give
+    ``a - b = bit_length(total) - bit_length(es)``, and one compare of ``es << (a - b)``
+    against ``total`` adds the last 1.
+    """
+    e = _as_int(e)
+    total = _as_int(total)
+    es = (e * LIS_SQRT2_Q16) >> 16
+    a = bit_length(total)
+    b = bit_length(es)
+    diff = a - b
+    shifted = es << np.clip(diff, 0, 62)
+    code = np.where(diff >= 0, diff + (shifted <= total), 0)
+    code = np.where(es == 0, LIS_ZERO_CODE, code)
+    return np.minimum(code, LIS_ZERO_CODE)
+
+
+def lis_softmax(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
+    """Log-Int-Softmax of int16 rows (last axis): uint4 codes, attention ``2**-code``."""
+    e, total = softmax_exp_rows(x, frac_bits, b_int, c_int)
+    return lis_codes(e, total)
+
+
+def uniform_softmax(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
+    """8-bit uniform softmax: ``p = min(round(256 e / sum), 255)``, scale ``2**-8``.
+
+    One reciprocal per row (``inv = 2**48 // sum``) and a multiply per element:
+    ``p = (e * inv + 2**39) >> 40``.
+    """
+    e, total = softmax_exp_rows(x, frac_bits, b_int, c_int)
+    inv = (np.int64(1) << UNIFORM_RECIP_BITS) // total
+    sh = UNIFORM_RECIP_BITS - 8
+    return np.minimum((e * inv + (np.int64(1) << (sh - 1))) >> sh, 255)
+
+
+def attn_value_lis(codes, v) -> np.ndarray:
+    """``sum_j V_j << (15 - code_ij)`` over ``code_ij < 15``: the LIS attention x V.
+
+    ``codes`` ``[..., T, N]`` (0..15), ``v`` int8 ``[..., N, D]``; int32 result with scale
+    ``s_v * 2**-15``.  Shifts and adds only.
+    """
+    codes = check_range(_as_int(codes), 0, LIS_ZERO_CODE, "LIS code")
+    v = _signed_bits(_as_int(v), 8, "attention value")
+    w = np.where(codes < LIS_ZERO_CODE, np.int64(1) << (LIS_SHIFT_BASE - codes), 0)
+    return _signed_bits(int_matmul(w, v, "attention x V"), 32, "attention x V accumulator")
+
+
+def attn_value_uniform(p, v) -> np.ndarray:
+    """``sum_j p_ij V_j`` for uint8 probabilities: int32 result with scale ``s_v * 2**-8``."""
+    p = check_range(_as_int(p), 0, 255, "attention probability")
+    v = _signed_bits(_as_int(v), 8, "attention value")
+    return _signed_bits(int_matmul(p, v, "attention x V"), 32, "attention x V accumulator")
+
+
+# ----------------------------------------------------------------------------------------
+# GELU, patches, pooling
+# ----------------------------------------------------------------------------------------
+
+def gelu_lut(x, table) -> np.ndarray:
+    """``table[x + 128]``: a 256-entry int8 table indexed by the int8 input."""
+    x = _signed_bits(_as_int(x), 8, "GELU input")
+    table = _signed_bits(_as_int(table), 8, "GELU table")
+    if table.shape != (256,):
+        raise ValueError("GELU table must have 256 entries")
+    return table[x + 128]
+
+
+def patchify(img, patch: int) -> np.ndarray:
+    """``[B, C, H, W]`` image -> ``[B, (H/p)(W/p), C p p]`` rows in conv-weight order (c, i, j)."""
+    img = _as_int(img)
+    b, c, h, w = img.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image {h}x{w} is not a multiple of the patch size {patch}")
+    t = img.reshape(b, c, h // patch, patch, w // patch, patch)
+    return t.transpose(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def token_mean(x, zp_in, mult, shift, zp_out, start: int = 0) -> np.ndarray:
+    """Mean over tokens ``x[..., start:, :]`` requantized per channel: ``requantize(sum(x - zp))``.
+
+    ``mult / 2**shift = s_in / (T s_out)`` folds the division by the token count ``T``.
+    """
+    x = _signed_bits(_as_int(x), 8, "token mean input")
+    acc = (x[..., start:, :] - zp_in).sum(axis=-2)
+    return requantize(acc, mult, shift, zp_out)
