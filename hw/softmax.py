@@ -1,0 +1,582 @@
+"""Log-Int-Softmax unit: int16 score rows in, 4-bit log2 codes (or uint8 probabilities) out.
+
+The golden model is :mod:`sw.intops`: :func:`~sw.intops.softmax_exp_rows` (row max,
+:func:`~sw.intops.int_exp`, 43-bit row sum), then :func:`~sw.intops.lis_codes` (mode
+``LIS``, :func:`~sw.intops.lis_softmax`) or the reciprocal-and-multiply of
+:func:`~sw.intops.uniform_softmax` (mode ``UNIFORM``).  Every output integer matches them.
+"""
+from __future__ import annotations
+
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.config import AcceleratorConfig
+from hw.integer_divider import IntegerDivider, integer_divider_timing
+from hw.timing import UnitTiming
+from sw.intops import (INT16_MIN, LIS_CODE_BITS, LIS_EXP_N, LIS_SQRT2_Q16, LIS_ZERO_CODE,
+                       UNIFORM_RECIP_BITS)
+
+__all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "SOFTMAX_MAX_ROW"]
+
+#: Width of one input score (int16).
+SCORE_BITS = 16
+#: Width of one output lane (a 4-bit code zero-extended, or a uint8 probability).
+OUT_BITS = 8
+#: Width of the exponential polynomial ``(r + b_int) * r + c_int``.
+POLY_BITS = 16
+#: Width of ``e = poly << (LIS_EXP_N - q)``.
+EXP_BITS = POLY_BITS + LIS_EXP_N
+#: Width of the row sum of ``e`` (the golden model's 43 bits).
+SUM_BITS = 43
+#: Longest row whose sum is guaranteed to fit ``SUM_BITS``: ``2**(SUM_BITS - EXP_BITS)``.
+SOFTMAX_MAX_ROW = 1 << (SUM_BITS - EXP_BITS)
+#: Width of ``es = (e * LIS_SQRT2_Q16) >> 16``.
+ES_BITS = EXP_BITS + 1
+#: Width of the row reciprocal ``2**UNIFORM_RECIP_BITS // sum``.
+INV_BITS = UNIFORM_RECIP_BITS + 1
+#: ``e * inv <= 2**UNIFORM_RECIP_BITS`` because ``e <= sum``: the product and its rounding
+#: term fit this width.
+UNIFORM_PRODUCT_BITS = UNIFORM_RECIP_BITS + 1
+#: Right shift of ``e * inv`` that leaves an 8-bit probability.
+UNIFORM_SHIFT = UNIFORM_RECIP_BITS - OUT_BITS
+#: Largest ``frac_bits`` the exponential supports (its clip point is ``-(LIS_EXP_N << frac_bits)``).
+MAX_FRAC_BITS = 6
+
+#: Cycles from the cycle after a row's last exponential read to the cycle its sum is visible.
+EXP_SUM_DELAY = 4
+#: Quotient bits per cycle of the row reciprocal's divider.
+RECIP_STEPS_PER_CYCLE = 2
+#: Cycles from a row's sum being visible to the row being ready to drain, per mode: one
+#: leading-one detection (``LIS``), or the divider's latency plus the cycle that stores its
+#: quotient (``UNIFORM``).
+LIS_PREPARE_CYCLES = 1
+UNIFORM_PREPARE_CYCLES = integer_divider_timing(INV_BITS, RECIP_STEPS_PER_CYCLE).latency + 1
+#: Cycles from a drain read to its output beat being valid.
+DRAIN_DELAY = 3
+
+
+class SoftmaxMode(enum.Enum, shape=1):
+    """What the unit outputs per element."""
+    #: 4-bit codes of :func:`sw.intops.lis_softmax` (attention ``2**-code``, 15 = zero).
+    LIS = 0
+    #: uint8 probabilities of :func:`sw.intops.uniform_softmax` (scale ``2**-8``).
+    UNIFORM = 1
+
+
+class _BankState(enum.Enum, shape=2):
+    """Life cycle of one bank of the exponential buffer."""
+    FREE = 0
+    FILLING = 1
+    SUMMED = 2
+    READY = 3
+
+
+def _prepare_cycles(mode: SoftmaxMode) -> int:
+    return LIS_PREPARE_CYCLES if mode == SoftmaxMode.LIS else UNIFORM_PREPARE_CYCLES
+
+
+def _interval_overhead(mode: SoftmaxMode) -> int:
+    """``ceil(G / 2)``: half of a row's exponential-buffer hold time beyond its ``2 B`` beats."""
+    return (EXP_SUM_DELAY + _prepare_cycles(mode) + 1) // 2
+
+
+def _row_interval(beats: int, mode: SoftmaxMode) -> int:
+    """Cycles between the exponential passes of consecutive rows of ``beats`` beats."""
+    return max(beats + _interval_overhead(mode), _prepare_cycles(mode))
+
+
+def _check_config(config) -> AcceleratorConfig:
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"an AcceleratorConfig is required, got {config!r}")
+    if config.max_seq_len > SOFTMAX_MAX_ROW:
+        raise ValueError(f"max_seq_len must be <= {SOFTMAX_MAX_ROW} (the row sum is {SUM_BITS} "
+                         f"bits wide), got {config.max_seq_len}")
+    return config
+
+
+def _bit_length(m: Module, value, width: int, name: str):
+    """``int.bit_length`` of an unsigned ``width``-bit value: a leading-one detector.
+
+    Halving search as in :func:`sw.intops.bit_length`: each step adds ``step`` to the
+    length when the value has a one above bit ``step - 1`` and keeps the upper part.
+    """
+    step = 1 << max(0, (width - 1).bit_length() - 1)
+    length = Signal(range(width + 1), name=f"{name}_bits")
+    upper_bits = []
+    while step:
+        part = Signal(width, name=f"{name}_part{step}")
+        m.d.comb += part.eq(value)
+        upper = Signal(name=f"{name}_above{step}")
+        m.d.comb += upper.eq((part >> step) != 0)
+        upper_bits.append((upper, step))
+        value = Mux(upper, part >> step, part)
+        step >>= 1
+    rest = Signal(name=f"{name}_rest")
+    m.d.comb += rest.eq(value != 0)
+    m.d.comb += length.eq(sum(Mux(upper, step, 0) for upper, step in upper_bits) + rest)
+    return length
+
+
+def _pick(m: Module, bank, banks, name: str):
+    """A signal equal to ``banks[bank]`` for a one-bit ``bank``."""
+    picked = Signal(banks[0].shape(), name=name)
+    m.d.comb += picked.eq(Mux(bank, banks[1].as_value(), banks[0].as_value()))
+    return picked
+
+
+class LisSoftmax(wiring.Component):
+    """Softmax of int16 rows of ``N`` scores, ``L = config.vector_lanes`` per beat.
+
+    Three passes per row, each a pipeline stage working on its own row, with a two-bank
+    row buffer between consecutive passes (up to four rows in the buffers):
+
+    1. *fill*: input beats are written to the score buffer while the row max is tracked;
+    2. *exponential*: the row is read back, ``e = int_exp(x - max)`` computed per element,
+       written to the exponential buffer and summed into the 43-bit row sum;
+    3. *prepare* then *drain*: once per row, ``bit_length(sum)`` (``LIS``) or the reciprocal
+       ``2**48 // sum`` by a :class:`hw.integer_divider.IntegerDivider` with
+       ``RECIP_STEPS_PER_CYCLE = 2`` quotient bits per cycle (``UNIFORM``); then the row is
+       read back and each element turned into its code ``lis_codes(e, sum)`` (two
+       leading-one detectors, a shift and a compare) or its probability
+       ``min((e * inv + 2**39) >> 40, 255)``.  No per-element divider.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.AcceleratorConfig`
+        Uses ``vector_lanes`` (``L``) and ``max_seq_len`` (longest row, at most
+        ``SOFTMAX_MAX_ROW = 4096`` so that the row sum fits 43 bits).
+
+    Members
+    -------
+    i : ``In(stream.Signature(unsigned(16 * L)))``
+        Scores, int16 lane ``k`` in bits ``[16k, 16k + 16)``.  A row is ``B = ceil(N / L)``
+        beats; element ``j`` of the row is lane ``j % L`` of beat ``j // L``.  The padding
+        lanes of a partial last beat are ignored (any value).
+    o : ``Out(stream.Signature(unsigned(8 * L)))``
+        ``B`` beats per row, in row order, lane ``k`` in bits ``[8k, 8k + 8)``: the code
+        (0..15, upper four bits zero) in ``LIS`` mode, the probability (0..255) in
+        ``UNIFORM`` mode.  Padding lanes carry the "zero attention" value: code 15 in
+        ``LIS`` mode, probability 0 in ``UNIFORM`` mode.
+    length : ``In(range(max_seq_len + 1))``
+        Row length ``N``, ``1 <= N <= max_seq_len``.
+    frac_bits, b_int, c_int : ``In(3)``, ``In(16)``, ``In(16)``
+        Input scale ``ln(2) / 2**frac_bits`` (``frac_bits`` in 2..6) and the exponential's
+        constants, ``(b_int, c_int) = sw.intops.lis_exp_constants(frac_bits)``.
+    mode : ``In(SoftmaxMode)``
+        ``LIS`` or ``UNIFORM``.
+
+    ``length``, ``frac_bits``, ``b_int``, ``c_int`` and ``mode`` are sampled with the first
+    beat of each row and apply to that whole row, so consecutive rows may differ.  Out of
+    range values give unspecified results (the golden model raises on them).
+
+    Latency and throughput
+    ----------------------
+    For rows of ``B = ceil(N / L)`` beats, input beats back to back and the output never
+    stalled, a row's passes take: fill ``B`` cycles; exponential ``B`` reads, its sum
+    visible ``EXP_SUM_DELAY = 4`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
+    or ``R = 27`` (``UNIFORM``: 25 divider cycles, the operand and the result cycles);
+    drain ``B`` reads, each output beat ``DRAIN_DELAY = 3`` cycles after its read.  With
+    ``G = 4 + R`` (5 or 31):
+
+    * LATENCY (first input beat to last output beat, both cycles counted):
+      ``3 B + G + 3``, i.e. ``3 B + 8`` (``LIS``) and ``3 B + 34`` (``UNIFORM``);
+    * interval between rows: ``max(B + ceil(G / 2), R)``, i.e. ``B + 3`` (``LIS``) and
+      ``max(B + 16, 27)`` (``UNIFORM``).  THROUGHPUT ``L * B / interval`` elements per
+      cycle (``L N / (B + 3)`` in ``LIS`` mode).
+
+    The interval is set by the two-bank exponential buffer: a row holds its bank from the
+    first read of its exponential pass to the last read of its drain, ``2 B + G`` cycles,
+    so two rows cannot take less than ``2 B + G``.  Left free, the schedule would alternate
+    intervals of ``B`` and ``B + G``; instead the exponential pass starts a row at most
+    every ``max(B + ceil(G / 2), R)`` cycles, which spreads the cost evenly: row ``k``'s
+    last output beat comes exactly ``latency + k * interval - 1`` cycles after row 0's
+    first input beat.  The first two rows' inputs are accepted back to back (``B`` cycles
+    apart, into free buffers), later rows' inputs one interval apart.  These figures hold
+    for consecutive rows of one length and one mode.  An output stall holds the drain
+    pipeline (``o.ready`` low never loses a beat) and, once the buffers are full, the
+    input.  See :func:`softmax_timing`.
+
+    Storage: the score buffer is ``2 * 2**ceil(log2(ceil(max_seq_len / L)))`` words of
+    ``16 L`` bits, the exponential buffer as many words of ``31 L`` bits.
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        config = _check_config(config)
+        self._lanes = config.vector_lanes
+        self._max_seq_len = config.max_seq_len
+        super().__init__({
+            "i": In(stream.Signature(unsigned(SCORE_BITS * self._lanes))),
+            "o": Out(stream.Signature(unsigned(OUT_BITS * self._lanes))),
+            "length": In(range(self._max_seq_len + 1)),
+            "frac_bits": In(range(MAX_FRAC_BITS + 2)),
+            "b_int": In(16),
+            "c_int": In(POLY_BITS),
+            "mode": In(SoftmaxMode),
+        })
+
+    @property
+    def lanes(self) -> int:
+        """Elements per beat (``L``)."""
+        return self._lanes
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest row the buffers hold."""
+        return self._max_seq_len
+
+    @property
+    def max_beats(self) -> int:
+        """Beats of the longest row: ``ceil(max_seq_len / L)``."""
+        return math.ceil(self._max_seq_len / self._lanes)
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._lanes
+        lane_bits = (lanes - 1).bit_length()
+        beat_shape = range(self.max_beats)
+        beat_bits = (self.max_beats - 1).bit_length()
+        depth = 2 << beat_bits
+
+        def wire(shape, value, name):
+            """A combinational signal named ``name`` driven by ``value``."""
+            signal = Signal(shape, name=name)
+            m.d.comb += signal.eq(value)
+            return signal
+
+        def beats_of(length):
+            """Index of the last beat of a row of ``length`` elements."""
+            return (length - 1) >> lane_bits
+
+        def lane_mask(length, is_last_beat):
+            """Lanes holding elements: all but the padding of a partial last beat."""
+            tail = (length - 1)[:lane_bits]
+            return Cat(~is_last_beat | (lane <= tail) for lane in range(lanes))
+
+        # ------------------------------------------------------------ buffers and row state
+        x_mem = Memory(shape=unsigned(SCORE_BITS * lanes), depth=depth, init=[])
+        e_mem = Memory(shape=unsigned(EXP_BITS * lanes), depth=depth, init=[])
+        m.submodules.score_buffer = x_mem
+        m.submodules.exp_buffer = e_mem
+        x_write = x_mem.write_port()
+        x_read = x_mem.read_port()
+        e_write = e_mem.write_port()
+        e_read = e_mem.read_port()
+
+        score_row_layout = data.StructLayout({
+            "length": self.length.shape(), "frac_bits": self.frac_bits.shape(),
+            "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
+            "mode": SoftmaxMode, "max": signed(SCORE_BITS),
+        })
+        exp_row_layout = data.StructLayout({
+            "length": self.length.shape(), "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS),
+        })
+        score_rows = [Signal(score_row_layout, name=f"score_row_{b}") for b in range(2)]
+        score_full = [Signal(name=f"score_full_{b}") for b in range(2)]
+        exp_rows = [Signal(exp_row_layout, name=f"exp_row_{b}") for b in range(2)]
+        exp_state = [Signal(_BankState, name=f"exp_state_{b}") for b in range(2)]
+
+        def state_of(bank):
+            return Mux(bank, exp_state[1].as_value(), exp_state[0].as_value())
+
+        # ------------------------------------------------------------ pass 1: fill + row max
+        fill_bank = Signal()
+        fill_beat = Signal(beat_shape)
+        fill_max = Signal(signed(SCORE_BITS))
+        fill_row = _pick(m, fill_bank, score_rows, "fill_row")
+        fill_first = wire(1, fill_beat == 0, "fill_first")
+        fill_length = wire(self.length.shape(), Mux(fill_first, self.length, fill_row.length),
+                           "fill_length")
+        fill_last = wire(1, fill_beat == beats_of(fill_length), "fill_last")
+        fill_mask = wire(lanes, lane_mask(fill_length, fill_last), "fill_mask")
+        accept = self.i.valid & self.i.ready
+
+        candidates = [Mux(fill_mask[lane],
+                          self.i.payload.word_select(lane, SCORE_BITS).as_signed(), INT16_MIN)
+                      for lane in range(lanes)]
+        level = 0
+        while len(candidates) > 1:
+            candidates = [wire(signed(SCORE_BITS), Mux(a > b, a, b), f"max_l{level}_{n}")
+                          for n, (a, b) in enumerate(zip(candidates[::2], candidates[1::2]))]
+            level += 1
+        beat_max = Signal(signed(SCORE_BITS))
+        row_max = Signal(signed(SCORE_BITS))
+        m.d.comb += [
+            beat_max.eq(candidates[0]),
+            row_max.eq(Mux(fill_first | (beat_max > fill_max), beat_max, fill_max)),
+            self.i.ready.eq(~Mux(fill_bank, score_full[1], score_full[0])),
+            x_write.addr.eq(Cat(fill_beat, fill_bank)),
+            x_write.data.eq(self.i.payload),
+            x_write.en.eq(accept),
+        ]
+        with m.If(accept):
+            m.d.sync += fill_max.eq(row_max)
+            with m.If(fill_last):
+                m.d.sync += [fill_beat.eq(0), fill_bank.eq(~fill_bank)]
+            with m.Else():
+                m.d.sync += fill_beat.eq(fill_beat + 1)
+        for bank in range(2):
+            with m.If(accept & (fill_bank == bank)):
+                with m.If(fill_first):
+                    m.d.sync += [
+                        score_rows[bank].length.eq(self.length),
+                        score_rows[bank].frac_bits.eq(self.frac_bits),
+                        score_rows[bank].b_int.eq(self.b_int),
+                        score_rows[bank].c_int.eq(self.c_int),
+                        score_rows[bank].mode.eq(self.mode),
+                    ]
+                with m.If(fill_last):
+                    m.d.sync += [score_rows[bank].max.eq(row_max), score_full[bank].eq(1)]
+
+        # ------------------------------------------------------------ pass 2: exp + row sum
+        exp_bank = Signal()
+        exp_beat = Signal(beat_shape)
+        max_interval = max(_row_interval(self.max_beats, mode) for mode in SoftmaxMode)
+        exp_gap = Signal(range(max_interval))
+        exp_row = _pick(m, exp_bank, score_rows, "exp_row")
+        exp_start = wire(1, (exp_beat == 0) & Mux(exp_bank, score_full[1], score_full[0])
+                     & (state_of(exp_bank) == _BankState.FREE) & (exp_gap == 0), "exp_start")
+        exp_issue = wire(1, exp_start | (exp_beat != 0), "exp_issue")
+        exp_last = wire(1, exp_beat == beats_of(exp_row.length), "exp_last")
+        m.d.comb += [x_read.addr.eq(Cat(exp_beat, exp_bank)), x_read.en.eq(1)]
+
+        exp_row_beats = beats_of(exp_row.length) + 1
+        # _row_interval in hardware; the LIS floor (1 cycle) never binds.
+        lis_interval = exp_row_beats + _interval_overhead(SoftmaxMode.LIS)
+        uniform_interval = exp_row_beats + _interval_overhead(SoftmaxMode.UNIFORM)
+        uniform_floor = _prepare_cycles(SoftmaxMode.UNIFORM)
+        with m.If(exp_start):
+            m.d.sync += exp_gap.eq(Mux(
+                exp_row.mode == SoftmaxMode.LIS, lis_interval,
+                Mux(uniform_interval > uniform_floor, uniform_interval, uniform_floor)) - 1)
+        with m.Elif(exp_gap != 0):
+            m.d.sync += exp_gap.eq(exp_gap - 1)
+        with m.If(exp_issue):
+            with m.If(exp_last):
+                m.d.sync += [exp_beat.eq(0), exp_bank.eq(~exp_bank)]
+            with m.Else():
+                m.d.sync += exp_beat.eq(exp_beat + 1)
+        for bank in range(2):
+            with m.If(exp_issue & exp_last & (exp_bank == bank)):
+                m.d.sync += score_full[bank].eq(0)
+            with m.If(exp_start & (exp_bank == bank)):
+                m.d.sync += [
+                    exp_state[bank].eq(_BankState.FILLING),
+                    exp_rows[bank].length.eq(exp_row.length),
+                    exp_rows[bank].mode.eq(exp_row.mode),
+                ]
+
+        # Stage "read": the score word arrives from memory; the row's parameters travel along.
+        read_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+            "max": signed(SCORE_BITS), "frac_bits": self.frac_bits.shape(),
+            "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
+        }))
+        m.d.sync += [
+            read_stage.valid.eq(exp_issue), read_stage.last.eq(exp_last),
+            read_stage.bank.eq(exp_bank), read_stage.beat.eq(exp_beat),
+            read_stage.mask.eq(lane_mask(exp_row.length, exp_last)),
+            read_stage.max.eq(exp_row.max), read_stage.frac_bits.eq(exp_row.frac_bits),
+            read_stage.b_int.eq(exp_row.b_int), read_stage.c_int.eq(exp_row.c_int),
+        ]
+
+        # Stage "split": x - max = -(q * 2**frac_bits + r_mag), clipped at -(15 << frac_bits).
+        mag_shape = unsigned((LIS_EXP_N << MAX_FRAC_BITS).bit_length())
+        split_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+            "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
+            "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
+            "r_mag": data.ArrayLayout(unsigned(MAX_FRAC_BITS), lanes),
+        }))
+        clip = Signal(mag_shape)
+        m.d.comb += clip.eq(Const(LIS_EXP_N, 4) << read_stage.frac_bits)
+        m.d.sync += [
+            split_stage.valid.eq(read_stage.valid), split_stage.last.eq(read_stage.last),
+            split_stage.bank.eq(read_stage.bank), split_stage.beat.eq(read_stage.beat),
+            split_stage.mask.eq(read_stage.mask),
+            split_stage.b_int.eq(read_stage.b_int), split_stage.c_int.eq(read_stage.c_int),
+        ]
+        for lane in range(lanes):
+            x = x_read.data.word_select(lane, SCORE_BITS).as_signed()
+            below_max = Signal(unsigned(SCORE_BITS + 1), name=f"below_max_{lane}")
+            mag = Signal(mag_shape, name=f"exp_mag_{lane}")
+            m.d.comb += [
+                below_max.eq(read_stage.max - x),
+                mag.eq(Mux(below_max > clip, clip, below_max)),
+            ]
+            m.d.sync += [
+                split_stage.q[lane].eq(mag >> read_stage.frac_bits),
+                split_stage.r_mag[lane].eq(mag & ((Const(1, 1) << read_stage.frac_bits) - 1)),
+            ]
+
+        # Stage "poly": (r + b_int) * r + c_int = c_int - r_mag * (b_int - r_mag).
+        poly_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+            "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
+            "poly": data.ArrayLayout(unsigned(POLY_BITS), lanes),
+        }))
+        m.d.sync += [
+            poly_stage.valid.eq(split_stage.valid), poly_stage.last.eq(split_stage.last),
+            poly_stage.bank.eq(split_stage.bank), poly_stage.beat.eq(split_stage.beat),
+            poly_stage.mask.eq(split_stage.mask), poly_stage.q.eq(split_stage.q),
+        ]
+        for lane in range(lanes):
+            r_mag = split_stage.r_mag[lane]
+            m.d.sync += poly_stage.poly[lane].eq(
+                split_stage.c_int - r_mag * (split_stage.b_int - r_mag))
+
+        # Stage "exp": e = poly << (15 - q); padding lanes get e = 0.
+        exp_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape,
+            "e": data.ArrayLayout(unsigned(EXP_BITS), lanes),
+        }))
+        m.d.sync += [
+            exp_stage.valid.eq(poly_stage.valid), exp_stage.last.eq(poly_stage.last),
+            exp_stage.bank.eq(poly_stage.bank), exp_stage.beat.eq(poly_stage.beat),
+        ]
+        for lane in range(lanes):
+            m.d.sync += exp_stage.e[lane].eq(Mux(
+                poly_stage.mask[lane], poly_stage.poly[lane] << (LIS_EXP_N - poly_stage.q[lane])[:4],
+                0))
+
+        # Write e to the exponential buffer and accumulate the row sum.
+        sum_acc = Signal(SUM_BITS)
+        row_sum = Signal(SUM_BITS)
+        m.d.comb += [
+            e_write.addr.eq(Cat(exp_stage.beat, exp_stage.bank)),
+            e_write.data.eq(exp_stage.e.as_value()),
+            e_write.en.eq(exp_stage.valid),
+            row_sum.eq(sum_acc + sum(exp_stage.e[lane] for lane in range(lanes))),
+        ]
+        with m.If(exp_stage.valid):
+            m.d.sync += sum_acc.eq(Mux(exp_stage.last, 0, row_sum))
+        for bank in range(2):
+            with m.If(exp_stage.valid & exp_stage.last & (exp_stage.bank == bank)):
+                m.d.sync += [exp_rows[bank].sum.eq(row_sum),
+                             exp_state[bank].eq(_BankState.SUMMED)]
+
+        # ------------------------------------------------------------ prepare: per-row constants
+        m.submodules.reciprocal = reciprocal = IntegerDivider(INV_BITS, SUM_BITS,
+                                                              RECIP_STEPS_PER_CYCLE)
+        prep_bank = Signal()
+        prep_waiting = Signal()
+        prep_row = _pick(m, prep_bank, exp_rows, "prep_row")
+        prep_summed = (state_of(prep_bank) == _BankState.SUMMED) & ~prep_waiting
+        prep_lis = prep_summed & (prep_row.mode == SoftmaxMode.LIS)
+        prep_uniform = prep_waiting & reciprocal.o.valid
+        m.d.comb += [
+            reciprocal.i.payload.dividend.eq(1 << UNIFORM_RECIP_BITS),
+            reciprocal.i.payload.divisor.eq(prep_row.sum),
+            reciprocal.i.valid.eq(prep_summed & (prep_row.mode == SoftmaxMode.UNIFORM)),
+            reciprocal.o.ready.eq(prep_waiting),
+        ]
+        with m.If(reciprocal.i.valid & reciprocal.i.ready):
+            m.d.sync += prep_waiting.eq(1)
+        with m.If(prep_uniform):
+            m.d.sync += prep_waiting.eq(0)
+        with m.If(prep_lis | prep_uniform):
+            m.d.sync += prep_bank.eq(~prep_bank)
+        prep_sum_bits = _bit_length(m, prep_row.sum, SUM_BITS, "row_sum")
+        for bank in range(2):
+            with m.If(prep_bank == bank):
+                with m.If(prep_lis):
+                    m.d.sync += exp_rows[bank].sum_bits.eq(prep_sum_bits)
+                with m.If(prep_uniform):
+                    m.d.sync += exp_rows[bank].inv.eq(reciprocal.o.payload)
+                with m.If(prep_lis | prep_uniform):
+                    m.d.sync += exp_state[bank].eq(_BankState.READY)
+
+        # ------------------------------------------------------------ pass 3: drain
+        # The drain pipeline moves whenever its output register is empty or being emptied.
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        drain_bank = Signal()
+        drain_beat = Signal(beat_shape)
+        drain_row = _pick(m, drain_bank, exp_rows, "drain_row")
+        drain_issue = wire(1, advance & (state_of(drain_bank) == _BankState.READY), "drain_issue")
+        drain_last = wire(1, drain_beat == beats_of(drain_row.length), "drain_last")
+        m.d.comb += [e_read.addr.eq(Cat(drain_beat, drain_bank)), e_read.en.eq(advance)]
+        with m.If(drain_issue):
+            with m.If(drain_last):
+                m.d.sync += [drain_beat.eq(0), drain_bank.eq(~drain_bank)]
+            with m.Else():
+                m.d.sync += drain_beat.eq(drain_beat + 1)
+        for bank in range(2):
+            with m.If(drain_issue & drain_last & (drain_bank == bank)):
+                m.d.sync += exp_state[bank].eq(_BankState.FREE)
+
+        row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+                         "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS)}
+        fetch_stage = Signal(data.StructLayout({"valid": 1, **row_constants}))
+        scale_stage = Signal(data.StructLayout({
+            "valid": 1, **row_constants,
+            "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
+            "product": data.ArrayLayout(unsigned(UNIFORM_PRODUCT_BITS), lanes),
+        }))
+        with m.If(advance):
+            m.d.sync += [
+                fetch_stage.valid.eq(drain_issue), fetch_stage.mode.eq(drain_row.mode),
+                fetch_stage.sum.eq(drain_row.sum), fetch_stage.sum_bits.eq(drain_row.sum_bits),
+                fetch_stage.inv.eq(drain_row.inv),
+                scale_stage.valid.eq(fetch_stage.valid), scale_stage.mode.eq(fetch_stage.mode),
+                scale_stage.sum.eq(fetch_stage.sum),
+                scale_stage.sum_bits.eq(fetch_stage.sum_bits),
+                self.o.valid.eq(scale_stage.valid),
+            ]
+            for lane in range(lanes):
+                e = e_read.data.word_select(lane, EXP_BITS)
+                m.d.sync += [
+                    scale_stage.es[lane].eq((e * LIS_SQRT2_Q16) >> 16),
+                    scale_stage.product[lane].eq(e * fetch_stage.inv),
+                ]
+
+        for lane in range(lanes):
+            es = scale_stage.es[lane]
+            es_bits = _bit_length(m, es, ES_BITS, f"es_{lane}")
+            diff = Signal(signed(8), name=f"code_diff_{lane}")
+            code = Signal(LIS_CODE_BITS, name=f"code_{lane}")
+            rounded = Signal(UNIFORM_PRODUCT_BITS - UNIFORM_SHIFT, name=f"prob_{lane}")
+            m.d.comb += [
+                diff.eq(scale_stage.sum_bits - es_bits),
+                code.eq(Mux((es == 0) | (diff >= LIS_ZERO_CODE), LIS_ZERO_CODE,
+                            Mux(diff < 0, 0, diff[:LIS_CODE_BITS]
+                                + ((es << diff[:LIS_CODE_BITS]) <= scale_stage.sum)))),
+                rounded.eq((scale_stage.product[lane] + (1 << (UNIFORM_SHIFT - 1)))
+                           >> UNIFORM_SHIFT),
+            ]
+            with m.If(advance):
+                m.d.sync += self.o.payload.word_select(lane, OUT_BITS).eq(
+                    Mux(scale_stage.mode == SoftmaxMode.LIS, code,
+                        Mux(rounded > 255, 255, rounded)))
+        return m
+
+
+def softmax_timing(config: AcceleratorConfig, length: int,
+                   mode: SoftmaxMode | str = SoftmaxMode.LIS) -> UnitTiming:
+    """Timing of one softmax row of ``length`` elements on :class:`LisSoftmax`.
+
+    With ``B = ceil(length / L)`` beats, ``R = 1`` (``LIS``) or ``R = 27`` (``UNIFORM``)
+    prepare cycles and ``G = 4 + R``: LATENCY ``3 B + G + 3`` cycles (first input beat to
+    last output beat, both counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 8`` and
+    ``B + 3`` (``LIS``), ``3 B + 34`` and ``max(B + 16, 27)`` (``UNIFORM``).  ``mode`` is a
+    :class:`SoftmaxMode` or ``"lis"`` / ``"uniform"``.
+    """
+    config = _check_config(config)
+    if isinstance(mode, str):
+        try:
+            mode = SoftmaxMode[mode.upper()]
+        except KeyError:
+            raise ValueError(f"mode must be 'lis' or 'uniform', got {mode!r}") from None
+    if not isinstance(mode, SoftmaxMode):
+        raise ValueError(f"mode must be a SoftmaxMode, got {mode!r}")
+    if isinstance(length, bool) or not isinstance(length, int) \
+            or not 1 <= length <= config.max_seq_len:
+        raise ValueError(f"length must be an integer in 1..{config.max_seq_len}, got {length!r}")
+    beats = math.ceil(length / config.vector_lanes)
+    prepare = _prepare_cycles(mode)
+    latency = 3 * beats + EXP_SUM_DELAY + prepare + DRAIN_DELAY
+    return UnitTiming(latency=latency, interval=_row_interval(beats, mode))
