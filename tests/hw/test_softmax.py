@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from hw.config import AcceleratorConfig
 from hw.softmax import LisSoftmax, SoftmaxMode, softmax_timing
+from sim.cocotb_runner import run_cocotb
 from sw.intops import (INT16_MAX, INT16_MIN, LIS_SQRT2_Q16, LIS_ZERO_CODE, bit_length,
                        lis_exp_constants, lis_softmax, softmax_exp_rows, uniform_softmax)
 
@@ -292,3 +293,37 @@ def test_properties_and_other_sizes_elaborate():
     Fragment.get(dut, None)
     Fragment.get(LisSoftmax(AcceleratorConfig(vector_lanes=1, max_seq_len=8)), None)
     Fragment.get(LisSoftmax(AcceleratorConfig(vector_lanes=16, max_seq_len=8)), None)
+
+
+# ---------------------------------------------------------------------------- cocotb
+
+COCOTB_CONFIG = AcceleratorConfig(vector_lanes=LANES, max_seq_len=256)
+
+
+def _as_vector(row: Row) -> dict:
+    return {"scores": row.scores, "length": len(row.scores), "frac_bits": row.frac_bits,
+            "b_int": row.b_int, "c_int": row.c_int, "mode": row.mode.value,
+            "expected": [v for beat in row.expected_beats() for v in beat]}
+
+
+def _cocotb_vectors(seed: int) -> dict:
+    rng = random.Random(seed)
+    lis, uniform = SoftmaxMode.LIS, SoftmaxMode.UNIFORM
+    stalled = [Row(spread_row(rng, n, spread), frac_bits=f, mode=mode)
+               for n, spread, f, mode in ((13, 60, 3, lis), (256, 300, 5, lis), (1, 0, 2, uniform),
+                                          (197, 2000, 6, uniform), (6, 20, 2, lis),
+                                          (256, 65535, 4, uniform))]
+    stalled.append(Row([32767] + [-32768] * 196, frac_bits=4, mode=lis))
+    timed = []
+    for length, mode, jobs in ((197, lis, 3), (13, uniform, 3), (256, uniform, 2)):
+        rows = [Row(spread_row(rng, length, 100), frac_bits=4, mode=mode) for _ in range(jobs)]
+        timed.append({"rows": [_as_vector(row) for row in rows],
+                      "total_cycles": softmax_timing(COCOTB_CONFIG, length, mode).total(jobs)})
+    return {"lanes": LANES, "seed": seed, "stalled": [_as_vector(row) for row in stalled],
+            "timed": timed}
+
+
+@pytest.mark.cocotb
+def test_cocotb(tmp_path):
+    run_cocotb(LisSoftmax(COCOTB_CONFIG), "lis_softmax", "cocotb_softmax", tmp_path,
+               vectors=_cocotb_vectors(seed=7))
