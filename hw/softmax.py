@@ -163,7 +163,7 @@ class LisSoftmax(wiring.Component):
         ``LIS`` mode, probability 0 in ``UNIFORM`` mode.
     length : ``In(range(max_seq_len + 1))``
         Row length ``N``, ``1 <= N <= max_seq_len``.
-    frac_bits, b_int, c_int : ``In(3)``, ``In(16)``, ``In(16)``
+    frac_bits, b_int, c_int : ``In(range(8))``, ``In(16)``, ``In(16)``
         Input scale ``ln(2) / 2**frac_bits`` (``frac_bits`` in 2..6) and the exponential's
         constants, ``(b_int, c_int) = sw.intops.lis_exp_constants(frac_bits)``.
     mode : ``In(SoftmaxMode)``
@@ -439,9 +439,9 @@ class LisSoftmax(wiring.Component):
             exp_stage.bank.eq(poly_stage.bank), exp_stage.beat.eq(poly_stage.beat),
         ]
         for lane in range(lanes):
-            m.d.sync += exp_stage.e[lane].eq(Mux(
-                poly_stage.mask[lane], poly_stage.poly[lane] << (LIS_EXP_N - poly_stage.q[lane])[:4],
-                0))
+            shift = (LIS_EXP_N - poly_stage.q[lane]).as_unsigned()
+            m.d.sync += exp_stage.e[lane].eq(
+                Mux(poly_stage.mask[lane], poly_stage.poly[lane] << shift, 0))
 
         # Write e to the exponential buffer and accumulate the row sum.
         sum_acc = Signal(SUM_BITS)

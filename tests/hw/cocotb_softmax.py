@@ -126,7 +126,7 @@ class TB:
         return collecting.result()
 
 
-def check_rows(got_beats: list[list[int]], rows: list[dict], lanes: int) -> None:
+def check_rows(got_beats: list[list[int]], rows: list[dict]) -> None:
     flat = [v for beat in got_beats for v in beat]
     assert len(flat) == sum(len(row["expected"]) for row in rows)
     at = 0
@@ -146,7 +146,7 @@ async def random_stalls_bit_exact(dut):
     rows = vectors["stalled"]
     got = await tb.run_rows(rows, gap_probability=0.3, stall_probability=0.5,
                             timeout_cycles=20000)
-    check_rows(got, rows, vectors["lanes"])
+    check_rows(got, rows)
 
 
 @cocotb.test()
@@ -158,7 +158,7 @@ async def stall_free_cycle_count(dut):
     for run in vectors["timed"]:
         got = await tb.run_rows(run["rows"], gap_probability=0.0, stall_probability=0.0,
                                 timeout_cycles=20000)
-        check_rows(got, run["rows"], vectors["lanes"])
+        check_rows(got, run["rows"])
         measured = tb.last_out_cycle - tb.first_in_cycle + 1
         assert measured == run["total_cycles"], \
             f"measured {measured} cycles, softmax_timing gives {run['total_cycles']}"
