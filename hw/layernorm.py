@@ -6,7 +6,7 @@ alpha``), stores ``xs`` in a row memory and accumulates ``S = sum xs`` and ``sum
 A per-row *finish* stage turns those into the mean ``mu`` and ``Q = sum (xs - mu)**2``
 (as ``sum xs**2 - mu * (2 S - C mu)``, the same integer), then a sequential square root
 (:class:`hw.integer_sqrt.IntegerSqrt`) and divider (:class:`hw.integer_divider.IntegerDivider`)
-give ``factor = 2**35 // isqrt(Q << 8)`` (0 when the root is 0).  The *normalize pass* reads
+give ``factor = 2**35 // isqrt(Q << 8)``.  The *normalize pass* reads
 the row back, computes ``n = ((xs - mu) * factor) >> 8`` and requantizes it per channel.
 
 Rows overlap: the row memory has :data:`ROW_SLOTS` row slots, so while one row is being
@@ -352,15 +352,14 @@ class PtfLayerNorm(wiring.Component):
         # ------------------------------------------------------------------ 1 / sqrt
         m.submodules.divider = divider = IntegerDivider(_FACTOR_LOG2 + 1, _ROOT_BITS,
                                                         DIVIDER_STEPS_PER_CYCLE)
-        root_is_zero = Signal()               # of the division in the divider
+        # A zero root (Q = 0) gets the divider's all-ones quotient instead of the reference's
+        # factor 0; it only ever multiplies centred values that are all 0, so n = 0 either way.
         m.d.comb += [
             divider.i.valid.eq(sqrt.o.valid),
             divider.i.payload.dividend.eq(1 << _FACTOR_LOG2),
             divider.i.payload.divisor.eq(sqrt.o.payload),
             sqrt.o.ready.eq(divider.i.ready),
         ]
-        with m.If(sqrt.o.valid & sqrt.o.ready):
-            m.d.sync += root_is_zero.eq(sqrt.o.payload == 0)
 
         # ------------------------------------------------------------------ normalize pass
         advance = ~self.o.valid | self.o.ready          # the whole pipeline moves together
@@ -383,7 +382,7 @@ class PtfLayerNorm(wiring.Component):
                 out_slot.eq(next_out_slot),
                 next_out_slot.eq(next_out_slot + 1),
                 out_mean.eq(row_means[next_out_slot]),
-                out_factor.eq(Mux(root_is_zero, 0, divider.o.payload[:_FACTOR_BITS])),
+                out_factor.eq(divider.o.payload[:_FACTOR_BITS]),
             ]
 
         claim = accept & in_first
