@@ -6,8 +6,8 @@ alpha``), stores ``xs`` in a row memory and accumulates ``S = sum xs`` and ``sum
 A per-row *finish* stage turns those into the mean ``mu`` and ``Q = sum (xs - mu)**2``
 (as ``sum xs**2 - mu * (2 S - C mu)``, the same integer), then a sequential square root
 (:class:`hw.integer_sqrt.IntegerSqrt`) and divider (:class:`hw.integer_divider.IntegerDivider`)
-give ``factor = 2**35 // isqrt(Q << 8)``.  The *normalize pass* reads
-the row back, computes ``n = ((xs - mu) * factor) >> 8`` and requantizes it per channel.
+give ``factor = 2**35 // isqrt(Q << 8)``.  The *normalize pass* reads the row back,
+computes ``n = ((xs - mu) * factor) >> 8`` and requantizes it per channel.
 
 Rows overlap: the row memory has :data:`ROW_SLOTS` row slots, so while one row is being
 normalized, the next waits for (or is in) its square root and division and the one after
@@ -95,7 +95,9 @@ def layernorm_timing(config: AcceleratorConfig, channels: int) -> UnitTiming:
     valid (input never starved, output never stalled).  ``interval``: cycles between the
     first beats of back-to-back rows in steady state; ``7`` is the finish stage's occupancy.
     The row-slot reuse never binds: a slot is held ``2 B + R + V + 6`` cycles, at most
-    ``ROW_SLOTS * interval`` for every ``B``.
+    ``ROW_SLOTS * interval`` for every ``B``.  ``n`` rows streamed back to back take exactly
+    ``latency + (n - 1) * interval`` cycles from the first input beat to the last output beat
+    (the input may run ahead by a few rows at the start; the total is unchanged).
     """
     beats = layernorm_beats(config, channels)
     sqrt = integer_sqrt_timing(_RADICAND_BITS, SQRT_STEPS_PER_CYCLE)
