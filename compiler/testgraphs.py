@@ -1,0 +1,144 @@
+"""Small random integer ViT graphs built directly through the IR, for tests and demos.
+
+:func:`tiny_vit` returns an :class:`~sw.graph.IntGraph` with the op sequence of a timm ViT
+(patch embedding, class token, position embedding, pre-norm blocks with multi-head
+attention and a GELU MLP, final norm, class-token or mean pooling, head) and random integer
+parameters scaled so that activations spread over the int8 range instead of saturating.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sw import intops
+from sw.graph import IntGraph, Op, Tensor
+
+__all__ = ["tiny_vit", "random_image"]
+
+
+def _dyadic_scalar(ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    mult, shift = intops.dyadic(ratio)
+    return np.asarray(mult, dtype=np.int64).reshape(()), np.asarray(shift, dtype=np.int64).reshape(())
+
+
+def tiny_vit(seed: int = 0, image: int = 8, patch: int = 4, channels: int = 3, dim: int = 16,
+             heads: int = 2, depth: int = 1, mlp_ratio: int = 2, classes: int = 10,
+             softmax_mode: str = "lis", pool: str = "token", prefix_tokens: int = 1,
+             head_bits: int = 16) -> IntGraph:
+    """A random tiny ViT: ``(image / patch)**2 + prefix_tokens`` tokens of ``dim`` channels."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, Tensor] = {}
+    ops: list[Op] = []
+
+    def tensor(name, shape, bits=8, signed=True):
+        tensors[name] = Tensor(name, tuple(shape), bits, signed, 1.0, int(rng.integers(-8, 9)))
+        return name
+
+    def zp(name):
+        return tensors[name].zero_point
+
+    def linear(name, x, k, n, out, out_bits=8, gelu_next=False):
+        w = rng.integers(-40, 41, size=(n, k)).astype(np.int8)
+        bias = rng.integers(-2000, 2001, size=n).astype(np.int32)
+        ratio = 45.0 / (math.sqrt(k) * 40 * 50)
+        mult, shift = intops.dyadic(ratio * rng.uniform(0.7, 1.3, size=n))
+        ops.append(Op(name, "linear", [x], [out], {"zp_out": zp(out), "out_bits": out_bits},
+                      {"weight": w, "bias": bias, "mult": mult.astype(np.int16), "shift": shift}))
+
+    def layernorm(name, x, c, out):
+        mult, shift = intops.dyadic(35 * math.sqrt(c) / 2 ** intops.LN_NORM_BITS * rng.uniform(0.5, 1.5, size=c))
+        ops.append(Op(name, "layernorm", [x], [out],
+                      {"zp_in": zp(x), "mean_mult": intops.ln_mean_mult(c)},
+                      {"alpha": rng.integers(0, 4, size=c), "mult": mult, "shift": shift,
+                       "offset": rng.integers(-20, 21, size=c) + zp(out)}))
+
+    def add(name, a, b, d, out, const=None):
+        shift = np.full(d, 12)
+        params = {"mult_a": rng.integers(1200, 2800, size=d), "mult_b": rng.integers(1200, 2800, size=d),
+                  "shift": shift}
+        inputs = [a] if const is not None else [a, b]
+        if const is not None:
+            params["const"] = const
+        ops.append(Op(name, "add", inputs, [out],
+                      {"zp_a": zp(a), "zp_b": zp(b) if b else 0, "zp_out": zp(out)}, params))
+
+    n_side = image // patch
+    tokens = n_side * n_side
+    T = tokens + prefix_tokens
+    img = tensor("image", (channels, image, image))
+    pat = tensor("patches", (tokens, channels * patch * patch))
+    ops.append(Op("patch_embed.patchify", "patchify", [img], [pat], {"patch": patch}))
+    emb = tensor("patch_embed.out", (tokens, dim))
+    linear("patch_embed.proj", pat, channels * patch * patch, dim, emb)
+    x = emb
+    if prefix_tokens:
+        cat = tensor("tokens", (T, dim))
+        tensors[cat].zero_point = zp(emb)
+        ops.append(Op("cls_token", "concat_tokens", [emb], [cat], {},
+                      {"tokens": rng.integers(-60, 61, size=(prefix_tokens, dim)).astype(np.int8)}))
+        x = cat
+    pos = tensor("pos_embed.out", (T, dim))
+    add("pos_embed", x, None, dim, pos, const=rng.integers(-50, 51, size=(T, dim)).astype(np.int8))
+    x = pos
+    dh = dim // heads
+    for b in range(depth):
+        p = f"blocks.{b}"
+        n1 = tensor(f"{p}.norm1.out", (T, dim))
+        layernorm(f"{p}.norm1", x, dim, n1)
+        qkv = tensor(f"{p}.attn.qkv.out", (T, 3 * dim))
+        linear(f"{p}.attn.qkv", n1, dim, 3 * dim, qkv)
+        sc = tensor(f"{p}.attn.scores", (heads, T, T), bits=16)
+        fb = 4
+        m, s = _dyadic_scalar(2 ** fb / (dh * 40.0) * 4)
+        ops.append(Op(f"{p}.attn.qk", "qk_scores", [qkv], [sc], {"heads": heads, "head_dim": dh},
+                      {"mult": m, "shift": s}))
+        pr = tensor(f"{p}.attn.probs", (heads, T, T), bits=8, signed=False)
+        b_int, c_int = intops.lis_exp_constants(fb)
+        ops.append(Op(f"{p}.attn.softmax", "softmax", [sc], [pr],
+                      {"mode": softmax_mode, "frac_bits": fb, "b_int": b_int, "c_int": c_int}))
+        ao = tensor(f"{p}.attn.out", (T, dim))
+        ratio = 1.5 / 2 ** 15 if softmax_mode == "lis" else 1.5 / 256
+        m, s = _dyadic_scalar(ratio)
+        ops.append(Op(f"{p}.attn.av", "attn_value", [pr, qkv], [ao],
+                      {"heads": heads, "head_dim": dh, "mode": softmax_mode, "zp_out": zp(ao)},
+                      {"mult": m, "shift": s}))
+        pj = tensor(f"{p}.attn.proj.out", (T, dim))
+        linear(f"{p}.attn.proj", ao, dim, dim, pj)
+        r1 = tensor(f"{p}.res1", (T, dim))
+        add(f"{p}.add1", x, pj, dim, r1)
+        n2 = tensor(f"{p}.norm2.out", (T, dim))
+        layernorm(f"{p}.norm2", r1, dim, n2)
+        hid = dim * mlp_ratio
+        f1 = tensor(f"{p}.mlp.fc1.out", (T, hid))
+        linear(f"{p}.mlp.fc1", n2, dim, hid, f1)
+        ge = tensor(f"{p}.mlp.act.out", (T, hid))
+        ops.append(Op(f"{p}.mlp.act", "gelu", [f1], [ge], {},
+                      {"table": np.clip(np.arange(-128, 128) // 2 + rng.integers(-3, 4, 256), -128, 127).astype(np.int8)}))
+        f2 = tensor(f"{p}.mlp.fc2.out", (T, dim))
+        linear(f"{p}.mlp.fc2", ge, hid, dim, f2)
+        r2 = tensor(f"{p}.res2", (T, dim))
+        add(f"{p}.add2", r1, f2, dim, r2)
+        x = r2
+    nf = tensor("norm.out", (T, dim))
+    layernorm("norm", x, dim, nf)
+    if pool == "token":
+        pooled = tensor("pooled", (dim,))
+        ops.append(Op("pool", "select_tokens", [nf], [pooled], {"indices": [0]}))
+    else:
+        pooled = tensor("pooled", (dim,))
+        mult, shift = intops.dyadic(np.full(dim, 1.0 / (T - prefix_tokens)))
+        ops.append(Op("pool", "token_mean", [nf], [pooled],
+                      {"start": prefix_tokens, "zp_in": zp(nf), "zp_out": zp(pooled)},
+                      {"mult": mult, "shift": shift}))
+    logits = tensor("logits", (classes,), bits=head_bits)
+    linear("head", pooled, dim, classes, logits, out_bits=head_bits)
+    g = IntGraph(tensors, ops, [img], [logits], {"model": "tiny_vit", "seed": seed})
+    g.validate()
+    return g
+
+
+def random_image(graph: IntGraph, seed: int = 0) -> np.ndarray:
+    """A random int8 input of the graph's (single) input shape."""
+    t = graph.tensors[graph.inputs[0]]
+    return np.random.default_rng(seed).integers(-128, 128, size=t.shape).astype(np.int8)
