@@ -1,0 +1,53 @@
+"""``vitamin compile model.npz [--config PRESET|FILE] [--set FIELD=VAL] -o prog/``.
+
+Writes the program image folder: ``program.bin`` (instructions), ``dram.bin`` (initial DRAM
+image) and ``manifest.json`` (see :mod:`compiler.program`), each file atomically.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from cli.main import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("graph", help="integer graph file (.npz) from `vitamin quantize`")
+    parser.add_argument("-o", "--output", required=True, help="program image folder to write")
+    add_config_arguments(parser)
+
+
+def add_config_arguments(parser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="config preset (default, small, tiny) or JSON file (default: default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VAL",
+                        help="override one config field (repeatable), e.g. --set array_rows=8")
+
+
+def config_from_args(args):
+    from hw.config import load_config, parse_overrides
+    return load_config(args.config, **parse_overrides(args.overrides))
+
+
+def compile_or_explain(graph, config):
+    """Compile, turning a :class:`CompileError` into a :class:`UserError`."""
+    from compiler.lower import CompileError, compile_graph
+    try:
+        return compile_graph(graph, config)
+    except CompileError as exc:
+        raise UserError(f"the model does not fit this config: {exc}") from None
+
+
+def run(args) -> int:
+    from sw.graph import IntGraph
+    config = config_from_args(args)
+    graph = IntGraph.load(args.graph)
+    t0 = time.perf_counter()
+    image = compile_or_explain(graph, config)
+    folder = image.save(args.output)
+    counts = Counter(i.op.name for i in image.instructions)
+    print(f"compiled {len(graph.ops)} ops into {len(image.instructions)} instructions in "
+          f"{time.perf_counter() - t0:.2f} s: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    print(f"DRAM image {image.dram_size} bytes ({len(image.dram_init)} initialized); "
+          f"wrote {folder}/program.bin, dram.bin, manifest.json")
+    return 0
