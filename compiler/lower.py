@@ -438,14 +438,13 @@ class _Compiler:
             intops.check_range(np.asarray(col), intops.INT16_MIN, intops.INT16_MAX, f"{op.name} mult")
         m = self._fit(op, "linear",
                       lambda m: m * Kp + 3 * (C * Kp + m * C * eb) + 256,
-                      lambda m: Np * RECORD_WORDS + 3 * m * C, min(T, MAX_COUNT))
+                      lambda m: 3 * (C * RECORD_WORDS + m * C), min(T, MAX_COUNT))
         out_name = gelu.outputs[0] if gelu is not None else op.outputs[0]
         out = self._out(out_name)
         if gelu is not None:
             self.em.op_index = self.op_names.index(gelu.name)
             self._gelu_table(gelu)
             self.em.op_index = self.op_names.index(op.name)
-        records = self.load_records(rec_addr, Np, f"{op.name} records")
         for t0 in range(0, T, m):
             mc = min(m, T - t0)
             xb = self.spad_alloc(mc * Kp, f"{op.name} x")
@@ -461,18 +460,20 @@ class _Compiler:
                     acc_addr=ab.addr, acc_stride=C), reads=[xb, wb], writes=[ab],
                     macs=mc * K * valid)
                 self.spad.free(wb)
+                records = self.load_records(rec_addr + 4 * RECORD_WORDS * n0, valid,
+                                            f"{op.name} records")
                 ob = self.spad_alloc(mc * C * eb, f"{op.name} out")
                 self.em.emit(Opcode.REQUANT, dict(
                     src_addr=ab.addr, src_stride=C, dst_addr=ob.addr, dst_stride=C * eb,
-                    rows=mc, cols=valid, param_addr=records.addr + n0 * RECORD_WORDS,
+                    rows=mc, cols=valid, param_addr=records.addr,
                     load_params=1, per_channel=1,
                     out_type=OutType.INT16 if eb == 2 else OutType.INT8,
                     gelu=int(gelu is not None)), reads=[ab, records], writes=[ob])
                 self.acc.free(ab)
-                self.store_rows(out, t0 + 0, mc, n0, ob, C * eb, valid)
+                self.acc.free(records)
+                self.store_rows(out, t0, mc, n0, ob, C * eb, valid)
                 self.spad.free(ob)
             self.spad.free(xb)
-        self.acc.free(records)
 
     # attention -------------------------------------------------------------
     def _attention_pattern(self, qk: Op):
@@ -563,7 +564,7 @@ class _Compiler:
                     reads=[ob, records], writes=[yb])
                 first_requant = False
                 self.acc.free(ob)
-                self.store_rows(out, t0 + 0, mc, h * dh, yb, dh, dh)
+                self.store_rows(out, t0, mc, h * dh, yb, dh, dh)
                 self.spad.free(yb)
             for b in (qb, kb, vb):
                 self.spad.free(b)
@@ -647,7 +648,7 @@ class _Compiler:
             self.spad.free(ab)
             if bb is not None and bb is not cb:
                 self.spad.free(bb)
-            self.store_rows(out, t0 + 0, mc, 0, yb, D, D)
+            self.store_rows(out, t0, mc, 0, yb, D, D)
             self.spad.free(yb)
         if cb is not None:
             self.spad.free(cb)

@@ -1,0 +1,125 @@
+"""The compiler: token discipline, DRAM layout, fitting errors, program image files."""
+import json
+
+import numpy as np
+import pytest
+
+from compiler.isa import Opcode, QUEUE_OF
+from compiler.lower import CompileError, compile_graph
+from compiler.program import ProgramFormatError, ProgramImage
+from compiler.testgraphs import tiny_vit
+from hw.config import AcceleratorConfig
+
+
+def _cfg(rc=4, lanes=4, spad_kib=16, acc_kib=4, **kw):
+    return AcceleratorConfig(array_rows=rc, array_cols=rc, vector_lanes=lanes,
+                             scratchpad_kib=spad_kib, accumulator_kib=acc_kib, **kw)
+
+
+@pytest.mark.parametrize("graph_kw,cfg_kw", [
+    (dict(), dict(rc=2, lanes=2)),
+    (dict(depth=2, image=12, dim=24, heads=3), dict(rc=4, lanes=4, spad_kib=2, acc_kib=1)),
+])
+def test_every_wait_has_an_earlier_signal(graph_kw, cfg_kw):
+    """Per queue pair, the k-th wait is preceded in program order by the k-th signal: tokens
+    balance and the program cannot deadlock."""
+    prog = compile_graph(tiny_vit(**graph_kw), _cfg(**cfg_kw))
+    signals = np.zeros((4, 4), dtype=int)
+    waits = np.zeros((4, 4), dtype=int)
+    for ins in prog.instructions:
+        q = QUEUE_OF[ins.op]
+        if q is None:
+            continue
+        for s in range(4):
+            if (ins.wait >> s) & 1:
+                waits[s, q] += 1
+                assert waits[s, q] <= signals[s, q]
+        for d in range(4):
+            if (ins.signal >> d) & 1:
+                signals[q, d] += 1
+    np.testing.assert_array_equal(signals, waits)
+    assert waits.sum() > 0
+    assert prog.instructions[-1].op == Opcode.HALT
+
+
+def test_weights_are_zero_padded_in_dram():
+    g = tiny_vit(dim=12, heads=2)                      # K = 12 on a 8-row array: padded to 16
+    prog = compile_graph(g, _cfg(rc=8, lanes=4))
+    w = g.op("blocks.0.attn.proj").params["weight"]
+    raw = prog.dram_init.view(np.int8)
+    padded = np.zeros((16, 16), dtype=np.int8)
+    padded[:12, :12] = w
+    hits = [i for i in range(0, len(raw) - 256, 64) if np.array_equal(raw[i:i + 256], padded.ravel())]
+    assert hits, "padded weight matrix not found in the DRAM image"
+
+
+def test_placements_do_not_overlap():
+    prog = compile_graph(tiny_vit(depth=2), _cfg())
+    spans = sorted((p.addr, p.addr + p.rows * p.row_stride, n) for n, p in prog.tensors.items()
+                   if n not in ("tokens",))
+    for (a0, a1, n0), (b0, b1, n1) in zip(spans, spans[1:]):
+        assert a1 <= b0 or n0 == "patch_embed.out" or n1 == "patch_embed.out", (n0, n1)
+
+
+def test_scratchpad_too_small_says_by_how_much():
+    g = tiny_vit(image=16, dim=64, heads=2)
+    with pytest.raises(CompileError, match=r"does not fit even one row.*scratchpad needs (\d+) bytes, "
+                                           r"the config has 1024 \(short by \d+ bytes\)"):
+        compile_graph(g, _cfg(rc=16, lanes=16, spad_kib=1))
+
+
+def test_accumulator_too_small_says_by_how_much():
+    g = tiny_vit(image=16, dim=512, heads=2, classes=2)
+    with pytest.raises(CompileError, match=r"accumulator needs \d+ words, the config has 256"):
+        compile_graph(g, _cfg(rc=4, lanes=4, spad_kib=64, acc_kib=1))
+
+
+def test_sequence_longer_than_softmax_unit():
+    g = tiny_vit(image=16, patch=4)                        # 17 tokens
+    with pytest.raises(CompileError, match="17 tokens exceed max_seq_len 8 by 9"):
+        compile_graph(g, _cfg(max_seq_len=8))
+
+
+def test_layernorm_channels_not_multiple_of_lanes():
+    with pytest.raises(CompileError, match="LayerNorm of 12 channels needs a multiple of vector_lanes \\(8\\)"):
+        compile_graph(tiny_vit(dim=12, heads=2), _cfg(lanes=8))
+
+
+def test_unsupported_pattern():
+    g = tiny_vit()
+    g.outputs.append("blocks.0.attn.probs")
+    with pytest.raises(CompileError, match="qk_scores -> softmax -> attn_value"):
+        compile_graph(g, _cfg())
+
+
+def test_image_files_round_trip_and_damage(tmp_path):
+    prog = compile_graph(tiny_vit(), _cfg())
+    folder = prog.save(tmp_path / "p")
+    assert sorted(x.name for x in folder.iterdir()) == ["dram.bin", "manifest.json", "program.bin"]
+    back = ProgramImage.load(folder)
+    assert back.instructions == prog.instructions
+    np.testing.assert_array_equal(back.dram_init, prog.dram_init)
+    assert back.tensors == prog.tensors and back.instr_macs == prog.instr_macs
+    raw = bytearray((folder / "program.bin").read_bytes())
+    raw[40] ^= 1
+    (folder / "program.bin").write_bytes(bytes(raw))
+    with pytest.raises(ProgramFormatError, match="checksum"):
+        ProgramImage.load(folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ProgramFormatError, match="version"):
+        ProgramImage.load(folder)
+
+
+def test_macs_accounted_exactly():
+    g = tiny_vit(dim=16, heads=2, mlp_ratio=2, image=8, patch=4, classes=10)
+    prog = compile_graph(g, _cfg())
+    T, D, H = 5, 16, 32
+    expected = (4 * 48 * D            # patch embedding
+                + T * D * 3 * D       # qkv
+                + 2 * T * T * D       # q k^T and attention x V over both heads
+                + T * D * D           # proj
+                + 2 * T * D * H       # fc1, fc2
+                + D * 10)             # head
+    assert sum(prog.instr_macs) == expected
