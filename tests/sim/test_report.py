@@ -1,0 +1,53 @@
+"""Reports: the array breakdown accounts for every cycle; trace and plot files."""
+import json
+
+import pytest
+
+from compiler.lower import compile_graph
+from compiler.testgraphs import random_image, tiny_vit
+from hw.config import AcceleratorConfig
+from sim.machine import simulate
+from sim.report import block_breakdown, build_report, layer_of, plot_block, write_trace
+
+
+@pytest.fixture
+def run(hand_timings):
+    cfg = AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4, scratchpad_kib=16,
+                            accumulator_kib=4)
+    g = tiny_vit(seed=2, depth=2, image=12, dim=16)
+    prog = compile_graph(g, cfg)
+    t = hand_timings(cfg)
+    res = simulate(prog, {g.inputs[0]: random_image(g)}, timings=t)
+    return prog, res, t, build_report(prog, res, t)
+
+
+def test_every_array_cycle_accounted(run):
+    prog, res, t, rep = run
+    assert sum(rep.array.values()) == pytest.approx(res.cycles, abs=0.1)
+    assert rep.array["useful MACs"] == pytest.approx(sum(prog.instr_macs) / 16, abs=0.01)
+    assert 0 < rep.utilization <= rep.tile_bound <= 1
+    cat, bound = block_breakdown(prog, res, t, "blocks.1")
+    assert sum(cat.values()) == pytest.approx(rep.by_layer["blocks.1"]["span"], abs=0.1)
+    assert 0 < bound <= 1
+
+
+def test_tables_are_consistent(run):
+    prog, res, _, rep = run
+    assert sum(c["count"] for c in rep.by_class.values()) == len(prog.instructions) - 1
+    assert sum(o["instructions"] for o in rep.by_op.values()) == len(prog.instructions) - 1
+    assert sum(o["macs"] for o in rep.by_layer.values()) == rep.macs
+    assert rep.blocks == ["blocks.0", "blocks.1"]
+    assert layer_of("blocks.11.mlp.fc1") == "blocks.11" and layer_of("head") == "head"
+    assert rep.latency_ms == pytest.approx(res.cycles / 100e3)
+    json.dumps(rep.to_json())
+
+
+def test_trace_and_plot(run, tmp_path):
+    prog, res, _, rep = run
+    write_trace(prog, res, tmp_path / "t.json")
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    slices = [e for e in events if e["ph"] == "X"]
+    assert len(slices) == len(prog.instructions) - 1
+    assert {e["tid"] for e in slices} == {0, 1, 2, 3}
+    plot_block(rep, "blocks.0", tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
