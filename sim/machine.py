@@ -98,16 +98,21 @@ class _Checker:
                 self.fail(f"{n} must be at least 1")
 
 
-def validate(image: ProgramImage) -> list[tuple]:
-    """Check every instruction against the config and memory sizes; returns per-instruction
-    timing tuples ``(kind, occupancy, latency_after)`` used by the scheduler."""
+def validate(image: ProgramImage, timings: UnitTimings | None = None) -> list[tuple]:
+    """Check every instruction against the config and memory sizes.
+
+    Returns per instruction (None for HALT) the scheduler's timing tuple
+    ``(kind, occupancy, completion)``: for ``"dma"`` the channel beats and the DRAM latency,
+    for ``"matmul"`` ``J x interval`` and ``(J - 1) x interval + latency``, for ``"vector"``
+    0 and the instruction's cycles.
+    """
     cfg = image.config
     instrs = image.instructions
     try:
         check_halt(instrs)
     except IllegalInstructionError as exc:
         raise ProgramError(str(exc)) from None
-    ut = image.__dict__.get("_unit_timings") or UnitTimings(cfg)
+    ut = timings or UnitTimings(cfg)
     ck = _Checker(cfg, image.dram_size)
     R, C = cfg.array_rows, cfg.array_cols
     bw = cfg.dram_bytes_per_cycle
@@ -152,7 +157,8 @@ def validate(image: ProgramImage) -> list[tuple]:
             jobs = nt * kt
             out.append(("matmul", jobs * t.interval, (jobs - 1) * t.interval + t.latency))
         else:
-            ck.positive(ins, "rows", "cols") if op != Opcode.GELU_TABLE else None
+            if op != Opcode.GELU_TABLE:
+                ck.positive(ins, "rows", "cols")
             out.append(("vector", 0, _vector_cycles(ins, cfg, ut, ck)))
     return out
 
@@ -366,12 +372,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     ``progress``: optional callable ``progress(n)`` called with instructions done so far.
     """
     cfg = image.config
-    if timings is not None:
-        image.__dict__["_unit_timings"] = timings
-    try:
-        plan = validate(image)
-    finally:
-        image.__dict__.pop("_unit_timings", None)
+    plan = validate(image, timings)
     instrs = image.instructions
     n = len(instrs)
     data = None
