@@ -111,7 +111,9 @@ class Allocator:
                 kept.append([end, hi, hist])
         self.free_pieces[first:last + 1] = kept
         self.cursor = end % self.capacity
-        buf = Buffer(self.mem, start, size, what, list(history), list(history))
+        # A new buffer is written before it is read: its first writer waits for everything
+        # that used these addresses before, and its readers wait for that writer.
+        buf = Buffer(self.mem, start, size, what, [NONE] * NQ, list(history))
         self.live.add(buf)
         return buf
 
