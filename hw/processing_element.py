@@ -1,0 +1,126 @@
+"""One processing element (PE) of the weight-stationary systolic array (:mod:`hw.systolic_array`).
+
+A PE holds one element of the stationary operand twice: the *stationary* register it
+computes with and a *shadow* register into which the next tile's element is written while
+the current tile streams.  Each cycle it takes one streaming operand from its left
+neighbour and one partial sum from the PE above, and registers
+
+* ``act_out = act_in`` (to the PE on its right),
+* ``psum_out = psum_in + term`` (to the PE below),
+
+where ``term`` depends on the streaming operand's form (chosen per tile by the array):
+
+* multiply form (``lis = 0``): ``term = value * w``, a 9 x 8-bit signed multiplier
+  (``value`` is the int8 operand sign-extended or the uint8 operand zero-extended);
+* shift form (``lis = 1``): ``value[0:4]`` is a Log-Int-Softmax code and
+  ``term = w << (15 - code)`` for ``code < 15``, 0 for ``code = 15``: a 16-position barrel
+  shifter on ``w`` and a zero mux, no multiplier (:func:`sw.intops.attn_value_lis`).
+
+The stationary element a streaming operand meets is the shadow one when the operand
+carries ``swap`` (the first row of a tile), which also copies the shadow register into the
+stationary one.  So the swap travels through the array with the first row of the new tile
+and every PE changes tiles exactly between the last row of one tile and the first of the
+next.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw import intops
+
+__all__ = ["ProcessingElement", "STREAM_OPERAND", "PRODUCT_BITS", "psum_bits"]
+
+#: One streaming operand as it travels along a PE row.
+STREAM_OPERAND = data.StructLayout({
+    "value": signed(9),     # int8 sign-extended, uint8 zero-extended, or a LIS code in [0:4)
+    "lis": 1,               # shift form: value[0:4] is a Log-Int-Softmax code
+    "swap": 1,              # first row of a tile: switch to the shadow stationary element
+})
+
+#: Width of one PE's term: ``w << 15`` of an int8 ``w`` is 23-bit signed (the 9 x 8-bit
+#: product needs 17 bits).
+PRODUCT_BITS = 8 + intops.LIS_SHIFT_BASE
+
+
+def psum_bits(rows: int) -> int:
+    """Width of an exact partial sum of ``rows`` terms: ``PRODUCT_BITS + ceil(log2 rows)``."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    return PRODUCT_BITS + (rows - 1).bit_length()
+
+
+class ProcessingElement(wiring.Component):
+    """One multiply / shift-and-accumulate cell with a double-buffered stationary int8 element.
+
+    Parameters
+    ----------
+    psum_width : int
+        Width of the signed partial sums ``psum_in`` / ``psum_out`` (at least
+        :data:`PRODUCT_BITS`; :func:`psum_bits` of the array's row count).
+
+    Members
+    -------
+    act_in : ``In(STREAM_OPERAND)``
+        Streaming operand from the left.
+    act_out : ``Out(STREAM_OPERAND)``
+        ``act_in`` registered, to the right.
+    psum_in : ``In(signed(psum_width))``
+        Partial sum from the PE above (0 for the top row).
+    psum_out : ``Out(signed(psum_width))``
+        ``psum_in + term`` registered, to the PE below.
+    weight_write : ``In(1)``
+        Write ``weight`` into the shadow register at the end of this cycle.  A write in the
+        cycle of a ``swap`` does not affect that swap (the swap copies the old shadow value).
+    weight : ``In(signed(8))``
+        Stationary element of the next tile.
+
+    Notes
+    -----
+    LATENCY: 1 cycle (both outputs are registers).  THROUGHPUT: one streaming operand per
+    cycle.  Every register has the ``sync`` domain's enable, so an enclosing
+    ``EnableInserter`` stalls the PE as a whole.
+    """
+
+    def __init__(self, psum_width: int):
+        if isinstance(psum_width, bool) or not isinstance(psum_width, int) \
+                or psum_width < PRODUCT_BITS:
+            raise ValueError(f"psum_width must be an integer >= {PRODUCT_BITS}, got {psum_width!r}")
+        self._psum_width = psum_width
+        super().__init__({
+            "act_in": In(STREAM_OPERAND),
+            "act_out": Out(STREAM_OPERAND),
+            "psum_in": In(signed(psum_width)),
+            "psum_out": Out(signed(psum_width)),
+            "weight_write": In(1),
+            "weight": In(signed(8)),
+        })
+
+    @property
+    def psum_width(self) -> int:
+        return self._psum_width
+
+    def elaborate(self, platform):
+        m = Module()
+
+        shadow = Signal(signed(8))
+        stationary = Signal(signed(8))
+        current = Signal(signed(8))
+        m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
+        m.d.sync += stationary.eq(current)
+        with m.If(self.weight_write):
+            m.d.sync += shadow.eq(self.weight)
+
+        code = self.act_in.value.as_unsigned()[:intops.LIS_CODE_BITS]
+        shifted = Signal(signed(PRODUCT_BITS))
+        m.d.comb += shifted.eq(Mux(code == intops.LIS_ZERO_CODE, 0,
+                                   (current << intops.LIS_SHIFT_BASE) >> code))
+        term = Signal(signed(PRODUCT_BITS))
+        m.d.comb += term.eq(Mux(self.act_in.lis, shifted, self.act_in.value * current))
+
+        m.d.sync += [
+            self.act_out.eq(self.act_in),
+            self.psum_out.eq(self.psum_in + term),
+        ]
+        return m
