@@ -132,6 +132,8 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
                     edges["first_row"].append(edge)
         ctx.set(dut.activations.valid, 0)
 
+    cycle_limit = 200 + 20 * sum(rows + tile.m for tile in tiles)
+
     async def monitor(ctx):
         rng = random.Random(seed + 2)
         edge = 0
@@ -143,6 +145,7 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
                 _, _, valid, payload = await ctx.tick().sample(dut.results.valid,
                                                                dut.results.payload)
                 edge += 1
+                assert edge < cycle_limit, "the array stopped producing results"
                 if valid and ready:
                     got.append(unpack_signed(payload.data, 32, cols))
                     assert payload.last == (len(got) == tile.m), f"wrong last flag at row {len(got)}"

@@ -1,0 +1,266 @@
+"""Requantizer: int32 accumulators to int8 or int16, bit-exact to ``sw.intops.requantize``.
+
+Each lane computes, with its channel's parameters,
+``clamp(((acc + bias) * mult + 2**(shift-1)) >> shift) + offset, lo, hi)``: the bias add of
+:func:`sw.intops.linear` followed by :func:`sw.intops.requantize`, with ``[lo, hi]`` the
+int8 or the int16 range chosen per beat (int16 for ``q @ k^T`` scores feeding the softmax
+and for logits).
+
+Parameter memory layout
+-----------------------
+Channel ``ch`` of a row is lane ``ch mod L`` of beat (channel group) ``ch div L``.  One
+:class:`~amaranth.lib.memory.Memory` word per channel group holds the ``L`` lanes' records
+``(bias int32, mult int16, shift 0..63, offset int32)``; the depth is
+``ceil(max_channels / L)`` groups.  The write port writes one record (one lane of one
+group) per cycle.  A per-tensor requantization either writes equal records everywhere or
+sends beats with ``per_tensor`` set, which makes every lane use the record of channel 0
+(group 0, lane 0), so one record write suffices.
+
+Widths: ``acc + bias`` is 33-bit signed, its product with ``mult`` 49-bit signed
+(``|product| <= 2**47``).  For ``shift >= 49`` the rounded quotient is 0 exactly as for
+``shift = 49``, so the shifter is 50 bits wide with shifts clipped to 49.
+"""
+from __future__ import annotations
+
+import math
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.config import AcceleratorConfig, ConfigError
+from hw.timing import UnitTiming
+from sw import intops
+
+__all__ = ["Requantizer", "requant_timing", "REQUANT_RECORD", "PIPELINE_STAGES"]
+
+#: Register stages from an accepted beat to its output beat: parameter read, bias add,
+#: multiply, round and shift, offset and clamp.
+PIPELINE_STAGES = 5
+
+#: Bits of one input lane (int32 accumulator) and one output lane (int16, int8 sign-extended).
+ACC_BITS = 32
+OUT_BITS = 16
+
+_BIASED_BITS = ACC_BITS + 1
+_PRODUCT_BITS = _BIASED_BITS + intops.REQUANT_MULT_BITS
+#: Every shift at or above this gives the same (zero) quotient of a ``_PRODUCT_BITS`` product.
+_SHIFT_CLIP = _PRODUCT_BITS
+_ROUNDED_BITS = _PRODUCT_BITS + 1
+
+#: One channel's parameters, as stored in the parameter memory.
+REQUANT_RECORD = data.StructLayout({
+    "bias": signed(ACC_BITS),
+    "mult": signed(intops.REQUANT_MULT_BITS),
+    "shift": unsigned(6),
+    "offset": signed(ACC_BITS),
+})
+
+
+def _lanes_of(config, lanes) -> int:
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, got {config!r}")
+    if lanes is None:
+        return config.array_cols
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
+        raise ConfigError(f"lanes must be an integer in 1..64, got {lanes!r}")
+    return lanes
+
+
+def requant_timing(config: AcceleratorConfig, n: int, lanes: int | None = None) -> UnitTiming:
+    """Timing of one row of ``n`` accumulators on ``Requantizer(config, lanes)``.
+
+    With ``L = lanes`` (default ``config.array_cols``) and ``B = ceil(n / L)`` beats::
+
+        latency  = B + 5        (first input beat accepted to last output beat, both counted)
+        interval = B
+
+    i.e. one beat per cycle with a 5-stage pipeline (:data:`PIPELINE_STAGES`); rows follow
+    each other without a gap.
+    """
+    lanes = _lanes_of(config, lanes)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (accumulators in the row) must be a positive integer, got {n!r}")
+    beats = math.ceil(n / lanes)
+    return UnitTiming(latency=beats + PIPELINE_STAGES, interval=beats)
+
+
+def _param_write_signature(groups: int, lanes: int) -> wiring.Signature:
+    return wiring.Signature({
+        "en": Out(1),
+        "group": Out(range(groups)),
+        "lane": Out(range(lanes)),
+        "bias": Out(signed(ACC_BITS)),
+        "mult": Out(signed(intops.REQUANT_MULT_BITS)),
+        "shift": Out(range(intops.REQUANT_MAX_SHIFT + 1)),
+        "offset": Out(signed(ACC_BITS)),
+    })
+
+
+class Requantizer(wiring.Component):
+    """Per-channel requantizer of ``L`` int32 lanes per beat.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        Uses ``max_channels`` (channels whose records the memory holds) and, by default,
+        ``array_cols`` for the lane count: the requantizer sits after the systolic array.
+    lanes : int, optional
+        ``L``, lanes per beat, 1..64 (default ``config.array_cols``).
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"data": unsigned(32 L), "group": range(G),
+    "int16": 1, "per_tensor": 1})))``
+        Accumulators: lane ``l`` (bits ``32l .. 32l+31``, two's complement) is channel
+        ``group * L + l``.  ``int16`` selects the int16 output range (else int8);
+        ``per_tensor`` applies channel 0's record to every lane.
+    o : ``Out(stream.Signature(unsigned(16 L)))``
+        Results, one beat per input beat in order: lane ``l`` (bits ``16l .. 16l+15``) is
+        the int16 result, or the int8 result sign-extended to 16 bits.
+    param : ``In(Signature(en, group, lane, bias, mult, shift, offset))``
+        Record write port: when ``en`` is high, lane ``lane`` of group ``group`` gets
+        ``bias`` (int32), ``mult`` (int16), ``shift`` (0..63) and ``offset`` (int32).  A
+        record written in cycle ``t`` applies to beats accepted after cycle ``t``; records
+        must not change while beats using them are in flight.  Writes are never refused.
+
+    ``G = ceil(max_channels / L)`` channel groups.
+
+    Notes
+    -----
+    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 5``; a row of ``n``
+    accumulators takes ``ceil(n / L) + 5`` cycles, both ends counted.  THROUGHPUT: one beat
+    (``L`` accumulators) per cycle.  Both are :func:`requant_timing`.  A held output beat
+    (``o.valid & ~o.ready``) stops the whole pipeline (one global enable) and ``i.ready``
+    is low meanwhile.
+    """
+
+    def __init__(self, config: AcceleratorConfig, lanes: int | None = None):
+        self._lanes = _lanes_of(config, lanes)
+        self._config = config
+        self._groups = math.ceil(config.max_channels / self._lanes)
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "data": unsigned(ACC_BITS * self._lanes),
+                "group": range(self._groups),
+                "int16": 1,
+                "per_tensor": 1,
+            }))),
+            "o": Out(stream.Signature(unsigned(OUT_BITS * self._lanes))),
+            "param": In(_param_write_signature(self._groups, self._lanes)),
+        })
+
+    @property
+    def config(self) -> AcceleratorConfig:
+        return self._config
+
+    @property
+    def lanes(self) -> int:
+        """``L``: accumulators per beat."""
+        return self._lanes
+
+    @property
+    def groups(self) -> int:
+        """``G``: channel groups (words) of the parameter memory, ``ceil(max_channels / L)``."""
+        return self._groups
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self._lanes
+
+        m.submodules.records = records = Memory(
+            shape=data.ArrayLayout(REQUANT_RECORD, lanes), depth=self._groups, init=[])
+        record_write = records.write_port(granularity=1)
+        record_read = records.read_port()
+
+        m.d.comb += [
+            record_write.addr.eq(self.param.group),
+            record_write.en.eq(self.param.en << self.param.lane),
+        ]
+        for lane in range(lanes):
+            m.d.comb += [
+                record_write.data[lane].bias.eq(self.param.bias),
+                record_write.data[lane].mult.eq(self.param.mult),
+                record_write.data[lane].shift.eq(self.param.shift),
+                record_write.data[lane].offset.eq(self.param.offset),
+            ]
+
+        # One enable for every pipeline register: move unless a held output beat blocks.
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(~self.o.valid | self.o.ready),
+            self.i.ready.eq(advance),
+            record_read.en.eq(advance),
+            record_read.addr.eq(Mux(self.i.payload.per_tensor, 0, self.i.payload.group)),
+        ]
+
+        def stage(name, shape):
+            return [Signal(shape, name=f"{name}_{lane}") for lane in range(lanes)]
+
+        # Stage 1: the accepted beat waits for its records.
+        s1_valid = Signal()
+        s1_acc = stage("s1_acc", signed(ACC_BITS))
+        s1_int16 = Signal()
+        s1_per_tensor = Signal()
+        # Stage 2: bias added.
+        s2_valid = Signal()
+        s2_biased = stage("s2_biased", signed(_BIASED_BITS))
+        s2_record = stage("s2_record", REQUANT_RECORD)
+        s2_int16 = Signal()
+        # Stage 3: multiplied.
+        s3_valid = Signal()
+        s3_product = stage("s3_product", signed(_PRODUCT_BITS))
+        s3_shift = stage("s3_shift", range(_SHIFT_CLIP + 1))
+        s3_offset = stage("s3_offset", signed(ACC_BITS))
+        s3_int16 = Signal()
+        # Stage 4: rounded and shifted.
+        s4_valid = Signal()
+        s4_rounded = stage("s4_rounded", signed(_ROUNDED_BITS))
+        s4_offset = stage("s4_offset", signed(ACC_BITS))
+        s4_int16 = Signal()
+        # Stage 5 (output register): offset added and clamped.
+        out_valid = Signal()
+        out_lanes = stage("out", signed(OUT_BITS))
+
+        # Round half up: add 2**(shift-1) (nothing for shift 0) before the arithmetic shift.
+        s3_rounding = stage("s3_rounding", signed(_ROUNDED_BITS))
+        for lane in range(lanes):
+            m.d.comb += s3_rounding[lane].eq(s3_product[lane] + ((1 << s3_shift[lane]) >> 1))
+
+        with m.If(advance):
+            m.d.sync += [
+                s1_valid.eq(self.i.valid),
+                s1_int16.eq(self.i.payload.int16),
+                s1_per_tensor.eq(self.i.payload.per_tensor),
+                s2_valid.eq(s1_valid),
+                s2_int16.eq(s1_int16),
+                s3_valid.eq(s2_valid),
+                s3_int16.eq(s2_int16),
+                s4_valid.eq(s3_valid),
+                s4_int16.eq(s3_int16),
+                out_valid.eq(s4_valid),
+            ]
+            lo = Mux(s4_int16, intops.INT16_MIN, intops.INT8_MIN)
+            hi = Mux(s4_int16, intops.INT16_MAX, intops.INT8_MAX)
+            for lane in range(lanes):
+                record = Mux(s1_per_tensor, record_read.data[0], record_read.data[lane])
+                record = REQUANT_RECORD(record)
+                y = s4_rounded[lane] + s4_offset[lane]
+                m.d.sync += [
+                    s1_acc[lane].eq(self.i.payload.data[ACC_BITS * lane:ACC_BITS * (lane + 1)]),
+                    s2_biased[lane].eq(s1_acc[lane] + record.bias),
+                    s2_record[lane].eq(record),
+                    s3_product[lane].eq(s2_biased[lane] * s2_record[lane].mult),
+                    s3_shift[lane].eq(Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
+                                          s2_record[lane].shift)),
+                    s3_offset[lane].eq(s2_record[lane].offset),
+                    s4_rounded[lane].eq(s3_rounding[lane] >> s3_shift[lane]),
+                    s4_offset[lane].eq(s3_offset[lane]),
+                    out_lanes[lane].eq(Mux(y < lo, lo, Mux(y > hi, hi, y))),
+                ]
+
+        m.d.comb += self.o.valid.eq(out_valid)
+        for lane in range(lanes):
+            m.d.comb += self.o.payload[OUT_BITS * lane:OUT_BITS * (lane + 1)].eq(out_lanes[lane])
+        return m

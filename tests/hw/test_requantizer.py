@@ -1,0 +1,397 @@
+"""Requantizer against sw.intops.requantize (after the linear() bias add), every output compared."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hw.config import AcceleratorConfig, ConfigError
+from hw.requantizer import PIPELINE_STAGES, Requantizer, requant_timing
+from hw.timing import UnitTiming
+from sim.cocotb_runner import run_cocotb
+from sw import intops
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+MAX_CHANNELS = 8
+#: Largest shift compared against sw.intops.requantize directly: at shift 63 the reference's
+#: int64 ``1 << 63`` wraps negative (see test_shift_63_is_zero_quotient).
+MAX_GOLDEN_SHIFT = intops.REQUANT_MAX_SHIFT - 1
+#: (lanes, config): 4 lanes (2 channel groups) and 3 lanes (3 groups, the last one partial).
+SETUPS = {
+    4: AcceleratorConfig(array_rows=4, array_cols=4, max_channels=MAX_CHANNELS),
+    3: AcceleratorConfig(array_rows=4, array_cols=3, max_channels=MAX_CHANNELS),
+}
+
+
+def pack(values, width: int) -> int:
+    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
+
+
+def unpack_signed(word: int, width: int, count: int) -> list[int]:
+    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
+    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
+
+
+class Records:
+    """Per-channel parameters for every record slot (``groups * lanes`` channels)."""
+
+    def __init__(self, bias, mult, shift, offset):
+        self.bias = np.asarray(bias, dtype=np.int64)
+        self.mult = np.asarray(mult, dtype=np.int64)
+        self.shift = np.asarray(shift, dtype=np.int64)
+        self.offset = np.asarray(offset, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.bias)
+
+    def writes(self) -> list[dict]:
+        return [{"channel": ch, "bias": int(self.bias[ch]), "mult": int(self.mult[ch]),
+                 "shift": int(self.shift[ch]), "offset": int(self.offset[ch])}
+                for ch in range(len(self))]
+
+
+class Beat:
+    """One input beat: ``lanes`` accumulators of channel group ``group``."""
+
+    def __init__(self, accs, group: int, int16: bool = False, per_tensor: bool = False):
+        self.accs = [int(v) for v in accs]
+        self.group = group
+        self.int16 = bool(int16)
+        self.per_tensor = bool(per_tensor)
+
+    def expected(self, records: Records) -> list[int]:
+        lanes = len(self.accs)
+        channels = [0] * lanes if self.per_tensor else \
+            [self.group * lanes + lane for lane in range(lanes)]
+        lo, hi = (intops.INT16_MIN, intops.INT16_MAX) if self.int16 else \
+            (intops.INT8_MIN, intops.INT8_MAX)
+        acc = np.asarray(self.accs, dtype=np.int64) + records.bias[channels]
+        out = intops.requantize(acc, records.mult[channels], records.shift[channels],
+                                records.offset[channels], lo, hi)
+        return [int(v) for v in out]
+
+
+class Job:
+    """Records loaded through the write port, then beats streamed with them."""
+
+    def __init__(self, records: Records, beats: list[Beat]):
+        self.records = records
+        self.beats = beats
+
+    def expected(self) -> list[list[int]]:
+        return [beat.expected(self.records) for beat in self.beats]
+
+
+def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, out_pattern=None):
+    """Run the jobs in order (records of a job are written once the previous job's outputs are
+    all out).  Returns (output beats per job, edge of each job's first input beat, edge of
+    each job's last output beat)."""
+    dut = Requantizer(SETUPS[lanes], lanes)
+    outputs: list[list[list[int]]] = []
+    first_in: list[int] = []
+    last_out: list[int] = []
+    received = [0]
+
+    async def driver(ctx):
+        rng = random.Random(seed)
+        edge = 0
+        sent = 0
+        for job in jobs:
+            while received[0] < sent:
+                await ctx.tick()
+                edge += 1
+            for write in job.records.writes():
+                ctx.set(dut.param.en, 1)
+                ctx.set(dut.param.group, write["channel"] // lanes)
+                ctx.set(dut.param.lane, write["channel"] % lanes)
+                for name in ("bias", "mult", "shift", "offset"):
+                    ctx.set(getattr(dut.param, name), write[name])
+                await ctx.tick()
+                edge += 1
+            ctx.set(dut.param.en, 0)
+            for k, beat in enumerate(job.beats):
+                while rng.random() < in_gap:
+                    ctx.set(dut.i.valid, 0)
+                    ctx.set(dut.i.payload, {"data": rng.getrandbits(32 * lanes),
+                                            "group": rng.randrange(dut.groups),
+                                            "int16": rng.randint(0, 1),
+                                            "per_tensor": rng.randint(0, 1)})
+                    await ctx.tick()
+                    edge += 1
+                ctx.set(dut.i.payload, {"data": pack(beat.accs, 32), "group": beat.group,
+                                        "int16": beat.int16, "per_tensor": beat.per_tensor})
+                ctx.set(dut.i.valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.i.ready)
+                    edge += 1
+                    if ready:
+                        break
+                if k == 0:
+                    first_in.append(edge)
+            sent += len(job.beats)
+            ctx.set(dut.i.valid, 0)
+
+    total_beats = sum(len(job.beats) for job in jobs)
+    cycle_limit = 200 + 20 * (total_beats + sum(len(job.records) for job in jobs))
+
+    async def monitor(ctx):
+        rng = random.Random(seed + 1)
+        edge = 0
+        for job in jobs:
+            got = []
+            while len(got) < len(job.beats):
+                ready = out_pattern(edge) if out_pattern else rng.random() >= out_stall
+                ctx.set(dut.o.ready, ready)
+                _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+                edge += 1
+                assert edge < cycle_limit, "the requantizer stopped producing output"
+                if valid and ready:
+                    got.append(unpack_signed(payload, 16, lanes))
+                    received[0] += 1
+            outputs.append(got)
+            last_out.append(edge)
+        ctx.set(dut.o.ready, 1)
+        for _ in range(PIPELINE_STAGES + 3):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            assert not valid, "output beat beyond the last input beat"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(driver)
+    sim.add_testbench(monitor)
+    sim.run()
+    return outputs, first_in, last_out
+
+
+def check(lanes: int, jobs: list[Job], **kwargs):
+    outputs, first_in, last_out = simulate(lanes, jobs, **kwargs)
+    assert len(outputs) == len(jobs)
+    for k, (job, got) in enumerate(zip(jobs, outputs)):
+        expected = job.expected()
+        for b, (beat, want, have) in enumerate(zip(job.beats, expected, got)):
+            assert have == want, (f"job {k} beat {b} (group {beat.group}, int16={beat.int16}, "
+                                  f"per_tensor={beat.per_tensor}, accs {beat.accs}): "
+                                  f"got {have}, expected {want}")
+        assert len(got) == len(expected)
+    return first_in, last_out
+
+
+def slots(lanes: int) -> int:
+    return math.ceil(MAX_CHANNELS / lanes) * lanes
+
+
+def random_records(rng: random.Random, count: int, shift_range=(0, MAX_GOLDEN_SHIFT)) -> Records:
+    bias = [rng.randint(INT32_MIN, INT32_MAX) if rng.random() < 0.2 else rng.randint(-5000, 5000)
+            for _ in range(count)]
+    mult = [rng.randint(-32768, 32767) for _ in range(count)]
+    shift = [rng.randint(*shift_range) for _ in range(count)]
+    offset = [rng.randint(INT32_MIN, INT32_MAX) if rng.random() < 0.1 else rng.randint(-300, 300)
+              for _ in range(count)]
+    return Records(bias, mult, shift, offset)
+
+
+def acc_for(rng: random.Random, bias: int) -> int:
+    """An int32 accumulator whose sum with ``bias`` is int32 too (linear()'s contract)."""
+    lo, hi = max(INT32_MIN, INT32_MIN - bias), min(INT32_MAX, INT32_MAX - bias)
+    if rng.random() < 0.5:
+        return rng.randint(lo, hi)
+    return max(lo, min(hi, rng.randint(-(1 << 20), 1 << 20)))
+
+
+def random_beats(rng: random.Random, lanes: int, records: Records, count: int) -> list[Beat]:
+    groups = slots(lanes) // lanes
+    beats = []
+    for _ in range(count):
+        group = rng.randrange(groups)
+        per_tensor = rng.random() < 0.25
+        channels = [0] * lanes if per_tensor else [group * lanes + lane for lane in range(lanes)]
+        accs = [acc_for(rng, int(records.bias[ch])) for ch in channels]
+        beats.append(Beat(accs, group, int16=rng.random() < 0.5, per_tensor=per_tensor))
+    return beats
+
+
+# ---------------------------------------------------------------------------- edge cases
+
+@pytest.mark.parametrize("lanes", sorted(SETUPS))
+def test_extreme_parameters(lanes):
+    """Every extreme multiplier, shift and offset against extreme and rounding-tie accumulators,
+    both output ranges, per channel and per tensor."""
+    count = slots(lanes)
+    mults = [-32768, 32767, -1, 1, 0, 12345, -23456, 2]
+    shifts = [0, 1, 2, 31, 46, 47, 48, 49, 50, MAX_GOLDEN_SHIFT, 15, 16]
+    offsets = [INT32_MIN, INT32_MAX, 0, -128, 127, -32768, 32767, 5, 1, -1, 100, -100]
+    jobs = []
+    accs_list = [
+        [INT32_MIN, INT32_MAX, 0, -1], [INT32_MAX, INT32_MIN, 1, 0],
+        [-3, -1, 1, 3], [-5, 5, -7, 7], [1 << 30, -(1 << 30), 65535, -65536],
+    ]
+    for rotation in range(0, len(mults), 2):
+        records = Records(
+            bias=[0] * count,
+            mult=[mults[(ch + rotation) % len(mults)] for ch in range(count)],
+            shift=[shifts[(ch * 5 + rotation) % len(shifts)] for ch in range(count)],
+            offset=[offsets[(ch * 7 + rotation) % len(offsets)] for ch in range(count)],
+        )
+        beats = [Beat(accs[:lanes], group, int16, per_tensor)
+                 for accs in accs_list
+                 for group in range(count // lanes)
+                 for int16 in (False, True)
+                 for per_tensor in (False, True)]
+        jobs.append(Job(records, beats))
+    check(lanes, jobs, out_stall=0.3, seed=lanes)
+
+
+def test_bias_reaching_int32_limits():
+    """acc + bias exactly at the int32 limits, and a large bias cancelling a large acc."""
+    lanes = 4
+    count = slots(lanes)
+    records = Records(bias=[INT32_MAX, INT32_MIN, 1 << 30, -(1 << 30)] * 2,
+                      mult=[1, 1, -32768, 32767] * 2, shift=[0, 0, 20, 33] * 2,
+                      offset=[0, 0, 3, -3] * 2)
+    assert len(records) == count
+    beats = [Beat([0, 0, -(1 << 30), 1 << 30], 0), Beat([INT32_MIN, INT32_MAX, (1 << 30) - 1, -(1 << 30)], 0),
+             Beat([-5, 5, INT32_MAX - (1 << 30), INT32_MIN + (1 << 30)], 1, int16=True)]
+    check(lanes, [Job(records, beats)])
+
+
+def test_rounding_ties_half_up():
+    """(x * 1 + 2**(s-1)) >> s at exact halves, negative and positive, both ranges."""
+    lanes = 4
+    records = Records(bias=[0] * 8, mult=[1] * 8, shift=[1, 2, 3, 4, 1, 2, 3, 4], offset=[0] * 8)
+    beats = [Beat([v, 2 * v, 4 * v, 8 * v], group, int16=int16)
+             for v in (-3, -1, 1, 3, -255, 255) for group in (0, 1) for int16 in (False, True)]
+    check(lanes, [Job(records, beats)])
+
+
+def test_shift_63_is_zero_quotient():
+    """Shift 63 rounds every product to 0, as every shift from 49 on does.
+
+    The reference computes ``2**(shift-1)`` as an int64 ``1 << 63 >> 1``, which wraps to
+    ``-2**62`` at shift 63 and turns the quotient into -1.  The stated formula gives 0 (the
+    product has at most 48 magnitude bits), so shift 63 is checked against the reference at
+    shift 49, where ``(p + 2**48) >> 49 = 0`` for the same products.
+    """
+    lanes = 4
+    records = Records(bias=[0, 5, -5, 1 << 20] * 2, mult=[-32768, 32767, 1, -1] * 2,
+                      shift=[intops.REQUANT_MAX_SHIFT] * 8, offset=[0, -7, 100, -100] * 2)
+    same_at_49 = Records(records.bias, records.mult, [49] * 8, records.offset)
+    beats = [Beat([INT32_MIN, INT32_MAX - (1 << 20), -1, 3], group, int16)
+             for group in (0, 1) for int16 in (False, True)]
+    outputs, _, _ = simulate(lanes, [Job(records, beats)])
+    assert outputs[0] == Job(same_at_49, beats).expected()
+    assert all(v in (0, -7, 100, -100) for beat in outputs[0] for v in beat)
+
+
+@pytest.mark.parametrize("lanes", sorted(SETUPS))
+def test_records_reloaded_between_jobs_with_long_stalls(lanes):
+    rng = random.Random(2)
+    jobs = []
+    for _ in range(3):
+        records = random_records(rng, slots(lanes), shift_range=(8, 30))
+        jobs.append(Job(records, random_beats(rng, lanes, records, 12)))
+    check(lanes, jobs, in_gap=0.2, out_pattern=lambda edge: (edge // 7) % 3 == 1)
+
+
+# ---------------------------------------------------------------------------- random beats
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lanes=st.sampled_from(sorted(SETUPS)), seed=st.integers(0, 2**32 - 1),
+       narrow_shifts=st.booleans(), beats=st.integers(1, 12),
+       in_gap=st.sampled_from([0.0, 0.4]), out_stall=st.sampled_from([0.0, 0.4]))
+def test_random_beats(lanes, seed, narrow_shifts, beats, in_gap, out_stall):
+    rng = random.Random(seed)
+    records = random_records(rng, slots(lanes), (10, 36) if narrow_shifts else (0, MAX_GOLDEN_SHIFT))
+    check(lanes, [Job(records, random_beats(rng, lanes, records, beats))],
+          in_gap=in_gap, out_stall=out_stall, seed=seed % 1000)
+
+
+# ---------------------------------------------------------------------------- timing
+
+@pytest.mark.parametrize("lanes", sorted(SETUPS))
+def test_timing_matches_requant_timing(lanes):
+    """Rows of n accumulators back to back, never stalled: cycles equal requant_timing."""
+    rng = random.Random(4)
+    config = SETUPS[lanes]
+    records = random_records(rng, slots(lanes), (8, 30))
+    for n in sorted({1, lanes, lanes + 1, MAX_CHANNELS}):
+        beats_per_row = math.ceil(n / lanes)
+        rows = 3
+        beats = [Beat([acc_for(rng, int(records.bias[g * lanes + lane])) for lane in range(lanes)], g)
+                 for _ in range(rows) for g in range(beats_per_row)]
+        first_in, last_out = check(lanes, [Job(records, beats)])
+        timing = requant_timing(config, n, lanes)
+        assert last_out[0] - first_in[0] + 1 == timing.total(rows), f"n={n}"
+        single = check(lanes, [Job(records, beats[:beats_per_row])])
+        assert single[1][0] - single[0][0] + 1 == timing.latency, f"n={n}"
+
+
+def test_timing_formulas():
+    config = AcceleratorConfig(array_cols=16)
+    assert requant_timing(config, 16) == UnitTiming(latency=1 + 5, interval=1)
+    assert requant_timing(config, 100) == UnitTiming(latency=7 + 5, interval=7)
+    assert requant_timing(config, 100, lanes=8) == UnitTiming(latency=13 + 5, interval=13)
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError):
+            requant_timing(config, bad)
+    with pytest.raises(ConfigError):
+        requant_timing(config, 4, lanes=0)
+
+
+# ---------------------------------------------------------------------------- construction
+
+def test_properties_and_other_sizes_elaborate():
+    dut = Requantizer(SETUPS[3])
+    assert dut.lanes == 3 and dut.groups == 3 and dut.config is SETUPS[3]
+    assert Requantizer(AcceleratorConfig()).lanes == 16
+    assert Requantizer(AcceleratorConfig()).groups == 1024 // 16
+    assert Requantizer(AcceleratorConfig(), lanes=5).groups == math.ceil(1024 / 5)
+    for lanes in (1, 7, 64):
+        Fragment.get(Requantizer(AcceleratorConfig(max_channels=8), lanes=lanes), None)
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(ConfigError):
+            Requantizer(AcceleratorConfig(), lanes=bad)
+    with pytest.raises(TypeError):
+        Requantizer(None)
+
+
+# ---------------------------------------------------------------------------- cocotb
+
+def cocotb_vectors(lanes: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    config = SETUPS[lanes]
+
+    def encode(job: Job) -> dict:
+        return {"records": job.records.writes(),
+                "beats": [{"accs": b.accs, "group": b.group, "int16": int(b.int16),
+                           "per_tensor": int(b.per_tensor)} for b in job.beats],
+                "expected": job.expected()}
+
+    stalled = []
+    for _ in range(3):
+        records = random_records(rng, slots(lanes), (6, 40))
+        stalled.append(encode(Job(records, random_beats(rng, lanes, records, 40))))
+    timed = []
+    records = random_records(rng, slots(lanes), (8, 30))
+    for n in (1, MAX_CHANNELS):
+        beats_per_row, rows = math.ceil(n / lanes), 4
+        beats = [Beat([acc_for(rng, int(records.bias[g * lanes + lane])) for lane in range(lanes)], g,
+                      int16=rng.random() < 0.5)
+                 for _ in range(rows) for g in range(beats_per_row)]
+        timed.append({**encode(Job(records, beats)),
+                      "total_cycles": requant_timing(config, n, lanes).total(rows)})
+    groups = math.ceil(MAX_CHANNELS / lanes)
+    return {"lanes": lanes, "groups": groups, "group_bits": max(groups - 1, 0).bit_length(),
+            "seed": seed, "stalled": stalled, "timed": timed}
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("lanes", sorted(SETUPS))
+def test_cocotb(lanes, tmp_path):
+    run_cocotb(Requantizer(SETUPS[lanes], lanes), "requantizer", "cocotb_requantizer", tmp_path,
+               vectors=cocotb_vectors(lanes, seed=lanes))
