@@ -116,7 +116,9 @@ class SystolicArray(wiring.Component):
     weights : ``In(stream.Signature(StructLayout({"data": unsigned(8 C), "mode": StreamMode})))``
         Stationary operand, ``R`` beats per tile: beat ``r`` carries row ``W[r, :]``, lane
         ``c`` (bits ``8c .. 8c+7``, two's complement) being ``W[r, c]``.  ``mode`` is the
-        tile's streaming-operand form, taken from the tile's last weight beat.
+        tile's streaming-operand form, taken from the tile's last weight beat.  ``ready``
+        depends on ``activations.valid``: the next tile's first weight beat is accepted in
+        the same cycle as the current tile's first row.
     activations : ``In(stream.Signature(StructLayout({"data": unsigned(8 R), "last": 1})))``
         Streaming rows, lane ``r`` (bits ``8r .. 8r+7``) being ``a[r]``, read per the tile's
         mode; ``last`` marks the tile's final row.  A tile's first row is accepted only once

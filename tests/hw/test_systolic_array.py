@@ -241,6 +241,20 @@ def test_short_tiles_wait_for_weights(rows, cols):
     check(rows, cols, tiles, out_stall=0.2, seed=11)
 
 
+@pytest.mark.parametrize("rows,cols", [(8, 5), (16, 16)])
+def test_larger_arrays(rows, cols):
+    """Larger and non-square arrays: every mode with stalls, then stall-free timing."""
+    rng = np.random.default_rng(rows * cols)
+    tiles = [random_tile(rng, rows, cols, mode, m) for mode, m in (
+        (StreamMode.INT8, rows + 2), (StreamMode.LIS, 3), (StreamMode.UINT8, rows),
+        (StreamMode.LIS, rows + 1))]
+    check(rows, cols, tiles, weight_gap=0.2, act_gap=0.2, out_stall=0.3, seed=1)
+    tiles = [random_tile(rng, rows, cols, mode, rows) for mode in StreamMode]
+    edges = check(rows, cols, tiles)
+    total = edges["last_result"][-1] - edges["first_weight"][0] + 1
+    assert total == matmul_timing(config_of(rows, cols), rows).total(len(tiles))
+
+
 # ---------------------------------------------------------------------------- random tiles
 
 @st.composite
