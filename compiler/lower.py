@@ -576,11 +576,11 @@ class _Compiler:
         x = op.inputs[0]
         self._check_int8_input(op, x)
         T, D = self._dims(x)
-        if op.kind == "layernorm":
-            if D % self.L or D > cfg.max_channels:
-                raise CompileError(
-                    f"op {op.name!r}: LayerNorm of {D} channels needs a multiple of vector_lanes "
-                    f"({self.L}) no larger than max_channels ({cfg.max_channels})")
+        if op.kind in ("layernorm", "add") and (D % self.L or D > cfg.max_channels):
+            unit = "LayerNorm" if op.kind == "layernorm" else "residual add"
+            raise CompileError(
+                f"op {op.name!r}: {unit} of {D} channels needs a multiple of vector_lanes "
+                f"({self.L}) no larger than max_channels ({cfg.max_channels})")
         out = self._out(op.outputs[0])
         two = op.kind == "add"
         b_const = None

@@ -209,6 +209,9 @@ def _vector_cycles(ins: Instruction, cfg: AcceleratorConfig, ut: UnitTimings, ck
         lat, iv = t.latency, t.interval
         params = cols if a["load_params"] else 0
     elif op == Opcode.ADD:
+        if cols % cfg.vector_lanes or cols > cfg.max_channels:
+            ck.fail(f"residual add of {cols} channels: needs a multiple of vector_lanes "
+                    f"({cfg.vector_lanes}) up to max_channels ({cfg.max_channels})")
         ck.region("scratchpad", "operand a", a["a_addr"], a["a_stride"], rows, cols)
         ck.region("scratchpad", "operand b", a["b_addr"], a["b_stride"], rows, cols)
         ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, cols, True)

@@ -164,6 +164,8 @@ def test_missing_halt(hand_timings):
      "dst_cols=300 mode=LIS frac_bits=4 b_int=0 c_int=0 mult=1 shift=0\n", "max_seq_len"),
     ("LAYERNORM wait=- signal=- src_addr=0 src_stride=3 dst_addr=0 dst_stride=3 rows=1 cols=3 "
      "param_addr=0 load_params=0 zp_in=0 mean_mult=1\n", "multiple of vector_lanes"),
+    ("ADD wait=- signal=- a_addr=0 a_stride=3 b_addr=0 b_stride=3 dst_addr=8 dst_stride=3 "
+     "rows=1 cols=3 param_addr=0 load_params=0 zp_a=0 zp_b=0 zp_out=0\n", "residual add of 3"),
     (LOAD.format(w="-", s="-", d=0, r=0, c=8), "rows must be at least 1"),
 ])
 def test_out_of_range_and_unit_limits(text, match, hand_timings):
