@@ -216,7 +216,8 @@ def write_trace(image: ProgramImage, res: SimResult, path: str | Path) -> None:
 
 
 def plot_block(report: Report, block: str, path: str | Path, title: str = "") -> None:
-    """PNG: per op of ``block``, its busy cycles on each queue and its span."""
+    """PNG: per op of ``block``, its span and the busy cycles of each unit within it
+    (units overlap in time, so the busy bars are drawn side by side, not stacked)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -226,16 +227,15 @@ def plot_block(report: Report, block: str, path: str | Path, title: str = "") ->
         raise ValueError(f"no ops in {block!r}")
     short = [k[len(block) + 1:] for k in names]
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.8))
-    left = np.zeros(len(names))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.8))
+    spans = np.array([report.by_op[k]["span"] for k in names], dtype=float)
+    ax.barh(y, spans, height=0.8, color="#dddddd", label="span (first start to last retire)")
     colors = {"matrix busy": "#1f77b4", "vector busy": "#ff7f0e", "load busy": "#2ca02c",
               "store busy": "#9467bd"}
-    for key, color in colors.items():
+    for j, (key, color) in enumerate(colors.items()):
         vals = np.array([report.by_op[k][key] for k in names], dtype=float)
-        ax.barh(y, vals, left=left, color=color, label=key.replace(" busy", ""), height=0.6)
-        left += vals
-    spans = [report.by_op[k]["span"] for k in names]
-    ax.scatter(spans, y, marker="|", s=300, color="black", label="span (wall clock)", zorder=3)
+        ax.barh(y - 0.3 + 0.18 * j + 0.06, vals, height=0.16, color=color,
+                label=key.replace(" busy", "") + " busy")
     ax.set_yticks(y, short)
     ax.invert_yaxis()
     ax.set_xlabel("cycles")
