@@ -29,12 +29,14 @@ SHIFT_BITS = 6
 PRODUCT_BITS = 9 + REQUANT_MULT_BITS
 #: Sum of the two products.
 SUM_BITS = PRODUCT_BITS + 1
+#: Shifts from ``SUM_BITS`` on all round every sum to 0, so a stored shift saturates there.
+STORED_SHIFT_BITS = ceil_log2(SUM_BITS + 1)
 
 #: Per-channel parameters as stored (one entry per channel).
 CHANNEL_PARAMS_LAYOUT = data.StructLayout({
     "mult_a": signed(REQUANT_MULT_BITS),
     "mult_b": signed(REQUANT_MULT_BITS),
-    "shift": unsigned(SHIFT_BITS),
+    "shift": unsigned(STORED_SHIFT_BITS),
 })
 
 
@@ -56,7 +58,8 @@ class ResidualAdd(wiring.Component):
     A tensor is a sequence of rows of ``C`` channels, ``C / L`` beats per row; lane ``k`` of
     beat ``j`` of a row is channel ``j L + k``.  Per-channel ``mult_a``, ``mult_b`` (int16) and
     ``shift`` (0..63) live in a memory of ``floor(max_channels / L)`` rows of ``L`` entries
-    (38 bits each), written one channel at a time through ``param_write``.  The per-tensor
+    (37 bits each: a shift is stored saturated at 26, which, like any larger shift, rounds
+    every 26-bit sum to 0), written one channel at a time through ``param_write``.  The per-tensor
     registers ``channels`` (``C``, a multiple of ``L``, at most ``max_channels``), ``zp_a``,
     ``zp_b`` and ``zp_out`` (int8) are written together through ``tensor_config``, which
     also restarts the channel count at channel 0.  After reset ``C = L * floor(max_channels / L)``
@@ -152,12 +155,13 @@ class ResidualAdd(wiring.Component):
         m.submodules.params = params
         write = params.write_port(granularity=1)
         pw = self.param_write.payload
+        stored_shift = Mux(pw.shift > SUM_BITS, SUM_BITS, pw.shift)
         m.d.comb += write.addr.eq(pw.channel >> lane_bits)
         for lane in range(lanes):
             m.d.comb += [
                 write.data[lane].mult_a.eq(pw.mult_a),
                 write.data[lane].mult_b.eq(pw.mult_b),
-                write.data[lane].shift.eq(pw.shift),
+                write.data[lane].shift.eq(stored_shift),
                 write.en[lane].eq(self.param_write.valid & (pw.channel[:lane_bits] == lane)
                                   if lane_bits else self.param_write.valid),
             ]
@@ -199,10 +203,10 @@ class ResidualAdd(wiring.Component):
             b1 = Signal(signed(8), name=f"b1_{lane}")
             prod_a = Signal(signed(PRODUCT_BITS), name=f"prod_a_{lane}")
             prod_b = Signal(signed(PRODUCT_BITS), name=f"prod_b_{lane}")
-            shift2 = Signal(unsigned(SHIFT_BITS), name=f"shift2_{lane}")
+            shift2 = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift2_{lane}")
             shifted = Signal(signed(SUM_BITS), name=f"shifted_{lane}")
             rounds = Signal(name=f"rounds_{lane}")
-            shift_less_one = Signal(unsigned(SHIFT_BITS), name=f"shift_less_one_{lane}")
+            shift_less_one = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift_less_one_{lane}")
             total = Signal(signed(SUM_BITS), name=f"total_{lane}")
             rounded = Signal(signed(SUM_BITS + 1), name=f"rounded_{lane}")
             out = self.o.payload.word_select(lane, 8)
