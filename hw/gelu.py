@@ -38,9 +38,10 @@ class GeluLut(wiring.Component):
     Each lane of an input beat indexes a 256-entry int8 table at ``x + 128``, exactly
     :func:`sw.intops.gelu_lut`.  Every lane needs its own read port in every cycle, so the
     table is stored ``L`` times (one copy per lane; a table write updates all copies):
-    ``L`` blocks of 256 x 8 bits, i.e. ``L`` block RAMs (ECP5 DP16KD) or the equivalent
-    distributed RAM, whichever the synthesizer picks (see ``docs/HARDWARE.md``).  The table
-    resets to all zeros and is loaded through ``table_write``.
+    ``L`` blocks of 256 x 8 bits.  On ECP5 Yosys maps each copy to one DP16KD block RAM (of
+    which it uses 2 kbit of 18) plus about 20 LUT4 of logic that keeps a read of the entry
+    being written in the same cycle returning the old entry (see ``docs/HARDWARE.md``).  The
+    table resets to all zeros and is loaded through ``table_write``.
 
     Parameters
     ----------
