@@ -64,9 +64,6 @@ class Allocator:
         self.cursor = 0
         self.live: set[Buffer] = set()
 
-    def reset_cursor(self) -> None:
-        self.cursor = 0
-
     @property
     def free_bytes(self) -> int:
         return sum(hi - lo for lo, hi, _ in self.free_pieces)

@@ -32,7 +32,7 @@ on the current one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from sw import intops
 from sw.graph import IntGraph, Op
 
 from .emitter import Allocator, Buffer, CompileError, Emitter
-from .isa import (COUNT, SPAD_STRIDE, ACC_STRIDE, MatMode, Mem, Opcode, OutType, SoftmaxMode)
+from .isa import (COUNT, SPAD_STRIDE, ACC_STRIDE, MatMode, Mem, Opcode, OutType, Queue, SoftmaxMode)
 from .program import ProgramImage, TensorPlacement
 
 __all__ = ["compile_graph", "CompileError"]
@@ -74,7 +74,6 @@ class DramTensor:
     ``addr`` is relative to the start of the activation region, which is placed after the
     constants once all of them are known (the emitted addresses are relocated then).
     """
-    buf: Buffer                 #: dependency tracking
     addr: int
     rows: int
     cols: int
@@ -87,6 +86,13 @@ class DramTensor:
     offset_rows: int = 0
     #: For a concat_tokens output: the constant prefix rows (int8), initialized in DRAM.
     const_prefix: np.ndarray | None = None
+    #: STOREs into this tensor (kept on the root of an alias): ``(row0, row1, byte0, byte1,
+    #: instruction)`` rectangles, disjoint since every element is written once.
+    stores: list = field(default_factory=list)
+
+    @property
+    def root(self) -> "DramTensor":
+        return self.parent if self.parent is not None else self
 
 
 @dataclass
@@ -155,8 +161,7 @@ class _Compiler:
         stride = cols * elem_bytes
         addr = self.act_top
         self.act_top = _ceil_to(addr + rows * stride, DRAM_ALIGN)
-        buf = Buffer("dram", addr, rows * stride, name)
-        t = DramTensor(buf, addr, rows, cols, elem_bytes, stride, name)
+        t = DramTensor(addr, rows, cols, elem_bytes, stride, name)
         self._acts.append(t)
         return t
 
@@ -172,8 +177,8 @@ class _Compiler:
         p = self.place[name]
         if isinstance(p, DramTensor):
             ncols = p.cols - col0 if ncols is None else ncols
-            self._load(p, p.addr + r0 * p.row_stride + col0 * p.elem_bytes, p.row_stride, nr,
-                       ncols * p.elem_bytes, dst, dst_off, dst_stride, pad)
+            self._load_rect(p, r0, r0 + nr, col0 * p.elem_bytes, (col0 + ncols) * p.elem_bytes,
+                            dst, dst_off, dst_stride, pad)
         elif isinstance(p, PatchView):
             if col0 or ncols not in (None, p.channels * p.patch ** 2):
                 raise CompileError(f"{name}: column slices of patches are not supported")
@@ -186,28 +191,64 @@ class _Compiler:
                     for pi in range(p.patch):
                         src = p.image.addr + c * p.height * p.width + (i * p.patch + pi) * p.width + j0 * p.patch
                         off = dst_off + (t - r0) * dst_stride + (c * p.patch + pi) * p.patch
-                        self._load(p.image, src, p.patch, count, p.patch, dst, off, dst_stride, 0)
+                        self._load(self._deps(p.image, 0, p.image.rows, 0, p.image.row_stride),
+                                   src, p.patch, count, p.patch, dst, off, dst_stride, 0)
                 t += count
         elif isinstance(p, RowsView):
             if r0 != 0 or nr != 1 or col0 or ncols not in (None, p.base.cols * len(p.indices)):
                 raise CompileError(f"{name}: partial loads of selected tokens are not supported")
             width = p.base.cols * p.base.elem_bytes
             for k, idx in enumerate(p.indices):
-                self._load(p.base, p.base.addr + idx * p.base.row_stride, p.base.row_stride, 1,
-                           width, dst, dst_off + k * width, dst_stride, 0)
+                self._load_rect(p.base, idx, idx + 1, 0, width, dst, dst_off + k * width,
+                                dst_stride, 0)
         else:
             raise CompileError(f"tensor {name!r} has no placement")
 
-    def _load(self, src: DramTensor | None, dram_addr, dram_stride, rows, cols, dst: Buffer,
+    @staticmethod
+    def _deps(t: DramTensor, r0: int, r1: int, b0: int, b1: int) -> Buffer:
+        """A dependency record: the newest STORE overlapping rows ``r0..r1``, bytes ``b0..b1``."""
+        root, off = t.root, t.offset_rows if t.parent is not None else 0
+        dep = Buffer("dram", 0, 0)
+        for s0, s1, c0, c1, idx in root.stores:
+            if s0 < r1 + off and r0 + off < s1 and c0 < b1 and b0 < c1:
+                dep.written[Queue.STORE] = max(dep.written[Queue.STORE], idx)
+        return dep
+
+    def _load_rect(self, t: DramTensor, r0: int, r1: int, b0: int, b1: int, dst: Buffer,
+                   dst_off: int, dst_stride: int, pad: int) -> None:
+        """Load rows ``r0..r1``, bytes ``b0..b1`` of ``t``.  When the STOREs that wrote the
+        rectangle tile it exactly, one LOAD per stored piece, each waiting only for its own
+        STORE: the consumer's loads then follow the producer's stores instead of waiting for
+        the whole tensor."""
+        root, off = t.root, t.offset_rows if t.parent is not None else 0
+        pieces = []
+        for s0, s1, c0, c1, idx in root.stores:
+            p0, p1 = max(s0 - off, r0), min(s1 - off, r1)
+            q0, q1 = max(c0, b0), min(c1, b1)
+            if p0 < p1 and q0 < q1:
+                pieces.append((p0, p1, q0, q1))
+        if len(pieces) > 1 and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
+                == (r1 - r0) * (b1 - b0):
+            for p0, p1, q0, q1 in pieces:
+                self._load(self._deps(t, p0, p1, q0, q1), t.addr + p0 * t.row_stride + q0,
+                           t.row_stride, p1 - p0, q1 - q0, dst,
+                           dst_off + (p0 - r0) * dst_stride + (q0 - b0), dst_stride,
+                           pad if q1 == b1 else 0)
+            return
+        self._load(self._deps(t, r0, r1, b0, b1), t.addr + r0 * t.row_stride + b0, t.row_stride,
+                   r1 - r0, b1 - b0, dst, dst_off, dst_stride, pad)
+
+    def _load(self, dep: Buffer | None, dram_addr, dram_stride, rows, cols, dst: Buffer,
               dst_off, dst_stride, pad) -> None:
+        """LOADs from the activation region (``dep`` given) or the constants (``dep`` None)."""
         for r in range(0, rows, MAX_COUNT):
             n = min(MAX_COUNT, rows - r)
             i = self.em.emit(Opcode.LOAD, dict(
                 mem=Mem.SPAD, dram_addr=dram_addr + r * dram_stride, dram_stride=dram_stride,
                 dst_addr=dst.addr + dst_off + r * dst_stride, dst_stride=dst_stride,
                 rows=n, cols=cols, pad=pad),
-                reads=[src.buf] if src is not None else [], writes=[dst])
-            if src is not None:
+                reads=[dep] if dep is not None else [], writes=[dst])
+            if dep is not None:
                 self.reloc.append(i)
 
     def load_const(self, addr: int, rows: int, cols: int, stride: int, dst: Buffer,
@@ -228,14 +269,17 @@ class _Compiler:
 
     def store_rows(self, out: DramTensor, r0: int, nr: int, col0: int, src: Buffer,
                    src_stride: int, ncols: int) -> None:
+        off = out.offset_rows if out.parent is not None else 0
         for r in range(0, nr, MAX_COUNT):
             n = min(MAX_COUNT, nr - r)
             self.reloc.append(len(self.em.instrs))
-            self.em.emit(Opcode.STORE, dict(
+            i = self.em.emit(Opcode.STORE, dict(
                 src_addr=src.addr + r * src_stride, src_stride=src_stride,
                 dram_addr=out.addr + (r0 + r) * out.row_stride + col0 * out.elem_bytes,
                 dram_stride=out.row_stride, rows=n, cols=ncols * out.elem_bytes),
-                reads=[src], writes=[out.buf])
+                reads=[src])
+            out.root.stores.append((off + r0 + r, off + r0 + r + n, col0 * out.elem_bytes,
+                                    (col0 + ncols) * out.elem_bytes, i))
 
     def spad_alloc(self, size: int, what: str) -> Buffer:
         return self.spad.alloc(size, what)
@@ -285,8 +329,6 @@ class _Compiler:
             if op.name in fused:
                 continue
             self.em.op_index = idx
-            self.spad.reset_cursor()
-            self.acc.reset_cursor()
             kind = op.kind
             if kind == "patchify":
                 self._patchify(op)
@@ -375,7 +417,7 @@ class _Compiler:
             if prod is not None and prod.kind in ("linear", "add", "layernorm", "gelu") \
                     and x not in self.g.outputs:
                 p = tokens.shape[0]
-                self.place[x] = DramTensor(out.buf, out.addr + p * out.row_stride, out.rows - p,
+                self.place[x] = DramTensor(out.addr + p * out.row_stride, out.rows - p,
                                            out.cols, out.elem_bytes, out.row_stride, x,
                                            parent=out, offset_rows=p)
 
