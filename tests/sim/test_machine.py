@@ -1,6 +1,7 @@
 """Cycle-level model: bit-exact with sw.executor, hand-computed timing, malformed programs."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from compiler.asm import assemble
 from compiler.lower import compile_graph
@@ -197,3 +198,22 @@ def test_saved_image_runs_the_same(tmp_path, hand_timings):
     b = simulate(back, {g.inputs[0]: img}, timings=hand_timings(cfg))
     assert a.cycles == b.cycles
     np.testing.assert_array_equal(a.outputs["logits"], b.outputs["logits"])
+
+
+@settings(max_examples=8, deadline=None)
+@given(rows=st.sampled_from([2, 3, 5, 8]), cols=st.sampled_from([2, 3, 6, 8]),
+       lanes=st.sampled_from([1, 2, 4]), width=st.sampled_from([4, 6, 8]),
+       image=st.sampled_from([8, 12]), prefix=st.integers(0, 2),
+       mode=st.sampled_from(["lis", "uniform"]), pool=st.sampled_from(["token", "mean"]),
+       spad_kib=st.sampled_from([4, 16]), acc_kib=st.sampled_from([1, 4]))
+def test_bit_exact_random_configs(rows, cols, lanes, width, image, prefix, mode, pool, spad_kib,
+                                  acc_kib):
+    """Non-square arrays, odd sizes, one-lane vector units, with and without prefix tokens."""
+    from conftest import HAND_FORMULAS
+    from sim.units import UnitTimings
+    cfg = AcceleratorConfig(array_rows=rows, array_cols=cols, vector_lanes=lanes,
+                            scratchpad_kib=spad_kib, accumulator_kib=acc_kib)
+    dim = 2 * lanes * width if lanes > 1 else 2 * width
+    g = tiny_vit(seed=rows * cols + lanes, image=image, dim=dim, heads=2, prefix_tokens=prefix,
+                 softmax_mode=mode, pool=pool)
+    _check_bit_exact(g, cfg, UnitTimings(cfg, HAND_FORMULAS))
