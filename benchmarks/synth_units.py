@@ -10,6 +10,7 @@ synthesized gets a row saying why; the others are still reported.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -29,11 +30,18 @@ def cell_text(result: SynthResult, cell: str) -> str:
     return str(count)
 
 
+def total(results: dict[str, SynthResult | str]) -> SynthResult:
+    """The cells of all synthesized units together."""
+    done = [r for r in results.values() if not isinstance(r, str)]
+    cells = {c: sum(r.count(c) for r in done) for c in {c for r in done for c in r.cells}}
+    return SynthResult("all units", cells, sum(r.seconds for r in done))
+
+
 def table(results: dict[str, SynthResult | str]) -> str:
-    """Markdown table: one row per unit, cell counts (and share of the device)."""
+    """Markdown table: one row per unit and a total, cell counts (and share of the device)."""
     lines = ["| unit | " + " | ".join(COLUMNS) + " | yosys s |",
              "| --- |" + " ---: |" * (len(COLUMNS) + 1)]
-    for name, result in results.items():
+    for name, result in [*results.items(), ("all units", total(results))]:
         if isinstance(result, str):
             lines.append(f"| {name} | not available: {result} |" + " |" * len(COLUMNS))
         else:
@@ -42,20 +50,33 @@ def table(results: dict[str, SynthResult | str]) -> str:
     return "\n".join(lines)
 
 
+def timing_functions(spec) -> list:
+    """The unit's timing functions: its ``<unit>_timing`` first, then any other public
+    ``*_timing`` function its module defines (e.g. a table or parameter load)."""
+    module = importlib.import_module(spec.module)
+    main_fn = spec.timing_function()
+    others = [fn for name, fn in sorted(vars(module).items())
+              if name.endswith("_timing") and not name.startswith("_") and callable(fn)
+              and getattr(fn, "__module__", None) == spec.module and fn is not main_fn]
+    return [main_fn, *others]
+
+
 def unit_section(name: str, result: SynthResult | str) -> str:
     """One unit's doc section: class, summary, interface, timing docstring, resources."""
     spec = UNITS[name]
     out = [f"## {name}", ""]
     try:
         cls = spec.component_class()
-        timing = spec.timing_function()
+        timings = timing_functions(spec)
     except (ImportError, AttributeError) as exc:
         return "\n".join(out + [f"Not finished when this document was generated: {exc}.", ""])
     summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
     out += [f"`{spec.module}.{spec.class_name}(config)`: {summary}", "", "Interface:", ""]
     out += [f"- `{member}`: {text}" for member, text in member_docs(cls).items()]
-    out += ["", f"Timing, `{spec.module}.{spec.timing_name}{inspect.signature(timing)}`:", ""]
-    out += ["> " + line if line else ">" for line in inspect.cleandoc(timing.__doc__ or "").splitlines()]
+    for fn in timings:
+        arguments = ", ".join(inspect.signature(fn).parameters)
+        out += ["", f"Timing, `{spec.module}.{fn.__name__}({arguments})`:", ""]
+        out += ["> " + line if line else ">" for line in inspect.cleandoc(fn.__doc__ or "").splitlines()]
     out += [""]
     if isinstance(result, str):
         out += [f"Not synthesized: {result}", ""]
@@ -69,6 +90,13 @@ def document(results: dict[str, SynthResult | str], config, command: str) -> str
     fields = ", ".join(f"{k}={v}" for k, v in config.to_dict().items())
     cell_list = "\n".join(f"- `{cell}`: {what}" for cell, what in REPORTED_CELLS.items())
     missing = [name for name, r in results.items() if isinstance(r, str)]
+    all_units = total(results)
+    over = [f"{all_units.count(c)} {c} of {n}" for c, n in DEVICE_CAPACITY.items()
+            if all_units.count(c) > n]
+    luts_with_carries = all_units.count("LUT4") + 2 * all_units.count("CCU2C")
+    if luts_with_carries > DEVICE_CAPACITY["LUT4"]:
+        over.append(f"{luts_with_carries} LUT4 counting the two in each CCU2C, "
+                    f"of {DEVICE_CAPACITY['LUT4']}")
     parts = [
         "# Hardware units",
         "",
@@ -91,11 +119,16 @@ def document(results: dict[str, SynthResult | str], config, command: str) -> str
         table(results),
         "",
         "Percentages are of the device's capacity "
-        + ", ".join(f"{n} {c}" for c, n in DEVICE_CAPACITY.items()) + ".",
+        + ", ".join(f"{n} {c}" for c, n in DEVICE_CAPACITY.items()) + ".  `synth_ecp5` maps",
+        "every multiplier, even an 8 x 8 one, to a whole MULT18X18D; the device's DSP blocks",
+        "can also work as twice as many 9 x 9 multipliers (MULT9X9D), which `synth_ecp5` does",
+        "not infer.",
         "",
         cell_list,
         "",
     ]
+    if over:
+        parts += ["All units together need more than the device has: " + ", ".join(over) + ".", ""]
     if missing:
         parts += [f"Not available when this was generated: {', '.join(missing)} "
                   "(re-run the command above once they are finished).", ""]

@@ -138,7 +138,7 @@ def random_table(rng: random.Random) -> list[int]:
 
 # ---------------------------------------------------------------------------- Amaranth sim
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lanes=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16),
        data=st.data(), in_gap=st.sampled_from([0.0, 0.3]), out_stall=st.sampled_from([0.0, 0.4]))
 def test_random_beats_and_stalls(lanes, seed, data, in_gap, out_stall):

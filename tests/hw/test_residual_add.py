@@ -202,7 +202,7 @@ def random_job(rng: random.Random, lanes: int, rows: int, channels: int | None =
 
 # ---------------------------------------------------------------------------- Amaranth sim
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lanes=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16),
        rows=st.lists(st.integers(1, 3), min_size=1, max_size=2),
        in_gap=st.sampled_from([0.0, 0.3]), out_stall=st.sampled_from([0.0, 0.4]))
