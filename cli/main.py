@@ -65,4 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m cli.main`` this file is ``__main__``; re-import it as ``cli.main`` so
+    # that command modules share one ``UserError`` class with the dispatcher.
+    from cli.main import main as _main
+    sys.exit(_main())

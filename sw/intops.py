@@ -147,6 +147,11 @@ def dyadic(ratio, mult_bits: int = REQUANT_MULT_BITS):
     return mult.reshape(r.shape).astype(np.int64), shift.reshape(r.shape).astype(np.int64)
 
 
+def _rounding_half(shift) -> np.ndarray:
+    """``2**(shift-1)`` for ``shift > 0``, else 0 (computed without overflow at shift 63)."""
+    return np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), np.int64(0))
+
+
 def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MAX):
     """``clamp(((acc * mult + 2**(shift-1)) >> shift) + offset, lo, hi)``.
 
@@ -160,7 +165,7 @@ def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MA
     mult = _signed_bits(_as_int(mult), REQUANT_MULT_BITS, "requantize multiplier")
     shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "requantize shift")
     offset = _signed_bits(_as_int(offset), 32, "requantize offset")
-    half = (np.int64(1) << shift) >> 1
+    half = _rounding_half(shift)
     y = ((acc * mult + half) >> shift) + offset
     return np.clip(y, lo, hi)
 
@@ -219,7 +224,7 @@ def residual_add(a, b, zp_a, zp_b, mult_a, mult_b, shift, zp_out,
     mb = _signed_bits(_as_int(mult_b), REQUANT_MULT_BITS, "residual multiplier b")
     shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "residual shift")
     t = (a - zp_a) * ma + (b - zp_b) * mb
-    half = (np.int64(1) << shift) >> 1
+    half = _rounding_half(shift)
     return np.clip(((t + half) >> shift) + zp_out, lo, hi)
 
 

@@ -255,8 +255,6 @@ def test_channel_count_and_parameters_change_between_tensors():
     check_bit_exact(tensors, run)
 
 
-@pytest.mark.xfail(strict=True, reason="sw.intops.requantize overflows int64 for shift = 63: "
-                   "its half is -2**62, so it rounds 0 to -1; the unit adds +2**62")
 def test_shift_63_against_reference():
     rng = np.random.default_rng(63)
     tensor = random_params(rng, 8, n_rows=2)

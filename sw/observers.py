@@ -1,0 +1,130 @@
+"""Calibration observers: collect activation statistics and choose quantization ranges.
+
+FQ-ViT's four observers, as published (see ``shared/notes/algorithms.md``):
+
+``minmax``      running minimum and maximum over all calibration batches;
+``ema``         minimum and maximum smoothed across batches with momentum 0.01;
+``percentile``  per batch the 0.001 % and 99.999 % percentiles, smoothed with momentum 0.01;
+``omse``        the min/max range shrunk by ``1 - 0.01 i`` (i < 90), keeping the shrink that
+                minimizes the L2 quantization error on a sample of the calibration data.
+
+Every observer also keeps per-channel minima/maxima and a bounded, seeded sample of rows of
+the last batch, which the Power-of-Two-Factor search and OMSE need.  Calibration runs the
+float model; observers see float activations only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+OBSERVERS = ("minmax", "ema", "percentile", "omse")
+
+#: Momentum of the EMA and percentile observers (FQ-ViT's ``ema_sigma``).
+EMA_MOMENTUM = 0.01
+#: Percentile of the percentile observer (and its mirror at the low end).
+PERCENTILE = 0.99999
+#: Rows (vectors along the last axis) of the last batch kept for OMSE and the PTF search.
+SAMPLE_ROWS = 512
+
+
+class Observer:
+    """Statistics of one activation tensor over the calibration set."""
+
+    def __init__(self, method: str = "minmax", seed: int = 0) -> None:
+        if method not in OBSERVERS:
+            raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(OBSERVERS)}")
+        self.method = method
+        self.lo: float | None = None
+        self.hi: float | None = None
+        self.ch_lo: np.ndarray | None = None
+        self.ch_hi: np.ndarray | None = None
+        self.sample: np.ndarray | None = None
+        self._rng = np.random.default_rng(seed)
+
+    def observe(self, x: np.ndarray) -> None:
+        """Record one batch (any shape; channels on the last axis)."""
+        x = np.asarray(x, dtype=np.float64)
+        rows = x.reshape(-1, x.shape[-1])
+        if self.method == "percentile":
+            flat = rows.ravel()
+            lo = float(np.quantile(flat, 1.0 - PERCENTILE))
+            hi = float(np.quantile(flat, PERCENTILE))
+        else:
+            lo, hi = float(rows.min()), float(rows.max())
+        if self.lo is None or self.method in ("minmax", "omse"):
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+        else:
+            self.lo += EMA_MOMENTUM * (lo - self.lo)
+            self.hi += EMA_MOMENTUM * (hi - self.hi)
+        clo, chi = rows.min(axis=0), rows.max(axis=0)
+        self.ch_lo = clo if self.ch_lo is None else np.minimum(self.ch_lo, clo)
+        self.ch_hi = chi if self.ch_hi is None else np.maximum(self.ch_hi, chi)
+        keep = rows if len(rows) <= SAMPLE_ROWS else rows[self._rng.choice(len(rows), SAMPLE_ROWS, replace=False)]
+        self.sample = keep.copy()
+
+    @property
+    def ready(self) -> bool:
+        return self.lo is not None
+
+    def range(self, symmetric: bool = False) -> tuple[float, float]:
+        """The chosen ``(lo, hi)``, always containing 0 (zero must be exact)."""
+        if not self.ready:
+            raise RuntimeError("observer saw no data")
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if self.method == "omse":
+            lo, hi = self._omse(lo, hi, symmetric)
+        if symmetric:
+            m = max(-lo, hi)
+            lo, hi = -m, m
+        if hi - lo < 1e-12:
+            hi = lo + 1e-12
+        return lo, hi
+
+    def _omse(self, lo: float, hi: float, symmetric: bool) -> tuple[float, float]:
+        best, best_err = (lo, hi), np.inf
+        x = self.sample
+        for i in range(90):
+            f = 1.0 - 0.01 * i
+            clo, chi = lo * f, hi * f
+            if symmetric:
+                m = max(-clo, chi)
+                clo, chi = -m, m
+            scale, zp = affine_params(clo, chi)
+            err = float(np.sum((fake_quant(x, scale, zp) - x) ** 2))
+            if err < best_err:
+                best, best_err = (clo, chi), err
+        return best
+
+
+def affine_params(lo: float, hi: float) -> tuple[float, int]:
+    """int8 scale and zero point covering ``[lo, hi]``: ``real = scale * (q - zp)``."""
+    scale = (hi - lo) / 255.0
+    zp = int(np.clip(-128 - np.round(lo / scale), -128, 127))
+    return scale, zp
+
+
+def symmetric_scale(lo: float, hi: float) -> float:
+    """int8 symmetric scale (zero point 0) covering ``[-m, m]``, ``m = max(|lo|, |hi|)``."""
+    return max(-lo, hi, 1e-12) / 127.0
+
+
+def fake_quant(x: np.ndarray, scale, zp) -> np.ndarray:
+    """Quantize to int8 (round half up, clamp) and back to float."""
+    q = np.clip(np.floor(x / scale + 0.5) + zp, -128, 127)
+    return (q - zp) * scale
+
+
+def ptf_factors(obs: Observer, k: int = 3) -> tuple[float, int, np.ndarray]:
+    """Power-of-Two Factor quantization of a LayerNorm input (FQ-ViT, ``K = 3``).
+
+    Returns ``(s1, zp, alpha)``: channel ``c`` has scale ``s1 * 2**alpha[c]``, with
+    ``s1 = s8 / 2**k`` where ``s8`` covers the whole tensor's range, and ``alpha[c]`` in
+    ``0..k`` minimizing that channel's quantization error on the sampled rows.
+    """
+    lo, hi = obs.range()
+    s8, zp = affine_params(lo, hi)
+    s1 = s8 / (1 << k)
+    x = obs.sample
+    errs = np.stack([np.sum((fake_quant(x, s1 * (1 << a), zp) - x) ** 2, axis=0) for a in range(k + 1)])
+    alpha = np.argmin(errs, axis=0).astype(np.int64)
+    return s1, zp, alpha
