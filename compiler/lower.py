@@ -424,23 +424,30 @@ class _Compiler:
     def _concat(self, op: Op) -> None:
         out = self.place[op.outputs[0]]
         x = op.inputs[0]
-        if self.place[x].parent is out if isinstance(self.place[x], DramTensor) else False:
+        px = self.place[x]
+        if isinstance(px, DramTensor) and px.parent is out:
             return                           # the producer already wrote into the buffer
         rows, cols = self._dims(x)
-        p = out.const_prefix.shape[0]
-        buf = self.spad_alloc(rows * cols, f"{op.name} copy")
-        self.load_rows(x, 0, rows, buf, 0, cols)
-        self.store_rows(out, p, rows, 0, buf, cols, cols)
-        self.spad.free(buf)
+        self._copy_rows(op, x, out, out.const_prefix.shape[0], rows, cols * out.elem_bytes)
 
     def _materialize(self, name: str) -> None:
         rows, cols = self._dims(name)
         out = self.act(name, rows, cols, self.tensor_bytes(name))
-        buf = self.spad_alloc(rows * cols * out.elem_bytes, f"{name} copy")
-        self.load_rows(name, 0, rows, buf, 0, cols * out.elem_bytes)
-        self.store_rows(out, 0, rows, 0, buf, cols * out.elem_bytes, cols)
-        self.spad.free(buf)
+        producer = self.g.producer()[name]
+        self._copy_rows(producer, name, out, 0, rows, cols * out.elem_bytes)
         self.place[name] = out
+
+    def _copy_rows(self, op: Op, src: str, out: DramTensor, row0: int, rows: int,
+                   row_bytes: int) -> None:
+        """Copy tensor ``src`` into rows ``row0..`` of ``out`` through the scratchpad, in
+        chunks of rows that fit."""
+        m = self._fit(op, "copy", lambda m: m * row_bytes, lambda m: 0, min(rows, MAX_COUNT))
+        for t0 in range(0, rows, m):
+            mc = min(m, rows - t0)
+            buf = self.spad_alloc(mc * row_bytes, f"{op.name} copy")
+            self.load_rows(src, t0, mc, buf, 0, row_bytes)
+            self.store_rows(out, row0 + t0, mc, 0, buf, row_bytes, row_bytes // out.elem_bytes)
+            self.spad.free(buf)
 
     # linear ----------------------------------------------------------------
     def _fusable_gelu(self, op: Op):

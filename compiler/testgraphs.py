@@ -4,6 +4,10 @@
 (patch embedding, class token, position embedding, pre-norm blocks with multi-head
 attention and a GELU MLP, final norm, class-token or mean pooling, head) and random integer
 parameters scaled so that activations spread over the int8 range instead of saturating.
+Options cover the variants the quantizer produces: a graph input that is already the patch
+tokens (patch embedding kept in float on the host), the position embedding added before the
+prefix tokens are concatenated (timm's ``no_embed_class``), distilled two-token pooling
+(``select_tokens`` of tokens 0 and 1 into one head) and mean pooling followed by a norm.
 """
 from __future__ import annotations
 
@@ -25,8 +29,24 @@ def _dyadic_scalar(ratio: float) -> tuple[np.ndarray, np.ndarray]:
 def tiny_vit(seed: int = 0, image: int = 8, patch: int = 4, channels: int = 3, dim: int = 16,
              heads: int = 2, depth: int = 1, mlp_ratio: int = 2, classes: int = 10,
              softmax_mode: str = "lis", pool: str = "token", prefix_tokens: int = 1,
-             head_bits: int = 16) -> IntGraph:
-    """A random tiny ViT: ``(image / patch)**2 + prefix_tokens`` tokens of ``dim`` channels."""
+             head_bits: int = 16, embed: str = "image", pos_first: bool = False,
+             fc_norm: bool = False) -> IntGraph:
+    """A random tiny ViT: ``(image / patch)**2 + prefix_tokens`` tokens of ``dim`` channels.
+
+    ``pool``: ``"token"`` (token 0 into the head), ``"distilled"`` (tokens 0 and 1 flattened
+    into one head of ``2 dim`` inputs; needs ``prefix_tokens >= 2``) or ``"mean"`` (mean of
+    the patch tokens, followed by a LayerNorm when ``fc_norm``).  ``embed``: ``"image"`` (the
+    graph input is the int8 image, patchified and embedded by a linear layer) or
+    ``"tokens"`` (the graph input is the int8 patch tokens ``[(image / patch)**2, dim]``).
+    ``pos_first``: add the position embedding to the patch tokens before the prefix tokens
+    are concatenated.
+    """
+    if pool not in ("token", "distilled", "mean"):
+        raise ValueError(f"pool must be token, distilled or mean, got {pool!r}")
+    if pool == "distilled" and prefix_tokens < 2:
+        raise ValueError("distilled pooling needs two prefix tokens")
+    if embed not in ("image", "tokens"):
+        raise ValueError(f"embed must be image or tokens, got {embed!r}")
     rng = np.random.default_rng(seed)
     tensors: dict[str, Tensor] = {}
     ops: list[Op] = []
@@ -66,21 +86,29 @@ def tiny_vit(seed: int = 0, image: int = 8, patch: int = 4, channels: int = 3, d
     n_side = image // patch
     tokens = n_side * n_side
     T = tokens + prefix_tokens
-    img = tensor("image", (channels, image, image))
-    pat = tensor("patches", (tokens, channels * patch * patch))
-    ops.append(Op("patch_embed.patchify", "patchify", [img], [pat], {"patch": patch}))
-    emb = tensor("patch_embed.out", (tokens, dim))
-    linear("patch_embed.proj", pat, channels * patch * patch, dim, emb)
+    if embed == "image":
+        img = tensor("image", (channels, image, image))
+        pat = tensor("patches", (tokens, channels * patch * patch))
+        ops.append(Op("patch_embed.patchify", "patchify", [img], [pat], {"patch": patch}))
+        emb = tensor("patch_embed.out", (tokens, dim))
+        linear("patch_embed.proj", pat, channels * patch * patch, dim, emb)
+    else:
+        img = emb = tensor("patch_tokens", (tokens, dim))
     x = emb
+    if pos_first:
+        pos = tensor("pos_embed.out", (tokens, dim))
+        add("pos_embed", x, None, dim, pos, const=rng.integers(-50, 51, size=(tokens, dim)).astype(np.int8))
+        x = pos
     if prefix_tokens:
         cat = tensor("tokens", (T, dim))
-        tensors[cat].zero_point = zp(emb)
-        ops.append(Op("cls_token", "concat_tokens", [emb], [cat], {},
+        tensors[cat].zero_point = zp(x)
+        ops.append(Op("cls_token", "concat_tokens", [x], [cat], {},
                       {"tokens": rng.integers(-60, 61, size=(prefix_tokens, dim)).astype(np.int8)}))
         x = cat
-    pos = tensor("pos_embed.out", (T, dim))
-    add("pos_embed", x, None, dim, pos, const=rng.integers(-50, 51, size=(T, dim)).astype(np.int8))
-    x = pos
+    if not pos_first:
+        pos = tensor("pos_embed.out", (T, dim))
+        add("pos_embed", x, None, dim, pos, const=rng.integers(-50, 51, size=(T, dim)).astype(np.int8))
+        x = pos
     dh = dim // heads
     for b in range(depth):
         p = f"blocks.{b}"
@@ -125,14 +153,21 @@ def tiny_vit(seed: int = 0, image: int = 8, patch: int = 4, channels: int = 3, d
     if pool == "token":
         pooled = tensor("pooled", (dim,))
         ops.append(Op("pool", "select_tokens", [nf], [pooled], {"indices": [0]}))
+    elif pool == "distilled":
+        pooled = tensor("pooled", (2 * dim,))
+        ops.append(Op("pool", "select_tokens", [nf], [pooled], {"indices": [0, 1]}))
     else:
         pooled = tensor("pooled", (dim,))
         mult, shift = intops.dyadic(np.full(dim, 1.0 / (T - prefix_tokens)))
         ops.append(Op("pool", "token_mean", [nf], [pooled],
                       {"start": prefix_tokens, "zp_in": zp(nf), "zp_out": zp(pooled)},
                       {"mult": mult, "shift": shift}))
+        if fc_norm:
+            normed = tensor("fc_norm.out", (dim,))
+            layernorm("fc_norm", pooled, dim, normed)
+            pooled = normed
     logits = tensor("logits", (classes,), bits=head_bits)
-    linear("head", pooled, dim, classes, logits, out_bits=head_bits)
+    linear("head", pooled, tensors[pooled].shape[0], classes, logits, out_bits=head_bits)
     g = IntGraph(tensors, ops, [img], [logits], {"model": "tiny_vit", "seed": seed})
     g.validate()
     return g

@@ -43,6 +43,32 @@ def test_bit_exact_tiny_vits(rc, lanes, graph_kw, hand_timings):
     _check_bit_exact(tiny_vit(seed=rc + lanes, **graph_kw), cfg, hand_timings(cfg))
 
 
+@pytest.mark.parametrize("rc,lanes,graph_kw", [
+    (2, 2, dict(pool="distilled", prefix_tokens=2)),                   # two tokens into the head
+    (4, 4, dict(pool="mean", fc_norm=True)),                           # LayerNorm of a [D] vector
+    (4, 2, dict(embed="tokens")),                                      # input: the patch tokens
+    (8, 4, dict(embed="tokens", pos_first=True, pool="distilled", prefix_tokens=2)),
+    (4, 4, dict(pos_first=True, pool="mean", fc_norm=True, prefix_tokens=0)),
+])
+def test_bit_exact_quantizer_variants(rc, lanes, graph_kw, hand_timings):
+    """The graph shapes the quantizer emits besides the plain class-token ViT."""
+    cfg = _cfg(rc, lanes)
+    _check_bit_exact(tiny_vit(seed=rc * lanes, **graph_kw), cfg, hand_timings(cfg))
+
+
+def test_token_input_copied_in_chunks(hand_timings):
+    """A graph input concatenated after the prefix tokens is copied through a scratchpad too
+    small to hold it at once."""
+    cfg = _cfg(4, 4, spad_kib=2, acc_kib=2)
+    g = tiny_vit(seed=2, image=36, dim=32, heads=8, embed="tokens", pool="distilled",
+                 prefix_tokens=2)                 # 81 x 32 input bytes, 2 KiB scratchpad
+    g.outputs.append("pooled")                  # a select_tokens view as a graph output
+    prog, _ = _check_bit_exact(g, cfg, hand_timings(cfg))
+    copies = [i for i, ins in enumerate(prog.instructions)
+              if ins.op.name == "STORE" and prog.op_names[prog.instr_op[i]] == "cls_token"]
+    assert len(copies) > 1
+
+
 def test_bit_exact_when_chunked(hand_timings):
     """A scratchpad / accumulator so small that every op runs in many chunks."""
     cfg = _cfg(4, 4, spad_kib=2, acc_kib=1)
