@@ -44,7 +44,10 @@ def run(args) -> int:
     graph = IntGraph.load(args.graph)
     t0 = time.perf_counter()
     image = compile_or_explain(graph, config)
-    folder = image.save(args.output)
+    try:
+        folder = image.save(args.output)
+    except OSError as exc:
+        raise UserError(f"cannot write the program image to {args.output}: {exc}") from None
     counts = Counter(i.op.name for i in image.instructions)
     print(f"compiled {len(graph.ops)} ops into {len(image.instructions)} instructions in "
           f"{time.perf_counter() - t0:.2f} s: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))

@@ -26,7 +26,10 @@ def run(args) -> int:
         raise UserError(f"{path}: {exc}") from None
     text = disassemble(instrs)
     if args.output:
-        atomic_write_bytes(Path(args.output), text.encode())
+        try:
+            atomic_write_bytes(Path(args.output), text.encode())
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc}") from None
     else:
         print(text, end="")
     return 0

@@ -216,18 +216,27 @@ def run(args) -> int:
                 raise UserError("--check needs --model or --graph (the reference runs the graph)")
             _check(image, res, graph, inputs)
     if args.trace:
-        write_trace(image, res, args.trace)
+        _write(args.trace, lambda: write_trace(image, res, args.trace))
         print(f"wrote trace {args.trace} (open in https://ui.perfetto.dev or chrome://tracing)")
     if args.plot:
         if not rep.blocks:
             raise UserError("--plot needs a model with transformer blocks")
-        plot_block(rep, bname, args.plot)
+        _write(args.plot, lambda: plot_block(rep, bname, args.plot))
         print(f"wrote plot {args.plot}")
     if args.json:
         from sw.graph import atomic_write_bytes
-        atomic_write_bytes(Path(args.json), json.dumps(rep.to_json(), indent=1).encode())
+        _write(args.json, lambda: atomic_write_bytes(Path(args.json),
+                                                     json.dumps(rep.to_json(), indent=1).encode()))
         print(f"wrote report {args.json}")
     return 0
+
+
+def _write(path: str, write) -> None:
+    """Run ``write()``, turning a file-system error into a one-line :class:`UserError`."""
+    try:
+        write()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc}") from None
 
 
 def _check(image, res, graph, inputs) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from hw.config import AcceleratorConfig
 from sw.graph import atomic_write_bytes
 
-from .isa import Instruction, decode_program, encode_program
+from .isa import IllegalInstructionError, Instruction, decode_program, encode_program
 
 __all__ = ["TensorPlacement", "ProgramImage", "ProgramFormatError", "IMAGE_FORMAT", "IMAGE_VERSION"]
 
@@ -153,15 +153,22 @@ class ProgramImage:
             if not path.is_file():
                 raise ProgramFormatError(f"{folder}: {name} is missing")
             blobs[name] = path.read_bytes()
-            if hashlib.sha256(blobs[name]).hexdigest() != m["sha256"][name]:
+            if hashlib.sha256(blobs[name]).hexdigest() != m.get("sha256", {}).get(name):
                 raise ProgramFormatError(f"{path}: checksum mismatch (damaged or half-written image)")
-        return cls(
-            config=AcceleratorConfig.from_dict(m["config"]),
-            instructions=decode_program(blobs["program.bin"]),
-            dram_init=np.frombuffer(blobs["dram.bin"], dtype=np.uint8).copy(),
-            dram_size=m["dram_size"],
-            inputs=[TensorPlacement.from_json(d) for d in m["inputs"]],
-            outputs=[TensorPlacement.from_json(d) for d in m["outputs"]],
-            tensors={d["name"]: TensorPlacement.from_json(d) for d in m["tensors"]},
-            op_names=m["op_names"], instr_op=m["instr_op"], instr_macs=m["instr_macs"],
-            info=m.get("info", {}))
+        try:
+            instructions = decode_program(blobs["program.bin"])
+        except IllegalInstructionError as exc:
+            raise ProgramFormatError(f"{folder / 'program.bin'}: {exc}") from None
+        try:
+            return cls(
+                config=AcceleratorConfig.from_dict(m["config"]),
+                instructions=instructions,
+                dram_init=np.frombuffer(blobs["dram.bin"], dtype=np.uint8).copy(),
+                dram_size=m["dram_size"],
+                inputs=[TensorPlacement.from_json(d) for d in m["inputs"]],
+                outputs=[TensorPlacement.from_json(d) for d in m["outputs"]],
+                tensors={d["name"]: TensorPlacement.from_json(d) for d in m["tensors"]},
+                op_names=m["op_names"], instr_op=m["instr_op"], instr_macs=m["instr_macs"],
+                info=m.get("info", {}))
+        except (KeyError, TypeError) as exc:
+            raise ProgramFormatError(f"{mpath}: damaged manifest (missing or bad {exc})") from None

@@ -27,3 +27,12 @@ def test_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.bin").write_bytes(b"\xee" + b"\0" * 31)
     assert main(["disasm", str(tmp_path / "bad.bin")]) == 2
     assert "unknown opcode" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    graph = tmp_path / "g.npz"
+    tiny_vit().save(graph)
+    (tmp_path / "afile").write_text("")
+    assert main(["compile", str(graph), "--config", "tiny", "-o", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitamin compile: error: cannot write") and err.count("\n") == 1

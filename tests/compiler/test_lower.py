@@ -1,4 +1,5 @@
 """The compiler: token discipline, DRAM layout, fitting errors, program image files."""
+import hashlib
 import json
 
 import numpy as np
@@ -120,6 +121,20 @@ def test_image_files_round_trip_and_damage(tmp_path):
     with pytest.raises(ProgramFormatError, match="checksum"):
         ProgramImage.load(folder)
     m = json.loads((folder / "manifest.json").read_text())
+    raw[0] = 0xEE                                  # an illegal opcode with a matching checksum
+    (folder / "program.bin").write_bytes(bytes(raw))
+    m["sha256"]["program.bin"] = hashlib.sha256(bytes(raw)).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ProgramFormatError, match="instruction 0: unknown opcode 238"):
+        ProgramImage.load(folder)
+    del m["op_names"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    raw[0] = prog.instructions[0].op
+    (folder / "program.bin").write_bytes(bytes(raw))
+    m["sha256"]["program.bin"] = hashlib.sha256(bytes(raw)).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ProgramFormatError, match="damaged manifest.*op_names"):
+        ProgramImage.load(folder)
     m["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ProgramFormatError, match="version"):
