@@ -88,9 +88,10 @@ class Allocator:
                 start = lo
             if start + size <= hi:
                 return self._take(first, last, start, size, what)
+        largest = max((r[3] - r[2] for r in runs), default=0)
         raise CompileError(
-            f"{self.mem} allocation of {size} for {what} failed: largest free run "
-            f"{max((r[3] - r[2] for r in runs), default=0)} of {self.capacity}")
+            f"{self.mem} allocation of {size} for {what} failed: the largest free run is "
+            f"{largest} of {self.capacity} (short by {size - largest})")
 
     def _take(self, first: int, last: int, start: int, size: int, what: str) -> Buffer:
         end = start + size

@@ -311,9 +311,10 @@ class _Compiler:
         return lo
 
     def _check_stride(self, op: Op, value: int, limit_bits: int, what: str) -> None:
-        if value >= 1 << limit_bits:
+        top = (1 << limit_bits) - 1
+        if value > top:
             raise CompileError(f"op {op.name!r}: {what} of {value} exceeds the instruction's "
-                               f"{limit_bits}-bit field (max {(1 << limit_bits) - 1})")
+                               f"{limit_bits}-bit field (max {top}) by {value - top}")
 
     # ------------------------------------------------------------------ ops
     def run(self) -> ProgramImage:
@@ -627,9 +628,12 @@ class _Compiler:
         T, D = self._dims(x)
         if op.kind in ("layernorm", "add") and (D % self.L or D > cfg.max_channels):
             unit = "LayerNorm" if op.kind == "layernorm" else "residual add"
+            why = (f"exceeds max_channels ({cfg.max_channels}) by {D - cfg.max_channels}"
+                   if D > cfg.max_channels else
+                   f"is {self.L - D % self.L} short of the next multiple ({_ceil_to(D, self.L)})")
             raise CompileError(
                 f"op {op.name!r}: {unit} of {D} channels needs a multiple of vector_lanes "
-                f"({self.L}) no larger than max_channels ({cfg.max_channels})")
+                f"({self.L}) no larger than max_channels ({cfg.max_channels}); {D} {why}")
         out = self._out(op.outputs[0])
         two = op.kind == "add"
         b_const = None

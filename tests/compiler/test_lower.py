@@ -88,8 +88,14 @@ def test_add_channels_not_multiple_of_lanes():
             op.kind = "gelu"
             op.params = {"table": np.zeros(256, dtype=np.int8)}
             op.attrs = {}
-    with pytest.raises(CompileError, match="residual add of 12 channels needs a multiple of vector_lanes"):
+    with pytest.raises(CompileError, match="residual add of 12 channels needs a multiple of "
+                                           r"vector_lanes.*12 is 4 short of the next multiple \(16\)"):
         compile_graph(g, _cfg(lanes=8))
+
+
+def test_channels_beyond_the_vector_units():
+    with pytest.raises(CompileError, match=r"exceeds max_channels \(8\) by 8"):
+        compile_graph(tiny_vit(dim=16), _cfg(lanes=4, max_channels=8))
 
 
 def test_layernorm_channels_not_multiple_of_lanes():
