@@ -9,7 +9,8 @@ MATRIX, VECTOR, STORE), which is the order a cycle-by-cycle machine would start 
 With ``functional=True`` every instruction also runs on the data: scratchpad (int8),
 accumulator memory (int32) and DRAM (bytes) are numpy arrays, and every arithmetic step is a
 call into :mod:`sw.intops`, so outputs are bit-exact with :mod:`sw.executor` by construction
-of the same functions.
+of the same functions.  A batch of inputs runs in one pass: every memory has the batch on
+axis 0 and each instruction acts on all samples (the schedule does not depend on the data).
 
 Malformed programs are rejected before anything runs (:func:`validate`) or, for dependency
 deadlocks and semaphore overflows, as soon as the scheduler finds no runnable queue:
@@ -21,7 +22,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from compiler.isa import (Instruction, MatMode, Mem, Opcode, OutType, Queue, QUEUE_OF,
                           SoftmaxMode, check_halt, IllegalInstructionError)
@@ -60,6 +60,7 @@ class SimResult:
     #: -1 for none).
     wait: np.ndarray
     cause: np.ndarray
+    #: Final DRAM bytes and the graph outputs (with the batch on axis 0 for batched inputs).
     dram: np.ndarray | None = None
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -234,18 +235,44 @@ def _vector_cycles(ins: Instruction, cfg: AcceleratorConfig, ut: UnitTimings, ck
 # ----------------------------------------------------------------------------------------
 
 def _view(mem: np.ndarray, addr: int, stride: int, rows: int, cols: int) -> np.ndarray:
+    """The 2-D pattern ``rows x cols`` at ``addr``, rows ``stride`` elements apart, of every
+    sample of a batched memory ``mem`` ``[B, size]``: a writeable ``[B, rows, cols]`` view.
+
+    Patterns were bounds-checked by :func:`validate`; numpy checks them against the buffer
+    again when it builds the view.
+    """
     item = mem.itemsize
-    return as_strided(mem[addr:], shape=(rows, cols), strides=(stride * item, item))
+    return np.ndarray((mem.shape[0], rows, cols), mem.dtype, buffer=mem, offset=addr * item,
+                      strides=(mem.strides[0], stride * item, item))
+
+
+def _shared(a: np.ndarray) -> np.ndarray | None:
+    """``a[0]`` when every sample of ``a`` (``[B, ...]``) holds the same values, else None."""
+    return a[0] if a.shape[0] == 1 or bool((a == a[:1]).all()) else None
+
+
+def _per_sample(fn, shared: np.ndarray, batched: np.ndarray, operand: np.ndarray) -> np.ndarray:
+    """``fn(x, operand)`` for a batch ``x`` = ``batched`` [B, ...]: one call when the operand
+    is the same for every sample (weights, tables), else one call per sample."""
+    if shared is not None:
+        return fn(batched, shared)
+    return np.stack([fn(batched[b], operand[b]) for b in range(batched.shape[0])])
 
 
 class _Data:
-    """Memories and unit state of the functional model."""
+    """Memories and unit state of the functional model, for a batch of ``B`` inputs.
+
+    Every memory has the batch on axis 0 (``[B, size]``) and every instruction acts on all
+    samples at once: the program's timing does not depend on the data, so one schedule
+    serves the whole batch.
+    """
 
     def __init__(self, image: ProgramImage, dram: np.ndarray):
         cfg = image.config
         self.cfg = cfg
-        self.spad = np.zeros(cfg.scratchpad_bytes, dtype=np.int8)
-        self.acc = np.zeros(cfg.accumulator_words, dtype=np.int64)
+        batch = dram.shape[0]
+        self.spad = np.zeros((batch, cfg.scratchpad_bytes), dtype=np.int8)
+        self.acc = np.zeros((batch, cfg.accumulator_words), dtype=np.int64)
         self.dram = dram
         self.requant_params = None
         self.ln_params = None
@@ -253,7 +280,8 @@ class _Data:
         self.gelu_table = None
 
     def records(self, addr: int, n: int) -> np.ndarray:
-        return self.acc[addr:addr + n * RECORD_WORDS].reshape(n, RECORD_WORDS)
+        """``[B, n, RECORD_WORDS]`` parameter records (a copy)."""
+        return self.acc[:, addr:addr + n * RECORD_WORDS].reshape(-1, n, RECORD_WORDS).copy()
 
     def run(self, ins: Instruction, index: int) -> None:
         a = ins.args
@@ -263,16 +291,17 @@ class _Data:
             rows, cols = a["rows"], a["cols"]
             if a["mem"] == Mem.ACC:
                 raw = _view(self.dram, a["dram_addr"], a["dram_stride"], rows, 4 * cols)
-                words = np.ascontiguousarray(raw).view("<i4").astype(np.int64)
+                words = np.ascontiguousarray(raw).view("<i4")
                 _view(self.acc, a["dst_addr"], a["dst_stride"], rows, cols)[...] = words
             else:
                 raw = _view(self.dram, a["dram_addr"], a["dram_stride"], rows, cols)
                 dst = _view(self.spad, a["dst_addr"], a["dst_stride"], rows, cols + a["pad"])
-                dst[:, :cols] = raw.view(np.int8)
-                dst[:, cols:] = 0
+                dst[..., :cols] = raw.view(np.int8)
+                dst[..., cols:] = 0
         elif op == Opcode.STORE:
             src = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            _view(self.dram, a["dram_addr"], a["dram_stride"], a["rows"], a["cols"])[...] = src.view(np.uint8)
+            _view(self.dram, a["dram_addr"], a["dram_stride"], a["rows"], a["cols"])[...] = \
+                src.view(np.uint8)
         elif op == Opcode.MATMUL:
             self._matmul(a, R, C)
         elif op == Opcode.REQUANT:
@@ -284,53 +313,55 @@ class _Data:
             fn = intops.lis_softmax if lis else intops.uniform_softmax
             p = fn(s, a["frac_bits"], a["b_int"], a["c_int"])
             dst = _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["dst_cols"])
-            dst[:, :a["cols"]] = p.astype(np.uint8).view(np.int8)
-            dst[:, a["cols"]:] = intops.LIS_ZERO_CODE if lis else 0
+            dst[..., :a["cols"]] = p.astype(np.uint8).view(np.int8)
+            dst[..., a["cols"]:] = intops.LIS_ZERO_CODE if lis else 0
         elif op == Opcode.LAYERNORM:
             if a["load_params"]:
-                self.ln_params = self.records(a["param_addr"], a["cols"]).copy()
+                self.ln_params = self.records(a["param_addr"], a["cols"])
             p = self._params(self.ln_params, a["cols"], index, "LayerNorm")
             x = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            y = intops.ptf_layernorm(x, a["zp_in"], p[:, 0], a["mean_mult"], p[:, 1], p[:, 2], p[:, 3])
+            y = intops.ptf_layernorm(x, a["zp_in"], p[..., 0], a["mean_mult"], p[..., 1],
+                                     p[..., 2], p[..., 3])
             _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = y
         elif op == Opcode.ADD:
             if a["load_params"]:
-                self.add_params = self.records(a["param_addr"], a["cols"]).copy()
+                self.add_params = self.records(a["param_addr"], a["cols"])
             p = self._params(self.add_params, a["cols"], index, "residual add")
             x = _view(self.spad, a["a_addr"], a["a_stride"], a["rows"], a["cols"])
             y = _view(self.spad, a["b_addr"], a["b_stride"], a["rows"], a["cols"])
-            z = intops.residual_add(x, y, a["zp_a"], a["zp_b"], p[:, 0], p[:, 1], p[:, 2], a["zp_out"])
+            z = intops.residual_add(x, y, a["zp_a"], a["zp_b"], p[..., 0], p[..., 1], p[..., 2],
+                                    a["zp_out"])
             _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = z
         elif op == Opcode.GELU:
-            table = self._table(index)
             x = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
             _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = \
-                intops.gelu_lut(x, table)
+                self._gelu(x, index)
         elif op == Opcode.GELU_TABLE:
-            self.gelu_table = self.spad[a["src_addr"]:a["src_addr"] + 256].astype(np.int64)
+            self.gelu_table = self.spad[:, a["src_addr"]:a["src_addr"] + 256].astype(np.int64)
 
     def _params(self, p, cols: int, index: int, unit: str) -> np.ndarray:
-        if p is None or p.shape[0] < cols:
+        """The unit's first ``cols`` records, ``[B, 1, cols, RECORD_WORDS]`` (broadcast over rows)."""
+        if p is None or p.shape[1] < cols:
             raise ProgramError(f"instruction {index}: {unit} parameters for {cols} channels "
                                "were never loaded (load_params=0)")
-        return p[:cols]
+        return p[:, None, :cols]
 
-    def _table(self, index: int) -> np.ndarray:
+    def _gelu(self, x: np.ndarray, index: int) -> np.ndarray:
         if self.gelu_table is None:
             raise ProgramError(f"instruction {index}: GELU before any GELU_TABLE")
-        return self.gelu_table
+        return _per_sample(intops.gelu_lut, _shared(self.gelu_table), x, self.gelu_table)
 
     def _matmul(self, a: dict, R: int, C: int) -> None:
         m, nt, kt = a["m"], a["n_tiles"], a["k_tiles"]
         K, N = kt * R, nt * C
         stream = _view(self.spad, a["a_addr"], a["a_stride"], m, K)
         if a["transpose"]:
-            stat = _view(self.spad, a["w_addr"], a["w_stride"], N, K).T      # [K, N]
+            stat = _view(self.spad, a["w_addr"], a["w_stride"], N, K).swapaxes(1, 2)   # [B, K, N]
         else:
             stat = _view(self.spad, a["w_addr"], a["w_stride"], K, N)
         mode = a["mode"]
         if mode == MatMode.INT8:
-            prod = intops.linear(stream, stat.T)
+            prod = _per_sample(lambda x, w: intops.linear(x, w.T), _shared(stat), stream, stat)
         elif mode == MatMode.UINT8:
             prod = intops.attn_value_uniform(stream.view(np.uint8), stat)
         else:
@@ -344,22 +375,23 @@ class _Data:
     def _requant(self, a: dict, index: int) -> None:
         rows, cols = a["rows"], a["cols"]
         if a["load_params"]:
-            n = cols if a["per_channel"] else 1
-            self.requant_params = self.records(a["param_addr"], n).copy()
+            self.requant_params = self.records(a["param_addr"], cols if a["per_channel"] else 1)
         p = self.requant_params
-        if p is None or (a["per_channel"] and p.shape[0] < cols):
+        if p is None or (a["per_channel"] and p.shape[1] < cols):
             raise ProgramError(f"instruction {index}: requantizer parameters were never loaded")
-        p = p[:cols] if a["per_channel"] else np.broadcast_to(p[:1], (cols, RECORD_WORDS))
+        p = p[:, None, :cols] if a["per_channel"] else p[:, None, :1]
         x = _view(self.acc, a["src_addr"], a["src_stride"], rows, cols)
-        x = intops.check_range(x + p[:, 0], intops.INT32_MIN, intops.INT32_MAX, "biased accumulator")
+        x = intops.check_range(x + p[..., 0], intops.INT32_MIN, intops.INT32_MAX,
+                               "biased accumulator")
         if a["out_type"] == OutType.INT16:
-            y = intops.requantize(x, p[:, 1], p[:, 2], p[:, 3], intops.INT16_MIN, intops.INT16_MAX)
-            raw = y.astype("<i2").view(np.int8).reshape(rows, 2 * cols)
+            y = intops.requantize(x, p[..., 1], p[..., 2], p[..., 3], intops.INT16_MIN,
+                                  intops.INT16_MAX)
+            raw = y.astype("<i2").view(np.int8).reshape(-1, rows, 2 * cols)
             _view(self.spad, a["dst_addr"], a["dst_stride"], rows, 2 * cols)[...] = raw
             return
-        y = intops.requantize(x, p[:, 1], p[:, 2], p[:, 3])
+        y = intops.requantize(x, p[..., 1], p[..., 2], p[..., 3])
         if a["gelu"]:
-            y = intops.gelu_lut(y, self._table(index))
+            y = self._gelu(y, index)
         _view(self.spad, a["dst_addr"], a["dst_stride"], rows, cols)[...] = y
 
 
@@ -370,8 +402,11 @@ class _Data:
 def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
              functional: bool = True, timings: UnitTimings | None = None,
              progress=None) -> SimResult:
-    """Run ``image``; ``inputs`` (per-sample arrays by graph input name) when functional.
+    """Run ``image``; with ``functional``, on ``inputs`` (integer arrays by graph input name).
 
+    Each input is one sample of the tensor's shape, or a batch ``[B, *shape]``: the data
+    path then runs all ``B`` samples in one pass (the timing does not depend on the data)
+    and :attr:`SimResult.outputs` / :attr:`SimResult.dram` carry the batch on axis 0.
     ``progress``: optional callable ``progress(n)`` called with instructions done so far.
     """
     cfg = image.config
@@ -379,13 +414,14 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     instrs = image.instructions
     n = len(instrs)
     data = None
+    batched = False
     if functional:
-        dram = image.initial_dram()
-        inputs = dict(inputs or {})
+        samples, batched = _input_samples(image, dict(inputs or {}))
+        batch = len(next(iter(samples.values()))) if samples else 1
+        dram = np.repeat(image.initial_dram()[None], batch, axis=0)
         for t in image.inputs:
-            if t.name not in inputs:
-                raise ProgramError(f"missing input {t.name!r}")
-            t.write(dram, inputs[t.name])
+            for b in range(batch):
+                t.write(dram[b], samples[t.name][b])
         data = _Data(image, dram)
 
     queues = [[] for _ in range(NQ)]
@@ -474,9 +510,41 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     cycles = int(retire.max()) if n > 1 else 0
     result = SimResult(cfg, cycles, start, busy_end, retire, wait, cause)
     if data is not None:
-        result.dram = data.dram
-        result.outputs = {t.name: t.read(data.dram) for t in image.outputs}
+        dram = data.dram
+        result.outputs = {t.name: np.stack([t.read(d) for d in dram]) for t in image.outputs}
+        if not batched:
+            dram = dram[0]
+            result.outputs = {k: v[0] for k, v in result.outputs.items()}
+        result.dram = dram
     return result
+
+
+def _input_samples(image: ProgramImage, inputs: dict) -> tuple[dict[str, np.ndarray], bool]:
+    """Inputs as ``[B, *shape]`` arrays (checked against shape and element type), and whether
+    they came batched."""
+    samples, batch, batched = {}, None, False
+    for t in image.inputs:
+        if t.name not in inputs:
+            raise ProgramError(f"missing input {t.name!r}")
+        x = np.asarray(inputs[t.name])
+        if x.dtype.kind not in "iu":
+            raise ProgramError(f"input {t.name!r} must be an integer array, got {x.dtype}")
+        if tuple(x.shape) == tuple(t.shape):
+            x = x[None]
+        elif tuple(x.shape[1:]) == tuple(t.shape):
+            batched = True
+        else:
+            raise ProgramError(f"input {t.name!r} has shape {tuple(x.shape)}; the program "
+                               f"expects {tuple(t.shape)} or a batch [B, {', '.join(map(str, t.shape))}]")
+        if batch is not None and x.shape[0] != batch:
+            raise ProgramError(f"inputs hold different batch sizes ({batch} and {x.shape[0]})")
+        batch = x.shape[0]
+        info = np.iinfo(t.dtype)
+        if x.size and (int(x.min()) < info.min or int(x.max()) > info.max):
+            raise ProgramError(f"input {t.name!r} holds values in [{int(x.min())}, {int(x.max())}], "
+                               f"outside {t.dtype.name} [{info.min}, {info.max}]")
+        samples[t.name] = x
+    return samples, batched
 
 
 def _deadlock_message(instrs, queues, ptr, sem, waits_of) -> str:

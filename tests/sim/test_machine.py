@@ -69,6 +69,39 @@ def test_token_input_copied_in_chunks(hand_timings):
     assert len(copies) > 1
 
 
+def test_batch_runs_in_one_pass(hand_timings):
+    """A batch of inputs gives, sample by sample, the executor's integers and the timing of a
+    single-sample run."""
+    cfg = _cfg(4, 4)
+    g = tiny_vit(seed=4, image=12, dim=16, pool="distilled", prefix_tokens=2)
+    imgs = np.stack([random_image(g, s) for s in range(5)])
+    ref = execute(g, imgs, keep=True)
+    prog = compile_graph(g, cfg)
+    res = simulate(prog, {g.inputs[0]: imgs}, timings=hand_timings(cfg))
+    assert res.dram.shape == (5, prog.dram_size)
+    for name, place in prog.tensors.items():
+        got = np.stack([place.read(d) for d in res.dram])
+        np.testing.assert_array_equal(got, ref[name], err_msg=name)
+    np.testing.assert_array_equal(res.outputs["logits"], ref["logits"])
+    single = simulate(prog, {g.inputs[0]: imgs[3]}, timings=hand_timings(cfg))
+    assert single.cycles == res.cycles
+    np.testing.assert_array_equal(single.outputs["logits"], ref["logits"][3])
+
+
+@pytest.mark.parametrize("value,match", [
+    (np.zeros((8, 8), np.int8), r"has shape \(8, 8\); the program expects \(3, 8, 8\)"),
+    (np.full((3, 8, 8), 128), r"values in \[128, 128\], outside int8"),
+    (np.zeros((3, 8, 8)), "must be an integer array"),
+])
+def test_bad_inputs(value, match, hand_timings):
+    cfg = _cfg(4, 4)
+    prog = compile_graph(tiny_vit(), cfg)
+    with pytest.raises(ProgramError, match=match):
+        simulate(prog, {"image": value}, timings=hand_timings(cfg))
+    with pytest.raises(ProgramError, match="missing input 'image'"):
+        simulate(prog, {}, timings=hand_timings(cfg))
+
+
 def test_bit_exact_when_chunked(hand_timings):
     """A scratchpad / accumulator so small that every op runs in many chunks."""
     cfg = _cfg(4, 4, spad_kib=2, acc_kib=1)
