@@ -175,20 +175,27 @@ def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MA
 # ----------------------------------------------------------------------------------------
 
 def int_matmul(a, b, what: str = "matmul") -> np.ndarray:
-    """Exact integer ``a @ b`` (int64 result), through a float64 BLAS product.
+    """Exact integer ``a @ b`` (int64 result), through a float BLAS product.
 
-    float64 holds every integer below 2**53 exactly, so the product is exact when
-    ``K * max|a| * max|b| < 2**53``; this is checked before multiplying (it holds with a
-    wide margin for int8 x int8 and for the LIS attention weights x int8 values).
+    A float holds every integer below ``2**(mantissa + 1)`` exactly, and so does every
+    partial sum of the product when ``K * max|a| * max|b|`` stays below that bound.  The
+    product runs in float32 when the bound is below ``2**24`` (int8 x int8 up to K = 1023,
+    and most of ViT's matmuls), else in float64 (below ``2**53``: the LIS attention weights
+    x int8 values, and int8 x int8 up to any K a ViT has); larger operands raise.
     """
     a = _as_int(a)
     b = _as_int(b)
     k = a.shape[-1]
     amax = int(np.abs(a).max()) if a.size else 0
     bmax = int(np.abs(b).max()) if b.size else 0
-    if k * amax * bmax >= (1 << 53):
+    bound = k * amax * bmax
+    if bound >= (1 << 53):
         raise IntegerOverflowError(f"{what}: operands too large for an exact float64 product")
-    return np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
+    dtype = np.float32 if bound < (1 << 24) else np.float64
+    # C-contiguous operands keep numpy on its BLAS path (strided views fall back to a slow loop).
+    af = np.ascontiguousarray(a, dtype=dtype)
+    bf = np.ascontiguousarray(b, dtype=dtype)
+    return np.matmul(af, bf).astype(np.int64)
 
 
 def linear(x, weight, bias=None):
@@ -233,10 +240,16 @@ def residual_add(a, b, zp_a, zp_b, mult_a, mult_b, shift, zp_out,
 # ----------------------------------------------------------------------------------------
 
 def bit_length(v) -> np.ndarray:
-    """Elementwise ``int.bit_length`` of non-negative int64 values (a leading-one detector)."""
+    """Elementwise ``int.bit_length`` of non-negative int64 values (a leading-one detector).
+
+    Values below ``2**53`` convert to float64 exactly, and ``frexp``'s exponent of an exact
+    integer is its bit length: no rounding is involved.  Larger values take a shift loop.
+    """
     v = _as_int(v)
     if v.size and int(v.min()) < 0:
         raise ValueError("bit_length of a negative value")
+    if not v.size or int(v.max()) < (1 << 53):
+        return np.frexp(v.astype(np.float64))[1].astype(np.int64)
     n = np.zeros(v.shape, dtype=np.int64)
     for step in (32, 16, 8, 4, 2, 1):
         big = (v >> step) > 0

@@ -250,17 +250,20 @@ class _Recorder:
             h.remove()
 
 
-def random_images(model_or_shape, n: int, seed: int = 0) -> np.ndarray:
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def random_images(model_or_shape, n: int, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """``n`` seeded random images: uniform pixels in [0, 1], normalized with the model's
-    mean / std (ImageNet's by default).  Float32 ``[n, C, H, W]``."""
+    mean / std (or ``mean`` / ``std`` when given a shape ``(C, H, W)``).  Float32 ``[n, C, H, W]``."""
     if isinstance(model_or_shape, tuple):
-        shape, mean, std = model_or_shape, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        shape = model_or_shape
     else:
         m = model_or_shape
         c = m.patch_embed.proj.in_channels
         shape = (c, *m.patch_embed.img_size)
         cfg = getattr(m, "pretrained_cfg", None) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     c = shape[0]
     mean = np.resize(np.asarray(mean, np.float32), c).reshape(c, 1, 1)
     std = np.resize(np.asarray(std, np.float32), c).reshape(c, 1, 1)
@@ -484,10 +487,10 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     pb = _t(conv.bias) if conv.bias is not None else np.zeros(d)
 
     # patch tokens
-    pe_obs = observers["patch_embed.out"]
-    if prefix is not None and not no_embed_class:
-        pe_obs.observe(prefix)              # prefix tokens share the patch tokens' scale
-    pe_q = B.affine("patch_embed.out")
+    pe_lo, pe_hi = observers["patch_embed.out"].range()
+    if prefix is not None and not no_embed_class:   # prefix tokens share the patch tokens' grid
+        pe_lo, pe_hi = min(pe_lo, float(prefix.min())), max(pe_hi, float(prefix.max()))
+    pe_q = _Q(*affine_params(pe_lo, pe_hi))
     if quantize_patch_embed:
         img_q = B.affine("image")
         x = B.tensor("image", (cin, hh, ww), img_q)
@@ -552,13 +555,13 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     logit_q = _Q(max(hi, 1e-6) * LOGIT_HEADROOM / 32767.0, 0)
     x = B.linear("head", x, hw_, hb, "logits", logit_q, (hw_.shape[0],), out_bits=16)
 
-    info = {"model": getattr(m, "default_cfg", {}).get("architecture", type(m).__name__)
-            if hasattr(m, "default_cfg") else type(m).__name__,
+    cfg = getattr(m, "pretrained_cfg", None) or {}
+    info = {"model": cfg.get("architecture", type(m).__name__),
             "image_shape": [cin, hh, ww], "patch": p, "num_classes": int(hw_.shape[0]),
             "prefix_tokens": n_prefix, "observer": next(iter(observers.values())).method,
             "attn_bits": attn_bits, "ptf": bool(ptf), "quantize_patch_embed": bool(quantize_patch_embed),
-            "mean": list(map(float, np.resize((getattr(m, "pretrained_cfg", None) or {}).get("mean", (0.5,)), cin))),
-            "std": list(map(float, np.resize((getattr(m, "pretrained_cfg", None) or {}).get("std", (0.5,)), cin))),
+            "mean": [float(v) for v in np.resize(cfg.get("mean", IMAGENET_MEAN), cin)],
+            "std": [float(v) for v in np.resize(cfg.get("std", IMAGENET_STD), cin)],
             "input_scale": float(B.q[inputs[0]].scale), "input_zero_point": int(B.q[inputs[0]].zp)}
     g = IntGraph(B.tensors, B.ops, inputs, ["logits"], info, host)
     g.validate()
