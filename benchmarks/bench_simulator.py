@@ -1,95 +1,135 @@
 """Cycle-model benchmark on DeiT-Small (16x16 array, 16 B/cycle DRAM by default).
 
-Prints: timing-only simulation of one whole inference (simulated cycles, wall time,
-simulated cycles per second; SCALE-Sim runs about 8.5 k cycles/s), the same with the data
-path on, peak memory of both runs, and the MAC utilization of one transformer block next to
-the tile-mapping upper bound with every array cycle of the block accounted for.  Numbers
-only: nothing here asserts a time.
+Prints, for one whole inference: compile time; timing-only simulation (simulated cycles,
+wall time of the first run and the best of three, simulated cycles per second next to
+SCALE-Sim's 8.5 k cycles/s); the same with the data path on; the peak resident memory of each
+run; and the MAC utilization of one transformer block next to the tile-mapping upper bound,
+with every array cycle of the block accounted for.  Numbers only: nothing here asserts a time.
 
-    python benchmarks/bench_simulator.py [--model deit_small_patch16_224] [--no-datapath]
+Each simulation runs in a fresh child process that imports only numpy, the compiler and the
+cycle model (not torch), so its peak resident set size is the memory the run itself needs.
+
+    python benchmarks/bench_simulator.py [--model deit_small_patch16_224] [--graph g.npz]
+                                         [--random-graph] [--no-datapath] [--set FIELD=VAL]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
+import tempfile
 import time
-import tracemalloc
-
-import numpy as np
-
-from compiler.lower import compile_graph
-from hw.config import load_config, parse_overrides
-from sim.machine import simulate
-from sim.report import block_breakdown, build_report
-from sim.units import UnitTimings
+from pathlib import Path
 
 SCALE_SIM_CYCLES_PER_S = 8.5e3
+REPEATS = 3
 
 
-def _graph(name: str, random_graph: bool):
-    if not random_graph:
-        try:
-            from sw.quantize import quantize_timm
-        except ImportError:
-            print("sw.quantize not available: using a random DeiT-Small-shaped graph")
-        else:
-            t0 = time.perf_counter()
-            g = quantize_timm(name)
-            print(f"quantized {name} (random weights) in {time.perf_counter() - t0:.1f} s")
-            return g
-    from compiler.testgraphs import tiny_vit
-    return tiny_vit(image=224, patch=16, dim=384, heads=6, depth=12, mlp_ratio=4, classes=1000)
-
-
-def _measure(fn):
-    """``(result, wall seconds, peak Python heap bytes)``: timed in a plain run, memory in a
-    second run under tracemalloc (which slows Python down several times)."""
+def _graph_file(args, folder: Path) -> tuple[Path, str]:
+    """The integer graph to benchmark, as a file, and where it came from."""
+    if args.graph:
+        return Path(args.graph), f"graph {args.graph}"
+    path = folder / "graph.npz"
+    if args.random_graph:
+        from compiler.testgraphs import tiny_vit
+        tiny_vit(image=224, patch=16, dim=384, heads=6, depth=12, mlp_ratio=4,
+                 classes=1000).save(path)
+        return path, "random integer graph of DeiT-Small's shapes (compiler.testgraphs)"
+    from cli.simulate import _cache_path
+    cached = _cache_path(args.model)
+    if cached.is_file():
+        return cached, f"{args.model}, random weights, quantized (cached {cached})"
+    from sw.quantize import quantize_timm
     t0 = time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    tracemalloc.start()
-    fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return out, wall, peak
+    graph = quantize_timm(args.model)
+    graph.save(cached)
+    return cached, f"{args.model}, random weights, quantized in {time.perf_counter() - t0:.0f} s"
+
+
+def _run_child(graph_path: str, overrides: list[str], config: str | None, functional: bool) -> dict:
+    """Compile and simulate in this (fresh) process; wall times and the peak RSS."""
+    import numpy as np
+
+    from compiler.lower import compile_graph
+    from hw.config import load_config, parse_overrides
+    from sim.machine import simulate
+    from sim.units import UnitTimings
+    from sw.graph import IntGraph
+
+    graph = IntGraph.load(graph_path)
+    cfg = load_config(config, **parse_overrides(overrides))
+    t0 = time.perf_counter()
+    image = compile_graph(graph, cfg)
+    compile_s = time.perf_counter() - t0
+    inputs = None
+    if functional:
+        rng = np.random.default_rng(0)
+        inputs = {t.name: rng.integers(-128, 128, size=t.shape) for t in image.inputs}
+    walls = []
+    for _ in range(REPEATS if not functional else 1):
+        timings = UnitTimings(cfg)                      # cold caches every run
+        t0 = time.perf_counter()
+        res = simulate(image, inputs, functional=functional, timings=timings)
+        walls.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "instructions": len(image.instructions),
+            "cycles": res.cycles, "first_s": walls[0], "best_s": min(walls),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _in_child(*args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_run_child, args)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
+    ap.add_argument("--graph", default=None, help="benchmark this integer graph file instead")
     ap.add_argument("--random-graph", action="store_true",
                     help="skip the quantizer: random integer graph of DeiT-Small's shapes")
     ap.add_argument("--config", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--no-datapath", action="store_true", help="skip the data-path run")
     args = ap.parse_args()
-    cfg = load_config(args.config, **parse_overrides(args.overrides))
-    graph = _graph(args.model, args.random_graph)
-    t0 = time.perf_counter()
+
+    from compiler.lower import compile_graph
+    from hw.config import load_config, parse_overrides
+    from sim.machine import simulate
+    from sim.report import block_breakdown, build_report
+    from sim.units import UnitTimings
+    from sw.graph import IntGraph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        graph_path, source = _graph_file(args, Path(tmp))
+        cfg = load_config(args.config, **parse_overrides(args.overrides))
+        print(f"model: {source}")
+        print(f"config: {cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
+              f"{cfg.scratchpad_kib} KiB scratchpad, {cfg.accumulator_kib} KiB accumulator, "
+              f"DRAM {cfg.dram_bytes_per_cycle} B/cycle, latency {cfg.dram_latency_cycles}, "
+              f"{cfg.clock_mhz:g} MHz")
+        t = _in_child(str(graph_path), args.overrides, args.config, False)
+        print(f"compile: {t['instructions']:,} instructions in {t['compile_s']:.2f} s")
+        print(f"timing only: {t['cycles']:,} simulated cycles; first run {t['first_s']:.3f} s, "
+              f"best of {REPEATS} {t['best_s']:.3f} s = {t['cycles'] / t['best_s'] / 1e6:.1f} M "
+              f"cycles/s ({t['cycles'] / t['best_s'] / SCALE_SIM_CYCLES_PER_S:,.0f}x SCALE-Sim's "
+              f"8.5 k cycles/s); compile + first run {t['compile_s'] + t['first_s']:.2f} s; "
+              f"peak RSS of the process {t['peak_rss_mib']:.0f} MiB")
+        if not args.no_datapath:
+            d = _in_child(str(graph_path), args.overrides, args.config, True)
+            assert d["cycles"] == t["cycles"]
+            print(f"data path on: {d['first_s']:.2f} s = {d['cycles'] / d['first_s'] / 1e6:.2f} M "
+                  f"cycles/s, {d['instructions'] / d['first_s']:,.0f} instructions/s; "
+                  f"peak RSS of the process {d['peak_rss_mib']:.0f} MiB")
+
+        graph = IntGraph.load(graph_path)
     image = compile_graph(graph, cfg)
-    print(f"config: {cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
-          f"DRAM {cfg.dram_bytes_per_cycle} B/cycle, latency {cfg.dram_latency_cycles}, "
-          f"{cfg.clock_mhz:g} MHz")
-    print(f"compile: {len(image.instructions)} instructions in {time.perf_counter() - t0:.2f} s")
-
     timings = UnitTimings(cfg)
-    simulate(image, functional=False, timings=timings)          # warm the timing caches
-    res, wall, peak = _measure(lambda: simulate(image, functional=False, timings=timings))
-    print(f"\ntiming only: {res.cycles:,} simulated cycles in {wall:.3f} s wall = "
-          f"{res.cycles / wall / 1e6:.1f} M cycles/s ({res.cycles / wall / SCALE_SIM_CYCLES_PER_S:,.0f}x "
-          f"SCALE-Sim's 8.5 k cycles/s); Python heap peak {peak / 2**20:.1f} MiB")
-    if not args.no_datapath:
-        rng = np.random.default_rng(0)
-        inputs = {t.name: rng.integers(-128, 128, size=t.shape) for t in image.inputs}
-        res_d, wall_d, peak_d = _measure(lambda: simulate(image, inputs, functional=True, timings=timings))
-        assert res_d.cycles == res.cycles
-        print(f"data path on: {wall_d:.2f} s wall = {res.cycles / wall_d / 1e6:.2f} M cycles/s; "
-              f"Python heap peak {peak_d / 2**20:.1f} MiB")
-    print(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-
+    res = simulate(image, functional=False, timings=timings)
     rep = build_report(image, res, timings)
-    print(f"\nwhole model: {res.cycles:,} cycles = {rep.latency_ms:.2f} ms at {cfg.clock_mhz:g} MHz, "
-          f"MAC utilization {100 * rep.utilization:.1f}% (tile-mapping bound {100 * rep.tile_bound:.1f}%)")
+    print(f"\nwhole model: {res.cycles:,} cycles = {rep.latency_ms:.2f} ms at {cfg.clock_mhz:g} MHz "
+          f"({rep.fps:.1f} frames/s), MAC utilization {100 * rep.utilization:.1f}% "
+          f"(tile-mapping bound {100 * rep.tile_bound:.1f}%)")
     block = rep.blocks[len(rep.blocks) // 2]
     b = rep.by_layer[block]
     cat, bound = block_breakdown(image, res, timings, block)

@@ -8,6 +8,8 @@ graph file instead, ``--program`` an already compiled program image.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -45,9 +47,20 @@ def add_arguments(parser) -> None:
                         help="re-quantize the --model even if a cached graph exists")
 
 
+#: Modules whose source decides the quantized graph of a model (the cache key).
+_QUANTIZER_MODULES = ("sw.quantize", "sw.observers", "sw.intops", "sw.graph")
+
+
 def _cache_path(model: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitamin"
-    return root / f"{model}.random.npz"
+    """Cache file of ``model``'s quantized graph, keyed by the quantizer's source code (a
+    changed quantizer never serves an old graph)."""
+    h = hashlib.sha256()
+    for name in _QUANTIZER_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            h.update(Path(spec.origin).read_bytes())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitamin"
+    return root / f"{model}.random.{h.hexdigest()[:12]}.npz"
 
 
 def _graph_for_model(name: str, use_cache: bool):
