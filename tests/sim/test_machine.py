@@ -233,6 +233,15 @@ def test_out_of_range_and_unit_limits(text, match, hand_timings):
         _run(text + "HALT", hand_timings)
 
 
+def test_semaphore_overflow(hand_timings, monkeypatch):
+    """More outstanding tokens than the 16-bit counter holds (shrunk to 2 here) is an error."""
+    from sim import machine
+    monkeypatch.setattr(machine, "TOKEN_LIMIT", 2)
+    body = LOAD.format(w="-", s="MATRIX", d=0, r=1, c=4) * 3 + MATMUL.format(w="LOAD", s="-", m=1, n=1) * 3
+    with pytest.raises(ProgramError, match="instruction 2 \\(LOAD\\): semaphore LOAD->MATRIX exceeds 2"):
+        _run(body + "HALT", hand_timings)
+
+
 def test_unconsumed_tokens(hand_timings):
     with pytest.raises(ProgramError, match="unconsumed tokens: LOAD->MATRIX: 1"):
         _run(LOAD.format(w="-", s="MATRIX", d=0, r=1, c=4) + "HALT", hand_timings)
