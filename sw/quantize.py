@@ -123,11 +123,12 @@ def check_supported(model) -> None:
             problems.append("patch embedding that is not a square kernel = stride convolution")
         if not _is(pe.norm, "Identity"):
             problems.append(f"patch embedding norm {type(pe.norm).__name__}")
-        if not getattr(pe, "flatten", True) or getattr(pe, "dynamic_img_size", False) or \
-                getattr(pe, "dynamic_img_pad", False):
-            problems.append("dynamic image size / unflattened patch embedding")
-    if getattr(model, "dynamic_img_size", False):
-        problems.append("dynamic image size")
+        if getattr(pe, "dynamic_img_pad", False):
+            problems.append("dynamic image padding")
+        if not getattr(pe, "flatten", True) and not getattr(model, "dynamic_img_size", False):
+            problems.append("unflattened patch embedding")
+    # dynamic_img_size is fine: the graph is built for the model's native image size, at
+    # which timm uses the position embedding as it is.
     for attr in ("norm_pre",):
         if not _is(getattr(model, attr), "Identity"):
             problems.append(f"{attr} {type(getattr(model, attr)).__name__}")

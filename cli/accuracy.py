@@ -1,0 +1,29 @@
+"""``vitamin accuracy``: train a small ViT on scikit-learn's digits (cached after the first
+run), quantize it with every observer and setting, and print FP32 / fake-quant / integer
+top-1 (:mod:`sw.accuracy`)."""
+from __future__ import annotations
+
+from cli.main import UserError
+
+
+def add_arguments(parser) -> None:
+    from sw.observers import OBSERVERS
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--calib", action="append", choices=OBSERVERS, default=None,
+                        help="only these observers (repeatable; default: all four)")
+    parser.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as markdown")
+
+
+def run(args) -> int:
+    from sw.accuracy import accuracy_table, format_table
+    from sw.graph import atomic_write_bytes
+    from sw.observers import OBSERVERS
+    report = accuracy_table(seed=args.seed, methods=tuple(dict.fromkeys(args.calib or OBSERVERS)))
+    print(format_table(report))
+    print(f"({report.seconds:.1f} s)")
+    if args.markdown:
+        try:
+            atomic_write_bytes(args.markdown, (format_table(report, markdown=True) + "\n").encode())
+        except OSError as exc:
+            raise UserError(f"cannot write {args.markdown}: {exc}") from None
+    return 0

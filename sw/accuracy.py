@@ -1,0 +1,109 @@
+"""The digits accuracy table: FP32 vs fake-quant vs the integer executor.
+
+A small timm ViT is trained on scikit-learn's ``digits`` (:mod:`sw.digits`), then quantized
+with each calibration observer in four settings, FQ-ViT's ablation on our data:
+
+=====================  =======  ====  ==================================
+setting                W/A/Att  PTF   softmax
+=====================  =======  ====  ==================================
+``8/8/8``              8/8/8    no    uniform 8-bit
+``8/8/8 +PTF``         8/8/8    yes   uniform 8-bit
+``8/8/4 +LIS``         8/8/4    no    Log-Int-Softmax 4-bit codes
+``8/8/4 +PTF +LIS``    8/8/4    yes   Log-Int-Softmax 4-bit codes
+=====================  =======  ====  ==================================
+
+Each row gives the held-out top-1 of the fake-quant model (:mod:`sw.fakequant`) and of the
+integer executor, and how often their labels agree.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .executor import execute
+from .fakequant import fakequant_execute
+from .observers import OBSERVERS
+from .quantize import calibrate, quantize, quantize_input
+
+#: (label, attention bits, PTF) of each setting, in table order.
+SETTINGS = (("8/8/8", 8, False), ("8/8/8 +PTF", 8, True),
+            ("8/8/4 +LIS", 4, False), ("8/8/4 +PTF +LIS", 4, True))
+#: Training images used for calibration.
+CALIB_IMAGES = 128
+
+
+@dataclass
+class AccuracyRow:
+    method: str
+    setting: str
+    attn_bits: int
+    ptf: bool
+    fakequant_top1: float
+    integer_top1: float
+    label_agreement: float
+
+
+@dataclass
+class AccuracyReport:
+    fp32_top1: float
+    test_images: int
+    calib_images: int
+    seed: int
+    rows: list[AccuracyRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
+    return 100.0 * float(np.mean(labels == truth))
+
+
+def accuracy_table(seed: int = 0, methods=OBSERVERS, settings=SETTINGS, model=None, split=None,
+                   progress: bool = True) -> AccuracyReport:
+    """Train (or load the cached) digits ViT and measure every (method, setting) pair."""
+    from tqdm.auto import tqdm
+    from .digits import evaluate_float, load_or_train
+    t0 = time.perf_counter()
+    if model is None or split is None:
+        model, split = load_or_train(seed=seed, progress=progress)
+    calib = split.train_x[:CALIB_IMAGES]
+    fp32 = _top1(evaluate_float(model, split.test_x), split.test_y)
+    report = AccuracyReport(fp32, len(split.test_y), len(calib), seed)
+    with tqdm(total=len(methods) * len(settings), desc="quantizing", disable=not progress, leave=False) as bar:
+        for method in methods:
+            obs = calibrate(model, calib, method, progress=False)
+            for label, attn_bits, ptf in settings:
+                g = quantize(model, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
+                             progress=False, observers=obs)
+                x = quantize_input(split.test_x, g)
+                lab_int = execute(g, x)["logits"].argmax(1)
+                lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
+                report.rows.append(AccuracyRow(method, label, attn_bits, ptf,
+                                               _top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
+                                               100.0 * float(np.mean(lab_fq == lab_int))))
+                bar.update()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def format_table(report: AccuracyReport, markdown: bool = False) -> str:
+    """The table as aligned text, or as a markdown table."""
+    head = ["method", "W/A/Att", "PTF", "LIS", "FP32", "fake-quant", "integer", "int vs FP32", "fq/int labels agree"]
+    rows = []
+    for r in report.rows:
+        rows.append([r.method, f"8/8/{r.attn_bits}", "yes" if r.ptf else "no",
+                     "yes" if r.attn_bits == 4 else "no", f"{report.fp32_top1:.2f}",
+                     f"{r.fakequant_top1:.2f}", f"{r.integer_top1:.2f}",
+                     f"{r.integer_top1 - report.fp32_top1:+.2f}", f"{r.label_agreement:.2f}"])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
+    lines.append("")
+    lines.append(f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
+                 f"training images; top-1 in %; seed {report.seed}")
+    return "\n".join(lines)
