@@ -160,6 +160,9 @@ for _op, _fields in FORMATS.items():
     assert HEADER_BITS + sum(f.bits for f in _fields) <= INSTR_BITS, _op
 
 _FIELD_INDEX = {op: {f.name: f for f in fs} for op, fs in FORMATS.items()}
+#: Per opcode: the field names, and ``(name, lo, hi)`` of every field (for fast checks).
+_FIELD_NAMES = {op: set(fs) for op, fs in _FIELD_INDEX.items()}
+_FIELD_BOUNDS = {op: tuple((f.name, f.lo, f.hi) for f in fs) for op, fs in FORMATS.items()}
 
 
 @dataclass
@@ -199,17 +202,19 @@ class Instruction:
         if q is not None and ((self.wait >> q) & 1 or (self.signal >> q) & 1):
             raise IllegalInstructionError(
                 f"{where}{name} waits on or signals its own queue ({q.name})")
-        fields = _FIELD_INDEX[self.op]
-        unknown = sorted(set(self.args) - set(fields))
-        missing = sorted(set(fields) - set(self.args))
-        if unknown or missing:
+        args = self.args
+        names = _FIELD_NAMES[self.op]
+        if args.keys() != names:
+            unknown = sorted(set(args) - names)
+            missing = sorted(names - set(args))
             raise IllegalInstructionError(
                 f"{where}{name}: unknown field(s) {unknown}, missing field(s) {missing}")
-        for f in fields.values():
-            v = self.args[f.name]
-            if isinstance(v, bool) or not isinstance(v, int) or not f.lo <= v <= f.hi:
+        for field_name, lo, hi in _FIELD_BOUNDS[self.op]:
+            v = args[field_name]
+            if (type(v) is not int and (isinstance(v, bool) or not isinstance(v, int))) \
+                    or not lo <= v <= hi:
                 raise IllegalInstructionError(
-                    f"{where}{name}.{f.name} = {v!r} is outside {f.lo}..{f.hi}")
+                    f"{where}{name}.{field_name} = {v!r} is outside {lo}..{hi}")
 
 
 def encode(ins: Instruction) -> bytes:
