@@ -145,12 +145,15 @@ def run(args) -> int:
         for t in image.inputs:
             lo, hi = (-128, 127) if t.signed else (0, 255)
             inputs[t.name] = rng.integers(lo, hi + 1, size=t.shape)
-    timings = UnitTimings(cfg)
+    try:
+        timings = UnitTimings(cfg).load()
+    except UnitTimingUnavailable as exc:
+        raise UserError(str(exc)) from None
     bar = None
     if functional:
         from tqdm import tqdm
         bar = tqdm(total=len(image.instructions), desc="simulating (data path)", unit="instr",
-                   leave=False, mininterval=0.5)
+                   leave=False, mininterval=0.5, disable=None)
     t0 = time.perf_counter()
     try:
         res = simulate(image, inputs, functional=functional, timings=timings,
@@ -163,7 +166,10 @@ def run(args) -> int:
     wall = time.perf_counter() - t0
     rep = build_report(image, res, timings)
     mode = "data path on" if functional else "timing only"
-    print(f"simulation ({mode}): {wall:.2f} s wall, {res.cycles / wall / 1e6:.1f} M simulated cycles/s")
+    rate = res.cycles / wall
+    rate_text = f"{rate / 1e6:.1f} M" if rate >= 1e6 else f"{rate / 1e3:.1f} k"
+    print(f"simulation ({mode}): {wall:.2f} s wall, {rate_text} simulated cycles/s, "
+          f"{len(image.instructions) / wall:,.0f} instructions/s")
     print()
     print(f"whole model: {res.cycles:,} cycles = {rep.latency_ms:.3f} ms at {cfg.clock_mhz:g} MHz "
           f"({rep.fps:.1f} frames/s); MAC utilization {100 * rep.utilization:.1f}% "

@@ -51,6 +51,14 @@ class UnitTimings:
         self._funcs: dict[str, Callable] = dict(overrides or {})
         self._cached = lru_cache(maxsize=None)(self._compute)
 
+    def load(self) -> "UnitTimings":
+        """Import every unit's timing function now (the hardware modules take a moment to
+        import); :class:`UnitTimingUnavailable` for a missing one.  Returns ``self``."""
+        for unit in HW_TIMING_FUNCTIONS:
+            if unit not in self._funcs:
+                self._funcs[unit] = _resolve(unit)
+        return self
+
     def _compute(self, unit: str, *args) -> UnitTiming:
         fn = self._funcs.get(unit)
         if fn is None:

@@ -22,3 +22,10 @@ def test_missing_unit(monkeypatch):
     monkeypatch.setitem(units.HW_TIMING_FUNCTIONS, "add", ("hw.no_such_unit", "add_timing"))
     with pytest.raises(UnitTimingUnavailable, match="hw.no_such_unit.add_timing is not available"):
         UnitTimings(AcceleratorConfig()).add(16)
+
+
+def test_load_imports_every_unit(monkeypatch):
+    assert set(UnitTimings(AcceleratorConfig()).load()._funcs) == set(units.HW_TIMING_FUNCTIONS)
+    monkeypatch.setitem(units.HW_TIMING_FUNCTIONS, "gelu", ("hw.no_such_unit", "gelu_timing"))
+    with pytest.raises(UnitTimingUnavailable, match="hw.no_such_unit.gelu_timing"):
+        UnitTimings(AcceleratorConfig()).load()
