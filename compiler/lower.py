@@ -6,7 +6,8 @@ Weights and per-channel parameters are laid out in DRAM at compile time, already
 the array's tile size.  Three op kinds are *views* and cost no instruction of their own:
 ``patchify`` (its consumers gather image patches with strided loads), ``select_tokens``
 (consumers load the selected rows) and ``concat_tokens`` (its prefix tokens are constant
-rows of the output buffer and the producer of its input writes straight after them).  Two
+rows of the output buffer and the producer of its input writes straight after them; a graph
+input is copied in after them through the scratchpad).  Two
 patterns are fused: a linear layer followed by its only consumer, a GELU, requantizes
 through the GELU table; and ``qk_scores -> softmax -> attn_value`` becomes head-by-head
 attention that never leaves the chip (scores in the accumulator memory, codes in the
