@@ -282,6 +282,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)        # mkstemp's 0600 would surprise the user
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -398,7 +398,7 @@ class _Builder:
         return self.op(name, "linear", [x], out, {"zp_out": int(out_q.zp), "out_bits": out_bits},
                        {"weight": wq.astype(np.int8), "bias": bias_int.astype(np.int32),
                         "mult": mult, "shift": shift},
-                       {"weight_scale": s_w, "weight": w, "bias": b})
+                       {"weight_scale": s_w})
 
     def add(self, name: str, a: str, b: str | None, out: str, out_q: _Q, shape,
             const_q: _Q | None = None, const=None) -> str:
