@@ -18,6 +18,7 @@ deadlocks and semaphore overflows, as soon as the scheduler finds no runnable qu
 """
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -439,7 +440,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     retire = np.full(n, -1, dtype=np.int64)
     wait = np.zeros(n, dtype=np.int64)
     cause = np.full(n, -1, dtype=np.int8)
-    done_count = 0
+    order = []                    # instructions in the order they start
     waits_of = [[s for s in range(NQ) if (ins.wait >> s) & 1] for ins in instrs]
     sig_of = [[d for d in range(NQ) if (ins.signal >> d) & 1] for ins in instrs]
     dma = (Queue.LOAD, Queue.STORE)
@@ -497,11 +498,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
                 raise ProgramError(f"instruction {i} ({instrs[i].op.name}): semaphore "
                                    f"{Queue(q).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens")
         ptr[q] += 1
-        if data is not None:
-            data.run(instrs[i], i)
-        done_count += 1
-        if progress is not None and done_count % 4096 == 0:
-            progress(done_count)
+        order.append(i)
     left = [(Queue(s).name, Queue(d).name, len(sem[s][d])) for s in range(NQ) for d in range(NQ)
             if sem[s][d]]
     if left:
@@ -510,6 +507,14 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     cycles = int(retire.max()) if n > 1 else 0
     result = SimResult(cfg, cycles, start, busy_end, retire, wait, cause)
     if data is not None:
+        # The data path runs the instructions in the order the schedule started them, which
+        # honours every dependency.  Its matrix products are small: one BLAS thread runs
+        # them fastest, and several threads on a busy machine run them far slower.
+        with _one_blas_thread():
+            for done_count, i in enumerate(order, 1):
+                data.run(instrs[i], i)
+                if progress is not None and done_count % 4096 == 0:
+                    progress(done_count)
         dram = data.dram
         result.outputs = {t.name: np.stack([t.read(d) for d in dram]) for t in image.outputs}
         if not batched:
@@ -517,6 +522,15 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
             result.outputs = {k: v[0] for k, v in result.outputs.items()}
         result.dram = dram
     return result
+
+
+def _one_blas_thread():
+    """A context that limits the BLAS library to one thread (if threadpoolctl is there)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _input_samples(image: ProgramImage, inputs: dict) -> tuple[dict[str, np.ndarray], bool]:
