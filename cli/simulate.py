@@ -219,11 +219,12 @@ def run(args) -> int:
         shown = [k for k in rep.by_op if args.ops or k.startswith(bname + ".")]
         print("per op" + ("" if args.ops else f" ({bname})") + ":")
         rows = [[k, rep.by_op[k]["instructions"], f"{rep.by_op[k]['macs'] / 1e6:.2f}",
-                 f"{rep.by_op[k]['span']:,}", f"{rep.by_op[k]['matrix busy']:,}",
-                 f"{rep.by_op[k]['vector busy']:,}", f"{rep.by_op[k]['load busy']:,}",
-                 f"{rep.by_op[k]['store busy']:,}"] for k in shown]
-        print(_table(rows, ["op", "instr", "M MACs", "span", "array busy", "vector busy",
-                            "load busy", "store busy"]))
+                 f"{rep.by_op[k]['span']:,}", f"{100 * rep.by_op[k]['mac_utilization']:.1f}%",
+                 f"{rep.by_op[k]['matrix busy']:,}", f"{rep.by_op[k]['vector busy']:,}",
+                 f"{rep.by_op[k]['load busy']:,}", f"{rep.by_op[k]['store busy']:,}"]
+                for k in shown]
+        print(_table(rows, ["op", "instr", "M MACs", "span", "MAC util", "array busy",
+                            "vector busy", "load busy", "store busy"]))
     if functional:
         print()
         for t in image.outputs:

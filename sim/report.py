@@ -49,7 +49,8 @@ class Report:
     by_class: dict[str, dict]
     #: Per queue: busy cycles and wait cycles by cause.
     by_queue: dict[str, dict]
-    #: Per op and per layer: instructions, MACs, span, busy cycles per queue.
+    #: Per op and per layer: instructions, MACs, span (first start to last retire), MAC
+    #: utilization over the span; per op also the busy cycles of each queue.
     by_op: dict[str, dict]
     by_layer: dict[str, dict]
     blocks: list[str] = field(default_factory=list)
@@ -158,8 +159,10 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         o["start"] = min(o["start"], int(res.start[i]))
         o["end"] = max(o["end"], int(res.retire[i]))
         o[f"{q.name.lower()} busy"] += busy
+    pe = cfg.array_rows * cfg.array_cols
     for o in by_op.values():
         o["span"] = o["end"] - o["start"]
+        o["mac_utilization"] = o["macs"] / (pe * o["span"]) if o["span"] else 0.0
     by_layer: dict[str, dict] = {}
     for name, o in by_op.items():
         lay = by_layer.setdefault(layer_of(name), {"ops": 0, "instructions": 0, "macs": 0,
@@ -169,7 +172,6 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         lay["macs"] += o["macs"]
         lay["start"] = min(lay["start"], o["start"])
         lay["end"] = max(lay["end"], o["end"])
-    pe = cfg.array_rows * cfg.array_cols
     for lay in by_layer.values():
         lay["span"] = lay["end"] - lay["start"]
         lay["mac_utilization"] = lay["macs"] / (pe * lay["span"]) if lay["span"] else 0.0
