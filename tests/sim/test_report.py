@@ -37,6 +37,10 @@ def test_tables_are_consistent(run):
     assert sum(o["instructions"] for o in rep.by_op.values()) == len(prog.instructions) - 1
     assert sum(o["macs"] for o in rep.by_layer.values()) == rep.macs
     assert rep.blocks == ["blocks.0", "blocks.1"]
+    for name, o in rep.by_op.items():
+        assert o["mac_utilization"] == pytest.approx(o["macs"] / (16 * o["span"])), name
+        assert 0 <= o["mac_utilization"] <= 1, name
+    assert rep.by_op["blocks.0.attn.qkv"]["mac_utilization"] > 0
     assert layer_of("blocks.11.mlp.fc1") == "blocks.11" and layer_of("head") == "head"
     assert rep.latency_ms == pytest.approx(res.cycles / 100e3)
     json.dumps(rep.to_json())
