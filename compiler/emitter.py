@@ -18,6 +18,7 @@ write waits only for the instructions that really used those addresses.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from .isa import Instruction, Opcode, QUEUE_OF
@@ -70,11 +71,18 @@ class Allocator:
 
     def _runs(self):
         """Maximal runs of adjacent free pieces: (first index, last index, lo, hi)."""
-        runs, start = [], 0
-        for i in range(1, len(self.free_pieces) + 1):
-            if i == len(self.free_pieces) or self.free_pieces[i][0] != self.free_pieces[i - 1][1]:
-                runs.append((start, i - 1, self.free_pieces[start][0], self.free_pieces[i - 1][1]))
-                start = i
+        pieces = self.free_pieces
+        runs = []
+        if not pieces:
+            return runs
+        start, run_lo, prev_hi = 0, pieces[0][0], pieces[0][1]
+        for i in range(1, len(pieces)):
+            lo, hi, _ = pieces[i]
+            if lo != prev_hi:
+                runs.append((start, i - 1, run_lo, prev_hi))
+                start, run_lo = i, lo
+            prev_hi = hi
+        runs.append((start, len(pieces) - 1, run_lo, prev_hi))
         return runs
 
     def alloc(self, size: int, what: str) -> Buffer:
@@ -117,11 +125,8 @@ class Allocator:
 
     def free(self, buf: Buffer) -> None:
         self.live.discard(buf)
-        piece = [buf.addr, buf.end, list(buf.accessed)]
-        i = 0
-        while i < len(self.free_pieces) and self.free_pieces[i][0] < buf.addr:
-            i += 1
-        self.free_pieces.insert(i, piece)
+        i = bisect.bisect_left(self.free_pieces, buf.addr, key=lambda piece: piece[0])
+        self.free_pieces.insert(i, [buf.addr, buf.end, list(buf.accessed)])
 
 
 class Emitter:
