@@ -186,8 +186,8 @@ def int_matmul(a, b, what: str = "matmul") -> np.ndarray:
     a = _as_int(a)
     b = _as_int(b)
     k = a.shape[-1]
-    amax = int(np.abs(a).max()) if a.size else 0
-    bmax = int(np.abs(b).max()) if b.size else 0
+    amax = max(-int(a.min()), int(a.max())) if a.size else 0
+    bmax = max(-int(b.min()), int(b.max())) if b.size else 0
     bound = k * amax * bmax
     if bound >= (1 << 53):
         raise IntegerOverflowError(f"{what}: operands too large for an exact float64 product")
