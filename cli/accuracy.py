@@ -8,7 +8,8 @@ from cli.main import UserError
 
 def add_arguments(parser) -> None:
     from sw.observers import OBSERVERS
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; several give the mean over them (default: 0)")
     parser.add_argument("--calib", action="append", choices=OBSERVERS, default=None,
                         help="only these observers (repeatable; default: all four)")
     parser.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as markdown")
@@ -18,7 +19,8 @@ def run(args) -> int:
     from sw.accuracy import accuracy_table, format_table
     from sw.graph import atomic_write_bytes
     from sw.observers import OBSERVERS
-    report = accuracy_table(seed=args.seed, methods=tuple(dict.fromkeys(args.calib or OBSERVERS)))
+    report = accuracy_table(seeds=tuple(dict.fromkeys(args.seeds)),
+                            methods=tuple(dict.fromkeys(args.calib or OBSERVERS)))
     print(format_table(report))
     print(f"({report.seconds:.1f} s)")
     if args.markdown:

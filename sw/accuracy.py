@@ -50,7 +50,7 @@ class AccuracyReport:
     fp32_top1: float
     test_images: int
     calib_images: int
-    seed: int
+    seeds: tuple[int, ...]
     rows: list[AccuracyRow] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -59,30 +59,36 @@ def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
     return 100.0 * float(np.mean(labels == truth))
 
 
-def accuracy_table(seed: int = 0, methods=OBSERVERS, settings=SETTINGS, model=None, split=None,
-                   progress: bool = True) -> AccuracyReport:
-    """Train (or load the cached) digits ViT and measure every (method, setting) pair."""
+def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: bool = True) -> AccuracyReport:
+    """Train (or load the cached) digits ViT of each seed and measure every (method, setting)
+    pair; with several seeds every number is the mean over the seeds."""
     from tqdm.auto import tqdm
     from .digits import evaluate_float, load_or_train
     t0 = time.perf_counter()
-    if model is None or split is None:
-        model, split = load_or_train(seed=seed, progress=progress)
-    calib = split.train_x[:CALIB_IMAGES]
-    fp32 = _top1(evaluate_float(model, split.test_x), split.test_y)
-    report = AccuracyReport(fp32, len(split.test_y), len(calib), seed)
-    with tqdm(total=len(methods) * len(settings), desc="quantizing", disable=not progress, leave=False) as bar:
-        for method in methods:
-            obs = calibrate(model, calib, method, progress=False)
-            for label, attn_bits, ptf in settings:
-                g = quantize(model, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
-                             progress=False, observers=obs)
-                x = quantize_input(split.test_x, g)
-                lab_int = execute(g, x)["logits"].argmax(1)
-                lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
-                report.rows.append(AccuracyRow(method, label, attn_bits, ptf,
-                                               _top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
-                                               100.0 * float(np.mean(lab_fq == lab_int))))
-                bar.update()
+    seeds = tuple(seeds)
+    fp32, cells = [], {}
+    with tqdm(total=len(seeds) * len(methods) * len(settings), desc="quantizing", disable=not progress,
+              leave=False) as bar:
+        for seed in seeds:
+            model, split = load_or_train(seed=seed, progress=progress)
+            calib = split.train_x[:CALIB_IMAGES]
+            fp32.append(_top1(evaluate_float(model, split.test_x), split.test_y))
+            for method in methods:
+                obs = calibrate(model, calib, method, progress=False)
+                for label, attn_bits, ptf in settings:
+                    g = quantize(model, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
+                                 progress=False, observers=obs)
+                    x = quantize_input(split.test_x, g)
+                    lab_int = execute(g, x)["logits"].argmax(1)
+                    lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
+                    cells.setdefault((method, label, attn_bits, ptf), []).append(
+                        (_top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
+                         100.0 * float(np.mean(lab_fq == lab_int))))
+                    bar.update()
+    report = AccuracyReport(float(np.mean(fp32)), len(split.test_y), len(calib), seeds)
+    for (method, label, attn_bits, ptf), vals in cells.items():
+        fq, integer, agree = np.mean(vals, axis=0)
+        report.rows.append(AccuracyRow(method, label, attn_bits, ptf, float(fq), float(integer), float(agree)))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -105,5 +111,7 @@ def format_table(report: AccuracyReport, markdown: bool = False) -> str:
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
     lines.append("")
     lines.append(f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
-                 f"training images; top-1 in %; seed {report.seed}")
+                 f"training images; top-1 in %; "
+                 + (f"seed {report.seeds[0]}" if len(report.seeds) == 1 else
+                    f"mean over training seeds {', '.join(map(str, report.seeds))}"))
     return "\n".join(lines)

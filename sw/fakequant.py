@@ -1,17 +1,18 @@
 """Fake-quantized float model of an integer graph (torch, float64).
 
-Every op dequantizes its inputs with the tensors' scales and zero points, computes in float
-what the float model computes (float LayerNorm with gamma / beta / eps, float exponential
-and ``log2`` for the softmax, the exact GELU), and rounds its output onto the output
-tensor's integer grid.  This is the "quantize, compute in float, dequantize" model the
-public FQ-ViT / PTQ4ViT code evaluates, and the baseline the integer executor is compared
-with.
+Tensors hold integers on the graph's grids; ops compute in float64.  The nonlinear ops are
+the float model's own: LayerNorm with float mean, variance, gamma, beta and eps; softmax
+with the float exponential, then ``round(log2(1/p))`` (LIS) or ``round(256 p)``; GELU with
+the exact float function.  The integer executor replaces exactly these with integer
+approximations (integer mean and 1/sqrt, a polynomial exponential, a lookup table), so
+comparing the two isolates their effect.
 
-Where the two are designed to be identical they are bit-exact: ``linear`` (integer
-weights, float64 matmul of integers, then the dyadic ``mult * 2**-shift`` and half-up
-rounding, all exact in float64), ``patchify``, ``concat_tokens`` and ``select_tokens``.
-Elsewhere the integer executor approximates the float op (integer 1/sqrt, the polynomial
-exponential, dyadic residual scales) and the two may differ by a rounding step.
+The requantizing linear steps use the graph's dyadic scales (``mult * 2**-shift``), as a
+fake-quant model of a dyadic-requantizing accelerator does.  Float64 holds every product
+exactly, so these ops are bit-exact with the integer executor by design (:data:`EXACT_KINDS`):
+``linear``, ``add``, ``qk_scores``, ``attn_value``, ``token_mean``, ``gelu`` (the table is
+the float GELU rounded onto the same grid), ``patchify``, ``concat_tokens``,
+``select_tokens``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from .graph import IntGraph, Op
 __all__ = ["fakequant_execute", "fakequant_op", "EXACT_KINDS"]
 
 #: Op kinds for which the fake-quant model and the integer executor must agree bit for bit.
-EXACT_KINDS = ("patchify", "linear", "concat_tokens", "select_tokens")
+EXACT_KINDS = ("patchify", "linear", "concat_tokens", "select_tokens", "add", "qk_scores",
+               "attn_value", "token_mean", "gelu")
 
 
 def _f(x) -> torch.Tensor:
@@ -47,6 +49,13 @@ def _quant(graph: IntGraph, name: str, y: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.floor(y / _scale(graph, name) + 0.5) + t.zero_point, lo, hi)
 
 
+def _requant(graph: IntGraph, name: str, acc: torch.Tensor, mult, shift, zp: int) -> torch.Tensor:
+    """``acc * mult * 2**-shift`` rounded half up, plus ``zp``, clamped to the tensor's width."""
+    lo, hi = graph.tensors[name].range
+    y = torch.floor(acc * _f(mult) * torch.pow(2.0, -_f(shift)) + 0.5) + zp
+    return torch.clamp(y, lo, hi)
+
+
 def _qkv(x: torch.Tensor, heads: int, dh: int):
     b, t, _ = x.shape
     return x.reshape(b, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
@@ -66,16 +75,12 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         return inputs[0][:, list(a["indices"]), :].reshape(inputs[0].shape[0], -1)
     if k == "linear":
         acc = inputs[0] @ _f(p["weight"]).T + _f(p["bias"])      # the bias folds the zero point
-        y = torch.floor(acc * _f(p["mult"]) * torch.pow(2.0, -_f(p["shift"])) + 0.5) + a["zp_out"]
-        lo, hi = graph.tensors[out].range
-        return torch.clamp(y, lo, hi)
+        return _requant(graph, out, acc, p["mult"], p["shift"], a["zp_out"])
     if k == "add":
-        x = _deq(graph, op.inputs[0], inputs[0])
-        if len(inputs) == 2:
-            other = _deq(graph, op.inputs[1], inputs[1])
-        else:
-            other = (_f(p["const"]) - a["zp_b"]) * _f(m["const_scale"])
-        return _quant(graph, out, x + other)
+        acc = (inputs[0] - a["zp_a"]) * _f(p["mult_a"])
+        other = inputs[1] if len(inputs) == 2 else _f(p["const"])
+        acc = acc + (other - a["zp_b"]) * _f(p["mult_b"])
+        return _requant(graph, out, acc, 1, p["shift"], a["zp_out"])
     if k == "layernorm":
         x = _deq(graph, op.inputs[0], inputs[0])
         mu = x.mean(-1, keepdim=True)
@@ -83,9 +88,8 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         y = (x - mu) / torch.sqrt(var + float(m["eps"])) * _f(m["gamma"]) + _f(m["beta"])
         return _quant(graph, out, y)
     if k == "qk_scores":
-        x = _deq(graph, op.inputs[0], inputs[0])
-        q, kk, _ = _qkv(x, a["heads"], a["head_dim"])
-        return _quant(graph, out, (q @ kk.transpose(-2, -1)) * float(m["scale"]))
+        q, kk, _ = _qkv(inputs[0], a["heads"], a["head_dim"])
+        return _requant(graph, out, q @ kk.transpose(-2, -1), p["mult"], p["shift"], 0)
     if k == "softmax":
         prob = torch.softmax(_deq(graph, op.inputs[0], inputs[0]), dim=-1)
         if a["mode"] == "lis":
@@ -94,21 +98,22 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         return torch.clamp(torch.round(prob * 256), 0, 255)
     if k == "attn_value":
         codes, qkv = inputs
-        _, _, v = _qkv(_deq(graph, op.inputs[1], qkv), a["heads"], a["head_dim"])
+        _, _, v = _qkv(qkv, a["heads"], a["head_dim"])
         if a["mode"] == "lis":
-            w = torch.where(codes < intops.LIS_ZERO_CODE, torch.pow(2.0, -codes), torch.zeros_like(codes))
+            w = torch.where(codes < intops.LIS_ZERO_CODE, torch.pow(2.0, intops.LIS_SHIFT_BASE - codes),
+                            torch.zeros_like(codes))
         else:
-            w = codes / 256.0
-        y = w @ v                                             # [B, H, T, dh]
-        b, h, t, dh = y.shape
-        return _quant(graph, out, y.transpose(1, 2).reshape(b, t, h * dh))
+            w = codes
+        acc = w @ v                                           # [B, H, T, dh]
+        b, h, t, dh = acc.shape
+        return _requant(graph, out, acc.transpose(1, 2).reshape(b, t, h * dh), p["mult"], p["shift"], a["zp_out"])
     if k == "gelu":
         x = _deq(graph, op.inputs[0], inputs[0])
         approx = m.get("approximate", "none")
         return _quant(graph, out, torch.nn.functional.gelu(x, approximate=str(approx)))
     if k == "token_mean":
-        x = _deq(graph, op.inputs[0], inputs[0])[:, a["start"]:, :]
-        return _quant(graph, out, x.mean(dim=1))
+        acc = (inputs[0][:, a["start"]:, :] - a["zp_in"]).sum(dim=1)
+        return _requant(graph, out, acc, p["mult"], p["shift"], a["zp_out"])
     raise ValueError(f"op {op.name!r}: no fake-quant form for kind {k!r}")
 
 

@@ -636,7 +636,7 @@ def _gelu(B: _Builder, name: str, act, x: str, out: str, shape) -> str:
     table = np.clip(np.floor(y / oq.scale + 0.5) + oq.zp, -128, 127).astype(np.int8)
     B.tensor(out, shape, oq)
     return B.op(name, "gelu", [x], out, {}, {"table": table},
-                {"approximate": str(getattr(act, "approximate", "none"))})
+                {"approximate": "tanh" if "Tanh" in type(act).__name__ else str(getattr(act, "approximate", "none"))})
 
 
 # ----------------------------------------------------------------------------------------
