@@ -19,18 +19,25 @@ import time
 import numpy as np
 
 _CHILD = r"""
-import resource, sys, time
+import sys, time
 import numpy as np
 from sw.graph import IntGraph
 from sw.executor import execute
+
+def hwm_kib():
+    # VmHWM is the peak of this process's own memory map (ru_maxrss would carry the
+    # parent's peak across fork + exec).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
 g = IntGraph.load(sys.argv[1])
 x = np.random.default_rng(0).integers(-128, 128, size=(1,) + g.tensors[g.inputs[0]].shape).astype(np.int8)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kib()
 t0 = time.perf_counter()
 execute(g, x)
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base, peak, dt)
+print(base, hwm_kib(), dt)
 """
 
 
