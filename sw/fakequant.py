@@ -1,11 +1,12 @@
 """Fake-quantized float model of an integer graph (torch, float64).
 
 Tensors hold integers on the graph's grids; ops compute in float64.  The nonlinear ops are
-the float model's own: LayerNorm with float mean, variance, gamma, beta and eps; softmax
-with the float exponential, then ``round(log2(1/p))`` (LIS) or ``round(256 p)``; GELU with
-the exact float function.  The integer executor replaces exactly these with integer
-approximations (integer mean and 1/sqrt, a polynomial exponential, a lookup table), so
-comparing the two isolates their effect.
+computed in float: LayerNorm with float mean, variance, gamma, beta and eps; softmax with
+float division and ``round(log2(1/p))`` (LIS) or ``round(256 p)``, its exponential being
+I-BERT's second-order polynomial as in FQ-ViT's own fake-quant code; GELU with the exact
+float function.  The integer executor replaces these with integer arithmetic (integer mean
+and 1/sqrt, integer polynomial and no divide, a lookup table), so comparing the two
+isolates that.
 
 The requantizing linear steps use the graph's dyadic scales (``mult * 2**-shift``), as a
 fake-quant model of a dyadic-requantizing accelerator does.  Float64 holds every product
@@ -15,6 +16,8 @@ the float GELU rounded onto the same grid), ``patchify``, ``concat_tokens``,
 ``select_tokens``.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -61,6 +64,21 @@ def _qkv(x: torch.Tensor, heads: int, dh: int):
     return x.reshape(b, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
 
 
+def _poly_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax with the second-order polynomial exponential of I-BERT, in float.
+
+    As FQ-ViT's fake-quant Log-Int-Softmax does: ``e**x = 2**-z e**r`` with
+    ``r = x + z ln 2`` in ``(-ln 2, 0]`` and ``e**r ~ A r**2 + B r + 1``.  The integer
+    executor evaluates the same polynomial with integer constants (:func:`sw.intops.int_exp`).
+    """
+    x = x - x.max(dim=-1, keepdim=True).values
+    z = torch.floor(-x / math.log(2.0))
+    r = x + z * math.log(2.0)
+    e = (intops._EXP_A * r + intops._EXP_B) * r + 1.0
+    e = e * torch.pow(2.0, -z)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor:
     """One op: float64 tensors holding integers in, float64 tensor holding integers out."""
     a, p, m = op.attrs, op.params, op.meta
@@ -91,7 +109,7 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         q, kk, _ = _qkv(inputs[0], a["heads"], a["head_dim"])
         return _requant(graph, out, q @ kk.transpose(-2, -1), p["mult"], p["shift"], 0)
     if k == "softmax":
-        prob = torch.softmax(_deq(graph, op.inputs[0], inputs[0]), dim=-1)
+        prob = _poly_softmax(_deq(graph, op.inputs[0], inputs[0]))
         if a["mode"] == "lis":
             code = torch.round(-torch.log2(torch.clamp(prob, min=1e-300)))
             return torch.clamp(code, 0, intops.LIS_ZERO_CODE)
