@@ -120,7 +120,16 @@ def run_op(graph: IntGraph, op: Op, *inputs: np.ndarray) -> np.ndarray:
     clamp = _guaranteed_range(op)
     if clamp is None or clamp[0] < lo or clamp[1] > hi:
         intops.check_range(out, lo, hi, f"{op.name} output")
-    return out
+    return out.astype(_storage_dtype(lo, hi), copy=False)
+
+
+def _storage_dtype(lo: int, hi: int) -> np.dtype:
+    """The narrowest numpy integer type holding ``[lo, hi]``: tensors are stored at their
+    declared width (which also lets the next op skip re-checking their range)."""
+    for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
 
 
 def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False):
@@ -146,7 +155,7 @@ def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: b
                              f"the model expects {tuple(t.shape)}")
         lo, hi = t.range
         intops.check_range(x, lo, hi, f"input {name!r}")
-        env[name] = x.astype(np.int64)
+        env[name] = x.astype(_storage_dtype(lo, hi))
     last_use = {}
     for i, op in enumerate(graph.ops):
         for t in op.inputs:
@@ -157,4 +166,5 @@ def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: b
             for t in op.inputs:
                 if last_use[t] == i and t not in graph.outputs:
                     del env[t]
-    return env if keep else {name: env[name] for name in graph.outputs}
+    names = env if keep else graph.outputs
+    return {name: env[name].astype(np.int64) for name in names}

@@ -92,6 +92,8 @@ class IntegerOverflowError(ArithmeticError):
 def check_range(x, lo: int, hi: int, what: str) -> np.ndarray:
     """Return ``x`` unchanged after checking that every element lies in ``[lo, hi]``."""
     x = np.asarray(x)
+    if x.dtype.kind in "iu" and np.iinfo(x.dtype).min >= lo and np.iinfo(x.dtype).max <= hi:
+        return x                              # the dtype alone proves the range
     if x.size:
         xmin, xmax = int(x.min()), int(x.max())
         if xmin < lo or xmax > hi:
@@ -174,6 +176,14 @@ def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MA
 # Matrix products
 # ----------------------------------------------------------------------------------------
 
+def _abs_bound(v: np.ndarray) -> int:
+    """An upper bound of ``|v|``: from the dtype when it is narrow, else from the data."""
+    if v.dtype.itemsize <= 2:
+        info = np.iinfo(v.dtype)
+        return max(-int(info.min), int(info.max))
+    return max(-int(v.min()), int(v.max())) if v.size else 0
+
+
 def int_matmul(a, b, what: str = "matmul") -> np.ndarray:
     """Exact integer ``a @ b`` (int64 result), through a float BLAS product.
 
@@ -183,12 +193,12 @@ def int_matmul(a, b, what: str = "matmul") -> np.ndarray:
     and most of ViT's matmuls), else in float64 (below ``2**53``: the LIS attention weights
     x int8 values, and int8 x int8 up to any K a ViT has); larger operands raise.
     """
-    a = _as_int(a)
-    b = _as_int(b)
+    a, b = np.asarray(a), np.asarray(b)
+    for v in (a, b):
+        if v.dtype.kind not in "iub":
+            raise TypeError(f"integer array expected, got dtype {v.dtype}")
     k = a.shape[-1]
-    amax = max(-int(a.min()), int(a.max())) if a.size else 0
-    bmax = max(-int(b.min()), int(b.max())) if b.size else 0
-    bound = k * amax * bmax
+    bound = k * _abs_bound(a) * _abs_bound(b)
     if bound >= (1 << 53):
         raise IntegerOverflowError(f"{what}: operands too large for an exact float64 product")
     dtype = np.float32 if bound < (1 << 24) else np.float64
@@ -204,8 +214,8 @@ def linear(x, weight, bias=None):
     ``x`` int8 ``[..., K]``, ``weight`` int8 ``[N, K]``, ``bias`` int32 ``[N]`` (the input
     zero point is already folded into it: ``bias = round(b / (s_x s_w)) - zp_x * sum_k W``).
     """
-    x = _signed_bits(_as_int(x), 8, "linear input")
-    w = _signed_bits(_as_int(weight), 8, "linear weight")
+    x = _signed_bits(np.asarray(x), 8, "linear input")
+    w = _signed_bits(np.asarray(weight), 8, "linear weight")
     acc = int_matmul(x, w.T, "linear")
     if bias is not None:
         acc = acc + _signed_bits(_as_int(bias), 32, "linear bias")
