@@ -129,9 +129,8 @@ def check_supported(model) -> None:
             problems.append("unflattened patch embedding")
     # dynamic_img_size is fine: the graph is built for the model's native image size, at
     # which timm uses the position embedding as it is.
-    for attr in ("norm_pre",):
-        if not _is(getattr(model, attr), "Identity"):
-            problems.append(f"{attr} {type(getattr(model, attr)).__name__}")
+    if not _is(model.norm_pre, "Identity", "LayerNorm"):
+        problems.append(f"norm_pre {type(model.norm_pre).__name__}")
     if getattr(model, "attn_pool", None) is not None:
         problems.append("attention pooling head")
     if kind == "VisionTransformer" and model.global_pool not in ("token", "avg"):
@@ -212,6 +211,8 @@ class _Recorder:
 
         out(m.patch_embed, "patch_embed.out")
         out(m.pos_drop, "pos_embed.out")
+        if _is(m.norm_pre, "LayerNorm"):
+            out(m.norm_pre, "norm_pre.out")
         for i, blk in enumerate(m.blocks):
             p = f"blocks.{i}"
             out(blk.norm1, f"{p}.norm1.out")
@@ -431,7 +432,7 @@ class _Builder:
             raise AssertionError(f"{name}: LayerNorm input must be PTF-quantized")
         gamma = _t(ln.weight) if ln.weight is not None else np.ones(c)
         beta = _t(ln.bias) if ln.bias is not None else np.zeros(c)
-        so = float(out_q.scale)
+        so = out_q.vec(c)                      # per channel when the output is PTF-quantized
         mult, shift = intops.dyadic(gamma * math.sqrt(c) / (so * 2.0 ** intops.LN_NORM_BITS))
         offset = np.rint(beta / so).astype(np.int64) + int(out_q.zp)
         self.tensor(out, shape, out_q)
@@ -526,6 +527,10 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
         if prefix is not None:
             x = concat(x, pe_q)
         x = B.add("pos_embed", x, None, "pos_embed.out", stream_q, (T, d), pos_q, pos_int)
+
+    # pre-norm of CLIP-style ViTs: its output is the residual stream, so PTF-quantized
+    if _is(m.norm_pre, "LayerNorm"):
+        x = B.layernorm("norm_pre", x, m.norm_pre, "norm_pre.out", B.stream("norm_pre.out"), (T, d))
 
     # transformer blocks
     for i, blk in enumerate(m.blocks):

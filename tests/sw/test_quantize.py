@@ -21,6 +21,7 @@ VARIANTS = {
     "avg_no_cls": (VisionTransformer, {"class_token": False, "global_pool": "avg", "fc_norm": False}),
     "no_embed_class_layerscale_reg": (VisionTransformer, {"no_embed_class": True, "init_values": 0.1, "reg_tokens": 2}),
     "rect_no_qkv_bias": (VisionTransformer, {"img_size": (32, 24), "qkv_bias": False, "depth": 1}),
+    "clip_pre_norm": (VisionTransformer, {"pre_norm": True}),
 }
 
 
@@ -42,8 +43,8 @@ def test_variants_quantize_and_track_the_float_model(name, attn_bits):
     images = random_images(model, 12, seed=1)
     g = quantize(model, images, attn_bits=attn_bits, progress=False)
     kinds = [o.kind for o in g.ops]
-    assert kinds.count("layernorm") == 2 * len(model.blocks) + (not isinstance(model.norm, torch.nn.Identity)) + \
-        (not isinstance(getattr(model, "fc_norm", torch.nn.Identity()), torch.nn.Identity))
+    norms = [model.norm, model.norm_pre, getattr(model, "fc_norm", torch.nn.Identity())]
+    assert kinds.count("layernorm") == 2 * len(model.blocks) + sum(not isinstance(n, torch.nn.Identity) for n in norms)
     assert {o.attrs["mode"] for o in g.ops if o.kind == "softmax"} == {"lis" if attn_bits == 4 else "uniform"}
     x = quantize_input(images, g)
     logits = execute(g, x)["logits"]
