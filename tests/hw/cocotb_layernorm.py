@@ -5,54 +5,24 @@ pytest through ``load_vectors()``.
 """
 from __future__ import annotations
 
-import random
-
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-from cocotb.utils import get_sim_time
+from cocotb.triggers import RisingEdge
 
+from cocotb_streams import StreamSink, StreamSource, StreamTB
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import load_vectors
 
-CLOCK_NS = 10
 
+class TB(StreamTB):
+    """Clock, reset, parameter loading, an input stream source and an output stream sink."""
 
-def pack_beat(values) -> int:
-    return sum((int(v) & 0xFF) << (8 * lane) for lane, v in enumerate(values))
-
-
-def unpack_beat(word: int, lanes: int) -> list[int]:
-    out = []
-    for lane in range(lanes):
-        byte = (word >> (8 * lane)) & 0xFF
-        out.append(byte - 256 if byte & 0x80 else byte)
-    return out
-
-
-class TB:
-    """Clock, reset, parameter loading, an input stream driver and an output stream monitor."""
+    INPUTS_HELD_LOW = ("i__valid", "i__payload", "o__ready", "param__en")
 
     def __init__(self, dut, lanes: int, seed: int):
-        self.dut = dut
+        super().__init__(dut, seed)
         self.lanes = lanes
-        self.rng = random.Random(seed)
-        self.first_in_cycle: int | None = None
-        self.last_out_cycle: int | None = None
-
-    def cycle(self) -> int:
-        return int(get_sim_time("ns")) // CLOCK_NS
-
-    async def start(self) -> None:
-        dut = self.dut
-        Clock(dut.clk, CLOCK_NS, unit="ns").start()
-        dut.rst.value = 1
-        dut.i__valid.value = 0
-        dut.i__payload.value = 0
-        dut.o__ready.value = 0
-        dut.param__en.value = 0
-        await ClockCycles(dut.clk, 3)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        self.i = StreamSource(self, "i")
+        self.o = StreamSink(self, "o", decode=lambda word: unpack_signed(word, 8, lanes))
 
     async def load(self, tensor: dict) -> None:
         """Write the per-channel parameters and set the per-tensor registers."""
@@ -71,50 +41,15 @@ class TB:
         dut.mean_mult.value = tensor["mean_mult"]
         await RisingEdge(dut.clk)
 
-    async def drive(self, beats: list[int], gap_probability: float) -> None:
-        """Offer ``beats`` on ``i``, leaving ``i.valid`` low with the given probability."""
-        dut = self.dut
-        sent = 0
-        while sent < len(beats):
-            offer = self.rng.random() >= gap_probability
-            dut.i__valid.value = int(offer)
-            dut.i__payload.value = beats[sent] if offer else 0
-            await ReadOnly()
-            taken = offer and int(dut.i__ready.value) == 1
-            if taken and self.first_in_cycle is None:
-                self.first_in_cycle = self.cycle()
-            await RisingEdge(dut.clk)
-            sent += taken
-        dut.i__valid.value = 0
-
-    async def monitor(self, count: int, stall_probability: float) -> list[list[int]]:
-        """Take ``count`` beats from ``o``, holding ``o.ready`` low with the given probability."""
-        dut = self.dut
-        got = []
-        while len(got) < count:
-            ready = self.rng.random() >= stall_probability
-            dut.o__ready.value = int(ready)
-            await ReadOnly()
-            if ready and int(dut.o__valid.value) == 1:
-                got.append(unpack_beat(int(dut.o__payload.value), self.lanes))
-                self.last_out_cycle = self.cycle()
-            await RisingEdge(dut.clk)
-        dut.o__ready.value = 0
-        return got
-
     async def run_rows(self, tensor: dict, gap_probability: float, stall_probability: float,
                        timeout_cycles: int) -> list[list[int]]:
         lanes = self.lanes
-        beats = [pack_beat(row[b:b + lanes]) for row in tensor["rows"]
+        beats = [pack(row[b:b + lanes], 8) for row in tensor["rows"]
                  for b in range(0, tensor["channels"], lanes)]
-        self.first_in_cycle = self.last_out_cycle = None
-        start = self.cycle()
-        cocotb.start_soon(self.drive(beats, gap_probability))
-        collecting = cocotb.start_soon(self.monitor(len(beats), stall_probability))
-        while not collecting.done():
-            await RisingEdge(self.dut.clk)
-            assert self.cycle() - start < timeout_cycles, "LayerNorm stopped producing output"
-        return collecting.result()
+        self.i.first_cycle = self.o.last_cycle = None
+        return await self.collect(self.o, len(beats), stall_probability,
+                                  [self.i.send(beats, gap_probability)], timeout_cycles,
+                                  "LayerNorm stopped producing output")
 
 
 def check_rows(got_beats: list[list[int]], tensor: dict) -> None:
@@ -126,30 +61,31 @@ def check_rows(got_beats: list[list[int]], tensor: dict) -> None:
         assert got == want, f"row {r}: got {got}, expected {want}"
 
 
+async def run_tensor(dut, vectors: dict, tensor: dict, gap_probability: float,
+                     stall_probability: float) -> TB:
+    """Reset, load ``tensor``, stream its rows and check every output; return the TB."""
+    tb = TB(dut, vectors["lanes"], vectors["seed"])
+    await tb.start()
+    await tb.load(tensor)
+    got = await tb.run_rows(tensor, gap_probability, stall_probability, timeout_cycles=5000)
+    check_rows(got, tensor)
+    return tb
+
+
 @cocotb.test()
 async def random_stalls_bit_exact(dut):
     """Rows with random valid gaps and ready stalls: every output integer matches."""
     vectors = load_vectors()
-    tb = TB(dut, vectors["lanes"], vectors["seed"])
-    await tb.start()
-    tensor = vectors["stalled"]
-    await tb.load(tensor)
-    got = await tb.run_rows(tensor, gap_probability=0.3, stall_probability=0.5,
-                            timeout_cycles=5000)
-    check_rows(got, tensor)
+    await run_tensor(dut, vectors, vectors["stalled"], gap_probability=0.3,
+                     stall_probability=0.5)
 
 
 @cocotb.test()
 async def stall_free_cycle_count(dut):
     """Back-to-back rows, never stalled: first input to last output = layernorm_timing."""
     vectors = load_vectors()
-    tb = TB(dut, vectors["lanes"], vectors["seed"])
-    await tb.start()
-    tensor = vectors["timed"]
-    await tb.load(tensor)
-    got = await tb.run_rows(tensor, gap_probability=0.0, stall_probability=0.0,
-                            timeout_cycles=5000)
-    check_rows(got, tensor)
-    measured = tb.last_out_cycle - tb.first_in_cycle
+    tb = await run_tensor(dut, vectors, vectors["timed"], gap_probability=0.0,
+                          stall_probability=0.0)
+    measured = tb.o.last_cycle - tb.i.first_cycle
     assert measured == vectors["timed_total_cycles"], \
         f"measured {measured} cycles, layernorm_timing gives {vectors['timed_total_cycles']}"

@@ -7,15 +7,13 @@ are packed with the field offsets pytest read from the component.
 """
 from __future__ import annotations
 
-import random
-
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ReadOnly, RisingEdge
 
+from cocotb_streams import StreamSink, StreamSource, StreamTB, check_elements
+from lane_packing import unpack_signed
 from sim.cocotb_runner import load_vectors
 
-CLOCK_NS = 10
 #: Cycles after a job's last output in which no further output beat may appear.
 QUIET_CYCLES = 6
 
@@ -27,43 +25,22 @@ def pack_fields(values: dict, fields: dict) -> int:
     return word
 
 
-def unpack_signed(word: int, count: int, width: int = 8) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
+class TB(StreamTB):
+    """Clock, reset, parameter and tensor-config writers, two input sources with independent
+    random gaps and an output sink with random ready stalls."""
 
-
-class TB:
-    """Clock, reset, parameter and tensor-config writers, two input drivers with independent
-    random gaps and an output monitor with random ready stalls.  A handshake sampled before
-    clock edge ``n + 1`` counts as cycle ``n``."""
+    INPUTS_HELD_LOW = tuple(f"{port}__{signal}"
+                            for port in ("a", "b", "param_write", "tensor_config")
+                            for signal in ("valid", "payload")) + ("o__ready",)
 
     def __init__(self, dut, vectors: dict, seed: int):
-        self.dut = dut
-        self.lanes = vectors["lanes"]
+        super().__init__(dut, seed)
+        lanes = self.lanes = vectors["lanes"]
         self.param_fields = vectors["param_fields"]
         self.tensor_fields = vectors["tensor_fields"]
-        self.rng = random.Random(seed)
-        self.edges = 0
-        self.first_in_cycle: int | None = None
-        self.last_out_cycle: int | None = None
-
-    async def _count_edges(self) -> None:
-        while True:
-            await RisingEdge(self.dut.clk)
-            self.edges += 1
-
-    async def start(self) -> None:
-        dut = self.dut
-        Clock(dut.clk, CLOCK_NS, unit="ns").start()
-        cocotb.start_soon(self._count_edges())
-        dut.rst.value = 1
-        for port in ("a", "b", "param_write", "tensor_config"):
-            getattr(dut, f"{port}__valid").value = 0
-            getattr(dut, f"{port}__payload").value = 0
-        dut.o__ready.value = 0
-        await ClockCycles(dut.clk, 3)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+        self.a = StreamSource(self, "a", noise=lambda: self.rng.getrandbits(8 * lanes))
+        self.b = StreamSource(self, "b", noise=lambda: self.rng.getrandbits(8 * lanes))
+        self.o = StreamSink(self, "o", decode=lambda word: unpack_signed(word, 8, lanes))
 
     async def configure(self, job: dict) -> int:
         """Write the job's parameters and tensor config; return the parameter-write cycles
@@ -84,85 +61,48 @@ class TB:
         dut.tensor_config__valid.value = 0
         return cycles
 
-    async def drive(self, port: str, beats: list[int], gap_probability: float) -> None:
-        valid = getattr(self.dut, f"{port}__valid")
-        payload = getattr(self.dut, f"{port}__payload")
-        ready = getattr(self.dut, f"{port}__ready")
-        sent = 0
-        while sent < len(beats):
-            offer = self.rng.random() >= gap_probability
-            valid.value = int(offer)
-            payload.value = beats[sent] if offer else self.rng.getrandbits(8 * self.lanes)
-            await ReadOnly()
-            taken = offer and int(ready.value) == 1
-            if taken and sent == 0 and port == "a":
-                self.first_in_cycle = self.edges
-            await RisingEdge(self.dut.clk)
-            sent += taken
-        valid.value = 0
-
-    async def monitor(self, count: int, stall_probability: float) -> list[list[int]]:
-        dut = self.dut
-        got = []
-        while len(got) < count:
-            ready = self.rng.random() >= stall_probability
-            dut.o__ready.value = int(ready)
-            await ReadOnly()
-            if ready and int(dut.o__valid.value) == 1:
-                got.append(unpack_signed(int(dut.o__payload.value), self.lanes))
-                self.last_out_cycle = self.edges
-            await RisingEdge(dut.clk)
-        dut.o__ready.value = 0
-        return got
-
     async def run(self, job: dict, gap_probability: float, stall_probability: float,
                   timeout_cycles: int) -> list[int]:
         """Configure, stream the job's beats; return the output elements."""
         param_cycles = await self.configure(job)
         assert param_cycles == job["param_cycles"]
-        self.first_in_cycle = self.last_out_cycle = None
-        start = self.edges
-        cocotb.start_soon(self.drive("a", job["a"], gap_probability))
-        cocotb.start_soon(self.drive("b", job["b"], gap_probability))
-        collecting = cocotb.start_soon(self.monitor(len(job["a"]), stall_probability))
-        while not collecting.done():
-            await RisingEdge(self.dut.clk)
-            assert self.edges - start < timeout_cycles, "ResidualAdd stopped producing output"
-        for _ in range(QUIET_CYCLES):
-            await ReadOnly()
-            assert int(self.dut.o__valid.value) == 0, "an output beat without an input beat"
-            await RisingEdge(self.dut.clk)
-        return [v for beat in collecting.result() for v in beat]
+        self.a.first_cycle = self.o.last_cycle = None
+        got = await self.collect(self.o, len(job["a"]), stall_probability,
+                                 [self.a.send(job["a"], gap_probability),
+                                  self.b.send(job["b"], gap_probability)],
+                                 timeout_cycles, "ResidualAdd stopped producing output")
+        await self.o.expect_silence(QUIET_CYCLES, "an output beat without an input beat")
+        return [v for beat in got for v in beat]
 
 
-def check(got: list[int], expected: list[int]) -> None:
-    assert len(got) == len(expected)
-    for k, (have, want) in enumerate(zip(got, expected)):
-        assert have == want, f"element {k}: got {have}, expected {want}"
+async def run_jobs(dut, seed: int, gap_probability: float, stall_probability: float,
+                   timeout_cycles_per_beat: int) -> list[int]:
+    """Reset, then configure and stream each job and compare every output; return each
+    job's cycles from first input to last output."""
+    vectors = load_vectors()
+    tb = TB(dut, vectors, seed)
+    await tb.start()
+    cycles = []
+    for job in vectors["jobs"]:
+        got = await tb.run(job, gap_probability, stall_probability,
+                           timeout_cycles=timeout_cycles_per_beat * len(job["a"]) + 50)
+        check_elements(got, job["expected"])
+        cycles.append(tb.o.last_cycle - tb.a.first_cycle + 1)
+    return cycles
 
 
 @cocotb.test()
 async def random_stalls_bit_exact(dut):
     """Each job configured, then streamed with random gaps on a and b and output stalls."""
-    vectors = load_vectors()
-    tb = TB(dut, vectors, seed=1)
-    await tb.start()
-    for job in vectors["jobs"]:
-        got = await tb.run(job, gap_probability=0.3, stall_probability=0.4,
-                           timeout_cycles=50 * len(job["a"]) + 50)
-        check(got, job["expected"])
+    await run_jobs(dut, seed=1, gap_probability=0.3, stall_probability=0.4,
+                   timeout_cycles_per_beat=50)
 
 
 @cocotb.test()
 async def stall_free_cycle_count(dut):
     """Beats back to back, never stalled: first input to last output == residual_add_timing."""
-    vectors = load_vectors()
-    tb = TB(dut, vectors, seed=2)
-    await tb.start()
-    for job in vectors["jobs"]:
-        got = await tb.run(job, gap_probability=0.0, stall_probability=0.0,
-                           timeout_cycles=10 * len(job["a"]) + 50)
-        check(got, job["expected"])
-        measured = tb.last_out_cycle - tb.first_in_cycle + 1
-        assert measured == job["latency"], \
-            f"measured {measured} cycles, residual_add_timing gives {job['latency']}"
+    measured = await run_jobs(dut, seed=2, gap_probability=0.0, stall_probability=0.0,
+                              timeout_cycles_per_beat=10)
+    latencies = [job["latency"] for job in load_vectors()["jobs"]]
+    assert measured == latencies, \
+        f"measured {measured} cycles, residual_add_timing gives {latencies}"

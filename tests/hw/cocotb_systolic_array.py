@@ -7,79 +7,32 @@ from pytest through ``load_vectors()``.  Port payloads are flat: ``weights__payl
 """
 from __future__ import annotations
 
-import random
-
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
+from cocotb_streams import StreamSink, StreamSource, StreamTB
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import load_vectors
 
-CLOCK_NS = 10
 LIS = 2
 
 
-def pack(values, width: int) -> int:
-    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
+class TB(StreamTB):
+    """Clock, reset, weight and streaming-row sources with random gaps (during which the
+    payloads carry noise), and a result sink with random ready stalls."""
 
-
-def unpack_signed(word: int, width: int, count: int) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
-
-
-class TB:
-    """Clock, reset, weight and streaming-row drivers with random gaps, and a result monitor
-    with random ready stalls.
-
-    Cycles are counted by a clock-edge counter; a handshake seen after edge ``n`` (while the
-    signals settle for the next edge) is counted as cycle ``n``.
-    """
+    INPUTS_HELD_LOW = ("weights__valid", "weights__payload", "activations__valid",
+                       "activations__payload", "results__ready")
 
     def __init__(self, dut, rows: int, cols: int, seed: int):
-        self.dut = dut
+        super().__init__(dut, seed)
         self.rows = rows
         self.cols = cols
-        self.rng = random.Random(seed)
-        self.edges = 0
-        self.first_weight_cycle: int | None = None
-        self.last_result_cycle: int | None = None
-
-    async def count_edges(self) -> None:
-        while True:
-            await RisingEdge(self.dut.clk)
-            self.edges += 1
-
-    async def start(self) -> None:
-        dut = self.dut
-        Clock(dut.clk, CLOCK_NS, unit="ns").start()
-        cocotb.start_soon(self.count_edges())
-        dut.rst.value = 1
-        dut.weights__valid.value = 0
-        dut.weights__payload.value = 0
-        dut.activations__valid.value = 0
-        dut.activations__payload.value = 0
-        dut.results__ready.value = 0
-        await ClockCycles(dut.clk, 3)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
-
-    async def offer(self, valid, payload, ready, width: int, beats: list[int],
-                    gap_probability: float, on_first=None) -> None:
-        """Offer ``beats`` on one input stream, one per handshake, with random gaps (during
-        which the ``width``-bit payload carries noise)."""
-        sent = 0
-        while sent < len(beats):
-            offer = self.rng.random() >= gap_probability
-            valid.value = int(offer)
-            payload.value = beats[sent] if offer else self.rng.getrandbits(width)
-            await ReadOnly()
-            taken = offer and int(ready.value) == 1
-            if taken and sent == 0 and on_first is not None:
-                on_first()
-            await RisingEdge(self.dut.clk)
-            sent += taken
-        valid.value = 0
+        self.weights = StreamSource(self, "weights",
+                                    noise=lambda: self.rng.getrandbits(8 * cols + 2))
+        self.activations = StreamSource(self, "activations",
+                                        noise=lambda: self.rng.getrandbits(8 * rows + 1))
+        self.results = StreamSink(self, "results", decode=lambda word: (
+            unpack_signed(word, 32, cols), word >> (32 * cols)))
 
     def weight_beats(self, tiles: list[dict]) -> list[int]:
         mode_shift = 8 * self.cols
@@ -97,48 +50,17 @@ class TB:
                 beats.append(pack(row, 8) | int(i == len(tile["rows"]) - 1) << last_shift)
         return beats
 
-    async def monitor(self, count: int, stall_probability: float) -> list[tuple[list[int], int]]:
-        """Take ``count`` result beats, holding ``results__ready`` low with the given probability."""
-        dut = self.dut
-        got = []
-        while len(got) < count:
-            ready = self.rng.random() >= stall_probability
-            dut.results__ready.value = int(ready)
-            await ReadOnly()
-            if ready and int(dut.results__valid.value) == 1:
-                word = int(dut.results__payload.value)
-                got.append((unpack_signed(word, 32, self.cols), word >> (32 * self.cols)))
-                self.last_result_cycle = self.edges
-            await RisingEdge(dut.clk)
-        dut.results__ready.value = 0
-        return got
-
-    def mark_first_weight(self) -> None:
-        if self.first_weight_cycle is None:
-            self.first_weight_cycle = self.edges
-
     async def run(self, tiles: list[dict], gap_probability: float, stall_probability: float,
                   timeout_cycles: int) -> list[tuple[list[int], int]]:
-        dut = self.dut
-        self.first_weight_cycle = self.last_result_cycle = None
+        self.weights.first_cycle = self.results.last_cycle = None
         count = sum(len(tile["rows"]) for tile in tiles)
-        start = self.edges
-        cocotb.start_soon(self.offer(dut.weights__valid, dut.weights__payload, dut.weights__ready,
-                                     8 * self.cols + 2, self.weight_beats(tiles), gap_probability,
-                                     on_first=self.mark_first_weight))
-        cocotb.start_soon(self.offer(dut.activations__valid, dut.activations__payload,
-                                     dut.activations__ready, 8 * self.rows + 1,
-                                     self.row_beats(tiles),
-                                     gap_probability))
-        collecting = cocotb.start_soon(self.monitor(count, stall_probability))
-        while not collecting.done():
-            await RisingEdge(dut.clk)
-            assert self.edges - start < timeout_cycles, "the array stopped producing results"
-        for _ in range(self.rows + self.cols + 4):
-            await ReadOnly()
-            assert int(dut.results__valid.value) == 0, "result beat beyond the last tile"
-            await RisingEdge(dut.clk)
-        return collecting.result()
+        drivers = [self.weights.send(self.weight_beats(tiles), gap_probability),
+                   self.activations.send(self.row_beats(tiles), gap_probability)]
+        got = await self.collect(self.results, count, stall_probability, drivers,
+                                 timeout_cycles, "the array stopped producing results")
+        await self.results.expect_silence(self.rows + self.cols + 4,
+                                          "result beat beyond the last tile")
+        return got
 
 
 def check_tiles(got: list[tuple[list[int], int]], tiles: list[dict]) -> None:
@@ -154,27 +76,33 @@ def check_tiles(got: list[tuple[list[int], int]], tiles: list[dict]) -> None:
         assert lasts == [0] * (m - 1) + [1], f"tile {k}: last flags {lasts}"
 
 
-@cocotb.test()
-async def random_stalls_bit_exact(dut):
-    """Tiles of every mode and several lengths with random input gaps and output stalls."""
+async def run_batches(dut, batches: list[list[dict]], gap_probability: float,
+                      stall_probability: float, timeout_cycles: int) -> list[int]:
+    """Reset, then stream each batch of tiles back to back and compare every result; return
+    each batch's cycles from first weight beat to last result."""
     vectors = load_vectors()
     tb = TB(dut, vectors["rows"], vectors["cols"], vectors["seed"])
     await tb.start()
-    tiles = vectors["stalled"]
-    got = await tb.run(tiles, gap_probability=0.3, stall_probability=0.4, timeout_cycles=3000)
-    check_tiles(got, tiles)
+    cycles = []
+    for tiles in batches:
+        got = await tb.run(tiles, gap_probability, stall_probability, timeout_cycles)
+        check_tiles(got, tiles)
+        cycles.append(tb.results.last_cycle - tb.weights.first_cycle + 1)
+    return cycles
+
+
+@cocotb.test()
+async def random_stalls_bit_exact(dut):
+    """Tiles of every mode and several lengths with random input gaps and output stalls."""
+    await run_batches(dut, [load_vectors()["stalled"]], gap_probability=0.3,
+                      stall_probability=0.4, timeout_cycles=3000)
 
 
 @cocotb.test()
 async def stall_free_cycle_count(dut):
     """Tiles back to back, never stalled: first weight beat to last result = matmul_timing total."""
-    vectors = load_vectors()
-    tb = TB(dut, vectors["rows"], vectors["cols"], vectors["seed"])
-    await tb.start()
-    for run in vectors["timed"]:
-        got = await tb.run(run["tiles"], gap_probability=0.0, stall_probability=0.0,
-                           timeout_cycles=1000)
-        check_tiles(got, run["tiles"])
-        measured = tb.last_result_cycle - tb.first_weight_cycle + 1
-        assert measured == run["total_cycles"], \
-            f"measured {measured} cycles, matmul_timing gives {run['total_cycles']}"
+    runs = load_vectors()["timed"]
+    measured = await run_batches(dut, [run["tiles"] for run in runs], gap_probability=0.0,
+                                 stall_probability=0.0, timeout_cycles=1000)
+    totals = [run["total_cycles"] for run in runs]
+    assert measured == totals, f"measured {measured} cycles, matmul_timing gives {totals}"

@@ -7,14 +7,15 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import expect_no_beats, receive_beats, run_simulation
 from hw.config import AcceleratorConfig
 from hw.gelu import (GELU_PIPELINE_DEPTH, GELU_TABLE_ENTRIES, GeluLut, gelu_table_load_timing,
                      gelu_timing)
 from hw.timing import UnitTiming
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
 from sw import intops
 
@@ -23,15 +24,6 @@ int8s = st.integers(intops.INT8_MIN, intops.INT8_MAX)
 
 def config(lanes: int) -> AcceleratorConfig:
     return AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=lanes)
-
-
-def pack(values, width: int = 8) -> int:
-    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
-
-
-def unpack_signed(word: int, count: int, width: int = 8) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
 
 
 class Step:
@@ -75,7 +67,7 @@ def simulate(lanes: int, table, steps: list[Step], *, in_gap=0.0, out_stall=0.0,
                 ctx.set(dut.i.payload, rng.getrandbits(8 * lanes))
                 await ctx.tick()
                 edge += 1
-            ctx.set(dut.i.payload, pack(step.xs))
+            ctx.set(dut.i.payload, pack(step.xs, 8))
             ctx.set(dut.i.valid, 1)
             seen = model.copy()
             if step.concurrent_write is not None:
@@ -100,27 +92,17 @@ def simulate(lanes: int, table, steps: list[Step], *, in_gap=0.0, out_stall=0.0,
         rng = random.Random(seed + 1)
         for _ in range(GELU_TABLE_ENTRIES):
             await ctx.tick()
-        edge = 0
         limit = 100 + 20 * len(steps) + sum(len(s.writes_before) for s in steps)
-        while len(got) < len(steps):
-            ready = rng.random() >= out_stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            edge += 1
-            assert edge < limit, "GeluLut stopped producing output"
-            if valid and ready:
-                got.append(unpack_signed(payload, lanes))
-        edges["last_out"] = edge
+        beats, edges["last_out"] = await receive_beats(
+            ctx, dut.o, len(steps), lambda _edge: rng.random() >= out_stall,
+            lambda payload: unpack_signed(payload, 8, lanes), 0, limit,
+            "GeluLut stopped producing output")
+        got.extend(beats)
         ctx.set(dut.o.ready, 1)
-        for _ in range(GELU_PIPELINE_DEPTH + 3):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "an output beat without an input beat"
+        await expect_no_beats(ctx, dut.o, GELU_PIPELINE_DEPTH + 3,
+                              "an output beat without an input beat")
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    run_simulation(dut, driver, monitor)
     return got, expected, edges["first_in"], edges["last_out"]
 
 

@@ -5,43 +5,27 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import run_simulation, stream_through
 from hw.integer_divider import IntegerDivider, integer_divider_timing
 
 
 def simulate(dut: IntegerDivider, pairs, *, in_gap=0.0, out_stall=0.0, seed=0):
     """Stream ``(dividend, divisor)`` pairs; return quotients and (accept, result) cycles."""
     rng = random.Random(seed)
-    quotients, accepted, delivered = [], [], []
+    payloads = [{"dividend": a, "divisor": b} for a, b in pairs]
+    result = {}
 
     async def testbench(ctx):
-        sent, cycle = 0, 0
-        while len(quotients) < len(pairs):
-            offer = sent < len(pairs) and rng.random() >= in_gap
-            ctx.set(dut.i.valid, offer)
-            if offer:
-                ctx.set(dut.i.payload.dividend, pairs[sent][0])
-                ctx.set(dut.i.payload.divisor, pairs[sent][1])
-            ctx.set(dut.o.ready, rng.random() >= out_stall)
-            *_, in_ready, out_valid, out_ready, quotient = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
-            if offer and in_ready:
-                accepted.append(cycle)
-                sent += 1
-            if out_valid and out_ready:
-                quotients.append(quotient)
-                delivered.append(cycle)
-            cycle += 1
-            assert cycle < 200 * (len(pairs) + 1), "no result"
+        quotients, accepted, delivered, _ = await stream_through(
+            ctx, dut, payloads, rng, in_gap=in_gap, out_stall=out_stall, cycle=0,
+            cycle_limit=200 * (len(pairs) + 1), stopped_message="no result", idle_payload=None)
+        result["run"] = quotients, accepted, delivered
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return quotients, accepted, delivered
+    run_simulation(dut, testbench)
+    return result["run"]
 
 
 def expected(pairs, dividend_width):

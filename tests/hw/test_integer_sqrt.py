@@ -6,10 +6,10 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import run_simulation, stream_through
 from hw.integer_sqrt import IntegerSqrt, integer_sqrt_timing
 from sw import intops
 
@@ -17,31 +17,16 @@ from sw import intops
 def simulate(dut: IntegerSqrt, radicands, *, in_gap=0.0, out_stall=0.0, seed=0):
     """Stream ``radicands`` through ``dut``; return the roots and (accept, result) cycles."""
     rng = random.Random(seed)
-    roots, accepted, delivered = [], [], []
+    result = {}
 
     async def testbench(ctx):
-        sent, cycle = 0, 0
-        while len(roots) < len(radicands):
-            offer = sent < len(radicands) and rng.random() >= in_gap
-            ctx.set(dut.i.valid, offer)
-            ctx.set(dut.i.payload, radicands[sent] if offer else 0)
-            ctx.set(dut.o.ready, rng.random() >= out_stall)
-            *_, in_ready, out_valid, out_ready, root = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
-            if offer and in_ready:
-                accepted.append(cycle)
-                sent += 1
-            if out_valid and out_ready:
-                roots.append(root)
-                delivered.append(cycle)
-            cycle += 1
-            assert cycle < 100 * (len(radicands) + 1), "no result"
+        roots, accepted, delivered, _ = await stream_through(
+            ctx, dut, radicands, rng, in_gap=in_gap, out_stall=out_stall, cycle=0,
+            cycle_limit=100 * (len(radicands) + 1), stopped_message="no result")
+        result["run"] = roots, accepted, delivered
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return roots, accepted, delivered
+    run_simulation(dut, testbench)
+    return result["run"]
 
 
 def expected(radicands):

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import run_simulation, stream_through
 from hw.config import AcceleratorConfig, ConfigError
 from hw.layernorm import PtfLayerNorm, layernorm_beats, layernorm_timing
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
 from sw import intops
 
@@ -42,18 +43,6 @@ class Tensor:
         return intops.ptf_layernorm(self.rows, self.zp_in, self.alpha,
                                     intops.ln_mean_mult(self.channels),
                                     self.mult, self.shift, self.offset)
-
-
-def pack_beat(values) -> int:
-    return sum((int(v) & 0xFF) << (8 * lane) for lane, v in enumerate(values))
-
-
-def unpack_beat(word: int, lanes: int) -> list[int]:
-    out = []
-    for lane in range(lanes):
-        byte = (word >> (8 * lane)) & 0xFF
-        out.append(byte - 256 if byte & 0x80 else byte)
-    return out
 
 
 @dataclass
@@ -91,35 +80,18 @@ def simulate(config, tensors, *, in_gap=0.0, out_stall=0.0, seed=0) -> Run:
             ctx.set(dut.channels, channels)
             ctx.set(dut.zp_in, tensor.zp_in)
             ctx.set(dut.mean_mult, intops.ln_mean_mult(channels))
-            beats = [pack_beat(row[b:b + lanes]) for row in tensor.rows
+            beats = [pack(row[b:b + lanes], 8) for row in tensor.rows
                      for b in range(0, channels, lanes)]
-            got, sent, first_in, last_out = [], 0, None, None
-            limit = cycle + 200 + 100 * len(beats)
-            while len(got) < len(beats):
-                offer = sent < len(beats) and rng.random() >= in_gap
-                ctx.set(dut.i.valid, offer)
-                ctx.set(dut.i.payload, beats[sent] if offer else 0)
-                ctx.set(dut.o.ready, rng.random() >= out_stall)
-                *_, in_ready, out_valid, out_ready, out_payload = await ctx.tick().sample(
-                    dut.i.ready, dut.o.valid, dut.o.ready, dut.o.payload)
-                if offer and in_ready:
-                    if first_in is None:
-                        first_in = cycle
-                    sent += 1
-                if out_valid and out_ready:
-                    got.append(unpack_beat(out_payload, lanes))
-                    last_out = cycle
-                cycle += 1
-                assert cycle < limit, "LayerNorm stopped producing output"
-            ctx.set(dut.i.valid, 0)
+            words, accepted, delivered, cycle = await stream_through(
+                ctx, dut, beats, rng, in_gap=in_gap, out_stall=out_stall, cycle=cycle,
+                cycle_limit=cycle + 200 + 100 * len(beats),
+                stopped_message="LayerNorm stopped producing output")
+            got = [unpack_signed(word, 8, lanes) for word in words]
             run.outputs.append(np.array(got).reshape(tensor.rows.shape))
-            run.first_in.append(first_in)
-            run.last_out.append(last_out)
+            run.first_in.append(accepted[0])
+            run.last_out.append(delivered[-1])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run_simulation(dut, testbench)
     return run
 
 

@@ -7,13 +7,14 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import receive_jobs, run_simulation, tick_until, wait_accepted
 from hw.config import AcceleratorConfig, ConfigError
 from hw.requantizer import PIPELINE_STAGES, Requantizer, requant_timing
 from hw.timing import UnitTiming
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
 from sw import intops
 
@@ -27,15 +28,6 @@ SETUPS = {
     4: AcceleratorConfig(array_rows=4, array_cols=4, max_channels=MAX_CHANNELS),
     3: AcceleratorConfig(array_rows=4, array_cols=3, max_channels=MAX_CHANNELS),
 }
-
-
-def pack(values, width: int) -> int:
-    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
-
-
-def unpack_signed(word: int, width: int, count: int) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
 
 
 class Records:
@@ -96,16 +88,13 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, 
     outputs: list[list[list[int]]] = []
     first_in: list[int] = []
     last_out: list[int] = []
-    received = [0]
 
     async def driver(ctx):
         rng = random.Random(seed)
         edge = 0
-        sent = 0
-        for job in jobs:
-            while received[0] < sent:
-                await ctx.tick()
-                edge += 1
+        for done, job in enumerate(jobs):
+            # The next job starts once every earlier one has left the unit.
+            edge += await tick_until(ctx, lambda: len(outputs) >= done)
             for write in job.records.writes():
                 ctx.set(dut.param.en, 1)
                 ctx.set(dut.param.group, write["channel"] // lanes)
@@ -127,14 +116,9 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, 
                 ctx.set(dut.i.payload, {"data": pack(beat.accs, 32), "group": beat.group,
                                         "int16": beat.int16, "per_tensor": beat.per_tensor})
                 ctx.set(dut.i.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.i.ready)
-                    edge += 1
-                    if ready:
-                        break
+                edge += await wait_accepted(ctx, dut.i)
                 if k == 0:
                     first_in.append(edge)
-            sent += len(job.beats)
             ctx.set(dut.i.valid, 0)
 
     total_beats = sum(len(job.beats) for job in jobs)
@@ -142,30 +126,14 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, 
 
     async def monitor(ctx):
         rng = random.Random(seed + 1)
-        edge = 0
-        for job in jobs:
-            got = []
-            while len(got) < len(job.beats):
-                ready = out_pattern(edge) if out_pattern else rng.random() >= out_stall
-                ctx.set(dut.o.ready, ready)
-                _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-                edge += 1
-                assert edge < cycle_limit, "the requantizer stopped producing output"
-                if valid and ready:
-                    got.append(unpack_signed(payload, 16, lanes))
-                    received[0] += 1
-            outputs.append(got)
-            last_out.append(edge)
-        ctx.set(dut.o.ready, 1)
-        for _ in range(PIPELINE_STAGES + 3):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "output beat beyond the last input beat"
+        await receive_jobs(
+            ctx, dut.o, [len(job.beats) for job in jobs],
+            lambda at: out_pattern(at) if out_pattern else rng.random() >= out_stall,
+            lambda payload: unpack_signed(payload, 16, lanes), cycle_limit,
+            "the requantizer stopped producing output", outputs, last_out,
+            PIPELINE_STAGES + 3, "output beat beyond the last input beat")
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    run_simulation(dut, driver, monitor)
     return outputs, first_in, last_out
 
 

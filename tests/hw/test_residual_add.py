@@ -7,14 +7,15 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import receive_jobs, run_simulation, tick_until
 from hw.config import AcceleratorConfig
 from hw.residual_add import (RESIDUAL_ADD_PIPELINE_DEPTH, ResidualAdd,
                              residual_add_param_load_timing, residual_add_timing)
 from hw.timing import UnitTiming
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
 from sw import intops
 
@@ -31,15 +32,6 @@ MAX_CHANNELS = {1: 8, 2: 8, 4: 16}
 def config(lanes: int) -> AcceleratorConfig:
     return AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=lanes,
                              max_channels=MAX_CHANNELS[lanes])
-
-
-def pack(values, width: int = 8) -> int:
-    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
-
-
-def unpack_signed(word: int, count: int, width: int = 8) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
 
 
 class Job:
@@ -88,16 +80,13 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0):
     outputs: list[list[list[int]]] = []
     first_in: list[int] = []
     last_out: list[int] = []
-    received = [0]
 
     async def driver(ctx):
         rng = random.Random(seed)
         edge = 0
-        sent = 0
-        for job in jobs:
-            while received[0] < sent:
-                await ctx.tick()
-                edge += 1
+        for done, job in enumerate(jobs):
+            # The next job starts once every earlier one has left the unit.
+            edge += await tick_until(ctx, lambda: len(outputs) >= done)
             for write in job.param_writes():
                 ctx.set(dut.param_write.valid, 1)
                 ctx.set(dut.param_write.payload, write)
@@ -118,8 +107,10 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0):
                 offer_b = next_b < len(beats_b) and rng.random() >= in_gap
                 ctx.set(dut.a.valid, offer_a)
                 ctx.set(dut.b.valid, offer_b)
-                ctx.set(dut.a.payload, pack(beats_a[next_a]) if offer_a else rng.getrandbits(8 * lanes))
-                ctx.set(dut.b.payload, pack(beats_b[next_b]) if offer_b else rng.getrandbits(8 * lanes))
+                ctx.set(dut.a.payload, pack(beats_a[next_a], 8) if offer_a
+                        else rng.getrandbits(8 * lanes))
+                ctx.set(dut.b.payload, pack(beats_b[next_b], 8) if offer_b
+                        else rng.getrandbits(8 * lanes))
                 _, _, ready_a, ready_b = await ctx.tick().sample(dut.a.ready, dut.b.ready)
                 edge += 1
                 assert ready_a == ready_b or not (offer_a and offer_b)
@@ -131,37 +122,20 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0):
                 next_b += took_b
             ctx.set(dut.a.valid, 0)
             ctx.set(dut.b.valid, 0)
-            sent += len(beats_a)
 
     total_beats = sum(len(job.beats(lanes, job.a)) for job in jobs)
     limit = 200 + 20 * total_beats + sum(job.channels for job in jobs)
 
     async def monitor(ctx):
         rng = random.Random(seed + 1)
-        edge = 0
-        for job in jobs:
-            got = []
-            while len(got) < len(job.beats(lanes, job.a)):
-                ready = rng.random() >= out_stall
-                ctx.set(dut.o.ready, ready)
-                _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-                edge += 1
-                assert edge < limit, "ResidualAdd stopped producing output"
-                if valid and ready:
-                    got.append(unpack_signed(payload, lanes))
-                    received[0] += 1
-            outputs.append(got)
-            last_out.append(edge)
-        ctx.set(dut.o.ready, 1)
-        for _ in range(RESIDUAL_ADD_PIPELINE_DEPTH + 3):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "an output beat without an input beat"
+        await receive_jobs(
+            ctx, dut.o, [len(job.beats(lanes, job.a)) for job in jobs],
+            lambda _edge: rng.random() >= out_stall,
+            lambda payload: unpack_signed(payload, 8, lanes), limit,
+            "ResidualAdd stopped producing output", outputs, last_out,
+            RESIDUAL_ADD_PIPELINE_DEPTH + 3, "an output beat without an input beat")
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    run_simulation(dut, driver, monitor)
     return outputs, first_in, last_out
 
 
@@ -333,8 +307,8 @@ def test_cocotb(tmp_path):
         "param_fields": field_offsets(dut.param_write.payload),
         "tensor_fields": field_offsets(dut.tensor_config.payload),
         "jobs": [{"params": job.param_writes(), "tensor": job.tensor_config(),
-                  "a": [pack(beat) for beat in job.beats(lanes, job.a)],
-                  "b": [pack(beat) for beat in job.beats(lanes, job.b)],
+                  "a": [pack(beat, 8) for beat in job.beats(lanes, job.a)],
+                  "b": [pack(beat, 8) for beat in job.beats(lanes, job.b)],
                   "expected": [int(v) for v in job.expected().reshape(-1)],
                   "latency": residual_add_timing(config(lanes), job.a.size).latency,
                   "param_cycles": residual_add_param_load_timing(config(lanes),

@@ -8,12 +8,13 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import expect_no_beats, run_simulation, wait_accepted
 from hw.config import AcceleratorConfig
 from hw.softmax import LisSoftmax, SoftmaxMode, softmax_timing
+from lane_packing import pack, unpack
 from sim.cocotb_runner import run_cocotb
 from sw.intops import (INT16_MAX, INT16_MIN, LIS_SQRT2_Q16, LIS_ZERO_CODE, bit_length,
                        lis_exp_constants, lis_softmax, softmax_exp_rows, uniform_softmax)
@@ -47,14 +48,6 @@ class Row:
         return [lanes[k:k + LANES] for k in range(0, len(lanes), LANES)]
 
 
-def pack(values, width: int) -> int:
-    return sum((v & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
-
-
-def unpack(word: int, width: int, count: int) -> list[int]:
-    return [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-
-
 def simulate(rows, *, in_stall=0.0, out_stall=0.0, seed=0, out_pattern=None):
     """Run ``rows`` back to back; return (output beats per row, first-input edge per row,
     last-output edge per row).  Edges count clock edges from the start of simulation."""
@@ -84,11 +77,7 @@ def simulate(rows, *, in_stall=0.0, out_stall=0.0, seed=0, out_pattern=None):
                     ctx.set(dut.b_int, row.b_int)
                     ctx.set(dut.c_int, row.c_int)
                     ctx.set(dut.mode, row.mode)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.i.ready)
-                    edge += 1
-                    if ready:
-                        break
+                edge += await wait_accepted(ctx, dut.i)
                 if beat == 0:
                     first_in.append(edge)
                     # The parameters are sampled with the first beat only: scramble them.
@@ -123,15 +112,9 @@ def simulate(rows, *, in_stall=0.0, out_stall=0.0, seed=0, out_pattern=None):
                     row_index += 1
         ctx.set(dut.o.ready, 0)
         # The unit must not produce anything beyond the rows it was given.
-        for _ in range(8):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "output beat beyond the last row"
+        await expect_no_beats(ctx, dut.o, 8, "output beat beyond the last row")
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    run_simulation(dut, driver, monitor)
     return outputs, first_in, last_out
 
 

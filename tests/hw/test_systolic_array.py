@@ -6,14 +6,15 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from amaranth_streams import expect_no_beats, run_simulation, wait_accepted
 from hw.config import AcceleratorConfig
 from hw.processing_element import PRODUCT_BITS, ProcessingElement, psum_bits
 from hw.systolic_array import StreamMode, SystolicArray, matmul_timing
 from hw.timing import UnitTiming
+from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
 from sw import intops
 
@@ -22,15 +23,6 @@ SIZES = [(2, 2), (3, 2), (4, 4)]
 
 def config_of(rows: int, cols: int) -> AcceleratorConfig:
     return AcceleratorConfig(array_rows=rows, array_cols=cols)
-
-
-def pack(values, width: int) -> int:
-    return sum((int(v) & ((1 << width) - 1)) << (width * k) for k, v in enumerate(values))
-
-
-def unpack_signed(word: int, width: int, count: int) -> list[int]:
-    lanes = [(word >> (width * k)) & ((1 << width) - 1) for k in range(count)]
-    return [v - (1 << width) if v >> (width - 1) else v for v in lanes]
 
 
 class Tile:
@@ -100,11 +92,7 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
                     edge += 1
                 ctx.set(dut.weights.payload, {"data": pack(tile.weights[r], 8), "mode": tile.mode})
                 ctx.set(dut.weights.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.weights.ready)
-                    edge += 1
-                    if ready:
-                        break
+                edge += await wait_accepted(ctx, dut.weights)
                 if r == 0:
                     edges["first_weight"].append(edge)
         ctx.set(dut.weights.valid, 0)
@@ -123,11 +111,7 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
                 ctx.set(dut.activations.payload, {"data": pack(tile.row_bytes(i, rng), 8),
                                                   "last": i == tile.m - 1})
                 ctx.set(dut.activations.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.activations.ready)
-                    edge += 1
-                    if ready:
-                        break
+                edge += await wait_accepted(ctx, dut.activations)
                 if i == 0:
                     edges["first_row"].append(edge)
         ctx.set(dut.activations.valid, 0)
@@ -152,16 +136,9 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
             results.append(got)
             edges["last_result"].append(edge)
         ctx.set(dut.results.ready, 1)
-        for _ in range(rows + cols + 4):
-            _, _, valid = await ctx.tick().sample(dut.results.valid)
-            assert not valid, "result beat beyond the last tile"
+        await expect_no_beats(ctx, dut.results, rows + cols + 4, "result beat beyond the last tile")
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(weight_driver)
-    sim.add_testbench(act_driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    run_simulation(dut, weight_driver, act_driver, monitor)
     return results, edges
 
 
