@@ -163,13 +163,18 @@ def requantize(acc, mult, shift, offset=0, lo: int = INT8_MIN, hi: int = INT8_MA
     shifter do it; ``shift = 0`` adds nothing.  Latency in hardware: one multiply, one add,
     one shift, one clamp.
     """
-    acc = _signed_bits(_as_int(acc), 32, "requantize input")
-    mult = _signed_bits(_as_int(mult), REQUANT_MULT_BITS, "requantize multiplier")
-    shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "requantize shift")
-    offset = _signed_bits(_as_int(offset), 32, "requantize offset")
+    acc = _as_int(_signed_bits(acc, 32, "requantize input"))
+    mult = _as_int(_signed_bits(mult, REQUANT_MULT_BITS, "requantize multiplier"))
+    shift = _as_int(check_range(shift, 0, REQUANT_MAX_SHIFT, "requantize shift"))
+    offset = _as_int(_signed_bits(offset, 32, "requantize offset"))
     half = _rounding_half(shift)
-    y = ((acc * mult + half) >> shift) + offset
-    return np.clip(y, lo, hi)
+    # In place on one fresh array: these tensors are large and numpy allocates per step.
+    y = np.empty(np.broadcast_shapes(acc.shape, mult.shape, shift.shape, offset.shape), np.int64)
+    np.multiply(acc, mult, out=y)
+    y += half
+    y >>= shift
+    y += offset
+    return np.clip(y, lo, hi, out=y)
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,7 +223,7 @@ def linear(x, weight, bias=None):
     w = _signed_bits(np.asarray(weight), 8, "linear weight")
     acc = int_matmul(x, w.T, "linear")
     if bias is not None:
-        acc = acc + _signed_bits(_as_int(bias), 32, "linear bias")
+        acc = acc + _as_int(_signed_bits(bias, 32, "linear bias"))
     return _signed_bits(acc, 32, "linear accumulator")
 
 
@@ -235,11 +240,11 @@ def residual_add(a, b, zp_a, zp_b, mult_a, mult_b, shift, zp_out,
     and likewise for b; multipliers and shift may be per channel (last axis), which is how
     a PTF-quantized residual stream (one scale per channel) is added.
     """
-    a = _signed_bits(_as_int(a), 8, "residual input a")
-    b = _signed_bits(_as_int(b), 8, "residual input b")
-    ma = _signed_bits(_as_int(mult_a), REQUANT_MULT_BITS, "residual multiplier a")
-    mb = _signed_bits(_as_int(mult_b), REQUANT_MULT_BITS, "residual multiplier b")
-    shift = check_range(_as_int(shift), 0, REQUANT_MAX_SHIFT, "residual shift")
+    a = _as_int(_signed_bits(a, 8, "residual input a"))
+    b = _as_int(_signed_bits(b, 8, "residual input b"))
+    ma = _as_int(_signed_bits(mult_a, REQUANT_MULT_BITS, "residual multiplier a"))
+    mb = _as_int(_signed_bits(mult_b, REQUANT_MULT_BITS, "residual multiplier b"))
+    shift = _as_int(check_range(shift, 0, REQUANT_MAX_SHIFT, "residual shift"))
     t = (a - zp_a) * ma + (b - zp_b) * mb
     half = _rounding_half(shift)
     return np.clip(((t + half) >> shift) + zp_out, lo, hi)
@@ -337,8 +342,8 @@ def ptf_layernorm(x, zp_in, alpha, mean_mult, mult, shift, offset):
 
     Zero-variance rows give ``n = 0`` and so ``offset`` (the quantized ``beta``).
     """
-    x = _signed_bits(_as_int(x), 8, "layernorm input")
-    alpha = check_range(_as_int(alpha), 0, 3, "PTF factor")
+    x = _as_int(_signed_bits(x, 8, "layernorm input"))
+    alpha = _as_int(check_range(alpha, 0, 3, "PTF factor"))
     xs = (x - zp_in) << alpha
     mu, factor = ln_row_stats(xs, mean_mult)
     n = ln_normalize(xs, mu, factor)
@@ -374,16 +379,24 @@ def int_exp(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
     x = _as_int(x)
     if x.size and int(x.max()) > 0:
         raise ValueError("int_exp input must be <= 0")
+    # Steps in place on fresh arrays (the score tensors are large).
     x = np.maximum(x, -(LIS_EXP_N << frac_bits))
-    q = (-x) >> frac_bits
-    r = x + (q << frac_bits)
-    poly = check_range((r + b_int) * r + c_int, 0, (1 << 16) - 1, "exp polynomial")
-    return poly << (LIS_EXP_N - q)
+    q = np.negative(x)
+    q >>= frac_bits
+    r = q << frac_bits
+    r += x                                    # r = x + q * 2**frac_bits
+    poly = r + b_int
+    poly *= r
+    poly += c_int
+    check_range(poly, 0, (1 << 16) - 1, "exp polynomial")
+    np.subtract(LIS_EXP_N, q, out=q)
+    poly <<= q
+    return poly
 
 
 def softmax_exp_rows(x, frac_bits: int, b_int: int, c_int: int):
     """Row max subtraction, integer exponential and row sum: ``(exp, row_sum)``."""
-    x = _signed_bits(_as_int(x), 16, "softmax input")
+    x = _as_int(_signed_bits(x, 16, "softmax input"))
     e = int_exp(x - x.max(axis=-1, keepdims=True), frac_bits, b_int, c_int)
     total = check_range(e.sum(axis=-1, keepdims=True), 1, (1 << 43) - 1, "softmax row sum")
     return e, total
@@ -400,14 +413,15 @@ def lis_codes(e, total) -> np.ndarray:
     """
     e = _as_int(e)
     total = _as_int(total)
-    es = (e * LIS_SQRT2_Q16) >> 16
-    a = bit_length(total)
-    b = bit_length(es)
-    diff = a - b
-    shifted = es << np.clip(diff, 0, 62)
+    es = e * LIS_SQRT2_Q16
+    es >>= 16
+    zero = es == 0
+    diff = bit_length(total) - bit_length(es)              # a - b
+    shifted = np.clip(diff, 0, 62)
+    np.left_shift(es, shifted, out=shifted)                # es << (a - b)
     code = np.where(diff >= 0, diff + (shifted <= total), 0)
-    code = np.where(es == 0, LIS_ZERO_CODE, code)
-    return np.minimum(code, LIS_ZERO_CODE)
+    code[zero] = LIS_ZERO_CODE
+    return np.minimum(code, LIS_ZERO_CODE, out=code)
 
 
 def lis_softmax(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
@@ -434,16 +448,16 @@ def attn_value_lis(codes, v) -> np.ndarray:
     ``codes`` ``[..., T, N]`` (0..15), ``v`` int8 ``[..., N, D]``; int32 result with scale
     ``s_v * 2**-15``.  Shifts and adds only.
     """
-    codes = check_range(_as_int(codes), 0, LIS_ZERO_CODE, "LIS code")
-    v = _signed_bits(_as_int(v), 8, "attention value")
+    codes = _as_int(check_range(codes, 0, LIS_ZERO_CODE, "LIS code"))
+    v = _as_int(_signed_bits(v, 8, "attention value"))
     w = np.where(codes < LIS_ZERO_CODE, np.int64(1) << (LIS_SHIFT_BASE - codes), 0)
     return _signed_bits(int_matmul(w, v, "attention x V"), 32, "attention x V accumulator")
 
 
 def attn_value_uniform(p, v) -> np.ndarray:
     """``sum_j p_ij V_j`` for uint8 probabilities: int32 result with scale ``s_v * 2**-8``."""
-    p = check_range(_as_int(p), 0, 255, "attention probability")
-    v = _signed_bits(_as_int(v), 8, "attention value")
+    p = _as_int(check_range(p, 0, 255, "attention probability"))
+    v = _as_int(_signed_bits(v, 8, "attention value"))
     return _signed_bits(int_matmul(p, v, "attention x V"), 32, "attention x V accumulator")
 
 
@@ -453,8 +467,8 @@ def attn_value_uniform(p, v) -> np.ndarray:
 
 def gelu_lut(x, table) -> np.ndarray:
     """``table[x + 128]``: a 256-entry int8 table indexed by the int8 input."""
-    x = _signed_bits(_as_int(x), 8, "GELU input")
-    table = _signed_bits(_as_int(table), 8, "GELU table")
+    x = _as_int(_signed_bits(x, 8, "GELU input"))
+    table = _as_int(_signed_bits(table, 8, "GELU table"))
     if table.shape != (256,):
         raise ValueError("GELU table must have 256 entries")
     return table[x + 128]
@@ -475,6 +489,6 @@ def token_mean(x, zp_in, mult, shift, zp_out, start: int = 0) -> np.ndarray:
 
     ``mult / 2**shift = s_in / (T s_out)`` folds the division by the token count ``T``.
     """
-    x = _signed_bits(_as_int(x), 8, "token mean input")
+    x = _as_int(_signed_bits(x, 8, "token mean input"))
     acc = (x[..., start:, :] - zp_in).sum(axis=-2)
     return requantize(acc, mult, shift, zp_out)
