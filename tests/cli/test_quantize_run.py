@@ -75,3 +75,14 @@ def test_errors_from_the_console_script_have_no_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_float_patch_embedding_and_8bit_softmax_round_trip(tmp_path, capsys):
+    path = tmp_path / "f.npz"
+    assert main(["quantize", "--model", MODEL, "--n-calib", "2", "--attn-bits", "8", "--no-ptf",
+                 "--float-patch-embed", "-o", str(path)]) == 0
+    g = IntGraph.load(path)
+    assert g.inputs == ["patch_embed.out"] and "patch_weight" in g.host and not g.info["ptf"]
+    assert {o.attrs["mode"] for o in g.ops if o.kind == "softmax"} == {"uniform"}
+    assert main(["run", str(path), "--top", "2"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].count("class ") == 2
