@@ -222,8 +222,13 @@ def linear(x, weight, bias=None):
     x = _signed_bits(np.asarray(x), 8, "linear input")
     w = _signed_bits(np.asarray(weight), 8, "linear weight")
     acc = int_matmul(x, w.T, "linear")
+    bound = x.shape[-1] * _abs_bound(x) * _abs_bound(w)
     if bias is not None:
-        acc = acc + _as_int(_signed_bits(bias, 32, "linear bias"))
+        bias = _as_int(_signed_bits(bias, 32, "linear bias"))
+        acc += bias
+        bound += max(-int(bias.min()), int(bias.max())) if bias.size else 0
+    if bound < (1 << 31):
+        return acc                      # |acc| <= K max|x| max|w| + max|bias| fits int32
     return _signed_bits(acc, 32, "linear accumulator")
 
 
@@ -376,7 +381,9 @@ def int_exp(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
     ``((r + b_int) * r + c_int) << (LIS_EXP_N - q)`` after clipping ``q <= LIS_EXP_N``.
     No multiply by a non-constant except ``r * (r + b_int)``; the shift is a barrel shifter.
     """
-    x = _as_int(x)
+    x = np.asarray(x)
+    if x.dtype != np.int32:           # int32 holds every step (shifted values stay below 2**31)
+        x = _as_int(x)
     if x.size and int(x.max()) > 0:
         raise ValueError("int_exp input must be <= 0")
     # Steps in place on fresh arrays (the score tensors are large).
@@ -396,9 +403,13 @@ def int_exp(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
 
 def softmax_exp_rows(x, frac_bits: int, b_int: int, c_int: int):
     """Row max subtraction, integer exponential and row sum: ``(exp, row_sum)``."""
-    x = _as_int(_signed_bits(x, 16, "softmax input"))
-    e = int_exp(x - x.max(axis=-1, keepdims=True), frac_bits, b_int, c_int)
-    total = check_range(e.sum(axis=-1, keepdims=True), 1, (1 << 43) - 1, "softmax row sum")
+    x = _signed_bits(np.asarray(x), 16, "softmax input")
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"integer array expected, got dtype {x.dtype}")
+    x = x.astype(np.int32)                    # x - max needs 17 bits
+    x -= x.max(axis=-1, keepdims=True)
+    e = int_exp(x, frac_bits, b_int, c_int)
+    total = check_range(e.sum(axis=-1, keepdims=True, dtype=np.int64), 1, (1 << 43) - 1, "softmax row sum")
     return e, total
 
 
