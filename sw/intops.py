@@ -398,7 +398,7 @@ def int_exp(x, frac_bits: int, b_int: int, c_int: int) -> np.ndarray:
     check_range(poly, 0, (1 << 16) - 1, "exp polynomial")
     np.subtract(LIS_EXP_N, q, out=q)
     poly <<= q
-    return poly
+    return poly.astype(np.int64, copy=False)  # callers compute on it (e * sqrt 2 needs 48 bits)
 
 
 def softmax_exp_rows(x, frac_bits: int, b_int: int, c_int: int):
