@@ -147,10 +147,3 @@ def fakequant_execute(graph: IntGraph, inputs: np.ndarray, keep: bool = False):
             env[op.outputs[0]] = fakequant_op(graph, op, *(env[t] for t in op.inputs))
     names = graph.tensors if keep else graph.outputs
     return {n: env[n].numpy().astype(np.int64) for n in names if n in env}
-
-
-def dequantize(graph: IntGraph, name: str, q: np.ndarray) -> np.ndarray:
-    """Real values of integer tensor ``name``."""
-    t = graph.tensors[name]
-    return (np.asarray(q, dtype=np.float64) - t.zero_point) * np.asarray(t.scale, dtype=np.float64)
-

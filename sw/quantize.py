@@ -654,7 +654,7 @@ def quantize_timm(name: str, calib_images: np.ndarray | None = None, checkpoint:
     import torch
     torch.manual_seed(seed)
     model = create_model(name, checkpoint)
-    check_supported(model)
+    check_supported(model)                    # before random_images reads the patch embedding
     if calib_images is None:
         calib_images = random_images(model, n_calib, seed)
     g = quantize(model, calib_images, **kwargs)
