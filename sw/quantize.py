@@ -324,7 +324,6 @@ class _Q:
     scale: float | np.ndarray
     zp: int = 0
     alpha: np.ndarray | None = None
-    s1: float | None = None
 
     def vec(self, n: int) -> np.ndarray:
         return np.broadcast_to(np.asarray(self.scale, dtype=np.float64), (n,)).copy()
@@ -367,7 +366,7 @@ class _Builder:
         else:
             s1, zp = affine_params(*o.range())
             alpha = np.zeros(len(o.ch_lo), dtype=np.int64)
-        return _Q(s1 * (2.0 ** alpha), zp, alpha, s1)
+        return _Q(s1 * (2.0 ** alpha), zp, alpha)
 
     def tensor(self, name: str, shape, q: _Q | None, bits: int = 8, signed: bool = True) -> str:
         self.tensors[name] = Tensor(name, tuple(int(v) for v in shape), bits, signed,
