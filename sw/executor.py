@@ -29,8 +29,7 @@ def run_patchify(op: Op, x):
 def run_linear(op: Op, x):
     p, a = op.params, op.attrs
     acc = intops.linear(x, p["weight"], p["bias"])
-    lo, hi = (intops.INT8_MIN, intops.INT8_MAX) if a["out_bits"] == 8 else (intops.INT16_MIN, intops.INT16_MAX)
-    return intops.requantize(acc, p["mult"], p["shift"], a["zp_out"], lo, hi)
+    return intops.requantize(acc, p["mult"], p["shift"], a["zp_out"], *_guaranteed_range(op))
 
 
 def run_concat_tokens(op: Op, x):

@@ -108,10 +108,14 @@ def symmetric_scale(lo: float, hi: float) -> float:
     return max(-lo, hi, 1e-12) / 127.0
 
 
+def quantize_int8(x: np.ndarray, scale, zp) -> np.ndarray:
+    """Real values onto the int8 grid ``real = scale (q - zp)``: round half up, clamp."""
+    return np.clip(np.floor(np.asarray(x) / scale + 0.5) + zp, -128, 127).astype(np.int8)
+
+
 def fake_quant(x: np.ndarray, scale, zp) -> np.ndarray:
     """Quantize to int8 (round half up, clamp) and back to float."""
-    q = np.clip(np.floor(x / scale + 0.5) + zp, -128, 127)
-    return (q - zp) * scale
+    return (quantize_int8(x, scale, zp).astype(np.float64) - zp) * scale
 
 
 def ptf_factors(obs: Observer, k: int = 3) -> tuple[float, int, np.ndarray]:

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from . import intops
 from .graph import IntGraph, Op, Tensor
-from .observers import OBSERVERS, Observer, affine_params, ptf_factors, symmetric_scale
+from .observers import OBSERVERS, Observer, affine_params, ptf_factors, quantize_int8, symmetric_scale
 
 __all__ = ["UnsupportedModelError", "create_model", "check_supported", "calibrate", "quantize",
            "quantize_timm", "quantize_input", "random_images", "layer_sqnr", "DEFAULT_CALIB_IMAGES"]
@@ -510,10 +510,10 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     pos_obs = Observer("minmax")
     pos_obs.observe(pos)
     pos_q = _Q(*affine_params(*pos_obs.range()))
-    pos_int = np.clip(np.floor(pos / pos_q.scale + 0.5) + pos_q.zp, -128, 127).astype(np.int8)
+    pos_int = quantize_int8(pos, pos_q.scale, pos_q.zp)
 
     def concat(src, q):
-        vals = np.clip(np.floor(prefix / q.vec(d) + 0.5) + q.zp, -128, 127).astype(np.int8)
+        vals = quantize_int8(prefix, q.vec(d), q.zp)
         B.tensor("tokens", (T, d), q)
         return B.op("prefix_tokens", "concat_tokens", [src], "tokens", {}, {"tokens": vals})
 
@@ -637,7 +637,7 @@ def _gelu(B: _Builder, name: str, act, x: str, out: str, shape) -> str:
     codes = np.arange(-128, 128)
     with torch.no_grad():
         y = act(torch.from_numpy((codes - iq.zp) * float(iq.scale))).numpy()
-    table = np.clip(np.floor(y / oq.scale + 0.5) + oq.zp, -128, 127).astype(np.int8)
+    table = quantize_int8(y, oq.scale, oq.zp)
     B.tensor(out, shape, oq)
     return B.op(name, "gelu", [x], out, {}, {"table": table},
                 {"approximate": "tanh" if "Tanh" in type(act).__name__ else str(getattr(act, "approximate", "none"))})
@@ -678,9 +678,7 @@ def quantize_input(images: np.ndarray, graph: IntGraph) -> np.ndarray:
         rows = images.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
         rows = rows.reshape(b, (h // p) * (w // p), c * p * p)
         images = rows @ graph.host["patch_weight"].T + graph.host["patch_bias"]
-    scale = np.asarray(t.scale, dtype=np.float64)
-    q = np.floor(images / scale + 0.5) + t.zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    return quantize_int8(images, np.asarray(t.scale, dtype=np.float64), t.zero_point)
 
 
 def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, float]]:
