@@ -134,7 +134,7 @@ FORMATS: dict[Opcode, tuple[Field, ...]] = {
         _f("src_addr", SPAD_ADDR), _f("src_stride", SPAD_STRIDE),
         _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
         _f("rows", COUNT), _f("cols", COUNT), _f("param_addr", ACC_ADDR), _f("load_params", 1),
-        _f("zp_in", 16, signed=True), _f("mean_mult", 25)),
+        _f("zp_in", 16, signed=True)),
     Opcode.ADD: (
         _f("a_addr", SPAD_ADDR), _f("a_stride", SPAD_STRIDE),
         _f("b_addr", SPAD_ADDR), _f("b_stride", SPAD_STRIDE),

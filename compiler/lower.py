@@ -685,7 +685,7 @@ class _Compiler:
                 self.em.emit(Opcode.LAYERNORM, dict(
                     src_addr=ab.addr, src_stride=D, dst_addr=yb.addr, dst_stride=D, rows=mc,
                     cols=D, param_addr=records.addr, load_params=int(first),
-                    zp_in=int(op.attrs["zp_in"]), mean_mult=int(op.attrs["mean_mult"])),
+                    zp_in=int(op.attrs["zp_in"])),
                     reads=[ab, records], writes=[yb])
             elif op.kind == "add":
                 self.em.emit(Opcode.ADD, dict(

@@ -67,11 +67,11 @@ def tiny_vit(seed: int = 0, image: int = 8, patch: int = 4, channels: int = 3, d
                       {"weight": w, "bias": bias, "mult": mult.astype(np.int16), "shift": shift}))
 
     def layernorm(name, x, c, out):
-        mult, shift = intops.dyadic(35 * math.sqrt(c) / 2 ** intops.LN_NORM_BITS * rng.uniform(0.5, 1.5, size=c))
-        ops.append(Op(name, "layernorm", [x], [out],
-                      {"zp_in": zp(x), "mean_mult": intops.ln_mean_mult(c)},
+        mult, shift, offset = intops.ln_params(35 * rng.uniform(0.5, 1.5, size=c),
+                                               rng.uniform(-20, 20, size=c), 1.0, zp(out))
+        ops.append(Op(name, "layernorm", [x], [out], {"zp_in": zp(x)},
                       {"alpha": rng.integers(0, 4, size=c), "mult": mult, "shift": shift,
-                       "offset": rng.integers(-20, 21, size=c) + zp(out)}))
+                       "offset": offset}))
 
     def add(name, a, b, d, out, const=None):
         shift = np.full(d, 12)

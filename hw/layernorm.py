@@ -3,11 +3,14 @@
 A row (one token, ``C`` channels) streams in as ``C / L`` beats of ``L`` int8 lanes.  The
 *statistics pass* shifts every element onto the common PTF scale (``xs = (x - zp_in) <<
 alpha``), stores ``xs`` in a row memory and accumulates ``S = sum xs`` and ``sum xs**2``.
-A per-row *finish* stage turns those into the mean ``mu`` and ``Q = sum (xs - mu)**2``
-(as ``sum xs**2 - mu * (2 S - C mu)``, the same integer), then a sequential square root
-(:class:`hw.integer_sqrt.IntegerSqrt`) and divider (:class:`hw.integer_divider.IntegerDivider`)
-give ``factor = 2**35 // isqrt(Q << 8)``.  The *normalize pass* reads the row back,
-computes ``n = ((xs - mu) * factor) >> 8`` and requantizes it per channel.
+A per-row *finish* stage forms the exact ``V = C sum xs**2 - S**2`` (``C**2`` times the
+variance: no rounded mean), shifts it by an even amount to 35 or 36 bits, and a sequential
+square root (:class:`hw.integer_sqrt.IntegerSqrt`) and divider
+(:class:`hw.integer_divider.IntegerDivider`) give the row factor
+``F = (2**34 - 1) // isqrt(Vn)``.  The *normalize pass* reads the row back and computes
+``n = (xs (C F) - S F + 2**(r-1)) >> r``, which is ``((C xs - S) F + 2**(r-1)) >> r``, with
+the two row products ``C F`` and ``S F`` formed once per row, then applies the per-channel
+affine with one rounding: ``y = clamp((((n mult) >> (shift - 16)) + K + 2**15) >> 16)``.
 
 Rows overlap: the row memory has :data:`ROW_SLOTS` row slots, so while one row is being
 normalized, the next waits for (or is in) its square root and division and the one after
@@ -16,7 +19,7 @@ it streams in.  Four slots are what it takes for the slot reuse never to be the 
 """
 from __future__ import annotations
 
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -33,7 +36,7 @@ __all__ = [
 ]
 
 #: Most channels the integer reference's widths allow (the row sum is 24-bit signed).
-MAX_CHANNELS_LIMIT = 4096
+MAX_CHANNELS_LIMIT = intops.LN_MAX_CHANNELS
 #: Row slots of the row memory (rows in flight between the two passes).
 ROW_SLOTS = 4
 
@@ -41,30 +44,34 @@ ROW_SLOTS = 4
 _SHIFTED_BITS = 12                                       # xs = (x - zp) << alpha, signed
 _SUM_BITS = 24                                           # S, signed
 _SUM_SQUARES_BITS = 35                                   # sum xs**2 <= 4096 * 2040**2, unsigned
-_MEAN_BITS = 14                                          # mu, signed (enough for |xs - mu| < 2**12)
-_SPREAD_BITS = ceil_log2(MAX_CHANNELS_LIMIT + 1) + _MEAN_BITS + 1   # 2 S - C mu, signed
-_CENTRED_BITS = 13                                       # d = xs - mu, signed
-_Q_BITS = 44 - 2 * intops.LN_SQRT_FRAC                   # Q, unsigned
-_RADICAND_BITS = _Q_BITS + 2 * intops.LN_SQRT_FRAC       # Q << 8
-_ROOT_BITS = _RADICAND_BITS // 2                         # k = isqrt(Q << 8)
-_FACTOR_LOG2 = 31 + intops.LN_SQRT_FRAC                  # factor = 2**35 // k
-_FACTOR_BITS = 32                                        # k >= 16 whenever k != 0
-_NORM_BITS = 32 - intops.LN_NORM_SHIFT + 1               # n, signed
-_MEAN_MULT_BITS = intops.LN_MEAN_SHIFT + 1               # ln_mean_mult(1) = 2**24
-_REQUANT_PRODUCT_BITS = _NORM_BITS + intops.REQUANT_MULT_BITS
+_CHANNEL_BITS = ceil_log2(MAX_CHANNELS_LIMIT + 1)        # C, unsigned
+_VAR_BITS = 47                                           # V = C sum xs**2 - S**2, unsigned
+_RADICAND_BITS = 2 * intops.LN_ROOT_BITS                 # Vn, V shifted by an even amount
+_ROOT_BITS = intops.LN_ROOT_BITS                         # k = isqrt(Vn) >= 2**17 when V > 0
+_DIVIDEND_BITS = intops.LN_FACTOR_BITS + intops.LN_ROOT_BITS   # 2**34 - 1
+_FACTOR_BITS = intops.LN_FACTOR_BITS + 1                 # F < 2**17
+_EXP_BITS = 6                                            # e in -6..18, signed
+#: ``r = _R_BASE - e``: the normalize shift.
+_R_BASE = intops.LN_FACTOR_BITS + intops.LN_ROOT_BITS - intops.LN_NORM_BITS
+_CF_BITS = _CHANNEL_BITS + _FACTOR_BITS                  # C F, unsigned
+_SF_BITS = _SUM_BITS + _FACTOR_BITS                      # S F, signed
+_P1_BITS = _SHIFTED_BITS + _CF_BITS + 2                  # xs C F - S F + half, signed
+_NORM_BITS = 21                                          # n, signed
+_AFFINE_BITS = _NORM_BITS + intops.REQUANT_MULT_BITS     # n * mult, signed
 
 #: Root and quotient bits computed per cycle by the square root and the divider.
 SQRT_STEPS_PER_CYCLE = 2
 DIVIDER_STEPS_PER_CYCLE = 2
 #: Cycles from accepting a beat to its row sums being accumulated (xs, lane sums, accumulate).
 _STATS_PIPELINE = 3
-#: States of the finish stage per row: mean, 2 S - C mu, Q << 8, hand-over to the square root.
-_FINISH_STATES = 4
+#: States of the finish stage per row: latch the sums, V, normalised radicand, hand-over.
+_FINISH_STATES = 3
 #: Cycles the finish stage is claimed per row, from the row's last beat accepted to its
 #: radicand accepted by the square root (inclusive), when the square root is free.
 _FINISH_CYCLES = _STATS_PIPELINE + _FINISH_STATES
-#: Cycles from reading a beat of the row memory to its output beat being valid.
-_NORMALIZE_PIPELINE = 4
+#: Cycles from reading a beat of the row memory to its output beat being valid (memory
+#: read, ``xs C F - S F``, ``>> r``, ``* mult``, offset and clamp).
+_NORMALIZE_PIPELINE = 5
 
 
 def layernorm_beats(config: AcceleratorConfig, channels: int) -> int:
@@ -85,23 +92,23 @@ def layernorm_beats(config: AcceleratorConfig, channels: int) -> int:
 def layernorm_timing(config: AcceleratorConfig, channels: int) -> UnitTiming:
     """Timing of one row of ``channels`` channels on :class:`PtfLayerNorm`.
 
-    With ``B = C / L`` beats per row, ``R = 12`` and ``V = 19`` the latencies of the square
+    With ``B = C / L`` beats per row, ``R = 10`` and ``V = 18`` the latencies of the square
     root and of the divider (:func:`integer_sqrt_timing`, :func:`integer_divider_timing`)::
 
-        latency  = 2 B + R + V + 9          = 2 B + 40
-        interval = max(B, 7, R, V)          = max(B, 19)
+        latency  = 2 B + R + V + 9          = 2 B + 37
+        interval = max(B, 6, R, V)          = max(B, 18)
 
     ``latency``: cycles from the row's first input beat accepted to its last output beat
     valid (input never starved, output never stalled).  ``interval``: cycles between the
-    first beats of back-to-back rows in steady state; ``7`` is the finish stage's occupancy.
-    The row-slot reuse never binds: a slot is held ``2 B + R + V + 6`` cycles, at most
+    first beats of back-to-back rows in steady state; ``6`` is the finish stage's occupancy.
+    The row-slot reuse never binds: a slot is held ``2 B + R + V + 7`` cycles, at most
     ``ROW_SLOTS * interval`` for every ``B``.  ``n`` rows streamed back to back take exactly
     ``latency + (n - 1) * interval`` cycles from the first input beat to the last output beat
     (the input may run ahead by a few rows at the start; the total is unchanged).
     """
     beats = layernorm_beats(config, channels)
     sqrt = integer_sqrt_timing(_RADICAND_BITS, SQRT_STEPS_PER_CYCLE)
-    divide = integer_divider_timing(_FACTOR_LOG2 + 1, DIVIDER_STEPS_PER_CYCLE)
+    divide = integer_divider_timing(_DIVIDEND_BITS, DIVIDER_STEPS_PER_CYCLE)
     latency = (beats - 1) + (_FINISH_CYCLES - 1) + sqrt.latency + divide.latency \
         + beats + _NORMALIZE_PIPELINE
     interval = max(beats, _FINISH_CYCLES, sqrt.interval, divide.interval)
@@ -144,26 +151,25 @@ class PtfLayerNorm(wiring.Component):
         Output rows, same packing, int8.  ``o.ready`` may be low at any time.
     param : ``In(Signature(en, channel, alpha, mult, shift, offset))``
         Per-channel parameter write port: when ``en`` is high, channel ``channel`` gets PTF
-        factor ``alpha`` (0..3) and requantizer ``mult`` (int16), ``shift`` (0..63) and
-        ``offset`` (int32).  No beat is accepted in a cycle that writes; parameters must not
-        change while rows using them are in flight.
+        factor ``alpha`` (0..3) and the affine of :func:`sw.intops.ln_affine`: ``mult``
+        (int16), ``shift`` (16..63; smaller values give meaningless outputs) and ``offset``
+        (int32, 16 fraction bits).  No beat is accepted in a cycle that writes; parameters
+        must not change while rows using them are in flight.
     channels : ``In(range(max_channels + 1))``
         ``C``: a multiple of ``L`` in ``L..max_channels`` (:func:`layernorm_beats` checks it;
         other values give meaningless rows).
     zp_in : ``In(signed(8))``
         Input zero point.
-    mean_mult : ``In(unsigned(25))``
-        :func:`sw.intops.ln_mean_mult` of ``C``.
 
-    ``channels``, ``zp_in`` and ``mean_mult`` are per-tensor registers of the caller: they
-    must stay constant while rows are in flight.
+    ``channels`` and ``zp_in`` are per-tensor registers of the caller: they must stay
+    constant while rows are in flight.
 
     Notes
     -----
     With ``B = C / L``:
-    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 40``.
-    THROUGHPUT: one row every ``max(B, 19)`` cycles, i.e. one beat per cycle once
-    ``B >= 19``.  Both are :func:`layernorm_timing`.
+    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 37``.
+    THROUGHPUT: one row every ``max(B, 18)`` cycles, i.e. one beat per cycle once
+    ``B >= 18``.  Both are :func:`layernorm_timing`.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -180,7 +186,6 @@ class PtfLayerNorm(wiring.Component):
             "param": In(_param_write_signature(config.max_channels)),
             "channels": In(range(config.max_channels + 1)),
             "zp_in": In(signed(8)),
-            "mean_mult": In(unsigned(_MEAN_MULT_BITS)),
         })
 
     @property
@@ -311,12 +316,22 @@ class PtfLayerNorm(wiring.Component):
         # ------------------------------------------------------------------ finish stage
         fin_sum = Signal(signed(_SUM_BITS))
         fin_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS))
-        fin_mean = Signal(signed(_MEAN_BITS))
-        fin_spread = Signal(signed(_SPREAD_BITS))                       # 2 S - C mu
+        fin_var = Signal(unsigned(_VAR_BITS))
         fin_slot = Signal(range(ROW_SLOTS))
         radicand = Signal(_RADICAND_BITS)
-        row_means = Array(Signal(signed(_MEAN_BITS), name=f"row_mean_{slot}")
-                          for slot in range(ROW_SLOTS))
+        row_sums = Array(Signal(signed(_SUM_BITS), name=f"row_sum_{slot}")
+                         for slot in range(ROW_SLOTS))
+        row_exps = Array(Signal(signed(_EXP_BITS), name=f"row_exp_{slot}")
+                         for slot in range(ROW_SLOTS))
+
+        # Leading-one detector of V and the even normalising shift e = (36 - bit_length) // 2.
+        var_bits = Signal(range(_VAR_BITS + 1))
+        for bit in range(_VAR_BITS):
+            var_bits = Mux(fin_var[bit], bit + 1, var_bits)
+        norm_exp = Signal(signed(_EXP_BITS))
+        m.d.comb += norm_exp.eq((Const(_RADICAND_BITS, signed(8)) - var_bits) >> 1)
+        left = (fin_var << (norm_exp[:5] << 1))[:_RADICAND_BITS]
+        right = (fin_var >> ((-norm_exp)[:4] << 1))[:_RADICAND_BITS]
 
         m.submodules.sqrt = sqrt = IntegerSqrt(_RADICAND_BITS, SQRT_STEPS_PER_CYCLE)
         m.d.comb += sqrt.i.payload.eq(radicand)
@@ -327,20 +342,18 @@ class PtfLayerNorm(wiring.Component):
                         fin_sum.eq(row_sum_next),
                         fin_sum_squares.eq(row_sum_squares_next),
                     ]
-                    m.next = "MEAN"
-            with m.State("MEAN"):
-                rounded = fin_sum * self.mean_mult + (1 << (intops.LN_MEAN_SHIFT - 1))
-                m.d.sync += fin_mean.eq(rounded >> intops.LN_MEAN_SHIFT)
-                m.next = "SPREAD"
-            with m.State("SPREAD"):
+                    m.next = "VAR"
+            with m.State("VAR"):
                 m.d.sync += [
-                    fin_spread.eq((fin_sum << 1) - self.channels * fin_mean),
-                    row_means[fin_slot].eq(fin_mean),
+                    fin_var.eq(self.channels * fin_sum_squares - fin_sum * fin_sum),
+                    row_sums[fin_slot].eq(fin_sum),
                 ]
-                m.next = "SQUARES"
-            with m.State("SQUARES"):
-                centred_squares = fin_sum_squares - fin_mean * fin_spread
-                m.d.sync += radicand.eq(centred_squares[:_Q_BITS] << (2 * intops.LN_SQRT_FRAC))
+                m.next = "NORMALISE"
+            with m.State("NORMALISE"):
+                m.d.sync += [
+                    radicand.eq(Mux(norm_exp >= 0, left, right)),
+                    row_exps[fin_slot].eq(norm_exp),
+                ]
                 m.next = "OFFER"
             with m.State("OFFER"):
                 m.d.comb += sqrt.i.valid.eq(1)
@@ -352,16 +365,18 @@ class PtfLayerNorm(wiring.Component):
                     m.next = "IDLE"
 
         # ------------------------------------------------------------------ 1 / sqrt
-        m.submodules.divider = divider = IntegerDivider(_FACTOR_LOG2 + 1, _ROOT_BITS,
+        m.submodules.divider = divider = IntegerDivider(_DIVIDEND_BITS, _ROOT_BITS,
                                                         DIVIDER_STEPS_PER_CYCLE)
-        # A zero root (Q = 0) gets the divider's all-ones quotient instead of the reference's
-        # factor 0; it only ever multiplies centred values that are all 0, so n = 0 either way.
         m.d.comb += [
             divider.i.valid.eq(sqrt.o.valid),
-            divider.i.payload.dividend.eq(1 << _FACTOR_LOG2),
+            divider.i.payload.dividend.eq((1 << _DIVIDEND_BITS) - 1),
             divider.i.payload.divisor.eq(sqrt.o.payload),
             sqrt.o.ready.eq(divider.i.ready),
         ]
+        # A nonzero V has a root k >= 2**17 and so a quotient below 2**17; V = 0 gives k = 0
+        # and the divider's all-ones quotient, which becomes the reference's F = 0.
+        quotient = divider.o.payload
+        factor = Mux(quotient[_FACTOR_BITS:].any(), 0, quotient[:_FACTOR_BITS])
 
         # ------------------------------------------------------------------ normalize pass
         advance = ~self.o.valid | self.o.ready          # the whole pipeline moves together
@@ -369,8 +384,9 @@ class PtfLayerNorm(wiring.Component):
         out_beat = Signal(range(depth))
         out_slot = Signal(range(ROW_SLOTS))
         next_out_slot = Signal(range(ROW_SLOTS))
-        out_mean = Signal(signed(_MEAN_BITS))
-        out_factor = Signal(_FACTOR_BITS)
+        out_cf = Signal(unsigned(_CF_BITS))              # C F
+        out_sf = Signal(signed(_SF_BITS))                # S F
+        out_r = Signal(range(_R_BASE + 8))               # r = 20 - e
         issue = out_active & advance
         issue_last = issue & (out_beat == last_beat)
         m.d.comb += divider.o.ready.eq(~out_active | issue_last)
@@ -383,8 +399,9 @@ class PtfLayerNorm(wiring.Component):
                 out_active.eq(1),
                 out_slot.eq(next_out_slot),
                 next_out_slot.eq(next_out_slot + 1),
-                out_mean.eq(row_means[next_out_slot]),
-                out_factor.eq(divider.o.payload[:_FACTOR_BITS]),
+                out_cf.eq(self.channels * factor),
+                out_sf.eq(row_sums[next_out_slot] * factor),
+                out_r.eq(_R_BASE - row_exps[next_out_slot]),
             ]
 
         claim = accept & in_first
@@ -397,41 +414,50 @@ class PtfLayerNorm(wiring.Component):
             requant_rd.en.eq(advance),
         ]
 
-        # Stage 1 (memory read in flight): mean and factor of the beat being read.
+        # Stage 1 (memory read in flight): the row's constants.
         read_valid = Signal()
-        read_mean = Signal(signed(_MEAN_BITS))
-        read_factor = Signal(_FACTOR_BITS)
-        # Stage 2: normalised values n and the channels' requantizer parameters.
+        read_cf = Signal(unsigned(_CF_BITS))
+        read_sf = Signal(signed(_SF_BITS))
+        read_r = Signal.like(out_r)
+        # Stage 2: p1 = xs C F - S F + 2**(r-1), and the channels' affine parameters.
+        p1_valid = Signal()
+        p1 = Signal(data.ArrayLayout(signed(_P1_BITS), lanes))
+        p1_r = Signal.like(out_r)
+        p1_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        # Stage 3: n = p1 >> r.
         norm_valid = Signal()
         norm = Signal(data.ArrayLayout(signed(_NORM_BITS), lanes))
         norm_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
-        # Stage 3: n * mult.
+        # Stage 4: n * mult.
         prod_valid = Signal()
-        prod = Signal(data.ArrayLayout(signed(_REQUANT_PRODUCT_BITS), lanes))
+        prod = Signal(data.ArrayLayout(signed(_AFFINE_BITS), lanes))
         prod_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        half = (Const(1, 1) << (read_r - 1).as_unsigned()[:len(read_r)])[:_R_BASE + 8]
         with m.If(advance):
             m.d.sync += [
                 read_valid.eq(issue),
-                read_mean.eq(out_mean),
-                read_factor.eq(out_factor),
-                norm_valid.eq(read_valid),
-                norm_params.eq(requant_rd.data),
+                read_cf.eq(out_cf),
+                read_sf.eq(out_sf),
+                read_r.eq(out_r),
+                p1_valid.eq(read_valid),
+                p1_r.eq(read_r),
+                p1_params.eq(requant_rd.data),
+                norm_valid.eq(p1_valid),
+                norm_params.eq(p1_params),
                 prod_valid.eq(norm_valid),
                 prod_params.eq(norm_params),
                 self.o.valid.eq(prod_valid),
             ]
             for lane in range(lanes):
-                centred = (row_rd.data[lane] - read_mean)[:_CENTRED_BITS].as_signed()
-                scaled = (centred * read_factor) >> intops.LN_NORM_SHIFT
                 params = prod_params[lane]
-                shift = params.shift
-                rounded = Mux(shift == 0, prod[lane],
-                              ((prod[lane] >> (shift - 1)[:6]) + 1) >> 1)
-                shifted_out = rounded + params.offset
-                clamped = Mux(shifted_out > intops.INT8_MAX, intops.INT8_MAX,
-                              Mux(shifted_out < intops.INT8_MIN, intops.INT8_MIN, shifted_out))
+                scaled = prod[lane] >> (params.shift - intops.LN_OFFSET_FRAC)[:6]
+                summed = scaled + params.offset + (1 << (intops.LN_OFFSET_FRAC - 1))
+                rounded = summed >> intops.LN_OFFSET_FRAC
+                clamped = Mux(rounded > intops.INT8_MAX, intops.INT8_MAX,
+                              Mux(rounded < intops.INT8_MIN, intops.INT8_MIN, rounded))
                 m.d.sync += [
-                    norm[lane].eq(scaled),
+                    p1[lane].eq(row_rd.data[lane] * read_cf - read_sf + half),
+                    norm[lane].eq(p1[lane] >> p1_r),
                     prod[lane].eq(norm[lane] * norm_params[lane].mult),
                     self.o.payload[8 * lane:8 * lane + 8].eq(clamped),
                 ]

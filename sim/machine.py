@@ -321,8 +321,7 @@ class _Data:
                 self.ln_params = self.records(a["param_addr"], a["cols"])
             p = self._params(self.ln_params, a["cols"], index, "LayerNorm")
             x = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            y = intops.ptf_layernorm(x, a["zp_in"], p[..., 0], a["mean_mult"], p[..., 1],
-                                     p[..., 2], p[..., 3])
+            y = intops.ptf_layernorm(x, a["zp_in"], p[..., 0], p[..., 1], p[..., 2], p[..., 3])
             _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = y
         elif op == Opcode.ADD:
             if a["load_params"]:

@@ -46,7 +46,7 @@ def run_add(op: Op, a, b=None):
 
 def run_layernorm(op: Op, x):
     p, a = op.params, op.attrs
-    return intops.ptf_layernorm(x, a["zp_in"], p["alpha"], a["mean_mult"], p["mult"], p["shift"], p["offset"])
+    return intops.ptf_layernorm(x, a["zp_in"], p["alpha"], p["mult"], p["shift"], p["offset"])
 
 
 def run_qk_scores(op: Op, qkv):

@@ -28,7 +28,8 @@ Op kinds (inputs -> output; shapes per sample)
                      params ``mult_a``, ``mult_b``, ``shift`` (per channel [D]); attrs
                      ``zp_a``, ``zp_b``, ``zp_out``.  :func:`sw.intops.residual_add`.
     ``layernorm``    x int8 [..., C] -> int8; params ``alpha`` [C], ``mult`` [C], ``shift`` [C],
-                     ``offset`` [C]; attrs ``zp_in``, ``mean_mult``.  :func:`sw.intops.ptf_layernorm`.
+                     ``offset`` [C] (:func:`sw.intops.ln_params`); attrs ``zp_in``.
+                     :func:`sw.intops.ptf_layernorm`.
     ``qk_scores``    qkv int8 [T, 3D] -> int16 [H, T, T]; params ``mult``, ``shift`` (scalars);
                      attrs ``heads``, ``head_dim``.  Per head ``requantize(q_h @ k_h.T)`` to
                      the softmax input scale ``ln 2 / 2**frac_bits``, clamped to int16.
@@ -56,7 +57,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "vitamin-integer-graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: For each op kind: (number of inputs, required integer params, required attrs).
 OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] = {
@@ -64,7 +65,7 @@ OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] =
     "linear": ((1,), ("weight", "bias", "mult", "shift"), ("zp_out", "out_bits")),
     "concat_tokens": ((1,), ("tokens",), ()),
     "add": ((1, 2), ("mult_a", "mult_b", "shift"), ("zp_a", "zp_b", "zp_out")),
-    "layernorm": ((1,), ("alpha", "mult", "shift", "offset"), ("zp_in", "mean_mult")),
+    "layernorm": ((1,), ("alpha", "mult", "shift", "offset"), ("zp_in",)),
     "qk_scores": ((1,), ("mult", "shift"), ("heads", "head_dim")),
     "softmax": ((1,), (), ("mode", "frac_bits", "b_int", "c_int")),
     "attn_value": ((2,), ("mult", "shift"), ("heads", "head_dim", "mode", "zp_out")),

@@ -20,10 +20,12 @@ requantize             acc (int32) x mult (int16) -> 47-bit product   48
 residual add           (q - zp) (9 b) x mult (int16), sum of two      26
 PTF LayerNorm          shifted input xs = (x - zp) << alpha           12 signed
                        row sum S                                      24 signed
-                       centred d = xs - mu                            13 signed
-                       sum of squares Q (and Q << 8 for the sqrt)     44 unsigned
-                       1/sqrt factor F = 2**35 // isqrt(Q << 8)       32 unsigned
-                       normalised n = (d * F) >> 8                    25 signed
+                       sum of squares, and V = C sum xs**2 - S**2     35, 47 unsigned
+                       normalised radicand, root k = isqrt(Vn)        36, 18 unsigned
+                       row factor F = (2**34 - 1) // k                17 unsigned
+                       centred D = C xs - S, and D * F                25, 42 signed
+                       normalised n = (D F + half) >> r               21 signed
+                       n * mult (16-bit), offset K (16 frac. bits)    37, 32 signed
 LIS softmax            input (requantized scores)                     16 signed
                        x - rowmax                                     17 signed
                        exp polynomial                                 16 unsigned
@@ -41,11 +43,11 @@ import numpy as np
 
 __all__ = [
     "IntegerOverflowError", "INT8_MIN", "INT8_MAX", "INT16_MIN", "INT16_MAX",
-    "REQUANT_MULT_BITS", "REQUANT_MAX_SHIFT", "LN_MEAN_SHIFT", "LN_SQRT_FRAC",
-    "LN_NORM_SHIFT", "LN_NORM_BITS", "LIS_EXP_N", "LIS_CODE_BITS", "LIS_ZERO_CODE",
+    "REQUANT_MULT_BITS", "REQUANT_MAX_SHIFT", "LN_ROOT_BITS", "LN_FACTOR_BITS",
+    "LN_NORM_BITS", "LN_OFFSET_FRAC", "LN_MAX_CHANNELS", "LIS_EXP_N", "LIS_CODE_BITS", "LIS_ZERO_CODE",
     "LIS_SHIFT_BASE", "LIS_SQRT2_Q16", "UNIFORM_RECIP_BITS", "check_range", "dyadic",
     "requantize", "int_matmul", "linear", "residual_add", "isqrt", "bit_length",
-    "ln_mean_mult", "ptf_layernorm", "ln_row_stats", "ln_normalize", "lis_exp_constants",
+    "ptf_layernorm", "ln_row_stats", "ln_normalize", "ln_affine", "ln_params", "lis_exp_constants",
     "int_exp", "lis_codes", "softmax_exp_rows", "lis_softmax", "uniform_softmax",
     "attn_value_lis", "attn_value_uniform", "gelu_lut", "patchify", "token_mean",
 ]
@@ -59,14 +61,19 @@ REQUANT_MULT_BITS = 16
 #: Largest right shift a requantizer applies (6-bit shift field).
 REQUANT_MAX_SHIFT = 63
 
-#: LayerNorm mean: ``mu = round(S * mean_mult / 2**LN_MEAN_SHIFT)``, ``mean_mult = round(2**24 / C)``.
-LN_MEAN_SHIFT = 24
-#: Fraction bits of the integer square root: ``k = isqrt(Q << 2*LN_SQRT_FRAC)``.
-LN_SQRT_FRAC = 4
-#: Right shift after ``d * F``; the normalised value ``n`` has ``31 - LN_NORM_SHIFT`` fraction bits.
-LN_NORM_SHIFT = 8
-#: ``n / 2**LN_NORM_BITS`` approximates ``d / sqrt(Q)`` (so ``d / sigma = sqrt(C) * n / 2**LN_NORM_BITS``).
-LN_NORM_BITS = 31 - LN_NORM_SHIFT
+#: LayerNorm square root: the radicand ``V`` is shifted by an even amount to ``2 LN_ROOT_BITS``
+#: (or one fewer) bits, so the root ``k`` always has ``LN_ROOT_BITS`` significant bits.
+LN_ROOT_BITS = 18
+#: LayerNorm row factor ``F = (2**(LN_FACTOR_BITS + LN_ROOT_BITS) - 1) // k`` lies in
+#: ``[2**LN_FACTOR_BITS, 2**(LN_FACTOR_BITS + 1))``.
+LN_FACTOR_BITS = 16
+#: Fraction bits of the normalised value: ``n / 2**LN_NORM_BITS`` approximates ``(x - mean) / sd``.
+LN_NORM_BITS = 14
+#: Fraction bits of the LayerNorm offset ``K = round((beta / s_out + zp_out) * 2**LN_OFFSET_FRAC)``:
+#: beta is added before the one final rounding, not rounded on its own.
+LN_OFFSET_FRAC = 16
+#: Most channels a LayerNorm row may have (the row sum is 24-bit signed).
+LN_MAX_CHANNELS = 4096
 
 #: Integer exponential output is ``poly * 2**(LIS_EXP_N - q)``; inputs below ``-LIS_EXP_N * ln 2`` clip.
 LIS_EXP_N = 15
@@ -298,61 +305,125 @@ def isqrt(v) -> np.ndarray:
     return root
 
 
-def ln_mean_mult(channels: int) -> int:
-    """``round(2**LN_MEAN_SHIFT / C)``: the constant that turns a row sum into its mean."""
-    if channels < 1:
-        raise ValueError("LayerNorm needs at least one channel")
-    return (2 * (1 << LN_MEAN_SHIFT) + channels) // (2 * channels)
-
-
-def ln_row_stats(xs, mean_mult: int):
+def ln_row_stats(xs):
     """Per-row statistics of the PTF-shifted input ``xs`` (``[..., C]``, 12-bit signed).
 
-    Returns ``(mu, factor)``: the integer mean
-    ``mu = (S * mean_mult + 2**23) >> 24`` and the integer reciprocal square root
-    ``factor = 2**(31 + LN_SQRT_FRAC) // isqrt(Q << 2*LN_SQRT_FRAC)`` (0 for a row whose
-    centred values are all zero), with ``S = sum xs`` and ``Q = sum (xs - mu)**2``.
-    Hardware computes ``Q`` in the same pass as ``S`` as ``sum xs**2 - 2 mu S + C mu**2``,
-    the same integer.  One divide per row.
+    Returns ``(S, F, r)`` per row (each ``[..., 1]``):
+
+    * ``S = sum xs`` (24-bit signed) and ``V = C sum xs**2 - S**2`` (47-bit unsigned), which
+      is ``C**2`` times the row's variance, exactly: no rounded mean anywhere;
+    * the radicand normalised by an even shift, ``Vn = V << 2e`` (``e < 0``: ``V >> -2e``) with
+      ``e = (2 LN_ROOT_BITS - bit_length(V)) // 2``, so that ``k = isqrt(Vn)`` has exactly
+      ``LN_ROOT_BITS`` bits and ``k / 2**e`` approximates ``sqrt(V)``;
+    * the row factor ``F = (2**(LN_FACTOR_BITS + LN_ROOT_BITS) - 1) // k`` in
+      ``[2**LN_FACTOR_BITS, 2**(LN_FACTOR_BITS + 1))`` and the right shift
+      ``r = LN_FACTOR_BITS + LN_ROOT_BITS - LN_NORM_BITS - e`` (3..26), so that
+      ``(D F) >> r`` with ``D = C xs - S`` is ``D / sqrt(V) = (xs - mean) / sd`` with
+      ``LN_NORM_BITS`` fraction bits (:func:`ln_normalize`).
+
+    A row whose values are all equal (``V = 0``) gets ``F = 0`` (and ``r = 1``): its
+    normalised values are 0.  One square root and one divide per row.
     """
     xs = _signed_bits(xs, 12, "layernorm shifted input")
-    s = _signed_bits(xs.sum(axis=-1, keepdims=True), 24, "layernorm row sum")
-    mu = (s * mean_mult + (1 << (LN_MEAN_SHIFT - 1))) >> LN_MEAN_SHIFT
-    d = _signed_bits(xs - mu, 13, "layernorm centred value")
-    q = check_range((d * d).sum(axis=-1, keepdims=True), 0, (1 << (44 - 2 * LN_SQRT_FRAC)) - 1,
-                    "layernorm sum of squares")
-    k = isqrt(q << (2 * LN_SQRT_FRAC))
-    factor = np.where(k > 0, (np.int64(1) << (31 + LN_SQRT_FRAC)) // np.maximum(k, 1), 0)
-    return mu, factor
+    c = xs.shape[-1]
+    if not 1 <= c <= LN_MAX_CHANNELS:
+        raise ValueError(f"LayerNorm rows of {c} channels: 1..{LN_MAX_CHANNELS} supported")
+    s = xs.sum(axis=-1, keepdims=True)
+    ss = (xs * xs).sum(axis=-1, keepdims=True)
+    v = check_range(c * ss - s * s, 0, (1 << 47) - 1, "layernorm variance")
+    e = (2 * LN_ROOT_BITS - bit_length(v)) // 2
+    vn = np.where(e >= 0, v << np.maximum(e, 0) * 2, v >> np.maximum(-e, 0) * 2)
+    k = isqrt(vn)
+    top = (np.int64(1) << (LN_FACTOR_BITS + LN_ROOT_BITS)) - 1
+    factor = np.where(v > 0, top // np.maximum(k, 1), 0)
+    r = np.where(v > 0, LN_FACTOR_BITS + LN_ROOT_BITS - LN_NORM_BITS - e, 1)
+    return s, factor, r
 
 
-def ln_normalize(xs, mu, factor) -> np.ndarray:
-    """``n = ((xs - mu) * factor) >> LN_NORM_SHIFT``: ``n / 2**23`` approximates ``d / sqrt(Q)``."""
-    d = _signed_bits(xs - mu, 13, "layernorm centred value")
-    return _signed_bits((d * factor) >> LN_NORM_SHIFT, 32 - LN_NORM_SHIFT + 1, "layernorm normalised")
+def ln_normalize(xs, s, factor, r) -> np.ndarray:
+    """``n = (D F + 2**(r-1)) >> r`` with ``D = C xs - S`` (25-bit signed, ``D F`` 42-bit).
+
+    ``n / 2**LN_NORM_BITS`` approximates ``(xs - mean) / sd`` (at most ``sqrt(C - 1)`` in
+    magnitude, so ``n`` is 21-bit signed).  Hardware computes ``D F`` as
+    ``xs (C F) - S F`` with the two row products formed once per row: the same integer.
+    """
+    xs = _as_int(xs)
+    d = _signed_bits(xs.shape[-1] * xs - s, 25, "layernorm centred value")
+    prod = d * factor
+    prod += np.int64(1) << (r - 1)
+    prod >>= r
+    return _signed_bits(prod, 21, "layernorm normalised")
 
 
-def ptf_layernorm(x, zp_in, alpha, mean_mult, mult, shift, offset):
+def ln_affine(n, mult, shift, offset) -> np.ndarray:
+    """``clamp((((n mult) >> (shift - LN_OFFSET_FRAC)) + K + 2**(LN_OFFSET_FRAC-1)) >> LN_OFFSET_FRAC)``.
+
+    ``mult / 2**shift = gamma / (s_out 2**LN_NORM_BITS)`` (16-bit ``mult``,
+    ``LN_OFFSET_FRAC <= shift <= 63``) and ``K = offset`` carries ``beta / s_out + zp_out``
+    with ``LN_OFFSET_FRAC`` fraction bits (int32).  This is
+    ``floor(n mult / 2**shift + K / 2**LN_OFFSET_FRAC + 1/2)`` exactly: beta enters before the
+    single rounding.  int8 output.
+    """
+    n = _as_int(n)
+    mult = _as_int(_signed_bits(mult, REQUANT_MULT_BITS, "layernorm multiplier"))
+    shift = _as_int(check_range(shift, LN_OFFSET_FRAC, REQUANT_MAX_SHIFT, "layernorm shift"))
+    offset = _as_int(_signed_bits(offset, 32, "layernorm offset"))
+    y = n * mult
+    y >>= shift - LN_OFFSET_FRAC
+    y += offset
+    y += 1 << (LN_OFFSET_FRAC - 1)
+    y >>= LN_OFFSET_FRAC
+    return np.clip(y, INT8_MIN, INT8_MAX, out=y)
+
+
+def ln_params(gamma, beta, s_out, zp_out):
+    """Build-time helper: per-channel ``(mult, shift, offset)`` of :func:`ln_affine` for the
+    affine ``gamma``, ``beta`` and the output grid ``real = s_out (q - zp_out)`` (``s_out``
+    scalar or per channel).
+
+    ``mult / 2**shift`` approximates ``gamma / (s_out 2**LN_NORM_BITS)`` with a 16-bit
+    multiplier; a ratio so large that ``shift`` would fall below ``LN_OFFSET_FRAC`` keeps
+    ``shift = LN_OFFSET_FRAC`` and a smaller multiplier (``ValueError`` when even that does
+    not fit).  ``offset`` saturates at the int32 range: an offset that large saturates the
+    int8 output whatever the normalised value is.
+    """
+    gamma = np.asarray(gamma, dtype=np.float64)
+    s_out = np.broadcast_to(np.asarray(s_out, dtype=np.float64), gamma.shape)
+    ratio = gamma / (s_out * 2.0 ** LN_NORM_BITS)
+    mult, shift = dyadic(ratio)
+    low = shift < LN_OFFSET_FRAC
+    if np.any(low):
+        mult = np.where(low, np.rint(ratio * 2.0 ** LN_OFFSET_FRAC), mult).astype(np.int64)
+        shift = np.where(low, LN_OFFSET_FRAC, shift)
+        if np.any(np.abs(mult) >= 1 << (REQUANT_MULT_BITS - 1)):
+            raise ValueError("LayerNorm gamma / s_out too large for a 16-bit multiplier")
+    k = np.rint((np.asarray(beta, dtype=np.float64) / s_out + zp_out) * 2.0 ** LN_OFFSET_FRAC)
+    offset = np.clip(k, INT32_MIN, INT32_MAX).astype(np.int64)
+    return mult.astype(np.int64), shift.astype(np.int64), offset
+
+
+def ptf_layernorm(x, zp_in, alpha, mult, shift, offset):
     """Integer LayerNorm of an int8 input quantized with Power-of-Two Factors.
 
     ``x`` int8 ``[..., C]`` with zero point ``zp_in`` and per-channel factors ``alpha``
     (0..3): channel c has scale ``s1 * 2**alpha[c]``.  Steps:
 
     1. ``xs = (x - zp_in) << alpha`` puts every channel on the common scale ``s1``;
-    2. ``mu, factor = ln_row_stats(xs)``: integer mean and ``2**31 / sqrt(Q)``;
-    3. ``n = ln_normalize(xs, mu, factor)``;
-    4. ``requantize(n, mult, shift, offset)`` applies the affine ``gamma``, ``beta`` and the
-       output scale per channel: ``mult / 2**shift = gamma_c sqrt(C) / (s_out 2**23)`` and
-       ``offset = round(beta_c / s_out) + zp_out``.
+    2. ``S, F, r = ln_row_stats(xs)``: exact ``C**2 var`` and its normalised reciprocal root;
+    3. ``n = ln_normalize(xs, S, F, r)``: ``(xs - mean) / sd`` with 14 fraction bits, the
+       mean never rounded (``C xs - S``);
+    4. ``ln_affine(n, mult, shift, offset)`` applies ``gamma``, ``beta`` and the output grid
+       per channel with one rounding (:func:`ln_params` builds the three).
 
-    Zero-variance rows give ``n = 0`` and so ``offset`` (the quantized ``beta``).
+    Zero-variance rows give ``n = 0`` and so ``round(beta / s_out) + zp_out``.  Fed inputs
+    with channel ranges 100x apart, 99.98 % of outputs equal ``round(LN(x) / s_out)``
+    computed in float64 and none is more than 1 off (``tests/sw/test_intops.py``).
     """
     x = _as_int(_signed_bits(x, 8, "layernorm input"))
     alpha = _as_int(check_range(alpha, 0, 3, "PTF factor"))
     xs = (x - zp_in) << alpha
-    mu, factor = ln_row_stats(xs, mean_mult)
-    n = ln_normalize(xs, mu, factor)
-    return requantize(n, mult, shift, offset)
+    s, factor, r = ln_row_stats(xs)
+    return ln_affine(ln_normalize(xs, s, factor, r), mult, shift, offset)
 
 
 # ----------------------------------------------------------------------------------------

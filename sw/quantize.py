@@ -432,11 +432,13 @@ class _Builder:
         gamma = _t(ln.weight) if ln.weight is not None else np.ones(c)
         beta = _t(ln.bias) if ln.bias is not None else np.zeros(c)
         so = out_q.vec(c)                      # per channel when the output is PTF-quantized
-        mult, shift = intops.dyadic(gamma * math.sqrt(c) / (so * 2.0 ** intops.LN_NORM_BITS))
-        offset = np.rint(beta / so).astype(np.int64) + int(out_q.zp)
+        try:
+            mult, shift, offset = intops.ln_params(gamma, beta, so, int(out_q.zp))
+        except ValueError as exc:
+            raise UnsupportedModelError(f"{name}: {exc}") from None
         self.tensor(out, shape, out_q)
         return self.op(name, "layernorm", [x], out,
-                       {"zp_in": int(xq.zp), "mean_mult": intops.ln_mean_mult(c)},
+                       {"zp_in": int(xq.zp)},
                        {"alpha": np.asarray(alpha, np.int64), "mult": mult, "shift": shift, "offset": offset},
                        {"gamma": gamma, "beta": beta, "eps": float(ln.eps)})
 

@@ -38,7 +38,6 @@ class TB(StreamTB):
         dut.param__en.value = 0
         dut.channels.value = tensor["channels"]
         dut.zp_in.value = tensor["zp_in"]
-        dut.mean_mult.value = tensor["mean_mult"]
         await RisingEdge(dut.clk)
 
     async def run_rows(self, tensor: dict, gap_probability: float, stall_probability: float,

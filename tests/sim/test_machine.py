@@ -199,7 +199,7 @@ def test_layernorm_rows_back_to_back(hand_timings):
     # 4 channels = 2 beats: latency 2*2 + 40 = 44, interval max(2, 19) = 19; 3 rows and no
     # records loaded: 44 + 2 * 19 = 82.
     text = ("LAYERNORM wait=- signal=- src_addr=0 src_stride=4 dst_addr=64 dst_stride=4 rows=3 "
-            "cols=4 param_addr=0 load_params=0 zp_in=0 mean_mult=1\nHALT")
+            "cols=4 param_addr=0 load_params=0 zp_in=0\nHALT")
     assert _run(text, hand_timings).cycles == 82
 
 
@@ -224,7 +224,7 @@ def test_missing_halt(hand_timings):
     ("SOFTMAX wait=- signal=- src_addr=0 src_stride=300 dst_addr=0 dst_stride=300 rows=1 cols=300 "
      "dst_cols=300 mode=LIS frac_bits=4 b_int=0 c_int=0 mult=1 shift=0\n", "max_seq_len"),
     ("LAYERNORM wait=- signal=- src_addr=0 src_stride=3 dst_addr=0 dst_stride=3 rows=1 cols=3 "
-     "param_addr=0 load_params=0 zp_in=0 mean_mult=1\n", "multiple of vector_lanes"),
+     "param_addr=0 load_params=0 zp_in=0\n", "multiple of vector_lanes"),
     ("ADD wait=- signal=- a_addr=0 a_stride=3 b_addr=0 b_stride=3 dst_addr=8 dst_stride=3 "
      "rows=1 cols=3 param_addr=0 load_params=0 zp_a=0 zp_b=0 zp_out=0\n", "residual add of 3"),
     (LOAD.format(w="-", s="-", d=0, r=0, c=8), "rows must be at least 1"),

@@ -49,16 +49,11 @@ def test_designed_ops_bit_exact_and_others_close(quantized):
             assert np.array_equal(got, want), op.name
             seen.add(op.kind)
         elif op.kind == "layernorm":
-            # The integer mean is rounded to the input grid: an error of at most half a step
-            # of the PTF-shifted input, |gamma| / (2 sd s_out) output steps, where sd is the
-            # row's standard deviation in steps; half a step for the rounded beta (offset);
-            # one step for the two final roundings.
-            xin = g.tensors[op.inputs[0]]
-            xs = (env[op.inputs[0]] - xin.zero_point) * 2.0 ** op.params["alpha"]
-            sd = np.maximum(xs.std(-1, keepdims=True), 1e-9)
-            s_out = g.tensors[op.outputs[0]].scale
-            bound = 1.5 + 1.01 * np.abs(op.meta["gamma"]) / (2 * sd * s_out)
-            assert np.all(np.abs(got - want) <= bound), op.name
+            # The integer LayerNorm keeps the mean exact and adds beta before its one
+            # rounding: it differs from float LayerNorm only where the float result lies
+            # within a few 1e-4 of a rounding boundary (and by the float model's eps).
+            assert np.abs(got - want).max() <= 1, op.name
+            assert np.mean(got == want) >= 0.999, op.name
         else:
             assert op.kind == "softmax"
             assert np.mean(got == want) >= 0.9, op.name
