@@ -9,8 +9,9 @@ FQ-ViT's four observers, as published (see ``shared/notes/algorithms.md``):
                 minimizes the L2 quantization error on a sample of the calibration data.
 
 Every observer also keeps per-channel minima/maxima and a bounded, seeded sample of rows of
-the last batch, which the Power-of-Two-Factor search and OMSE need.  Calibration runs the
-float model; observers see float activations only.
+the last batch, which OMSE needs.  The Power-of-Two-Factor search (:class:`PtfSearch`) runs
+over every calibration row in a second pass, once the observer's range is final.
+Calibration runs the float model; observers see float activations only.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ OBSERVERS = ("minmax", "ema", "percentile", "omse")
 EMA_MOMENTUM = 0.01
 #: Percentile of the percentile observer (and its mirror at the low end).
 PERCENTILE = 0.99999
-#: Rows (vectors along the last axis) of the last batch kept for OMSE and the PTF search.
+#: Rows (vectors along the last axis) of the last batch kept for OMSE.
 SAMPLE_ROWS = 512
 
 
@@ -38,6 +39,8 @@ class Observer:
         self.ch_lo: np.ndarray | None = None
         self.ch_hi: np.ndarray | None = None
         self.sample: np.ndarray | None = None
+        #: The Power-of-Two Factor search over every calibration row (set by calibration).
+        self.ptf: PtfSearch | None = None
         self._rng = np.random.default_rng(seed)
 
     def observe(self, x: np.ndarray) -> None:
@@ -118,17 +121,51 @@ def fake_quant(x: np.ndarray, scale, zp) -> np.ndarray:
     return (quantize_int8(x, scale, zp).astype(np.float64) - zp) * scale
 
 
-def ptf_factors(obs: Observer, k: int = 3) -> tuple[float, int, np.ndarray]:
+class PtfSearch:
+    """Power-of-Two Factor search (FQ-ViT, ``K = 3``) over every row it is shown.
+
+    The per-tensor grid is fixed first from the observer's final range: ``s8`` and ``zp``
+    cover it, ``s1 = s8 / 2**k``.  :meth:`observe` then adds, per channel and per factor
+    ``alpha`` in ``0..k``, the squared error of quantizing the rows onto ``s1 * 2**alpha``
+    (memory: ``(k + 1) x C`` sums, whatever the number of rows).  :meth:`factors` picks the
+    factor of least total error per channel.
+    """
+
+    def __init__(self, obs: Observer, k: int = 3) -> None:
+        lo, hi = obs.range()
+        self.s8, self.zp = affine_params(lo, hi)
+        self.k = k
+        self.s1 = self.s8 / (1 << k)
+        self.errors: np.ndarray | None = None
+        self.rows = 0
+
+    def observe(self, x: np.ndarray) -> None:
+        rows = np.asarray(x, dtype=np.float64)
+        rows = rows.reshape(-1, rows.shape[-1])
+        err = np.stack([np.sum((fake_quant(rows, self.s1 * (1 << a), self.zp) - rows) ** 2, axis=0)
+                        for a in range(self.k + 1)])
+        self.errors = err if self.errors is None else self.errors + err
+        self.rows += len(rows)
+
+    def factors(self) -> tuple[float, int, np.ndarray]:
+        """``(s1, zp, alpha)``: channel ``c`` has scale ``s1 * 2**alpha[c]``."""
+        if self.errors is None:
+            raise RuntimeError("the PTF search saw no data")
+        return self.s1, self.zp, np.argmin(self.errors, axis=0).astype(np.int64)
+
+
+def ptf_factors(obs: Observer, k: int = 3, rows: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
     """Power-of-Two Factor quantization of a LayerNorm input (FQ-ViT, ``K = 3``).
 
     Returns ``(s1, zp, alpha)``: channel ``c`` has scale ``s1 * 2**alpha[c]``, with
     ``s1 = s8 / 2**k`` where ``s8`` covers the whole tensor's range, and ``alpha[c]`` in
-    ``0..k`` minimizing that channel's quantization error on the sampled rows.
+    ``0..k`` minimizing that channel's quantization error: over every calibration row when
+    calibration ran the search (``obs.ptf``, a :class:`PtfSearch`), else over ``rows``.
     """
-    lo, hi = obs.range()
-    s8, zp = affine_params(lo, hi)
-    s1 = s8 / (1 << k)
-    x = obs.sample
-    errs = np.stack([np.sum((fake_quant(x, s1 * (1 << a), zp) - x) ** 2, axis=0) for a in range(k + 1)])
-    alpha = np.argmin(errs, axis=0).astype(np.int64)
-    return s1, zp, alpha
+    search = getattr(obs, "ptf", None)
+    if search is None or search.k != k:
+        if rows is None:
+            raise ValueError("no PTF search was run for this observer and no rows were given")
+        search = PtfSearch(obs, k)
+        search.observe(rows)
+    return search.factors()

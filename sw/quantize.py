@@ -38,7 +38,8 @@ import numpy as np
 
 from . import intops
 from .graph import IntGraph, Op, Tensor
-from .observers import OBSERVERS, Observer, affine_params, ptf_factors, quantize_int8, symmetric_scale
+from .observers import (OBSERVERS, Observer, PtfSearch, affine_params, ptf_factors, quantize_int8,
+                        symmetric_scale)
 
 __all__ = ["UnsupportedModelError", "create_model", "check_supported", "calibrate", "quantize",
            "quantize_timm", "quantize_input", "random_images", "layer_sqnr", "DEFAULT_CALIB_IMAGES"]
@@ -193,42 +194,57 @@ def _prefix_tokens(model):
 
 
 class _Recorder:
-    """Forward hooks on a timm ViT that hand named float activations to a callback."""
+    """Forward hooks on a timm ViT that hand named float activations to a callback.
 
-    def __init__(self, model, sink: Callable[[str, np.ndarray], None]):
+    ``only``: record just these names (hooks for the others are not installed; the ``qkv``
+    hook, which derives q, k, v and the scores, is never among them).
+    :attr:`stream_keys` names the LayerNorm inputs that :meth:`_Builder.stream` quantizes
+    with Power-of-Two Factors.
+    """
+
+    def __init__(self, model, sink: Callable[[str, np.ndarray], None], only=None):
         self.model, self.sink, self.handles = model, sink, []
+        self.stream_keys: set[str] = set()
         m = model
 
-        def out(mod, key, fn=None):
+        def out(mod, key, fn=None, stream=False):
+            if stream:
+                self.stream_keys.add(key)
+            if only is not None and key not in only:
+                return
             def hook(_m, _inp, y):
                 self.emit(key, y if fn is None else fn(y))
             self.handles.append(mod.register_forward_hook(hook))
 
-        def inp(mod, key):
+        def inp(mod, key, stream=False):
+            if stream:
+                self.stream_keys.add(key)
+            if only is not None and key not in only:
+                return
             def hook(_m, args):
                 self.emit(key, args[0])
             self.handles.append(mod.register_forward_pre_hook(hook))
 
         out(m.patch_embed, "patch_embed.out")
-        out(m.pos_drop, "pos_embed.out")
+        out(m.pos_drop, "pos_embed.out", stream=True)
         if _is(m.norm_pre, "LayerNorm"):
-            out(m.norm_pre, "norm_pre.out")
+            out(m.norm_pre, "norm_pre.out", stream=True)
         for i, blk in enumerate(m.blocks):
             p = f"blocks.{i}"
             out(blk.norm1, f"{p}.norm1.out")
             out(blk.attn.qkv, f"{p}.attn.qkv", lambda y, p=p, a=blk.attn: self._qkv(p, a, y))
             inp(blk.attn.proj, f"{p}.attn.out")
             out(blk.ls1, f"{p}.attn.proj.out")
-            inp(blk.norm2, f"{p}.res1")
+            inp(blk.norm2, f"{p}.res1", stream=True)
             out(blk.norm2, f"{p}.norm2.out")
             out(blk.mlp.fc1, f"{p}.mlp.fc1.out")
             out(blk.mlp.act, f"{p}.mlp.act.out")
             out(blk.ls2, f"{p}.mlp.fc2.out")
-            out(blk, f"{p}.res2")
+            out(blk, f"{p}.res2", stream=True)
         if not _is(m.norm, "Identity"):
             out(m.norm, "norm.out")
         if getattr(m, "fc_norm", None) is not None and not _is(m.fc_norm, "Identity"):
-            inp(m.fc_norm, "pooled")
+            inp(m.fc_norm, "pooled", stream=True)
             out(m.fc_norm, "fc_norm.out")
         elif type(m).__name__ == "VisionTransformer" and m.global_pool == "avg":
             inp(m.head, "pooled")
@@ -280,7 +296,18 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def calibrate(model, images: np.ndarray, observer: str = "minmax", batch: int = CALIB_BATCH,
               progress: bool = True) -> dict[str, Observer]:
-    """Run the float model on ``images`` and return an observer per activation name."""
+    """Run the float model on ``images`` and return an observer per activation name.
+
+    Two passes over the images: the first feeds every observer; the second, once the ranges
+    are final, runs the Power-of-Two Factor search (:class:`~sw.observers.PtfSearch`) of
+    every LayerNorm input over all calibration rows (``Observer.ptf``).
+
+    The model runs in float64 for calibration (converted in place and restored to its own
+    dtype afterwards, which is exact for float32 weights): float32 kernels differ between
+    CPUs in their last bits, and a scale that moved by one float32 ulp could move a rounded
+    weight or multiplier; in float64 the same calibration gives the same integer graph on
+    every machine.
+    """
     import torch
     if observer not in OBSERVERS:
         raise ValueError(f"unknown calibration method {observer!r}; choose from {', '.join(OBSERVERS)}")
@@ -293,17 +320,32 @@ def calibrate(model, images: np.ndarray, observer: str = "minmax", batch: int = 
             observers[key] = Observer(observer, seed=len(observers))
         observers[key].observe(y)
 
-    rec = _Recorder(model, sink)
-    model.eval()
+    def run(rec: _Recorder, desc: str, first: bool) -> None:
+        model.eval()
+        try:
+            with torch.no_grad(), _progress(len(images), desc, progress) as bar:
+                for i in range(0, len(images), batch):
+                    x = torch.from_numpy(images[i:i + batch]).double()
+                    logits = model(x)
+                    if first:
+                        sink("image", x.double().numpy().transpose(0, 2, 3, 1))
+                        sink("logits", logits.double().numpy())
+                    bar.update(len(x))
+        finally:
+            rec.close()
+
+    dtype = next(model.parameters()).dtype
+    model.to(torch.float64)
     try:
-        with torch.no_grad(), _progress(len(images), "calibrating", progress) as bar:
-            for i in range(0, len(images), batch):
-                x = torch.from_numpy(images[i:i + batch])
-                sink("image", x.double().numpy().transpose(0, 2, 3, 1))
-                sink("logits", model(x).double().numpy())
-                bar.update(len(x))
+        rec = _Recorder(model, sink)
+        run(rec, "calibrating", True)
+        searches = {k: PtfSearch(observers[k], PTF_K) for k in rec.stream_keys if k in observers}
+        run(_Recorder(model, lambda k, y: searches[k].observe(y), only=set(searches)),
+            "calibrating (PTF)", False)
     finally:
-        rec.close()
+        model.to(dtype)
+    for k, search in searches.items():
+        observers[k].ptf = search
     return observers
 
 
