@@ -59,9 +59,11 @@ def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
     return 100.0 * float(np.mean(labels == truth))
 
 
-def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: bool = True) -> AccuracyReport:
-    """Train (or load the cached) digits ViT of each seed and measure every (method, setting)
-    pair; with several seeds every number is the mean over the seeds."""
+def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: bool = True,
+                   retrain: bool = False) -> AccuracyReport:
+    """Load (shipped or cached) or train the digits ViT of each seed and measure every
+    (method, setting) pair; with several seeds every number is the mean over the seeds.
+    ``retrain``: train seed 0 on this machine instead of using the shipped model."""
     from tqdm.auto import tqdm
     from .digits import evaluate_float, load_or_train
     t0 = time.perf_counter()
@@ -70,7 +72,7 @@ def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: b
     with tqdm(total=len(seeds) * len(methods) * len(settings), desc="quantizing", disable=not progress,
               leave=False) as bar:
         for seed in seeds:
-            model, split = load_or_train(seed=seed, progress=progress)
+            model, split = load_or_train(seed=seed, progress=progress, retrain=retrain)
             calib = split.train_x[:CALIB_IMAGES]
             fp32.append(_top1(evaluate_float(model, split.test_x), split.test_y))
             for method in methods:

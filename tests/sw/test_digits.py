@@ -125,10 +125,10 @@ def counted_training(monkeypatch):
 
 
 def test_cache_round_trip(tmp_path, counted_training):
-    trained, split = load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    trained, split = load_or_train(seed=1, cache_dir=tmp_path, progress=False)
     assert len(counted_training) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["digits_vit_seed0.pt"]
-    reloaded, reloaded_split = load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["digits_vit_seed1.pt"]
+    reloaded, reloaded_split = load_or_train(seed=1, cache_dir=tmp_path, progress=False)
     assert len(counted_training) == 1
     assert not reloaded.training
     assert _state_dicts_equal(trained, reloaded)
@@ -139,7 +139,8 @@ def test_cache_round_trip(tmp_path, counted_training):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "other_recipe"])
 def test_damaged_cache_is_retrained(tmp_path, counted_training, damage):
-    load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    load_or_train(seed=0, cache_dir=tmp_path, progress=False, retrain=True)
+    assert len(counted_training) == 1
     path = cache_path(0, tmp_path)
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:1000])
@@ -149,9 +150,9 @@ def test_damaged_cache_is_retrained(tmp_path, counted_training, damage):
         saved = torch.load(path, weights_only=True)
         saved["key"]["config"]["embed_dim"] = 32
         torch.save(saved, path)
-    model, split = load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    model, split = load_or_train(seed=0, cache_dir=tmp_path, progress=False, retrain=True)
     assert len(counted_training) == 2
-    reloaded, _ = load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    reloaded, _ = load_or_train(seed=0, cache_dir=tmp_path, progress=False, retrain=True)
     assert len(counted_training) == 2
     assert _state_dicts_equal(model, reloaded)
 
@@ -163,3 +164,32 @@ def test_cache_path_follows_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_path(3) == tmp_path / "home" / ".cache" / "vitamin" / "digits_vit_seed3.pt"
     assert cache_path(3, tmp_path / "elsewhere") == tmp_path / "elsewhere" / "digits_vit_seed3.pt"
+
+
+def test_shipped_model_is_used_for_its_seed_without_training(tmp_path, monkeypatch):
+    """Seed 0 comes from the package (the same float model on every machine); its file was
+    written by the current training recipe (load_shipped refuses another recipe's file)."""
+    calls = []
+    monkeypatch.setattr(digits, "train_digits_vit", lambda **kw: calls.append(kw))
+    model, split = load_or_train(seed=0, cache_dir=tmp_path, progress=False)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+    assert _state_dicts_equal(model, digits.load_shipped(0))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    top1 = float((evaluate_float(model, split.test_x) == split.test_y).mean())
+    assert top1 >= 0.96, top1          # docs/ACCURACY.md: 97.33 %
+
+
+def test_shipped_model_of_another_recipe_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(digits, "DEFAULT_EPOCHS", digits.DEFAULT_EPOCHS + 1)
+    with pytest.raises(RuntimeError, match="another recipe"):
+        digits.load_shipped(0)
+    assert digits.load_shipped(5) is None
+
+
+def test_export_round_trip(tmp_path, monkeypatch):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        model = digits.build_digits_model().eval()
+    monkeypatch.setattr(digits, "SHIPPED_DIR", tmp_path)
+    digits.export_shipped(model, 0, digits.shipped_path(0))
+    assert _state_dicts_equal(digits.load_shipped(0), model)
