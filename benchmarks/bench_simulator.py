@@ -53,7 +53,7 @@ def _run_child(graph_path: str, overrides: list[str], config: str | None, functi
     from compiler.lower import compile_graph
     from hw.config import load_config, parse_overrides
     from sim.machine import simulate
-    from sim.units import UnitTimings
+    from hw.units import UnitTimings
     from sw.graph import IntGraph
 
     graph = IntGraph.load(graph_path)
@@ -109,7 +109,7 @@ def main() -> None:
     from hw.config import load_config, parse_overrides
     from sim.machine import simulate
     from sim.report import block_breakdown, build_report
-    from sim.units import UnitTimings
+    from hw.units import UnitTimings
     from sw.graph import IntGraph
 
     with tempfile.TemporaryDirectory() as tmp:
