@@ -9,13 +9,18 @@ the building blocks of a lowerer:
   :meth:`LowerCtx.load_const`, :meth:`LowerCtx.load_records` (parameter records into the
   accumulator memory) and :meth:`LowerCtx.store_rows`.  Every instruction whose DRAM address
   points into the activation region is remembered for relocation.
-- Allocation of working-set entries (:class:`Need`) and chunk sizes (:meth:`LowerCtx.fit`).
+- Working sets and chunk sizes.  A lowerer declares its working set once, as a function of
+  the chunk size ``m`` returning named :class:`Need` s (memory, size, copies kept in flight),
+  and uses that one declaration both to choose ``m`` (:meth:`LowerCtx.fit_chunk`: the largest
+  ``m`` for which the allocators, with their own alignment, say the whole set fits) and to
+  allocate (:meth:`LowerCtx.alloc` of ``need(mc)["name"]``).
 - Checks that name the op: int8 inputs, instruction field limits taken from
   :data:`compiler.isa.FORMATS`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from hw.config import AcceleratorConfig
 from sw.graph import IntGraph, Op
@@ -108,23 +113,38 @@ class LowerCtx:
         for b in bufs:
             self.allocator(b.mem).free(b)
 
-    def fit(self, op: Op, what: str, need_spad, need_acc, upper: int) -> int:
-        """Largest chunk ``m <= upper`` with ``need_spad(m) <= spad`` and ``need_acc(m) <= acc``."""
-        S, A = self.cfg.scratchpad_bytes, self.cfg.accumulator_words
-        if need_spad(1) > S or need_acc(1) > A:
+    @staticmethod
+    def _sizes(ws: WorkingSet, mem: str) -> list[int]:
+        return [n.size for n in ws.values() if n.mem == mem for _ in range(n.copies)]
+
+    def fits(self, ws: WorkingSet) -> bool:
+        """Whether both allocators say the whole working set fits at once."""
+        return all(a.fits(self._sizes(ws, a.mem)) for a in (self.spad, self.acc))
+
+    def fit_chunk(self, op: Op, what: str, need: Callable[[int], WorkingSet], upper: int) -> int:
+        """The largest chunk ``m <= upper`` whose working set ``need(m)`` fits; a
+        CompileError naming the op, each memory that is short and by how much if not even
+        ``m = 1`` fits."""
+        if not self.fits(need(1)):
+            ws = need(1)
             parts = []
-            if need_spad(1) > S:
-                parts.append(f"scratchpad needs {need_spad(1)} bytes, the config has {S} "
-                             f"(short by {need_spad(1) - S} bytes)")
-            if need_acc(1) > A:
-                parts.append(f"accumulator needs {need_acc(1)} words, the config has {A} "
-                             f"(short by {need_acc(1) - A} words = {4 * (need_acc(1) - A)} bytes)")
+            for a in (self.spad, self.acc):
+                sizes = self._sizes(ws, a.mem)
+                if a.fits(sizes):
+                    continue
+                short = a.need(sizes) - a.free_bytes
+                unit = "bytes" if a is self.spad else "words"
+                have = (f"the config has {a.capacity}" if a.free_bytes == a.capacity
+                        else f"{a.free_bytes} of the config's {a.capacity} are free")
+                also = "" if a is self.spad else f" = {4 * short} bytes"
+                parts.append(f"{a.mem} needs {a.need(sizes)} {unit}, {have} "
+                             f"(short by {short} {unit}{also})")
             raise CompileError(f"op {op.name!r} ({what}) does not fit even one row at a time: "
                                + "; ".join(parts))
         lo, hi = 1, max(1, upper)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if need_spad(mid) <= S and need_acc(mid) <= A:
+            if self.fits(need(mid)):
                 lo = mid
             else:
                 hi = mid - 1

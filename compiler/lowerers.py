@@ -6,10 +6,11 @@ registered for a group kind with ``@lowerer("kind")``.  Supporting a new op kind
 fused pattern) means writing one lowerer and registering it; :func:`compiler.lower.step_lower`
 dispatches on ``group.kind`` and refuses kinds without a lowerer.
 
-Each lowerer lists the buffers it allocates per chunk (and per op) as a function ``need(m)``
-of its chunk size, and sizes every allocation from it
-(:meth:`~compiler.context.LowerCtx.alloc`).  Buffers are freed as soon as their last use is
-emitted, so with next-fit allocation the loads of the next strip / head
+Each lowerer declares its working set once, as a function ``need(m)`` of its chunk size
+giving every buffer it allocates per chunk (and per op) with the copies kept in flight; the
+same function chooses the chunk size (:meth:`~compiler.context.LowerCtx.fit_chunk`) and
+sizes every allocation (:meth:`~compiler.context.LowerCtx.alloc`).  Buffers are freed as soon
+as their last use is emitted, so with next-fit allocation the loads of the next strip / head
 / chunk run ahead into free space while the array works on the current one.
 
 Lowering of each group kind
@@ -82,7 +83,7 @@ def copy_rows(ctx: LowerCtx, op: Op, src: str, out: DramTensor, row0: int, rows:
     def need(m):
         return {"rows": spad(m * row_bytes)}
 
-    m = ctx.fit(op, "copy", lambda m: m * row_bytes, lambda m: 0, min(rows, MAX_ROWS))
+    m = ctx.fit_chunk(op, "copy", need, min(rows, MAX_ROWS))
     for t0 in range(0, rows, m):
         mc = min(m, rows - t0)
         buf = ctx.alloc(need(mc)["rows"], f"{op.name} copy")
@@ -157,8 +158,7 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
                 "w": spad(C * Kp, IN_FLIGHT), "out": spad(m * C * eb, IN_FLIGHT),
                 "records": acc(cols * RECORD_WORDS, IN_FLIGHT), "acc": acc(m * C, IN_FLIGHT)}
 
-    m = ctx.fit(op, "linear", lambda m: m * Kp + 3 * (C * Kp + m * C * eb) + 256,
-                lambda m: 3 * (C * RECORD_WORDS + m * C), min(T, MAX_ROWS))
+    m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS))
     out = layout.tensor(group.output)
     if gelu is not None:
         ctx.at(group.index(gelu))
@@ -233,10 +233,8 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
 
     # Two heads in flight (the next head's loads overlap this head's work) when that still
     # leaves room for chunks of one row.
-    head_bytes = T * dhR + TC * dhR + TR * dhC
-    head_copies = 2 if 2 * head_bytes + 3 * (TR + dh) <= cfg.scratchpad_bytes else 1
-    m = ctx.fit(qk, "attention", lambda m: head_copies * head_bytes + 3 * m * (TR + dh),
-                lambda m: RECORD_WORDS + 3 * m * (TC + dhC), min(T, MAX_ROWS))
+    head_copies = 2 if ctx.fits(need(1, 2)) else 1
+    m = ctx.fit_chunk(qk, "attention", lambda m: need(m, head_copies), min(T, MAX_ROWS))
     ws = need(m, head_copies)
     mult, shift = int(np.ravel(qk.params["mult"])[0]), int(np.ravel(qk.params["shift"])[0])
     out = layout.tensor(group.output)
@@ -360,10 +358,7 @@ class RowwiseLowerer:
             return ws
 
         step = max(1, min(T, VECTOR_CHUNK_BYTES // D))
-        operands = 3 if op.kind == "add" else 2
-        const = second is not None and second[0] == "const"
-        m = ctx.fit(op, op.kind, lambda m: 3 * operands * m * D + (D if const else 0),
-                    lambda m: RECORD_WORDS * D, min(step, MAX_ROWS))
+        m = ctx.fit_chunk(op, op.kind, need, min(step, MAX_ROWS))
         ws = need(m)
         records = None
         if rec_addr is not None:
@@ -485,8 +480,7 @@ def lower_token_mean(group: Group, ctx: LowerCtx) -> None:
         return {"records": acc(DC * RECORD_WORDS), "x": spad(TR * DC), "ones": spad(TR),
                 "acc": acc(DC), "out": spad(DC)}
 
-    ctx.fit(op, "token_mean", lambda m: TR * DC + TR + DC, lambda m: DC * (RECORD_WORDS + 1), 1)
-    ws = need(1)
+    ws = need(ctx.fit_chunk(op, "token_mean", need, 1))
     out = layout.tensor(group.output)
     records = ctx.alloc(ws["records"], f"{op.name} records")
     ctx.load_records(records, rec_addr, DC)
