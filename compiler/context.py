@@ -15,7 +15,9 @@ the building blocks of a lowerer:
   ``m`` for which the allocators, with their own alignment, say the whole set fits) and to
   allocate (:meth:`LowerCtx.alloc` of ``need(mc)["name"]``).
 - Checks that name the op: int8 inputs, instruction field limits taken from
-  :data:`compiler.isa.FORMATS`.
+  :data:`compiler.isa.FORMATS`, and :meth:`LowerCtx.unit_check`, which runs a hardware
+  unit's own validation (``hw/``) and turns its ``ValueError`` into a
+  :class:`~compiler.emitter.CompileError`.
 """
 from __future__ import annotations
 
@@ -163,6 +165,15 @@ class LowerCtx:
         if value > f.hi:
             raise CompileError(f"op {op.name!r}: {what} of {value} exceeds the instruction's "
                                f"{f.bits}-bit field (max {f.hi}) by {value - f.hi}")
+
+    def unit_check(self, op: Op, unit: str, job: str, check: Callable, *args):
+        """``check(self.cfg, *args)``: a hardware unit's own validation (a timing or beat
+        function of ``hw/``); its ``ValueError`` for a job the unit cannot run becomes a
+        CompileError naming the op."""
+        try:
+            return check(self.cfg, *args)
+        except ValueError as exc:
+            raise CompileError(f"op {op.name!r}: the {unit} cannot run {job}: {exc}") from None
 
     # ------------------------------------------------------------------ loads / stores
     def load_rows(self, name: str, r0: int, nr: int, dst: Buffer, dst_off: int, dst_stride: int,

@@ -37,6 +37,9 @@ from typing import Callable
 
 import numpy as np
 
+from hw.layernorm import layernorm_beats
+from hw.residual_add import residual_add_param_load_timing
+from hw.softmax import softmax_timing
 from sw import intops
 from sw.graph import Op
 
@@ -210,10 +213,7 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
     D = H * dh
     if threeD != 3 * D:
         raise CompileError(f"op {qk.name!r}: qkv has {threeD} columns, expected 3 x {D}")
-    cfg = ctx.cfg
-    if T > cfg.max_seq_len:
-        raise CompileError(f"op {sm.name!r}: softmax rows of {T} tokens exceed max_seq_len "
-                           f"{cfg.max_seq_len} by {T - cfg.max_seq_len}")
+    ctx.unit_check(sm, "softmax unit", f"rows of {T} tokens", softmax_timing, T, sm.attrs["mode"])
     lis = sm.attrs["mode"] == "lis"
     dhR, dhC = ceil_to(dh, R), ceil_to(dh, C)
     TC, TR = ceil_to(T, C), ceil_to(T, R)
@@ -302,21 +302,8 @@ class RowwiseLowerer:
     over the chunk, store.  Subclasses say what the unit checks, which parameter records it
     reads, whether there is a second operand and which instruction runs."""
 
-    #: The unit that needs whole vector beats per row (None: any width).
-    unit: str | None = None
-
     def check(self, ctx: LowerCtx, op: Op, channels: int) -> None:
-        """Refuse a row the unit cannot process."""
-        if self.unit is None:
-            return
-        cfg, L, D = ctx.cfg, ctx.L, channels
-        if D % L or D > cfg.max_channels:
-            why = (f"exceeds max_channels ({cfg.max_channels}) by {D - cfg.max_channels}"
-                   if D > cfg.max_channels else
-                   f"is {L - D % L} short of the next multiple ({ceil_to(D, L)})")
-            raise CompileError(
-                f"op {op.name!r}: {self.unit} of {D} channels needs a multiple of vector_lanes "
-                f"({L}) no larger than max_channels ({cfg.max_channels}); {D} {why}")
+        """Refuse a row the unit cannot process (the unit's own validation)."""
 
     def second_operand(self, ctx: LowerCtx, op: Op, rows: int, channels: int):
         """``None``, ``("tensor", name)``, or ``("const", dram_addr, const_rows)`` (1 row:
@@ -397,7 +384,9 @@ class RowwiseLowerer:
 
 @lowerer("layernorm")
 class LayerNormLowerer(RowwiseLowerer):
-    unit = "LayerNorm"
+    def check(self, ctx, op, channels):
+        ctx.unit_check(op, "LayerNorm unit", f"rows of {channels} channels", layernorm_beats,
+                       channels)
 
     def records(self, ctx, op, channels):
         p = op.params
@@ -413,7 +402,9 @@ class LayerNormLowerer(RowwiseLowerer):
 
 @lowerer("add")
 class AddLowerer(RowwiseLowerer):
-    unit = "residual add"
+    def check(self, ctx, op, channels):
+        ctx.unit_check(op, "residual add", f"rows of {channels} channels",
+                       residual_add_param_load_timing, channels)
 
     def second_operand(self, ctx, op, rows, channels):
         if len(op.inputs) == 2:
