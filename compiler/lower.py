@@ -51,8 +51,7 @@ def step_lower(groups: list[Group], ctx: LowerCtx) -> None:
         lower = LOWERERS.get(group.kind)
         if lower is None:
             raise CompileError(f"op {group.op.name!r}: unsupported op kind {group.kind!r}")
-        if group.kind != "materialize":
-            ctx.at(group.indices[0])
+        ctx.at(group.indices[0])
         lower(group, ctx)
     ctx.at(len(ctx.graph.ops) - 1)
     ctx.em.halt()
