@@ -28,7 +28,7 @@ from hw.config import AcceleratorConfig
 from sw.graph import IntGraph, Op
 
 from .emitter import Allocator, Buffer, CompileError, Emitter
-from .isa import FORMATS, Field, IllegalInstructionError, Mem, Opcode, Queue
+from .isa import FORMATS, SPECS, Field, IllegalInstructionError, Mem, Opcode, Queue, Violation
 from .layout import RECORD_WORDS, DramLayout, DramTensor, PatchView, RowsView
 
 __all__ = ["SPAD", "ACC", "SPAD_ALIGN", "MAX_ROWS", "Need", "spad", "acc", "field_of",
@@ -97,11 +97,13 @@ class LowerCtx:
         self.em.op_index = index
 
     def emit(self, opcode: Opcode, args: dict, reads=(), writes=(), macs: int = 0) -> int:
-        """:meth:`Emitter.emit`; an illegal field value becomes a CompileError naming the op."""
+        """:meth:`Emitter.emit` of an instruction the ISA table accepts for this config; an
+        illegal field value or a broken constraint becomes a CompileError naming the op."""
         try:
+            SPECS[opcode].check(self.cfg, args)
             return self.em.emit(opcode, args, reads=reads, writes=writes, macs=macs)
-        except IllegalInstructionError as exc:
-            raise CompileError(f"op {self.op_names[self.em.op_index]!r}: {exc}") from None
+        except (IllegalInstructionError, Violation) as exc:
+            raise CompileError(f"op {self.op_names[self.em.op_index]!r}: {opcode.name}: {exc}") from None
 
     # ------------------------------------------------------------------ memory
     def allocator(self, mem: str) -> Allocator:

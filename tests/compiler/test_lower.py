@@ -90,13 +90,13 @@ def test_add_channels_not_multiple_of_lanes():
             op.params = {"table": np.zeros(256, dtype=np.int8)}
             op.attrs = {}
     with pytest.raises(CompileError, match=r"op 'pos_embed': the residual add cannot run rows of "
-                                           r"12 channels: .*multiple of 8 .*got 12"):
+                                           r"12 channels: .*multiple of vector_lanes \(8\) .*got 12"):
         compile_graph(g, _cfg(lanes=8))
 
 
 def test_channels_beyond_the_vector_units():
     with pytest.raises(CompileError, match=r"op 'pos_embed': the residual add cannot run rows of "
-                                           r"16 channels: .*in 4\.\.8, got 16"):
+                                           r"16 channels: .*in 4\.\.8 \(max_channels\), got 16"):
         compile_graph(tiny_vit(dim=16), _cfg(lanes=4, max_channels=8))
 
 
