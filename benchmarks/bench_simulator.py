@@ -117,8 +117,8 @@ def main() -> None:
         cfg = load_config(args.config, **parse_overrides(args.overrides))
         print(f"model: {source}")
         print(f"config: {cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
-              f"{cfg.scratchpad_kib} KiB scratchpad, {cfg.accumulator_kib} KiB accumulator, "
-              f"DRAM {cfg.dram_bytes_per_cycle} B/cycle, latency {cfg.dram_latency_cycles}, "
+              f"{cfg.scratchpad_kib} KiB scratchpad, {cfg.accumulator_kib} KiB accumulator, {cfg.param_kib} KiB parameters, "
+              f"DRAM {cfg.dram_bytes} B/cycle, latency {cfg.dram_latency_cycles}, "
               f"{cfg.clock_mhz:g} MHz")
         t = _in_child(str(graph_path), args.overrides, args.config, False)
         print(f"setup: importing the hw unit modules (timing formulas) {t['import_s']:.2f} s")

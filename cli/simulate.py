@@ -90,8 +90,8 @@ def _graph_for_model(name: str, use_cache: bool):
 
 def _fmt_cfg(cfg) -> str:
     return (f"{cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} vector lanes, "
-            f"{cfg.scratchpad_kib} KiB scratchpad, {cfg.accumulator_kib} KiB accumulator, "
-            f"DRAM {cfg.dram_bytes_per_cycle} B/cycle latency {cfg.dram_latency_cycles}, "
+            f"{cfg.scratchpad_kib} KiB scratchpad, {cfg.accumulator_kib} KiB accumulator, {cfg.param_kib} KiB parameters, "
+            f"DRAM {cfg.dram_bytes} B/cycle latency {cfg.dram_latency_cycles}, "
             f"{cfg.clock_mhz:g} MHz")
 
 

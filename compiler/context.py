@@ -7,7 +7,10 @@ the building blocks of a lowerer:
 - DMA: :meth:`LowerCtx.load_rows` (rows of a tensor or of a view into the scratchpad, one
   LOAD per stored piece so a consumer follows its producer's STOREs),
   :meth:`LowerCtx.load_const`, :meth:`LowerCtx.load_records` (parameter records into the
-  accumulator memory) and :meth:`LowerCtx.store_rows`.  Every instruction whose DRAM address
+  parameter memory) and :meth:`LowerCtx.store_rows`.
+- Memory regions.  Every on-chip memory of the accelerator (``hw.config`` regions: one
+  writer, one reader each) has its own allocator; a buffer is allocated in the region of its
+  producer and consumer (e.g. ``act`` for what a LOAD writes and the array streams).  Every instruction whose DRAM address
   points into the activation region is remembered for relocation.
 - Working sets and chunk sizes.  A lowerer declares its working set once, as a function of
   the chunk size ``m`` returning named :class:`Need` s (memory, size, copies kept in flight),
@@ -31,13 +34,7 @@ from .emitter import Allocator, Buffer, CompileError, Emitter
 from .isa import FORMATS, SPECS, Field, IllegalInstructionError, Mem, Opcode, Queue, Violation
 from .layout import RECORD_WORDS, DramLayout, DramTensor, PatchView, RowsView
 
-__all__ = ["SPAD", "ACC", "SPAD_ALIGN", "MAX_ROWS", "Need", "spad", "acc", "field_of",
-           "LowerCtx"]
-
-#: Memory names (as the allocators and the error messages call them).
-SPAD, ACC = "scratchpad", "accumulator"
-#: Alignment of scratchpad buffers, in bytes (accumulator buffers align to whole records).
-SPAD_ALIGN = 16
+__all__ = ["MAX_ROWS", "Need", "need", "field_of", "LowerCtx"]
 
 
 def field_of(opcode: Opcode, name: str) -> Field:
@@ -56,22 +53,17 @@ _MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
 
 @dataclass(frozen=True)
 class Need:
-    """One buffer of a working set: ``size`` bytes (scratchpad) or words (accumulator), with
-    ``copies`` of it in flight at once (so the loads of the next ones overlap the work on
-    the current one)."""
+    """One buffer of a working set: ``size`` bytes (scratchpad regions) or words
+    (accumulator and parameter memories) in region ``mem``, with ``copies`` of it in flight
+    at once (so the loads of the next ones overlap the work on the current one)."""
     mem: str
     size: int
     copies: int = 1
 
 
-def spad(size: int, copies: int = 1) -> Need:
-    """A scratchpad buffer of ``size`` bytes."""
-    return Need(SPAD, size, copies)
-
-
-def acc(size: int, copies: int = 1) -> Need:
-    """An accumulator-memory buffer of ``size`` words."""
-    return Need(ACC, size, copies)
+def need(region: str, size: int, copies: int = 1) -> Need:
+    """A buffer of ``size`` elements in ``region``."""
+    return Need(region, size, copies)
 
 
 #: A working set: buffer role -> what it needs.
@@ -84,8 +76,12 @@ class LowerCtx:
     def __init__(self, graph: IntGraph, config: AcceleratorConfig, layout: DramLayout):
         self.graph, self.cfg, self.layout = graph, config, layout
         self.R, self.C, self.L = config.array_rows, config.array_cols, config.vector_lanes
-        self.spad = Allocator(SPAD, config.scratchpad_bytes, SPAD_ALIGN)
-        self.acc = Allocator(ACC, config.accumulator_words, RECORD_WORDS)
+        self.N = config.lanes
+        #: One allocator per on-chip memory; buffers start on whole rows of the memory
+        #: (parameter records on whole records).
+        self.allocators = {
+            r.name: Allocator(r.name, r.size, RECORD_WORDS if r.name == "param" else self.N, r.base)
+            for r in config.regions.values()}
         self.em = Emitter()
         #: Instructions whose dram_addr points into the activation region.
         self.reloc: list[int] = []
@@ -107,7 +103,7 @@ class LowerCtx:
 
     # ------------------------------------------------------------------ memory
     def allocator(self, mem: str) -> Allocator:
-        return self.spad if mem == SPAD else self.acc
+        return self.allocators[mem]
 
     def alloc(self, need: Need, what: str) -> Buffer:
         """One buffer of a working-set entry."""
@@ -122,8 +118,8 @@ class LowerCtx:
         return [n.size for n in ws.values() if n.mem == mem for _ in range(n.copies)]
 
     def fits(self, ws: WorkingSet) -> bool:
-        """Whether both allocators say the whole working set fits at once."""
-        return all(a.fits(self._sizes(ws, a.mem)) for a in (self.spad, self.acc))
+        """Whether every allocator says the whole working set fits at once."""
+        return all(self.allocators[mem].fits(self._sizes(ws, mem)) for mem in {n.mem for n in ws.values()})
 
     def fit_chunk(self, op: Op, what: str, need: Callable[[int], WorkingSet], upper: int) -> int:
         """The largest chunk ``m <= upper`` whose working set ``need(m)`` fits; a
@@ -132,16 +128,18 @@ class LowerCtx:
         if not self.fits(need(1)):
             ws = need(1)
             parts = []
-            for a in (self.spad, self.acc):
-                sizes = self._sizes(ws, a.mem)
+            for mem in dict.fromkeys(n.mem for n in ws.values()):
+                a = self.allocators[mem]
+                sizes = self._sizes(ws, mem)
                 if a.fits(sizes):
                     continue
                 short = a.need(sizes) - a.free_bytes
-                unit = "bytes" if a is self.spad else "words"
+                words = self.cfg.regions[mem].space != "spad"
+                unit = "words" if words else "bytes"
                 have = (f"the config has {a.capacity}" if a.free_bytes == a.capacity
                         else f"{a.free_bytes} of the config's {a.capacity} are free")
-                also = "" if a is self.spad else f" = {4 * short} bytes"
-                parts.append(f"{a.mem} needs {a.need(sizes)} {unit}, {have} "
+                also = f" = {4 * short} bytes" if words else ""
+                parts.append(f"the {mem} memory needs {a.need(sizes)} {unit}, {have} "
                              f"(short by {short} {unit}{also})")
             raise CompileError(f"op {op.name!r} ({what}) does not fit even one row at a time: "
                                + "; ".join(parts))
@@ -265,7 +263,7 @@ class LowerCtx:
         self._load(None, addr, stride, rows, cols, dst, 0, dst_stride, 0)
 
     def load_records(self, buf: Buffer, addr: int, n: int) -> None:
-        """Copy ``n`` parameter records from DRAM ``addr`` into accumulator buffer ``buf``."""
+        """Copy ``n`` parameter records from DRAM ``addr`` into parameter-memory buffer ``buf``."""
         words = n * RECORD_WORDS
         if words > buf.size:
             raise CompileError(f"{buf.what}: {n} records do not fit its {buf.size} words")
@@ -273,7 +271,7 @@ class LowerCtx:
         for w in range(0, words, step):
             k = min(step, words - w)
             self.emit(Opcode.LOAD, dict(
-                mem=Mem.ACC, dram_addr=addr + 4 * w, dram_stride=4 * k, dst_addr=buf.addr + w,
+                mem=Mem.PARAM, dram_addr=addr + 4 * w, dram_stride=4 * k, dst_addr=buf.addr + w,
                 dst_stride=k, rows=1, cols=k, pad=0), writes=[buf])
 
     def store_rows(self, out: DramTensor, r0: int, nr: int, col0: int, src: Buffer,

@@ -21,11 +21,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from .isa import Instruction, Opcode, QUEUE_OF
+from .isa import NQ, Instruction, Opcode, QUEUE_OF
 
 __all__ = ["Buffer", "Allocator", "Emitter", "CompileError", "NONE"]
 
-NQ = 4
 #: "No instruction" in a per-queue history.
 NONE = -1
 
@@ -56,13 +55,14 @@ class Buffer:
 
 
 class Allocator:
-    """Next-fit allocator of one on-chip memory with per-region access history."""
+    """Next-fit allocator of one on-chip memory (addresses ``base .. base + capacity``) with
+    per-region access history."""
 
-    def __init__(self, mem: str, capacity: int, align: int):
-        self.mem, self.capacity, self.align = mem, capacity, align
+    def __init__(self, mem: str, capacity: int, align: int, base: int = 0):
+        self.mem, self.capacity, self.align, self.base = mem, capacity, align, base
         #: Free pieces, sorted by address: [lo, hi, history].
-        self.free_pieces: list[list] = [[0, capacity, [NONE] * NQ]]
-        self.cursor = 0
+        self.free_pieces: list[list] = [[base, base + capacity, [NONE] * NQ]]
+        self.cursor = base
         self.live: set[Buffer] = set()
 
     @property
@@ -131,7 +131,7 @@ class Allocator:
             if hi > end:
                 kept.append([end, hi, hist])
         self.free_pieces[first:last + 1] = kept
-        self.cursor = end % self.capacity
+        self.cursor = end if end < self.base + self.capacity else self.base
         # A new buffer is written before it is read: its first writer waits for everything
         # that used these addresses before, and its readers wait for that writer.
         buf = Buffer(self.mem, start, size, what, [NONE] * NQ, list(history))

@@ -20,9 +20,9 @@ validates, times and executes them here, and the accelerator's decoder is genera
 same fields.  docs/ISA.md describes the machine model and each instruction.
 
 Encoding: every instruction is :data:`INSTR_BYTES` (32) bytes, a 256-bit little-endian word.
-Bits ``[0, 8)`` hold the opcode, ``[8, 12)`` the *wait* mask and ``[12, 16)`` the *signal*
+Bits ``[0, 8)`` hold the opcode, ``[8, 13)`` the *wait* mask and ``[13, 18)`` the *signal*
 mask (one bit per queue, bit ``q`` = queue ``q`` of :class:`Queue`); the opcode's fields
-follow from bit 16; the remaining bits are reserved and must be zero.  Signed fields are
+follow from bit 18; the remaining bits are reserved and must be zero.  Signed fields are
 two's complement.  The decoder rejects any word that is not a legal instruction (unknown
 opcode, a reserved bit set, a field value outside its legal set, a wait or signal on the
 instruction's own queue) with :class:`IllegalInstructionError` naming the instruction index.
@@ -42,7 +42,8 @@ from sw import intops
 
 __all__ = [
     "INSTR_BYTES", "INSTR_BITS", "HEADER_BITS", "NQ", "RECORD_WORDS", "Queue", "Opcode", "Mem",
-    "MatMode", "OutType", "SoftmaxMode", "Field", "Access", "Timing", "Violation", "OpSpec",
+    "MatMode", "OutType", "SoftmaxMode", "ErrorCode", "Field", "Access", "Timing", "Violation",
+    "OpSpec",
     "SPECS", "FORMATS", "QUEUE_OF", "Instruction", "IllegalInstructionError", "ArchState",
     "encode", "decode", "encode_program", "decode_program", "check_halt",
     "SPAD_ADDR", "SPAD_STRIDE", "ACC_ADDR", "ACC_STRIDE", "DRAM_ADDR", "DRAM_STRIDE", "COUNT",
@@ -50,29 +51,51 @@ __all__ = [
 
 INSTR_BYTES = 32
 INSTR_BITS = 8 * INSTR_BYTES
-HEADER_BITS = 16
+OPCODE_BITS = 8
 #: Words of one per-channel parameter record in the accumulator memory.
 RECORD_WORDS = 4
 
 
+class ErrorCode(enum.IntEnum):
+    """Why the machine stopped (the control register ``ERROR``; :class:`ProgramError` of the
+    cycle model carries the same code)."""
+    NONE = 0
+    ILLEGAL = 1        #: not a legal instruction word (opcode, reserved bits, enum, masks)
+    RANGE = 2          #: a memory pattern outside the memory (region) it must lie in
+    CONSTRAINT = 3     #: a count, alignment or unit limit the machine cannot run
+    SEMAPHORE = 4      #: a dependency semaphore overflowed
+    NO_HALT = 5        #: the program ended (its length) without HALT
+    DEADLOCK = 6       #: every queue waits for a token nobody will give
+    TOKENS = 7         #: HALT with tokens left in a semaphore
+    BUS = 8            #: the memory answered with an error response
+
+
 class IllegalInstructionError(ValueError):
     """A word or an instruction object is not a legal instruction."""
+    code = ErrorCode.ILLEGAL
 
 
 class Violation(ValueError):
-    """An instruction breaks a constraint of the machine (the caller names the instruction)."""
+    """An instruction breaks a rule of the machine (the caller names the instruction)."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.CONSTRAINT):
+        super().__init__(message)
+        self.code = code
 
 
 class Queue(enum.IntEnum):
-    """The four in-order instruction queues; each owns one engine."""
-    LOAD = 0      #: DMA DRAM -> scratchpad / accumulator memory
-    MATRIX = 1    #: the systolic array
-    VECTOR = 2    #: requantizer, GELU, softmax, LayerNorm, residual add
-    STORE = 3     #: DMA scratchpad -> DRAM
+    """The five in-order instruction queues; each owns one engine."""
+    LOAD = 0      #: DMA DRAM -> scratchpad / parameter memory
+    MATRIX = 1    #: the systolic array (int8 / uint8 products)
+    ATTN = 2      #: the Log-Int-Softmax attention unit (codes x v, shifts and adds)
+    VECTOR = 3    #: requantizer, GELU, softmax, LayerNorm, residual add
+    STORE = 4     #: DMA scratchpad -> DRAM
 
 
 #: Number of queues (and the width of the wait / signal masks).
 NQ = len(Queue)
+#: Bits of the header: opcode, wait mask, signal mask.
+HEADER_BITS = OPCODE_BITS + 2 * NQ
 
 
 class Opcode(enum.IntEnum):
@@ -86,12 +109,13 @@ class Opcode(enum.IntEnum):
     ADD = 7
     GELU = 8
     GELU_TABLE = 9
+    ATTNV = 10
 
 
 class Mem(enum.IntEnum):
     """Destination memory of a LOAD."""
     SPAD = 0      #: int8 scratchpad, byte addresses
-    ACC = 1       #: int32 accumulator memory, word addresses
+    PARAM = 1     #: int32 parameter-record memory, word addresses
 
 
 class OutType(enum.IntEnum):
@@ -131,7 +155,8 @@ def _f(name, bits, signed=False, enum=None) -> Field:
 
 
 #: Memory names of :class:`Access` and their element units.
-MEMORIES = {"spad": "scratchpad bytes", "acc": "accumulator words", "dram": "DRAM bytes"}
+MEMORIES = {"spad": "scratchpad bytes", "acc": "accumulator words", "param": "parameter words",
+            "dram": "DRAM bytes"}
 
 
 class Access:
@@ -139,12 +164,14 @@ class Access:
     ``stride`` elements apart (bytes for ``spad`` / ``dram``, 32-bit words for ``acc``);
     ``lo`` / ``hi``: the first element and one past the last."""
 
-    __slots__ = ("mem", "addr", "stride", "rows", "width", "write", "what", "lo", "hi")
+    __slots__ = ("mem", "addr", "stride", "rows", "width", "write", "what", "regions", "lo", "hi")
 
     def __init__(self, mem: str, addr: int, stride: int, rows: int, width: int, write: bool,
-                 what: str):
+                 what: str, regions: tuple[str, ...] = ()):
         self.mem, self.addr, self.stride, self.rows, self.width = mem, addr, stride, rows, width
-        self.write, self.what = write, what
+        #: The on-chip regions (:attr:`hw.config.AcceleratorConfig.regions`) the pattern may
+        #: lie in, whole, one of them (empty for DRAM).
+        self.write, self.what, self.regions = write, what, regions
         self.lo = addr
         self.hi = addr + (rows - 1) * stride + width
 
@@ -226,10 +253,11 @@ def _per_sample(fn, batched: np.ndarray, operand: np.ndarray) -> np.ndarray:
 class ArchState:
     """Memories and unit registers of the machine, for a batch of ``B`` inputs.
 
-    Every memory has the batch on axis 0 (``[B, size]``): scratchpad int8, accumulator
-    memory int32 (held in int64, range-checked on every write), DRAM bytes.  Unit registers:
-    the parameter records each vector unit holds and the GELU table.  Timing never depends on
-    the data, so one schedule serves the whole batch.
+    Every memory has the batch on axis 0 (``[B, size]``): the scratchpad (int8, all its
+    regions at their addresses), the accumulator memories (int32, held in int64 and
+    range-checked on every write), the parameter-record memory (int32) and DRAM (bytes).
+    Unit registers: the parameter records each vector unit holds and the GELU table.  Timing
+    never depends on the data, so one schedule serves the whole batch.
     """
 
     def __init__(self, config: AcceleratorConfig, dram: np.ndarray):
@@ -237,6 +265,7 @@ class ArchState:
         self.config = config
         self.spad = np.zeros((batch, config.scratchpad_bytes), dtype=np.int8)
         self.acc = np.zeros((batch, config.accumulator_words), dtype=np.int64)
+        self.param = np.zeros((batch, config.param_words), dtype=np.int64)
         self.dram = dram
         self.params: dict[str, np.ndarray] = {}
         self.gelu_table: np.ndarray | None = None
@@ -245,8 +274,8 @@ class ArchState:
         return _view(getattr(self, mem), addr, stride, rows, cols)
 
     def load_params(self, unit: str, addr: int, n: int) -> None:
-        """Copy ``n`` parameter records from the accumulator memory into ``unit``."""
-        self.params[unit] = self.acc[:, addr:addr + n * RECORD_WORDS].reshape(-1, n, RECORD_WORDS).copy()
+        """Copy ``n`` parameter records from the parameter memory into ``unit``."""
+        self.params[unit] = self.param[:, addr:addr + n * RECORD_WORDS].reshape(-1, n, RECORD_WORDS).copy()
 
     def unit_params(self, unit: str, n: int, what: str) -> np.ndarray:
         """The first ``n`` records ``unit`` holds, ``[B, 1, n, RECORD_WORDS]``."""
@@ -269,6 +298,15 @@ def _positive(a: dict, *names: str) -> None:
     for n in names:
         if a[n] < 1:
             raise Violation(f"{n} must be at least 1")
+
+
+def _aligned(cfg: AcceleratorConfig, a: dict, *names: str) -> None:
+    """Compute units move whole ``N``-element rows: their addresses and strides are
+    multiples of ``N``."""
+    n = cfg.lanes
+    for name in names:
+        if a[name] % n:
+            raise Violation(f"{name} = {a[name]} is not a multiple of the datapath width {n}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -302,6 +340,10 @@ def _vector_rows(a: dict, records: int, row) -> Timing:
     return Timing(cycles, cycles)
 
 
+#: Where each kind of operand lives (regions of hw.config.SPAD_REGIONS / ACC_REGIONS).
+LOAD_REGIONS = ("act", "weight", "value", "vin", "vin2", "copy")
+
+
 class OpSpec:
     """The definition of one opcode (see the module docstring)."""
     op: Opcode
@@ -309,11 +351,14 @@ class OpSpec:
     fields: tuple[Field, ...] = ()
     #: Fields that must be at least 1.
     positive: tuple[str, ...] = ()
+    #: Fields that must be multiples of the datapath width ``N``.
+    aligned: tuple[str, ...] = ()
 
     def check(self, cfg: AcceleratorConfig, a: dict) -> None:
         """Raise :class:`Violation` unless the instruction can run on ``cfg`` (its memory
-        patterns are bounds-checked separately, from :meth:`accesses`)."""
+        patterns are checked against their regions separately, from :meth:`accesses`)."""
         _positive(a, *self.positive)
+        _aligned(cfg, a, *self.aligned)
 
     def accesses(self, cfg: AcceleratorConfig, a: dict) -> list[Access]:
         return []
@@ -337,8 +382,9 @@ class Halt(OpSpec):
 
 
 class Load(OpSpec):
-    """DRAM -> scratchpad (``pad`` zero bytes after each row) or -> accumulator memory
-    (int32 little endian, ``pad = 0``)."""
+    """DRAM -> a scratchpad region written by the DMA (``pad`` zero bytes after each row)
+    or -> the parameter memory (int32 little endian, ``pad = 0``).  Byte-granular on both
+    sides."""
     op, queue = Opcode.LOAD, Queue.LOAD
     fields = (_f("mem", 1, enum=Mem), _f("dram_addr", DRAM_ADDR), _f("dram_stride", DRAM_STRIDE),
               _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
@@ -347,24 +393,26 @@ class Load(OpSpec):
 
     def check(self, cfg, a) -> None:
         super().check(cfg, a)
-        if a["mem"] == Mem.ACC and a["pad"]:
+        if a["mem"] == Mem.PARAM and a["pad"]:
             raise Violation("zero padding is only for scratchpad loads")
 
     def accesses(self, cfg, a) -> list[Access]:
-        acc = a["mem"] == Mem.ACC
+        param = a["mem"] == Mem.PARAM
         return [Access("dram", a["dram_addr"], a["dram_stride"], a["rows"],
-                       a["cols"] * (4 if acc else 1), False, "DRAM side"),
-                Access("acc" if acc else "spad", a["dst_addr"], a["dst_stride"], a["rows"],
-                       a["cols"] + a["pad"], True, "destination")]
+                       a["cols"] * (4 if param else 1), False, "DRAM side"),
+                Access("param", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"], True,
+                       "destination", ("param",)) if param else
+                Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"] + a["pad"],
+                       True, "destination", LOAD_REGIONS)]
 
     def timing(self, cfg, a, ut) -> Timing:
-        return _dma(ut, a["rows"], 4 * a["cols"] if a["mem"] == Mem.ACC else a["cols"] + a["pad"])
+        return _dma(ut, a["rows"], 4 * a["cols"] if a["mem"] == Mem.PARAM else a["cols"] + a["pad"])
 
     def execute(self, st, a) -> None:
         rows, cols = a["rows"], a["cols"]
-        if a["mem"] == Mem.ACC:
+        if a["mem"] == Mem.PARAM:
             raw = st.view("dram", a["dram_addr"], a["dram_stride"], rows, 4 * cols)
-            st.view("acc", a["dst_addr"], a["dst_stride"], rows, cols)[...] = \
+            st.view("param", a["dst_addr"], a["dst_stride"], rows, cols)[...] = \
                 np.ascontiguousarray(raw).view("<i4")
         else:
             raw = st.view("dram", a["dram_addr"], a["dram_stride"], rows, cols)
@@ -374,7 +422,7 @@ class Load(OpSpec):
 
 
 class Store(OpSpec):
-    """Scratchpad -> DRAM."""
+    """A scratchpad region read by the DMA -> DRAM (byte-granular)."""
     op, queue = Opcode.STORE, Queue.STORE
     fields = (_f("src_addr", SPAD_ADDR), _f("src_stride", SPAD_STRIDE),
               _f("dram_addr", DRAM_ADDR), _f("dram_stride", DRAM_STRIDE),
@@ -382,7 +430,8 @@ class Store(OpSpec):
     positive = ("rows", "cols")
 
     def accesses(self, cfg, a) -> list[Access]:
-        return [Access("spad", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source"),
+        return [Access("spad", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
+                       ("out", "copy")),
                 Access("dram", a["dram_addr"], a["dram_stride"], a["rows"], a["cols"], True, "DRAM side")]
 
     def timing(self, cfg, a, ut) -> Timing:
@@ -393,51 +442,91 @@ class Store(OpSpec):
         st.view("dram", a["dram_addr"], a["dram_stride"], a["rows"], a["cols"])[...] = src.view(np.uint8)
 
 
-class Matmul(OpSpec):
-    """``A[acc] (+)= X W`` on the systolic array, ``n_tiles x k_tiles`` tiles, k innermost."""
-    op, queue = Opcode.MATMUL, Queue.MATRIX
-    fields = (_f("mode", 2, enum=MatMode), _f("transpose", 1), _f("accumulate", 1),
-              _f("m", COUNT), _f("n_tiles", COUNT), _f("k_tiles", COUNT),
-              _f("a_addr", SPAD_ADDR), _f("a_stride", SPAD_STRIDE),
-              _f("w_addr", SPAD_ADDR), _f("w_stride", SPAD_STRIDE),
-              _f("acc_addr", ACC_ADDR), _f("acc_stride", ACC_STRIDE))
+class _Tiles(OpSpec):
+    """``A[out] = X W`` in ``n_tiles x k_tiles`` tiles of ``N x N``, ``k`` innermost, on a
+    tile engine: ``m`` streaming rows of ``K = k_tiles N`` elements, a stationary
+    ``K x (n_tiles N)`` operand, results summed over ``k`` in the engine's accumulation
+    buffer and written once."""
     positive = ("m", "n_tiles", "k_tiles")
+    aligned = ("a_addr", "a_stride", "w_addr", "w_stride", "acc_addr", "acc_stride")
+    #: (streaming regions, stationary regions, output regions)
+    stream_regions: tuple[str, ...] = ()
+    stationary_regions: tuple[str, ...] = ()
+    out_regions: tuple[str, ...] = ()
+
+    def check(self, cfg, a) -> None:
+        super().check(cfg, a)
+        if a["m"] > cfg.max_tile_rows:
+            raise Violation(f"m = {a['m']} streaming rows exceed max_tile_rows {cfg.max_tile_rows}")
+
+    def _stationary_shape(self, a, n) -> tuple[int, int]:
+        return a["k_tiles"] * n, a["n_tiles"] * n
 
     def accesses(self, cfg, a) -> list[Access]:
-        R, C = cfg.array_rows, cfg.array_cols
-        m, K, N = a["m"], a["k_tiles"] * R, a["n_tiles"] * C
-        stat = (N, K) if a["transpose"] else (K, N)
-        out = [Access("spad", a["a_addr"], a["a_stride"], m, K, False, "streaming operand"),
-               Access("spad", a["w_addr"], a["w_stride"], *stat, False, "stationary operand")]
-        if a["accumulate"]:
-            out.append(Access("acc", a["acc_addr"], a["acc_stride"], m, N, False, "accumulated output"))
-        out.append(Access("acc", a["acc_addr"], a["acc_stride"], m, N, True, "output"))
-        return out
+        n = cfg.lanes
+        m, K, N = a["m"], a["k_tiles"] * n, a["n_tiles"] * n
+        return [Access("spad", a["a_addr"], a["a_stride"], m, K, False, "streaming operand",
+                       self.stream_regions),
+                Access("spad", a["w_addr"], a["w_stride"], *self._stationary_shape(a, n), False,
+                       "stationary operand", self.stationary_regions),
+                Access("acc", a["acc_addr"], a["acc_stride"], m, N, True, "output", self.out_regions)]
 
     def timing(self, cfg, a, ut) -> Timing:
         t = ut.systolic_array(a["m"])
         jobs = a["n_tiles"] * a["k_tiles"]
         return Timing(jobs * t.interval, (jobs - 1) * t.interval + t.latency)
 
-    def execute(self, st, a) -> None:
-        cfg = st.config
-        m, K, N = a["m"], a["k_tiles"] * cfg.array_rows, a["n_tiles"] * cfg.array_cols
+    def _operands(self, st, a):
+        n = st.config.lanes
+        m, K, N = a["m"], a["k_tiles"] * n, a["n_tiles"] * n
         stream = st.view("spad", a["a_addr"], a["a_stride"], m, K)
-        if a["transpose"]:
+        if a.get("transpose"):
             stat = st.view("spad", a["w_addr"], a["w_stride"], N, K).swapaxes(1, 2)   # [B, K, N]
         else:
             stat = st.view("spad", a["w_addr"], a["w_stride"], K, N)
-        mode = MatMode(a["mode"])
-        if mode == MatMode.INT8:
-            prod = _per_sample(lambda x, w: intops.linear(x, w.T), stream, stat)
-        elif mode == MatMode.UINT8:
-            prod = intops.attn_value_uniform(stream.view(np.uint8), stat)
+        return stream, stat, st.view("acc", a["acc_addr"], a["acc_stride"], m, N)
+
+
+class Matmul(_Tiles):
+    """On the systolic array: int8 or uint8 (8-bit softmax probabilities) streaming rows
+    times an int8 stationary operand, stored ``[K, N]`` or (``transpose``) ``[N, K]``."""
+    op, queue = Opcode.MATMUL, Queue.MATRIX
+    fields = (_f("mode", 1, enum=MatMode), _f("transpose", 1),
+              _f("m", COUNT), _f("n_tiles", COUNT), _f("k_tiles", COUNT),
+              _f("a_addr", SPAD_ADDR), _f("a_stride", SPAD_STRIDE),
+              _f("w_addr", SPAD_ADDR), _f("w_stride", SPAD_STRIDE),
+              _f("acc_addr", ACC_ADDR), _f("acc_stride", ACC_STRIDE))
+    stream_regions = ("act", "prob")
+    stationary_regions = ("weight",)
+    out_regions = ("acc",)
+
+    def _stationary_shape(self, a, n) -> tuple[int, int]:
+        K, N = a["k_tiles"] * n, a["n_tiles"] * n
+        return (N, K) if a["transpose"] else (K, N)
+
+    def execute(self, st, a) -> None:
+        stream, stat, acc = self._operands(st, a)
+        if a["mode"] == MatMode.INT8:
+            acc[...] = _per_sample(lambda x, w: intops.linear(x, w.T), stream, stat)
         else:
-            prod = intops.attn_value_lis(stream.view(np.uint8), stat)
-        acc = st.view("acc", a["acc_addr"], a["acc_stride"], m, N)
-        if a["accumulate"]:
-            prod = intops.check_range(acc + prod, intops.INT32_MIN, intops.INT32_MAX, "accumulator")
-        acc[...] = prod
+            acc[...] = intops.attn_value_uniform(stream.view(np.uint8), stat)
+
+
+class AttnV(_Tiles):
+    """On the Log-Int-Softmax attention unit: 4-bit codes (one a byte) times int8 ``v``
+    stored ``[K, N]``: ``sum_i v[i, :] << (15 - code_i)``, shifts and adds only."""
+    op, queue = Opcode.ATTNV, Queue.ATTN
+    fields = (_f("m", COUNT), _f("n_tiles", COUNT), _f("k_tiles", COUNT),
+              _f("a_addr", SPAD_ADDR), _f("a_stride", SPAD_STRIDE),
+              _f("w_addr", SPAD_ADDR), _f("w_stride", SPAD_STRIDE),
+              _f("acc_addr", ACC_ADDR), _f("acc_stride", ACC_STRIDE))
+    stream_regions = ("codes",)
+    stationary_regions = ("value",)
+    out_regions = ("attn_acc",)
+
+    def execute(self, st, a) -> None:
+        stream, stat, acc = self._operands(st, a)
+        acc[...] = intops.attn_value_lis(stream.view(np.uint8), stat)
 
 
 class Requant(OpSpec):
@@ -449,11 +538,14 @@ class Requant(OpSpec):
               _f("load_params", 1), _f("per_channel", 1), _f("out_type", 1, enum=OutType),
               _f("gelu", 1))
     positive = ("rows", "cols")
+    aligned = ("src_addr", "src_stride", "dst_addr", "dst_stride")
 
     def check(self, cfg, a) -> None:
         super().check(cfg, a)
         if a["gelu"] and a["out_type"] != OutType.INT8:
             raise Violation("GELU applies to int8 outputs only")
+        if a["param_addr"] % RECORD_WORDS:
+            raise Violation(f"param_addr = {a['param_addr']} is not a multiple of {RECORD_WORDS}")
 
     @staticmethod
     def _records(a) -> int:
@@ -461,12 +553,13 @@ class Requant(OpSpec):
 
     def accesses(self, cfg, a) -> list[Access]:
         eb = 2 if a["out_type"] == OutType.INT16 else 1
-        out = [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source")]
+        out = [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
+                      ("acc", "attn_acc"))]
         if a["load_params"]:
-            out.append(Access("acc", a["param_addr"], 0, 1, self._records(a) * RECORD_WORDS,
-                              False, "parameters"))
+            out.append(Access("param", a["param_addr"], 0, 1, self._records(a) * RECORD_WORDS,
+                              False, "parameters", ("param",)))
         out.append(Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"] * eb,
-                          True, "destination"))
+                          True, "destination", ("out",)))
         return out
 
     def timing(self, cfg, a, ut) -> Timing:
@@ -494,7 +587,9 @@ class Requant(OpSpec):
 
 
 class Softmax(OpSpec):
-    """Accumulator score rows -> int16 -> LIS codes or uniform probabilities (scratchpad)."""
+    """Score rows of the matrix products -> int16 -> Log-Int-Softmax codes (for ATTNV) or
+    8-bit probabilities (for MATMUL), ``dst_cols = ceil(cols / N) N`` per row, the tail
+    padded with the zero-attention value."""
     op, queue = Opcode.SOFTMAX, Queue.VECTOR
     fields = (_f("src_addr", ACC_ADDR), _f("src_stride", ACC_STRIDE),
               _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
@@ -502,11 +597,14 @@ class Softmax(OpSpec):
               _f("mode", 1, enum=SoftmaxMode), _f("frac_bits", 3), _f("b_int", 16, signed=True),
               _f("c_int", 16), _f("mult", 16, signed=True), _f("shift", 6))
     positive = ("rows", "cols")
+    aligned = ("src_addr", "src_stride", "dst_addr", "dst_stride")
 
     def check(self, cfg, a) -> None:
         super().check(cfg, a)
-        if a["dst_cols"] < a["cols"]:
-            raise Violation(f"dst_cols {a['dst_cols']} < cols {a['cols']}")
+        n = cfg.lanes
+        if a["dst_cols"] != -(-a["cols"] // n) * n:
+            raise Violation(f"dst_cols {a['dst_cols']} must be cols {a['cols']} rounded up to a "
+                            f"multiple of {n}")
         if not 2 <= a["frac_bits"] <= 6:
             raise Violation(f"frac_bits {a['frac_bits']} outside 2..6")
         if a["cols"] > cfg.max_seq_len:
@@ -514,9 +612,11 @@ class Softmax(OpSpec):
                             f"by {a['cols'] - cfg.max_seq_len}")
 
     def accesses(self, cfg, a) -> list[Access]:
-        return [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source"),
+        dst = ("codes",) if a["mode"] == SoftmaxMode.LIS else ("prob",)
+        return [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
+                       ("acc",)),
                 Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["dst_cols"], True,
-                       "destination")]
+                       "destination", dst)]
 
     def timing(self, cfg, a, ut) -> Timing:
         row = ut.chain(ut.requantizer(a["cols"]),
@@ -537,18 +637,26 @@ class Softmax(OpSpec):
 class _RowWise(OpSpec):
     """A vector instruction over ``rows x cols`` int8 scratchpad rows."""
     positive = ("rows", "cols")
-    #: scratchpad operands read (field prefixes) and the unit (records) it uses.
-    operands: tuple[str, ...] = ("src",)
+    #: scratchpad operands read (field prefix, regions) and the unit (records) it uses.
+    operands: tuple[tuple[str, tuple[str, ...]], ...] = (("src", ("vin",)),)
     unit: str | None = None
+
+    def check(self, cfg, a) -> None:
+        super().check(cfg, a)
+        _aligned(cfg, a, "dst_addr", "dst_stride", *(f"{o}_{k}" for o, _ in self.operands
+                                                      for k in ("addr", "stride")))
+        if self.unit is not None and a["param_addr"] % RECORD_WORDS:
+            raise Violation(f"param_addr = {a['param_addr']} is not a multiple of {RECORD_WORDS}")
 
     def accesses(self, cfg, a) -> list[Access]:
         out = [Access("spad", a[f"{o}_addr"], a[f"{o}_stride"], a["rows"], a["cols"], False,
-                      "source" if o == "src" else f"operand {o}") for o in self.operands]
+                      "source" if o == "src" else f"operand {o}", regions)
+               for o, regions in self.operands]
         if self.unit is not None and a["load_params"]:
-            out.append(Access("acc", a["param_addr"], 0, 1, a["cols"] * RECORD_WORDS, False,
-                              "parameters"))
+            out.append(Access("param", a["param_addr"], 0, 1, a["cols"] * RECORD_WORDS, False,
+                              "parameters", ("param",)))
         out.append(Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"], True,
-                          "destination"))
+                          "destination", ("out",)))
         return out
 
 
@@ -586,7 +694,7 @@ class Add(_RowWise):
               _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
               _f("rows", COUNT), _f("cols", COUNT), _f("param_addr", ACC_ADDR), _f("load_params", 1),
               _f("zp_a", 16, signed=True), _f("zp_b", 16, signed=True), _f("zp_out", 16, signed=True))
-    operands = ("a", "b")
+    operands = (("a", ("vin",)), ("b", ("vin2",)))
     unit = "residual_add"
 
     def check(self, cfg, a) -> None:
@@ -626,9 +734,10 @@ class GeluTable(OpSpec):
     """Load the 256-byte GELU table at ``S[src_addr]`` (entry ``i``: output for input ``i - 128``)."""
     op, queue = Opcode.GELU_TABLE, Queue.VECTOR
     fields = (_f("src_addr", SPAD_ADDR),)
+    aligned = ("src_addr",)
 
     def accesses(self, cfg, a) -> list[Access]:
-        return [Access("spad", a["src_addr"], 0, 1, 256, False, "table")]
+        return [Access("spad", a["src_addr"], 0, 1, 256, False, "table", ("vin",))]
 
     def timing(self, cfg, a, ut) -> Timing:
         cycles = ut.gelu_table().latency
@@ -640,7 +749,8 @@ class GeluTable(OpSpec):
 
 #: The table: one spec per opcode.
 SPECS: dict[Opcode, OpSpec] = {spec.op: spec for spec in (
-    Halt(), Load(), Store(), Matmul(), Requant(), Softmax(), LayerNorm(), Add(), Gelu(), GeluTable())}
+    Halt(), Load(), Store(), Matmul(), AttnV(), Requant(), Softmax(), LayerNorm(), Add(), Gelu(),
+    GeluTable())}
 assert set(SPECS) == set(Opcode)
 for _spec in SPECS.values():
     assert HEADER_BITS + sum(f.bits for f in _spec.fields) <= INSTR_BITS, _spec.op
@@ -718,7 +828,7 @@ class Instruction:
 def encode(ins: Instruction) -> bytes:
     """The 32-byte encoding of a legal instruction."""
     ins.check()
-    word = int(ins.op) | (ins.wait << 8) | (ins.signal << 12)
+    word = int(ins.op) | (ins.wait << OPCODE_BITS) | (ins.signal << (OPCODE_BITS + NQ))
     pos = HEADER_BITS
     for f in FORMATS[ins.op]:
         word |= (int(ins.args[f.name]) & ((1 << f.bits) - 1)) << pos
@@ -732,12 +842,13 @@ def decode(raw: bytes, index: int | None = None) -> Instruction:
     if len(raw) != INSTR_BYTES:
         raise IllegalInstructionError(f"{where}an instruction is {INSTR_BYTES} bytes, got {len(raw)}")
     word = int.from_bytes(raw, "little")
-    code = word & 0xFF
+    code = word & ((1 << OPCODE_BITS) - 1)
     try:
         op = Opcode(code)
     except ValueError:
         raise IllegalInstructionError(f"{where}unknown opcode {code}") from None
-    ins = Instruction(op, (word >> 8) & 0xF, (word >> 12) & 0xF)
+    mask = (1 << NQ) - 1
+    ins = Instruction(op, (word >> OPCODE_BITS) & mask, (word >> (OPCODE_BITS + NQ)) & mask)
     pos = HEADER_BITS
     for f in FORMATS[op]:
         v = (word >> pos) & ((1 << f.bits) - 1)

@@ -6,7 +6,10 @@ registered for a group kind with ``@lowerer("kind")``.  Supporting a new op kind
 fused pattern) means writing one lowerer and registering it; :func:`compiler.lower.step_lower`
 dispatches on ``group.kind`` and refuses kinds without a lowerer.
 
-Each lowerer declares its working set once, as a function ``need(m)`` of its chunk size
+Every buffer lives in the on-chip memory (region) of its producer and consumer
+(``hw.config.SPAD_REGIONS``, ``ACC_REGIONS``, ``param``): e.g. ``act`` for rows a LOAD brings
+for the array to stream, ``out`` for what a vector unit writes for a STORE.  Each lowerer
+declares its working set once, as a function ``need(m)`` of its chunk size
 giving every buffer it allocates per chunk (and per op) with the copies kept in flight; the
 same function chooses the chunk size (:meth:`~compiler.context.LowerCtx.fit_chunk`) and
 sizes every allocation (:meth:`~compiler.context.LowerCtx.alloc`).  Buffers are freed as soon
@@ -20,7 +23,9 @@ Lowering of each group kind
                    fused), STORE the strip.
     attention      per head: load q, k (zero-padded to the tile) and v; per chunk of query
                    rows: MATMUL q @ k^T into the accumulator, SOFTMAX (requantize to int16,
-                   LIS codes / probabilities into the scratchpad), MATMUL codes @ v, REQUANT,
+                   LIS codes / probabilities into the scratchpad), then ATTNV codes @ v on
+                   the attention unit (Log-Int-Softmax: so the array already runs the next
+                   chunk's q @ k^T) or MATMUL probabilities @ v (8-bit softmax), REQUANT,
                    STORE the head's columns.
     layernorm, add, gelu   per chunk of rows: load, one vector instruction, store
                    (:class:`RowwiseLowerer`).
@@ -43,7 +48,7 @@ from hw.softmax import softmax_timing
 from sw import intops
 from sw.graph import Op
 
-from .context import MAX_ROWS, LowerCtx, acc, spad
+from .context import MAX_ROWS, LowerCtx, need as reserve
 from .emitter import Buffer, CompileError
 from .fusion import Group
 from .isa import MatMode, Opcode, OutType, SoftmaxMode
@@ -84,7 +89,7 @@ def copy_rows(ctx: LowerCtx, op: Op, src: str, out: DramTensor, row0: int, rows:
     """Copy tensor ``src`` into rows ``row0..`` of ``out`` through the scratchpad, in chunks
     of rows that fit."""
     def need(m):
-        return {"rows": spad(m * row_bytes)}
+        return {"rows": reserve("copy", m * row_bytes)}
 
     m = ctx.fit_chunk(op, "copy", need, min(rows, MAX_ROWS))
     for t0 in range(0, rows, m):
@@ -123,7 +128,7 @@ def load_gelu_table(ctx: LowerCtx, op: Op) -> None:
         raise CompileError(f"op {op.name!r}: GELU table of {table.size} entries, the unit "
                            f"holds {depth}")
     addr = ctx.layout.const(table)
-    tb = ctx.alloc(spad(depth), f"{op.name} table")
+    tb = ctx.alloc(reserve("vin", depth), f"{op.name} table")
     ctx.load_const(addr, 1, depth, depth, tb, depth)
     ctx.emit(Opcode.GELU_TABLE, dict(src_addr=tb.addr), reads=[tb])
     ctx.free(tb)
@@ -157,9 +162,10 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
     def need(m, cols=C):
         """Per chunk of ``m`` tokens: its input rows, and per strip of ``cols`` output
         channels the weight strip, accumulators, parameter records and output rows."""
-        return {"x": spad(m * Kp),
-                "w": spad(C * Kp, IN_FLIGHT), "out": spad(m * C * eb, IN_FLIGHT),
-                "records": acc(cols * RECORD_WORDS, IN_FLIGHT), "acc": acc(m * C, IN_FLIGHT)}
+        return {"x": reserve("act", m * Kp),
+                "w": reserve("weight", C * Kp, IN_FLIGHT), "out": reserve("out", m * C * eb, IN_FLIGHT),
+                "records": reserve("param", cols * RECORD_WORDS, IN_FLIGHT),
+                "acc": reserve("acc", m * C, IN_FLIGHT)}
 
     m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS))
     out = layout.tensor(group.output)
@@ -178,7 +184,7 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
             ctx.load_const(w_addr + n0 * Kp, C, Kp, Kp, wb, Kp)
             ab = ctx.alloc(ws["acc"], f"{op.name} acc")
             ctx.emit(Opcode.MATMUL, dict(
-                mode=MatMode.INT8, transpose=1, accumulate=0, m=mc, n_tiles=1, k_tiles=Kp // R,
+                mode=MatMode.INT8, transpose=1, m=mc, n_tiles=1, k_tiles=Kp // R,
                 a_addr=xb.addr, a_stride=Kp, w_addr=wb.addr, w_stride=Kp,
                 acc_addr=ab.addr, acc_stride=C), reads=[xb, wb], writes=[ab],
                 macs=mc * K * valid)
@@ -221,15 +227,18 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
     ctx.check_field(qk, Opcode.MATMUL, "w_stride", dhC, "value row stride")
     ctx.check_field(qk, Opcode.MATMUL, "acc_stride", TC, "score row stride")
 
+    dhN = ceil_to(dh, ctx.N)                   # output rows start on whole scratchpad words
+    v_region, p_region, av_region = ("value", "codes", "attn_acc") if lis else ("weight", "prob", "acc")
+
     def need(m, head_copies):
         """Per head: q, k (rows padded to the array) and v, ``head_copies`` heads in flight;
-        per chunk of ``m`` query rows: scores, codes, attention-times-value accumulators and
-        output rows; the one requantizer record."""
-        return {"q": spad(T * dhR, head_copies), "k": spad(TC * dhR, head_copies),
-                "v": spad(TR * dhC, head_copies),
-                "scores": acc(m * TC, IN_FLIGHT), "codes": spad(m * TR, IN_FLIGHT),
-                "acc": acc(m * dhC, IN_FLIGHT), "out": spad(m * dh, IN_FLIGHT),
-                "record": acc(RECORD_WORDS)}
+        per chunk of ``m`` query rows: scores, codes (or probabilities), attention-times-value
+        accumulators and output rows; the one requantizer record."""
+        return {"q": reserve("act", T * dhR, head_copies), "k": reserve("weight", TC * dhR, head_copies),
+                "v": reserve(v_region, TR * dhC, head_copies),
+                "scores": reserve("acc", m * TC, IN_FLIGHT), "codes": reserve(p_region, m * TR, IN_FLIGHT),
+                "acc": reserve(av_region, m * dhC, IN_FLIGHT), "out": reserve("out", m * dhN, IN_FLIGHT),
+                "record": reserve("param", RECORD_WORDS)}
 
     # Two heads in flight (the next head's loads overlap this head's work) when that still
     # leaves room for chunks of one row.
@@ -261,7 +270,7 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
             ctx.at(i_qk)
             sb = ctx.alloc(cw["scores"], f"{qk.name} scores")
             ctx.emit(Opcode.MATMUL, dict(
-                mode=MatMode.INT8, transpose=1, accumulate=0, m=mc, n_tiles=TC // C,
+                mode=MatMode.INT8, transpose=1, m=mc, n_tiles=TC // C,
                 k_tiles=dhR // R, a_addr=qb.addr + t0 * dhR, a_stride=dhR, w_addr=kb.addr,
                 w_stride=dhR, acc_addr=sb.addr, acc_stride=TC),
                 reads=[qb, kb], writes=[sb], macs=mc * T * dh)
@@ -276,21 +285,23 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
             ctx.free(sb)
             ctx.at(i_av)
             ob = ctx.alloc(cw["acc"], f"{av.name} acc")
-            ctx.emit(Opcode.MATMUL, dict(
-                mode=MatMode.LIS if lis else MatMode.UINT8, transpose=0, accumulate=0, m=mc,
-                n_tiles=dhC // C, k_tiles=TR // R, a_addr=cb.addr, a_stride=TR,
-                w_addr=vb.addr, w_stride=dhC, acc_addr=ob.addr, acc_stride=dhC),
-                reads=[cb, vb], writes=[ob], macs=mc * T * dh)
+            tiles = dict(m=mc, n_tiles=dhC // C, k_tiles=TR // R, a_addr=cb.addr, a_stride=TR,
+                         w_addr=vb.addr, w_stride=dhC, acc_addr=ob.addr, acc_stride=dhC)
+            if lis:
+                ctx.emit(Opcode.ATTNV, tiles, reads=[cb, vb], writes=[ob], macs=mc * T * dh)
+            else:
+                ctx.emit(Opcode.MATMUL, dict(mode=MatMode.UINT8, transpose=0, **tiles),
+                         reads=[cb, vb], writes=[ob], macs=mc * T * dh)
             ctx.free(cb)
             yb = ctx.alloc(cw["out"], f"{av.name} out")
             ctx.emit(Opcode.REQUANT, dict(
-                src_addr=ob.addr, src_stride=dhC, dst_addr=yb.addr, dst_stride=dh, rows=mc,
+                src_addr=ob.addr, src_stride=dhC, dst_addr=yb.addr, dst_stride=dhN, rows=mc,
                 cols=dh, param_addr=records.addr, load_params=int(first_requant),
                 per_channel=0, out_type=OutType.INT8, gelu=0),
                 reads=[ob, records], writes=[yb])
             first_requant = False
             ctx.free(ob)
-            ctx.store_rows(out, t0, mc, h * dh, yb, dh, dh)
+            ctx.store_rows(out, t0, mc, h * dh, yb, dhN, dh)
             ctx.free(yb)
         ctx.free(qb, kb, vb)
     ctx.free(records)
@@ -316,7 +327,7 @@ class RowwiseLowerer:
         return None
 
     def instruction(self, ctx: LowerCtx, op: Op, a: Buffer, b: Buffer | None, b_stride: int,
-                    y: Buffer, rows: int, channels: int, records: Buffer | None,
+                    y: Buffer, rows: int, channels: int, stride: int, records: Buffer | None,
                     first: bool) -> None:
         raise NotImplementedError
 
@@ -332,16 +343,18 @@ class RowwiseLowerer:
         per_row_b = second is not None and not (second[0] == "const" and second[2] == 1)
         rec_addr = self.records(ctx, op, D)
 
+        DN = ceil_to(D, ctx.N)                 # rows start on whole scratchpad words
+
         def need(m):
             """Per chunk of ``m`` rows: input(s) and output rows; per op: the broadcast
             constant row and the per-channel records."""
-            ws = {"a": spad(m * D, IN_FLIGHT), "out": spad(m * D, IN_FLIGHT)}
+            ws = {"a": reserve("vin", m * DN, IN_FLIGHT), "out": reserve("out", m * DN, IN_FLIGHT)}
             if per_row_b:
-                ws["b"] = spad(m * D, IN_FLIGHT)
+                ws["b"] = reserve("vin2", m * DN, IN_FLIGHT)
             elif second is not None:
-                ws["b_row"] = spad(D)
+                ws["b_row"] = reserve("vin2", DN)
             if rec_addr is not None:
-                ws["records"] = acc(D * RECORD_WORDS)
+                ws["records"] = reserve("param", D * RECORD_WORDS)
             return ws
 
         step = max(1, min(T, VECTOR_CHUNK_BYTES // D))
@@ -354,27 +367,27 @@ class RowwiseLowerer:
         cb = None
         if second is not None and not per_row_b:
             cb = ctx.alloc(ws["b_row"], f"{op.name} const")
-            ctx.load_const(second[1], 1, D, D, cb, D)
+            ctx.load_const(second[1], 1, D, D, cb, DN)
         first = True
         for t0 in range(0, T, m):
             mc = min(m, T - t0)
             cw = need(mc)
             ab = ctx.alloc(cw["a"], f"{op.name} in")
-            ctx.load_rows(x, t0, mc, ab, 0, D)
+            ctx.load_rows(x, t0, mc, ab, 0, DN)
             bb = cb
             if per_row_b:
                 bb = ctx.alloc(cw["b"], f"{op.name} in b")
                 if second[0] == "const":
-                    ctx.load_const(second[1] + t0 * D, mc, D, D, bb, D)
+                    ctx.load_const(second[1] + t0 * D, mc, D, D, bb, DN)
                 else:
-                    ctx.load_rows(second[1], t0, mc, bb, 0, D)
+                    ctx.load_rows(second[1], t0, mc, bb, 0, DN)
             yb = ctx.alloc(cw["out"], f"{op.name} out")
-            self.instruction(ctx, op, ab, bb, 0 if bb is cb else D, yb, mc, D, records, first)
+            self.instruction(ctx, op, ab, bb, 0 if bb is cb else DN, yb, mc, D, DN, records, first)
             first = False
             ctx.free(ab)
             if bb is not None and bb is not cb:
                 ctx.free(bb)
-            ctx.store_rows(out, t0, mc, 0, yb, D, D)
+            ctx.store_rows(out, t0, mc, 0, yb, DN, D)
             ctx.free(yb)
         if cb is not None:
             ctx.free(cb)
@@ -392,9 +405,9 @@ class LayerNormLowerer(RowwiseLowerer):
         p = op.params
         return ctx.layout.const_records([p["alpha"], p["mult"], p["shift"], p["offset"]], channels)
 
-    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, records, first):
+    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, stride, records, first):
         ctx.emit(Opcode.LAYERNORM, dict(
-            src_addr=a.addr, src_stride=channels, dst_addr=y.addr, dst_stride=channels,
+            src_addr=a.addr, src_stride=stride, dst_addr=y.addr, dst_stride=stride,
             rows=rows, cols=channels, param_addr=records.addr, load_params=int(first),
             zp_in=int(op.attrs["zp_in"])),
             reads=[a, records], writes=[y])
@@ -425,10 +438,10 @@ class AddLowerer(RowwiseLowerer):
         p = op.params
         return ctx.layout.const_records([p["mult_a"], p["mult_b"], p["shift"]], channels)
 
-    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, records, first):
+    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, stride, records, first):
         ctx.emit(Opcode.ADD, dict(
-            a_addr=a.addr, a_stride=channels, b_addr=b.addr, b_stride=b_stride,
-            dst_addr=y.addr, dst_stride=channels, rows=rows, cols=channels,
+            a_addr=a.addr, a_stride=stride, b_addr=b.addr, b_stride=b_stride,
+            dst_addr=y.addr, dst_stride=stride, rows=rows, cols=channels,
             param_addr=records.addr, load_params=int(first), zp_a=int(op.attrs["zp_a"]),
             zp_b=int(op.attrs["zp_b"]), zp_out=int(op.attrs["zp_out"])),
             reads=[a, b, records], writes=[y])
@@ -440,9 +453,9 @@ class GeluLowerer(RowwiseLowerer):
         load_gelu_table(ctx, op)
         return None
 
-    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, records, first):
+    def instruction(self, ctx, op, a, b, b_stride, y, rows, channels, stride, records, first):
         ctx.emit(Opcode.GELU, dict(
-            src_addr=a.addr, src_stride=channels, dst_addr=y.addr, dst_stride=channels,
+            src_addr=a.addr, src_stride=stride, dst_addr=y.addr, dst_stride=stride,
             rows=rows, cols=channels),
             reads=[a], writes=[y])
 
@@ -468,8 +481,8 @@ def lower_token_mean(group: Group, ctx: LowerCtx) -> None:
     def need(m):
         """All tokens at once (no chunking): tokens, the 0/1 row, accumulators, records and
         the output row."""
-        return {"records": acc(DC * RECORD_WORDS), "x": spad(TR * DC), "ones": spad(TR),
-                "acc": acc(DC), "out": spad(DC)}
+        return {"records": reserve("param", DC * RECORD_WORDS), "x": reserve("weight", TR * DC),
+                "ones": reserve("act", TR), "acc": reserve("acc", DC), "out": reserve("out", DC)}
 
     ws = need(ctx.fit_chunk(op, "token_mean", need, 1))
     out = layout.tensor(group.output)
@@ -481,7 +494,7 @@ def lower_token_mean(group: Group, ctx: LowerCtx) -> None:
     ctx.load_const(ones_addr, 1, TR, TR, ob1, TR)
     ab = ctx.alloc(ws["acc"], f"{op.name} acc")
     ctx.emit(Opcode.MATMUL, dict(
-        mode=MatMode.INT8, transpose=0, accumulate=0, m=1, n_tiles=DC // C, k_tiles=TR // R,
+        mode=MatMode.INT8, transpose=0, m=1, n_tiles=DC // C, k_tiles=TR // R,
         a_addr=ob1.addr, a_stride=TR, w_addr=xb.addr, w_stride=DC, acc_addr=ab.addr,
         acc_stride=DC), reads=[ob1, xb], writes=[ab], macs=(T - start) * D)
     yb = ctx.alloc(ws["out"], f"{op.name} out")

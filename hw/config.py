@@ -7,6 +7,7 @@ validated on construction, so a config that exists is a config that can be built
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +21,58 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+#: Scratchpad regions in address order, each a memory of its own with one writer and one
+#: reader (docs/ACCELERATOR.md), and its share of ``scratchpad_kib`` in 32nds.
+SPAD_REGIONS: dict[str, tuple[int, str]] = {
+    "act": (9, "streaming operands from DRAM (activations, q): LOAD -> MATRIX"),
+    "weight": (6, "stationary operands from DRAM (weights, k, v of the 8-bit softmax): LOAD -> MATRIX"),
+    "prob": (2, "8-bit softmax probabilities: VECTOR -> MATRIX"),
+    "codes": (2, "Log-Int-Softmax codes: VECTOR -> ATTN"),
+    "value": (2, "v of the Log-Int-Softmax attention: LOAD -> ATTN"),
+    "vin": (4, "vector-unit inputs and GELU tables: LOAD -> VECTOR"),
+    "vin2": (2, "second inputs of the residual add: LOAD -> VECTOR"),
+    "out": (4, "vector-unit results: VECTOR -> STORE"),
+    "copy": (1, "rows copied through the chip: LOAD -> STORE"),
+}
+#: Accumulator-memory regions in address order and their share of ``accumulator_kib`` in 4ths.
+ACC_REGIONS: dict[str, tuple[int, str]] = {
+    "acc": (3, "matrix products: MATRIX -> VECTOR"),
+    "attn_acc": (1, "Log-Int-Softmax attention x v: ATTN -> VECTOR"),
+}
+
+
+@dataclass(frozen=True)
+class Region:
+    """One on-chip memory: ``size`` elements from ``base`` of its address space
+    (``"spad"``: bytes, ``"acc"`` / ``"param"``: 32-bit words)."""
+    name: str
+    space: str
+    base: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
 @dataclass(frozen=True)
 class AcceleratorConfig:
     """Every hardware parameter of the accelerator.
 
-    Sizes are in elements or bytes as named; cycles are clock cycles of ``clock_mhz``.
+    Sizes are in elements or bytes as named; cycles are clock cycles of ``clock_mhz``.  The
+    datapath is ``N = array_rows = array_cols = vector_lanes`` lanes wide everywhere: a
+    scratchpad word, an AXI data beat and a vector-unit beat are ``N`` bytes, an accumulator
+    row is ``N`` int32 words.
     """
 
-    #: Rows of the systolic MatMul array (processing elements along the reduction / token axis
-    #: as documented in :mod:`hw.systolic_array`). 2..64.
+    #: Rows of the systolic MatMul array (processing elements along the reduction axis, as
+    #: documented in :mod:`hw.systolic_array`).  A power of two, 2..64, equal to array_cols
+    #: and vector_lanes.
     array_rows: int = 16
-    #: Columns of the systolic MatMul array (output channels computed in parallel). 2..64.
+    #: Columns of the systolic MatMul array (output channels computed in parallel).
     array_cols: int = 16
     #: Lanes of the vector units (LayerNorm, softmax, GELU, residual add, requantizer):
-    #: elements each unit accepts per cycle.  A power of two, 1..64.
+    #: elements each unit accepts per cycle.
     vector_lanes: int = 16
     #: Operand width of weights (int8).  The integer reference fixes it at 8.
     weight_bits: int = 8
@@ -41,22 +80,34 @@ class AcceleratorConfig:
     act_bits: int = 8
     #: Accumulator width of the array and of the accumulator memory.  Fixed at 32.
     acc_bits: int = 32
-    #: Capacity of the on-chip int8 scratchpad (activations and weight tiles), in KiB.
+    #: Capacity of the on-chip int8 scratchpad, in KiB, split into the regions of
+    #: :data:`SPAD_REGIONS` (each a separate memory).
     scratchpad_kib: int = 512
-    #: Capacity of the on-chip int32 accumulator memory, in KiB.
+    #: Capacity of the on-chip int32 accumulator memories, in KiB (:data:`ACC_REGIONS`).
     accumulator_kib: int = 128
+    #: Capacity of the parameter-record memory (requantizer, LayerNorm and residual-add
+    #: records, four int32 words each), in KiB.
+    param_kib: int = 16
+    #: Most streaming rows of one MATMUL / ATTNV (the depth of each tile engine's
+    #: accumulation buffer).  >= 1.
+    max_tile_rows: int = 256
     #: Longest softmax row the softmax unit buffers (tokens, padding included). >= 8.
     max_seq_len: int = 256
     #: Most channels the LayerNorm unit buffers for one row. >= 8.
     max_channels: int = 1024
     #: Entries of each GELU lookup table (indexed by the int8 input: 256).
     gelu_lut_depth: int = 256
-    #: Width of the DMA engine's data path, in bytes per cycle.  A power of two, 1..128.
-    dma_bytes_per_cycle: int = 16
-    #: Sustained DRAM bandwidth seen by the DMA, in bytes per cycle (<= the DMA width).
-    dram_bytes_per_cycle: int = 16
-    #: Cycles from a DRAM request to its first data beat.
+    #: Sustained DRAM bandwidth in bytes per cycle: a power of two up to the ``N``-byte AXI
+    #: data width (a beat every ``N / dram_bytes_per_cycle`` cycles), or 0 for the full
+    #: width (one beat per cycle, as in co-simulation).
+    dram_bytes_per_cycle: int = 0
+    #: Cycles from a DRAM read request (its AR handshake) to its first data beat.
     dram_latency_cycles: int = 64
+    #: Cycles from a DRAM write burst's last data beat (W handshake) to its response.
+    dram_write_latency_cycles: int = 16
+    #: Instructions the on-chip instruction memory holds: the program is fetched in segments
+    #: of this many (docs/ACCELERATOR.md).  A power of two, 16..65536.
+    instr_buffer: int = 512
     #: Target clock frequency in MHz (for latency in seconds and frames per second).
     clock_mhz: float = 100.0
 
@@ -70,28 +121,49 @@ class AcceleratorConfig:
             want = float if f.type in ("float", float) else int
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and not isinstance(v, int)):
                 raise ConfigError(f"{f.name} must be {'a number' if want is float else 'an integer'}, got {v!r}")
-        need(2 <= self.array_rows <= 64, f"array_rows must be in 2..64, got {self.array_rows}")
-        need(2 <= self.array_cols <= 64, f"array_cols must be in 2..64, got {self.array_cols}")
-        need(_pow2(self.vector_lanes) and self.vector_lanes <= 64,
-             f"vector_lanes must be a power of two in 1..64, got {self.vector_lanes}")
+        need(_pow2(self.array_rows) and 2 <= self.array_rows <= 64,
+             f"array_rows must be a power of two in 2..64, got {self.array_rows}")
+        need(self.array_cols == self.array_rows and self.vector_lanes == self.array_rows,
+             "array_rows, array_cols and vector_lanes must be equal (the datapath is one width), "
+             f"got {self.array_rows}/{self.array_cols}/{self.vector_lanes}")
         need((self.weight_bits, self.act_bits, self.acc_bits) == (8, 8, 32),
              "weight_bits/act_bits/acc_bits must be 8/8/32 (the integer reference's widths), "
              f"got {self.weight_bits}/{self.act_bits}/{self.acc_bits}")
         need(self.scratchpad_kib >= 1, f"scratchpad_kib must be >= 1, got {self.scratchpad_kib}")
         need(self.accumulator_kib >= 1, f"accumulator_kib must be >= 1, got {self.accumulator_kib}")
+        need(self.param_kib >= 1, f"param_kib must be >= 1, got {self.param_kib}")
+        need(1 <= self.max_tile_rows <= 4096, f"max_tile_rows must be in 1..4096, got {self.max_tile_rows}")
         need(self.max_seq_len >= 8, f"max_seq_len must be >= 8, got {self.max_seq_len}")
         need(self.max_channels >= 8, f"max_channels must be >= 8, got {self.max_channels}")
         need(self.gelu_lut_depth == 256, f"gelu_lut_depth must be 256 (int8 index), got {self.gelu_lut_depth}")
-        need(_pow2(self.dma_bytes_per_cycle) and self.dma_bytes_per_cycle <= 128,
-             f"dma_bytes_per_cycle must be a power of two in 1..128, got {self.dma_bytes_per_cycle}")
-        need(1 <= self.dram_bytes_per_cycle <= self.dma_bytes_per_cycle,
-             f"dram_bytes_per_cycle must be in 1..dma_bytes_per_cycle ({self.dma_bytes_per_cycle}), "
-             f"got {self.dram_bytes_per_cycle}")
+        need(self.dram_bytes_per_cycle == 0 or
+             (_pow2(self.dram_bytes_per_cycle) and self.dram_bytes_per_cycle <= self.lanes),
+             f"dram_bytes_per_cycle must be 0 (the full width) or a power of two in "
+             f"1..{self.lanes} (the AXI data width), got {self.dram_bytes_per_cycle}")
         need(0 <= self.dram_latency_cycles <= 100_000,
              f"dram_latency_cycles must be in 0..100000, got {self.dram_latency_cycles}")
+        need(0 <= self.dram_write_latency_cycles <= 100_000,
+             f"dram_write_latency_cycles must be in 0..100000, got {self.dram_write_latency_cycles}")
+        need(_pow2(self.instr_buffer) and 16 <= self.instr_buffer <= 65536,
+             f"instr_buffer must be a power of two in 16..65536, got {self.instr_buffer}")
         need(1.0 <= self.clock_mhz <= 2000.0, f"clock_mhz must be in 1..2000, got {self.clock_mhz}")
+        for region in self.regions.values():
+            need(region.size >= self.lanes,
+                 f"the {region.name} region would get {region.size} "
+                 f"{'bytes' if region.space == 'spad' else 'words'}, less than one row of "
+                 f"{self.lanes}: raise {'scratchpad_kib' if region.space == 'spad' else 'accumulator_kib'}")
 
     # ------------------------------------------------------------------ derived sizes
+    @property
+    def lanes(self) -> int:
+        """``N``: the datapath width (array rows = columns = vector lanes)."""
+        return self.array_rows
+
+    @property
+    def dram_bytes(self) -> int:
+        """Sustained DRAM bytes per cycle (``dram_bytes_per_cycle``, 0 meaning ``N``)."""
+        return self.dram_bytes_per_cycle or self.lanes
+
     @property
     def macs_per_cycle(self) -> int:
         """Peak multiply-accumulates per cycle of the array."""
@@ -103,8 +175,19 @@ class AcceleratorConfig:
 
     @property
     def accumulator_words(self) -> int:
-        """Number of 32-bit words the accumulator memory holds."""
+        """Number of 32-bit words the accumulator memories hold."""
         return self.accumulator_kib * 1024 // 4
+
+    @property
+    def param_words(self) -> int:
+        """Number of 32-bit words the parameter-record memory holds."""
+        return self.param_kib * 1024 // 4
+
+    @functools.cached_property
+    def regions(self) -> dict[str, Region]:
+        """Every on-chip memory by name: the scratchpad regions (bytes), the accumulator
+        regions (words) and ``param`` (words), each a whole number of ``N``-element rows."""
+        return _regions(self)
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict:
@@ -123,6 +206,24 @@ class AcceleratorConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
 
+def _split(total: int, shares: dict[str, tuple[int, str]], parts: int, row: int, space: str,
+           base: int = 0) -> list[Region]:
+    out = []
+    for name, (share, _) in shares.items():
+        size = total * share // parts // row * row
+        out.append(Region(name, space, base, size))
+        base += size
+    return out
+
+
+def _regions(cfg: AcceleratorConfig) -> dict[str, Region]:
+    n = cfg.lanes
+    spad = _split(cfg.scratchpad_bytes, SPAD_REGIONS, 32, n, "spad")
+    acc = _split(cfg.accumulator_words, ACC_REGIONS, 4, n, "acc")
+    param = [Region("param", "param", 0, cfg.param_words)]
+    return {r.name: r for r in spad + acc + param}
+
+
 #: Named configurations.
 PRESETS: dict[str, AcceleratorConfig] = {
     "default": AcceleratorConfig(),
@@ -133,10 +234,16 @@ PRESETS: dict[str, AcceleratorConfig] = {
 }
 
 
+#: The fields that are all the datapath width ``N``.
+WIDTH_FIELDS = ("array_rows", "array_cols", "vector_lanes")
+
+
 def load_config(spec: str | None = None, **overrides) -> AcceleratorConfig:
     """A config from a preset name or a JSON file path (``None``: the default), then overrides.
 
     ``overrides`` are field values (e.g. from ``--set array_rows=8`` on the command line).
+    The datapath is one width: overriding any of ``array_rows``, ``array_cols`` and
+    ``vector_lanes`` (with one value) sets all three.
     """
     if spec is None or spec in PRESETS:
         base = PRESETS[spec or "default"].to_dict()
@@ -150,8 +257,21 @@ def load_config(spec: str | None = None, **overrides) -> AcceleratorConfig:
             raise ConfigError(f"{spec}: not valid JSON ({exc})") from None
         if not isinstance(base, dict):
             raise ConfigError(f"{spec}: a config file holds one JSON object")
-        base = {**PRESETS["default"].to_dict(), **base}
-    return AcceleratorConfig.from_dict({**base, **overrides})
+        base = {**PRESETS["default"].to_dict(), **_one_width(base, spec)}
+    return AcceleratorConfig.from_dict({**base, **_one_width(overrides, "the overrides")})
+
+
+def _one_width(values: dict, where: str) -> dict:
+    """``values`` with every width field set when any is (they must agree)."""
+    given = {k: values[k] for k in WIDTH_FIELDS if k in values}
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"array_rows, array_cols and vector_lanes must be equal (the datapath "
+                          f"is one width); {where} set "
+                          f"{', '.join(f'{k}={v}' for k, v in given.items())}")
+    if given:
+        width = next(iter(given.values()))
+        values = {**values, **{k: width for k in WIDTH_FIELDS}}
+    return values
 
 
 def parse_overrides(items: list[str]) -> dict:

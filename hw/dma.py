@@ -29,5 +29,5 @@ def dma_timing(config: AcceleratorConfig, row_bytes: int) -> UnitTiming:
     """
     if isinstance(row_bytes, bool) or not isinstance(row_bytes, int) or row_bytes < 1:
         raise ValueError(f"row_bytes must be a positive integer, got {row_bytes!r}")
-    beats = math.ceil(row_bytes / config.dram_bytes_per_cycle)
+    beats = math.ceil(row_bytes / config.dram_bytes)
     return UnitTiming(latency=beats + config.dram_latency_cycles, interval=beats)

@@ -8,13 +8,10 @@ neighbour and one partial sum from the PE above, and registers
 * ``act_out = act_in`` (to the PE on its right),
 * ``psum_out = psum_in + term`` (to the PE below),
 
-where ``term`` depends on the streaming operand's form (chosen per tile by the array):
-
-* multiply form (``lis = 0``): ``term = value * w``, a 9 x 8-bit signed multiplier
-  (``value`` is the int8 operand sign-extended or the uint8 operand zero-extended);
-* shift form (``lis = 1``): ``value[0:4]`` is a Log-Int-Softmax code and
-  ``term = w << (15 - code)`` for ``code < 15``, 0 for ``code = 15``: a 16-position barrel
-  shifter on ``w`` and a zero mux, no multiplier (:func:`sw.intops.attn_value_lis`).
+where ``term = value * w`` is a 9 x 8-bit signed product (``value`` is the int8 operand
+sign-extended or the uint8 operand zero-extended, as the array chooses per tile).  The
+Log-Int-Softmax attention's shifts run on their own unit (:mod:`hw.lis_attention`), so the
+PE is one multiplier and one adder.
 
 The stationary element a streaming operand meets is the shadow one when the operand
 carries ``swap`` (the first row of a tile), which also copies the shadow register into the
@@ -28,20 +25,17 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from sw import intops
 
 __all__ = ["ProcessingElement", "STREAM_OPERAND", "PRODUCT_BITS", "psum_bits"]
 
 #: One streaming operand as it travels along a PE row.
 STREAM_OPERAND = data.StructLayout({
-    "value": signed(9),     # int8 sign-extended, uint8 zero-extended, or a LIS code in [0:4)
-    "lis": 1,               # shift form: value[0:4] is a Log-Int-Softmax code
+    "value": signed(9),     # int8 sign-extended or uint8 zero-extended
     "swap": 1,              # first row of a tile: switch to the shadow stationary element
 })
 
-#: Width of one PE's term: ``w << 15`` of an int8 ``w`` is 23-bit signed (the 9 x 8-bit
-#: product needs 17 bits).
-PRODUCT_BITS = 8 + intops.LIS_SHIFT_BASE
+#: Width of one PE's term: a 9 x 8-bit signed product (at most 255 x -128 in magnitude).
+PRODUCT_BITS = 17
 
 
 def psum_bits(rows: int) -> int:
@@ -52,7 +46,7 @@ def psum_bits(rows: int) -> int:
 
 
 class ProcessingElement(wiring.Component):
-    """One multiply / shift-and-accumulate cell with a double-buffered stationary int8 element.
+    """One multiply-and-accumulate cell with a double-buffered stationary int8 element.
 
     Parameters
     ----------
@@ -112,12 +106,8 @@ class ProcessingElement(wiring.Component):
         with m.If(self.weight_write):
             m.d.sync += shadow.eq(self.weight)
 
-        code = self.act_in.value.as_unsigned()[:intops.LIS_CODE_BITS]
-        shifted = Signal(signed(PRODUCT_BITS))
-        m.d.comb += shifted.eq(Mux(code == intops.LIS_ZERO_CODE, 0,
-                                   (current << intops.LIS_SHIFT_BASE) >> code))
         term = Signal(signed(PRODUCT_BITS))
-        m.d.comb += term.eq(Mux(self.act_in.lis, shifted, self.act_in.value * current))
+        m.d.comb += term.eq(self.act_in.value * current)
 
         m.d.sync += [
             self.act_out.eq(self.act_in),

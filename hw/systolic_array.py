@@ -12,22 +12,19 @@ of the streaming input is delayed ``r`` cycles on the way in (input skew) and co
 the results ``C - 1 - c`` cycles on the way out (output de-skew), so every streaming row
 meets ``W[r, c]`` on the diagonal wavefront ``r + c`` and its ``C`` results leave together.
 
-The streaming operand is read per tile in one of three :class:`StreamMode` forms (golden
+The streaming operand is read per tile in one of two :class:`StreamMode` forms (golden
 model in brackets):
 
 * ``INT8``: signed int8, e.g. linear layers and ``q @ k^T`` (:func:`sw.intops.linear`,
   :func:`sw.intops.int_matmul`);
 * ``UINT8``: unsigned 0..255, the 8-bit uniform softmax probabilities times ``V``
-  (:func:`sw.intops.attn_value_uniform`);
-* ``LIS``: 4-bit Log-Int-Softmax codes 0..15 in the low nibble of each byte (upper nibble
-  ignored), the stationary operand being ``V``: each PE adds ``W << (15 - code)``, nothing
-  for code 15 (:func:`sw.intops.attn_value_lis`).  This makes attention x ``V`` a mode of
-  the array at the array's throughput; it costs one 16-position barrel shifter (and a zero
-  mux) per PE next to the 9 x 8-bit multiplier, not a second multiplier.
+  (:func:`sw.intops.attn_value_uniform`).
 
-Partial sums are ``23 + ceil(log2 R)`` bits, exact for every mode (a LIS term is at most
-``|-128 << 15| = 2**22``), and sign-extended to 32 bits at the output.  K-chunks longer
-than ``R`` are added by the accumulator memory, not here.
+The Log-Int-Softmax attention's shifts and adds run on a unit of their own
+(:mod:`hw.lis_attention`), beside the array: each PE is one 9 x 8-bit multiplier and an
+adder.  Partial sums are ``17 + ceil(log2 R)`` bits, exact for both modes, and
+sign-extended to 32 bits at the output.  K-chunks longer than ``R`` are added by the tile
+engine's accumulation buffer, not here.
 
 Double-buffered stationary operand
 ----------------------------------
@@ -63,14 +60,10 @@ __all__ = ["SystolicArray", "StreamMode", "matmul_timing"]
 RESULT_BITS = 32
 
 
-class StreamMode(enum.IntEnum, shape=2):
-    """How a tile's streaming operand bytes are read (the ISA's ``MATMUL.mode``).
-
-    The value 3 is reserved; the array reads it like ``UINT8``.
-    """
+class StreamMode(enum.IntEnum, shape=1):
+    """How a tile's streaming operand bytes are read (the ISA's ``MATMUL.mode``)."""
     INT8 = 0
     UINT8 = 1
-    LIS = 2
 
 
 def _check_config(config) -> AcceleratorConfig:
@@ -103,7 +96,7 @@ def matmul_timing(config: AcceleratorConfig, m: int) -> UnitTiming:
 
 
 class SystolicArray(wiring.Component):
-    """Weight-stationary ``R x C`` systolic array for int8 x {int8, uint8, LIS} tiles.
+    """Weight-stationary ``R x C`` systolic array for int8 x {int8, uint8} tiles.
 
     Parameters
     ----------
@@ -213,7 +206,6 @@ class SystolicArray(wiring.Component):
             operand = Signal(STREAM_OPERAND, name=f"operand_{r}")
             m.d.sync += [
                 operand.value.eq(Mux(tile_mode == StreamMode.INT8, byte.as_signed(), byte)),
-                operand.lis.eq(tile_mode == StreamMode.LIS),
                 operand.swap.eq(first_row),
             ]
             for stage in range(r):

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, IllegalInstructionError,
-                          Opcode, Queue, QUEUE_OF, Timing, Violation, check_halt)
+from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode,
+                          IllegalInstructionError, Opcode, Queue, QUEUE_OF, Timing, Violation,
+                          check_halt)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
 from hw.units import UnitTimings
@@ -45,12 +46,21 @@ __all__ = ["ProgramError", "SimResult", "Plan", "simulate", "validate", "check_h
 #: Largest count a dependency semaphore holds (16-bit counters).
 TOKEN_LIMIT = (1 << 16) - 1
 #: Stall causes: waiting for a token from a queue, or for the DRAM channel.
-CAUSES = ("token:LOAD", "token:MATRIX", "token:VECTOR", "token:STORE", "dram")
-_DRAM_CAUSE = 4
+CAUSES = tuple(f"token:{q.name}" for q in Queue) + ("dram",)
+_DRAM_CAUSE = NQ
 
 
 class ProgramError(ValueError):
-    """A program cannot run: out-of-range access, unit limit, hazard, deadlock, missing HALT, ..."""
+    """A program cannot run: out-of-range access, unit limit, hazard, deadlock, missing HALT, ...
+
+    ``code``: the :class:`~compiler.isa.ErrorCode` the accelerator stops with for the same
+    program (``None`` for faults only the model sees: hazards and bad inputs); ``index``:
+    the instruction it stops at, if any.
+    """
+
+    def __init__(self, message: str, code: ErrorCode | None = None, index: int | None = None):
+        super().__init__(message)
+        self.code, self.index = code, index
 
 
 @dataclass
@@ -87,7 +97,7 @@ def _where(i: int, op: Opcode) -> str:
 
 
 def validate(image: ProgramImage, timings: UnitTimings | None = None) -> Plan:
-    """Check every instruction against the ISA table, the config and the memory sizes.
+    """Check every instruction against the ISA table, the config and the memory regions.
 
     Returns each instruction's :class:`~compiler.isa.Timing` and memory accesses.
     """
@@ -96,34 +106,46 @@ def validate(image: ProgramImage, timings: UnitTimings | None = None) -> Plan:
     try:
         check_halt(instrs)
     except IllegalInstructionError as exc:
-        raise ProgramError(str(exc)) from None
+        missing = not instrs or instrs[-1].op != Opcode.HALT
+        raise ProgramError(str(exc), ErrorCode.NO_HALT if missing else ErrorCode.ILLEGAL,
+                           None if missing else _first_halt(instrs)) from None
     ut = timings or UnitTimings(cfg)
-    limits = {"spad": cfg.scratchpad_bytes, "acc": cfg.accumulator_words, "dram": image.dram_size}
+    regions = cfg.regions
     plan = Plan([], [])
     for i, ins in enumerate(instrs):
         try:
             ins.check(i)
         except IllegalInstructionError as exc:
-            raise ProgramError(str(exc)) from None
+            raise ProgramError(str(exc), ErrorCode.ILLEGAL, i) from None
         spec, a = SPECS[ins.op], ins.args
         try:
             spec.check(cfg, a)
             accesses = spec.accesses(cfg, a)
             for acc in accesses:
-                _check_bounds(acc, limits[acc.mem])
+                _check_bounds(acc, regions, image.dram_size)
             timing = spec.timing(cfg, a, ut) if ins.op != Opcode.HALT else None
         except Violation as exc:
-            raise ProgramError(f"{_where(i, ins.op)}: {exc}") from None
+            raise ProgramError(f"{_where(i, ins.op)}: {exc}", exc.code, i) from None
         plan.timing.append(timing)
         plan.accesses.append(accesses)
     return plan
 
 
-def _check_bounds(acc: Access, limit: int) -> None:
+def _first_halt(instrs) -> int:
+    return next(i for i, ins in enumerate(instrs) if ins.op == Opcode.HALT)
+
+
+def _check_bounds(acc: Access, regions: dict, dram_size: int) -> None:
     unit = MEMORIES[acc.mem]
-    if acc.hi > limit:
-        raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, beyond its "
-                        f"{limit} {unit.split()[-1]} (out of range by {acc.hi - limit})")
+    if acc.mem == "dram":
+        if acc.hi > dram_size:
+            raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, beyond its "
+                            f"{dram_size} bytes (out of range by {acc.hi - dram_size})", ErrorCode.RANGE)
+    elif not any(regions[r].base <= acc.lo and acc.hi <= regions[r].end for r in acc.regions):
+        where = ", ".join(f"{r} {regions[r].base}..{regions[r].end - 1}" for r in acc.regions)
+        raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, outside the "
+                        f"{' / '.join(acc.regions)} region{'s' if len(acc.regions) > 1 else ''} "
+                        f"({where})", ErrorCode.RANGE)
     if acc.write and acc.rows > 1 and acc.stride < acc.width:
         raise Violation(f"{acc.what}: rows of {acc.width} overlap (stride {acc.stride})")
 
@@ -146,7 +168,7 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
     instrs = image.instructions
     n = len(instrs)
     queue = np.array([-1 if QUEUE_OF[ins.op] is None else int(QUEUE_OF[ins.op]) for ins in instrs])
-    spans = np.array([_spans(acc) for acc in plan.accesses], dtype=np.int64).reshape(n, 12)
+    spans = np.array([_spans(acc) for acc in plan.accesses], dtype=np.int64).reshape(n, 16)
     index = np.arange(n)
     pairs_i, pairs_j = [], []
     for q in range(NQ):
@@ -169,7 +191,7 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
     pi, pj = np.concatenate(pairs_i), np.concatenate(pairs_j)
     a, b = spans[pi], spans[pj]
     meet = np.zeros(len(pi), dtype=bool)
-    for base in (0, 4, 8):
+    for base in (0, 4, 8, 12):
         meet |= (a[:, base] < b[:, base + 3]) & (b[:, base + 2] < a[:, base + 1])
         meet |= (b[:, base] < a[:, base + 3]) & (a[:, base + 2] < b[:, base + 1])
     pi, pj = pi[meet], pj[meet]
@@ -180,14 +202,14 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
             raise ProgramError(_hazard_message(image, i, j, *clash, start, retire))
 
 
-_MEM_INDEX = {"spad": 0, "acc": 1, "dram": 2}
+_MEM_INDEX = {"spad": 0, "acc": 1, "dram": 2, "param": 3}
 _NONE_LO, _NONE_HI = 1 << 62, -1
 
 
 def _spans(accesses: list[Access]) -> list[int]:
     """Per memory, the bounding span of the writes and of all accesses:
-    ``[w_lo, w_hi, a_lo, a_hi] * 3`` (empty spans for what the instruction does not touch)."""
-    out = [_NONE_LO, _NONE_HI] * 6
+    ``[w_lo, w_hi, a_lo, a_hi] * 4`` (empty spans for what the instruction does not touch)."""
+    out = [_NONE_LO, _NONE_HI] * 8
     for acc in accesses:
         base = 4 * _MEM_INDEX[acc.mem]
         if acc.write:
@@ -293,7 +315,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
         if best is None:
             if all(ptr[q] == len(queues[q]) for q in range(NQ)):
                 break
-            raise ProgramError(_deadlock_message(instrs, queues, ptr, sem, waits_of))
+            raise ProgramError(_deadlock_message(instrs, queues, ptr, sem, waits_of), ErrorCode.DEADLOCK)
         t, q, i, why = best
         for s in waits_of[i]:
             sem[s][q].popleft()
@@ -312,14 +334,16 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
             tokens.append(done)
             if len(tokens) > TOKEN_LIMIT:
                 raise ProgramError(f"{_where(i, instrs[i].op)}: semaphore "
-                                   f"{Queue(q).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens")
+                                   f"{Queue(q).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens",
+                                   ErrorCode.SEMAPHORE, i)
         ptr[q] += 1
         order.append(i)
     left = [(Queue(s).name, Queue(d).name, len(sem[s][d])) for s in range(NQ) for d in range(NQ)
             if sem[s][d]]
     if left:
         raise ProgramError("program ends with unconsumed tokens: " +
-                           ", ".join(f"{s}->{d}: {k}" for s, d, k in left))
+                           ", ".join(f"{s}->{d}: {k}" for s, d, k in left), ErrorCode.TOKENS,
+                           len(instrs) - 1)
     if hazards:
         check_hazards(image, plan, start, retire)
     cycles = int(retire.max()) if n > 1 else 0

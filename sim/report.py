@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.isa import SPECS, Opcode, Queue, QUEUE_OF
+from compiler.isa import NQ, SPECS, Opcode, Queue, QUEUE_OF
 from compiler.program import ProgramImage
 from sw.graph import atomic_write_bytes
 
@@ -96,7 +96,7 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
           if instrs[i].op == Opcode.MATMUL]
     lo, hi = window if window is not None else (0, res.cycles)
     cat = {"useful MACs": 0.0, "tile padding": 0.0, "weight preload": 0.0}
-    for c in CAUSES[:4]:
+    for c in CAUSES[:NQ]:
         cat[f"idle, waiting on {c.split(':')[1]}"] = 0
     cat["idle before first tile"] = 0
     cat["drain and tail after last tile"] = 0
@@ -117,7 +117,7 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
                 cat["idle before first tile"] += gap
             else:
                 cause = int(res.cause[i])
-                key = CAUSES[cause].split(":")[1] if 0 <= cause < 4 else "LOAD"
+                key = CAUSES[cause].split(":")[1] if 0 <= cause < NQ else "LOAD"
                 cat[f"idle, waiting on {key}"] += gap
         prev_end = max(prev_end, int(res.busy_end[i]))
     cat["drain and tail after last tile"] += hi - prev_end if mm else hi - lo

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_gelu_two_lanes(tmp_path):
     """Two lanes: one block RAM per lane's copy of the table, the output and valid registers."""
-    result = synthesize_unit("gelu", AcceleratorConfig(vector_lanes=2), workdir=tmp_path)
+    result = synthesize_unit("gelu", AcceleratorConfig(array_rows=2, array_cols=2, vector_lanes=2), workdir=tmp_path)
     assert result.top == "gelu"
     assert result.count("DP16KD") == 2
     assert result.count("MULT18X18D") == 0

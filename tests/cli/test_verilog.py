@@ -38,7 +38,8 @@ def test_config_file_overrides_and_set(tmp_path):
     assert main(["verilog", "--unit", "residual_add", "--config", str(cfg), "--lanes", "4",
                  "--set", "max_channels=16", "-o", str(tmp_path)]) == 0
     text = (tmp_path / "residual_add.v").read_text()
-    expected = build_unit("residual_add", AcceleratorConfig(vector_lanes=4, max_channels=16))
+    expected = build_unit("residual_add", AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4,
+                                                            max_channels=16))
     Fragment.get(expected, None)
     widths = {name: int(msb) + 1 if msb else 1 for _, msb, name in VERILOG_PORT.findall(text)}
     assert widths == {p.name: p.width for p in port_table(expected)}
@@ -55,7 +56,8 @@ def test_files_are_replaced_whole(tmp_path):
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 @pytest.mark.parametrize("argv, message", [
     (["--unit", "fft"], "unknown hardware unit 'fft'"),
-    (["--unit", "gelu", "--lanes", "3"], "vector_lanes must be a power of two"),
+    (["--unit", "gelu", "--lanes", "3"], "array_rows must be a power of two in 2..64, got 3"),
+    (["--unit", "gelu", "--rows", "4", "--lanes", "8"], "must be equal (the datapath is one width)"),
     (["--unit", "gelu", "--set", "bogus=1"], "bad config override 'bogus=1'"),
     (["--unit", "gelu", "--config", "missing.json"], "neither a preset"),
     (["--unit", "residual_add", "--lanes", "16", "--set", "max_channels=8"],
@@ -73,7 +75,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
 def test_output_that_is_a_file(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    assert main(["verilog", "--unit", "gelu", "--lanes", "1", "-o", str(target)]) == 2
+    assert main(["verilog", "--unit", "gelu", "--lanes", "2", "-o", str(target)]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
 
@@ -82,7 +84,7 @@ VITAMIN = [sys.executable, "-c", "from cli.main import main; raise SystemExit(ma
 
 
 def test_command_line_process(tmp_path):
-    ok = subprocess.run([*VITAMIN, "verilog", "--unit", "gelu", "--lanes", "1", "-o", str(tmp_path)],
+    ok = subprocess.run([*VITAMIN, "verilog", "--unit", "gelu", "--lanes", "2", "-o", str(tmp_path)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "gelu.v").is_file() and (tmp_path / "gelu.md").is_file()

@@ -16,11 +16,11 @@ def test_text_round_trip(body):
 
 
 def test_readable_text():
-    text = "LOAD wait=- signal=MATRIX|STORE mem=ACC dram_addr=0x40 dram_stride=16 dst_addr=0 " \
+    text = "LOAD wait=- signal=MATRIX|STORE mem=PARAM dram_addr=0x40 dram_stride=16 dst_addr=0 " \
            "dst_stride=4 rows=1 cols=4 pad=0  # a comment\n\nHALT\n"
     prog = assemble(text)
-    assert prog[0].signal == 0b1010 and prog[0].mem == 1 and prog[0].dram_addr == 64
-    assert "mem=ACC" in disassemble(prog)
+    assert prog[0].signal == (1 << 1 | 1 << 4) and prog[0].mem == 1 and prog[0].dram_addr == 64
+    assert "mem=PARAM" in disassemble(prog)
 
 
 @pytest.mark.parametrize("text,match", [

@@ -11,7 +11,7 @@ def test_compile_then_disasm(tmp_path, capsys):
     assert main(["compile", str(graph), "--config", "tiny", "--set", "array_rows=2",
                  "-o", str(tmp_path / "prog")]) == 0
     image = ProgramImage.load(tmp_path / "prog")
-    assert image.config.array_rows == 2 and image.config.array_cols == 4
+    assert image.config.array_rows == image.config.array_cols == image.config.vector_lanes == 2
     assert "instructions" in capsys.readouterr().out
     assert main(["disasm", str(tmp_path / "prog" / "program.bin")]) == 0
     text = capsys.readouterr().out

@@ -6,7 +6,7 @@ from compiler.emitter import Allocator, CompileError, Emitter
 from compiler.isa import Mem, Opcode, Queue
 
 LOAD_ARGS = dict(mem=Mem.SPAD, dram_addr=0, dram_stride=4, dst_addr=0, dst_stride=4, rows=1, cols=4, pad=0)
-MM_ARGS = dict(mode=0, transpose=1, accumulate=0, m=1, n_tiles=1, k_tiles=1, a_addr=0, a_stride=4,
+MM_ARGS = dict(mode=0, transpose=1, m=1, n_tiles=1, k_tiles=1, a_addr=0, a_stride=4,
                w_addr=0, w_stride=4, acc_addr=0, acc_stride=4)
 GELU_ARGS = dict(src_addr=0, src_stride=4, dst_addr=0, dst_stride=4, rows=1, cols=4)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compiler import isa
-from compiler.isa import (SPECS, ArchState, MatMode, Opcode, OutType, Queue, SoftmaxMode,
+from compiler.isa import (SPECS, ArchState, MatMode, Mem, Opcode, OutType, Queue, SoftmaxMode,
                           Violation)
 from hw.config import AcceleratorConfig
 from hw.softmax import SoftmaxMode as HwSoftmaxMode
@@ -16,49 +16,58 @@ from hw.systolic_array import StreamMode
 from hw.units import UnitTimings
 from sw import intops
 
-CFG = AcceleratorConfig(array_rows=2, array_cols=2, vector_lanes=2, scratchpad_kib=1,
-                        accumulator_kib=1, max_channels=16)
+CFG = AcceleratorConfig(array_rows=2, array_cols=2, vector_lanes=2, scratchpad_kib=4,
+                        accumulator_kib=2, max_channels=16)
+R = {name: r.base for name, r in CFG.regions.items()}
 DRAM = 4096
 B_INT, C_INT = intops.lis_exp_constants(4)
 
-#: One instruction per opcode / mode, with parameter records at ACC word 200 (see _state).
+#: One instruction per opcode / mode, with parameter records at parameter word 200.
 SAMPLES = {
-    "load_spad": (Opcode.LOAD, dict(mem=0, dram_addr=100, dram_stride=10, dst_addr=40,
+    "load_spad": (Opcode.LOAD, dict(mem=Mem.SPAD, dram_addr=100, dram_stride=10, dst_addr=R["act"] + 40,
                                     dst_stride=12, rows=3, cols=7, pad=2)),
-    "load_acc": (Opcode.LOAD, dict(mem=1, dram_addr=200, dram_stride=20, dst_addr=30,
-                                   dst_stride=6, rows=2, cols=4, pad=0)),
-    "store": (Opcode.STORE, dict(src_addr=50, src_stride=9, dram_addr=300, dram_stride=11,
+    "load_param": (Opcode.LOAD, dict(mem=Mem.PARAM, dram_addr=200, dram_stride=20, dst_addr=30,
+                                     dst_stride=6, rows=2, cols=4, pad=0)),
+    "store": (Opcode.STORE, dict(src_addr=R["out"] + 50, src_stride=9, dram_addr=300, dram_stride=11,
                                  rows=3, cols=5)),
-    **{f"matmul_{mode.name.lower()}_t{t}_a{acc}": (Opcode.MATMUL, dict(
-        mode=mode, transpose=t, accumulate=acc, m=3, n_tiles=2, k_tiles=2, a_addr=10,
-        a_stride=6, w_addr=100, w_stride=7, acc_addr=20, acc_stride=5))
-       for mode in MatMode for t in (0, 1) for acc in (0, 1)},
-    "requant_int8_gelu": (Opcode.REQUANT, dict(src_addr=20, src_stride=5, dst_addr=300,
+    **{f"matmul_{mode.name.lower()}_t{t}_{src}": (Opcode.MATMUL, dict(
+        mode=mode, transpose=t, m=3, n_tiles=2, k_tiles=2, a_addr=R[src] + 10,
+        a_stride=6, w_addr=R["weight"] + 100, w_stride=8, acc_addr=20, acc_stride=6))
+       for mode in (MatMode.INT8, MatMode.UINT8) for t in (0, 1) for src in ("act", "prob")},
+    "attnv": (Opcode.ATTNV, dict(m=3, n_tiles=2, k_tiles=2, a_addr=R["codes"] + 10, a_stride=6,
+                                 w_addr=R["value"] + 100, w_stride=8, acc_addr=R["attn_acc"] + 20,
+                                 acc_stride=6)),
+    "requant_int8_gelu": (Opcode.REQUANT, dict(src_addr=20, src_stride=6, dst_addr=R["out"] + 300,
                                                dst_stride=6, rows=3, cols=4, param_addr=200,
                                                load_params=1, per_channel=1, out_type=0, gelu=1)),
-    "requant_int16": (Opcode.REQUANT, dict(src_addr=20, src_stride=5, dst_addr=300, dst_stride=9,
-                                           rows=3, cols=4, param_addr=200, load_params=1,
-                                           per_channel=0, out_type=1, gelu=0)),
+    "requant_int16": (Opcode.REQUANT, dict(src_addr=R["attn_acc"] + 20, src_stride=6,
+                                           dst_addr=R["out"] + 300, dst_stride=10, rows=3, cols=4,
+                                           param_addr=200, load_params=1, per_channel=0,
+                                           out_type=1, gelu=0)),
     **{f"softmax_{mode.name.lower()}": (Opcode.SOFTMAX, dict(
-        src_addr=20, src_stride=7, dst_addr=400, dst_stride=8, rows=3, cols=5, dst_cols=6,
-        mode=mode, frac_bits=4, b_int=B_INT, c_int=C_INT, mult=3, shift=0)) for mode in SoftmaxMode},
-    "layernorm": (Opcode.LAYERNORM, dict(src_addr=10, src_stride=9, dst_addr=500, dst_stride=8,
-                                         rows=3, cols=6, param_addr=200, load_params=1, zp_in=-3)),
-    "add": (Opcode.ADD, dict(a_addr=10, a_stride=9, b_addr=200, b_stride=0, dst_addr=500,
-                             dst_stride=8, rows=3, cols=6, param_addr=200, load_params=1,
-                             zp_a=2, zp_b=-1, zp_out=3)),
-    "gelu": (Opcode.GELU, dict(src_addr=10, src_stride=9, dst_addr=500, dst_stride=8, rows=3, cols=6)),
-    "gelu_table": (Opcode.GELU_TABLE, dict(src_addr=600)),
+        src_addr=20, src_stride=8, dst_addr=R["codes" if mode == SoftmaxMode.LIS else "prob"] + 40,
+        dst_stride=8, rows=3, cols=5, dst_cols=6, mode=mode, frac_bits=4, b_int=B_INT,
+        c_int=C_INT, mult=3, shift=0)) for mode in SoftmaxMode},
+    "layernorm": (Opcode.LAYERNORM, dict(src_addr=R["vin"] + 10, src_stride=10, dst_addr=R["out"] + 400,
+                                         dst_stride=8, rows=3, cols=6, param_addr=200, load_params=1,
+                                         zp_in=-3)),
+    "add": (Opcode.ADD, dict(a_addr=R["vin"] + 10, a_stride=10, b_addr=R["vin2"] + 20, b_stride=0,
+                             dst_addr=R["out"] + 400, dst_stride=8, rows=3, cols=6, param_addr=200,
+                             load_params=1, zp_a=2, zp_b=-1, zp_out=3)),
+    "gelu": (Opcode.GELU, dict(src_addr=R["vin"] + 10, src_stride=10, dst_addr=R["out"] + 400,
+                               dst_stride=8, rows=3, cols=6)),
+    "gelu_table": (Opcode.GELU_TABLE, dict(src_addr=R["vin"] + 200)),
 }
 
 
 def _state(seed: int, op: Opcode, args: dict) -> ArchState:
     rng = np.random.default_rng(seed)
     st = ArchState(CFG, rng.integers(0, 256, size=(1, DRAM), dtype=np.uint8))
-    lis = op == Opcode.MATMUL and args["mode"] == MatMode.LIS        # 4-bit codes streamed
+    lis = op == Opcode.ATTNV                                        # 4-bit codes streamed
     st.spad[:] = rng.integers(0, 16, size=st.spad.shape) if lis else \
         rng.integers(-128, 128, size=st.spad.shape)
     st.acc[:] = rng.integers(-3000, 3000, size=st.acc.shape)
+    st.param[:] = rng.integers(-3000, 3000, size=st.param.shape)
     st.gelu_table = rng.integers(-128, 128, size=(1, 256))
     if op in (Opcode.REQUANT, Opcode.LAYERNORM, Opcode.ADD):
         n = 8
@@ -72,14 +81,15 @@ def _state(seed: int, op: Opcode, args: dict) -> ArchState:
         else:
             rec[:] = np.stack([rng.integers(-32768, 32768, n), rng.integers(-32768, 32768, n),
                                rng.integers(0, 64, n), np.zeros(n)], 1)
-        st.acc[0, 200:200 + 4 * n] = rec.ravel()
+        st.param[0, 200:200 + 4 * n] = rec.ravel()
     if op == Opcode.SOFTMAX:
         st.acc[0, :] = rng.integers(-2000, 1, size=st.acc.shape[1])
     return st
 
 
 def _mask(accesses, write: bool) -> dict[str, np.ndarray]:
-    sizes = {"spad": CFG.scratchpad_bytes, "acc": CFG.accumulator_words, "dram": DRAM}
+    sizes = {"spad": CFG.scratchpad_bytes, "acc": CFG.accumulator_words, "param": CFG.param_words,
+             "dram": DRAM}
     masks = {m: np.zeros(n, bool) for m, n in sizes.items()}
     for a in accesses:
         if a.write == write:
@@ -90,7 +100,7 @@ def _mask(accesses, write: bool) -> dict[str, np.ndarray]:
 
 def _memories(st: ArchState) -> dict[str, np.ndarray]:
     return {"spad": st.spad[0].astype(np.int64), "acc": st.acc[0].copy(),
-            "dram": st.dram[0].astype(np.int64)}
+            "param": st.param[0].copy(), "dram": st.dram[0].astype(np.int64)}
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
@@ -100,6 +110,9 @@ def test_execute_stays_inside_its_declared_accesses(name):
     args = {k: int(v) for k, v in args.items()}
     spec.check(CFG, args)
     accesses = spec.accesses(CFG, args)
+    for acc in accesses:                          # every sample lies in its regions
+        assert acc.mem == "dram" or any(
+            CFG.regions[r].base <= acc.lo and acc.hi <= CFG.regions[r].end for r in acc.regions), acc
     writes, reads = _mask(accesses, True), _mask(accesses, False)
     st = _state(1, op, args)
     before = _memories(st)
@@ -131,6 +144,7 @@ def test_every_opcode_has_one_spec_and_the_tables_derive_from_it():
         assert isa.FORMATS[op] == spec.fields
         assert isa.QUEUE_OF[op] == spec.queue
     assert isa.QUEUE_OF[Opcode.HALT] is None and isa.QUEUE_OF[Opcode.MATMUL] == Queue.MATRIX
+    assert isa.QUEUE_OF[Opcode.ATTNV] == Queue.ATTN
 
 
 def test_mode_enums_are_the_hardware_units():
@@ -143,8 +157,11 @@ def test_mode_enums_are_the_hardware_units():
     (Opcode.LAYERNORM, dict(SAMPLES["layernorm"][1], cols=5), r"LayerNorm: channels must be a multiple of vector_lanes \(2\)"),
     (Opcode.ADD, dict(SAMPLES["add"][1], cols=18), r"residual add: .*2\.\.16 \(max_channels\)"),
     (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], cols=300, dst_cols=300), "exceeds max_seq_len 256 by 44"),
+    (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], dst_cols=8), "dst_cols 8 must be cols 5 rounded up"),
     (Opcode.REQUANT, dict(SAMPLES["requant_int16"][1], gelu=1), "GELU applies to int8 outputs only"),
-    (Opcode.MATMUL, dict(SAMPLES["matmul_int8_t0_a0"][1], m=0), "m must be at least 1"),
+    (Opcode.MATMUL, dict(SAMPLES["matmul_int8_t0_act"][1], m=0), "m must be at least 1"),
+    (Opcode.MATMUL, dict(SAMPLES["matmul_int8_t0_act"][1], a_stride=7), "a_stride = 7 is not a multiple"),
+    (Opcode.ATTNV, dict(SAMPLES["attnv"][1], m=CFG.max_tile_rows + 1), "exceed max_tile_rows"),
 ])
 def test_constraints_come_from_the_units(op, args, match):
     with pytest.raises(Violation, match=match):
@@ -159,7 +176,7 @@ def test_timing_uses_the_unit_formulas():
     assert t.busy == t.done == row.total(3) and t.channel == 0
     a = {k: int(v) for k, v in SAMPLES["load_spad"][1].items()}
     t = SPECS[Opcode.LOAD].timing(CFG, a, ut)
-    beats = -(-9 // CFG.dram_bytes_per_cycle)                 # 7 bytes + 2 of padding a row
+    beats = -(-9 // CFG.dram_bytes)                           # 7 bytes + 2 of padding a row
     assert (t.busy, t.channel, t.done) == (3 * beats, 3 * beats, 3 * beats + CFG.dram_latency_cycles)
     assert SPECS[Opcode.REQUANT].timing(CFG, {k: int(v) for k, v in SAMPLES["requant_int16"][1].items()},
                                         ut).done == 1 + ut.requantizer(4).total(3)

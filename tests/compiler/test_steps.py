@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from compiler import lowerers
-from compiler.context import LowerCtx, acc, spad
+from compiler.context import LowerCtx, need
 from compiler.fusion import step_fuse
 from compiler.isa import Opcode, encode_program
 from compiler.layout import step_layout
@@ -16,8 +16,8 @@ from sw import intops
 from sw.graph import IntGraph, Op, Tensor
 
 
-def _cfg(rc=4, lanes=4, spad_kib=16, acc_kib=4, **kw):
-    return AcceleratorConfig(array_rows=rc, array_cols=rc, vector_lanes=lanes,
+def _cfg(n=4, spad_kib=16, acc_kib=4, **kw):
+    return AcceleratorConfig(array_rows=n, array_cols=n, vector_lanes=n,
                              scratchpad_kib=spad_kib, accumulator_kib=acc_kib, **kw)
 
 
@@ -113,51 +113,58 @@ def test_every_group_leaves_the_on_chip_memories_empty(monkeypatch):
     for kind, fn in list(lowerers.LOWERERS.items()):
         def checked(group, ctx, fn=fn):
             fn(group, ctx)
-            assert not ctx.spad.live and not ctx.acc.live, group.kind
+            assert not any(a.live for a in ctx.allocators.values()), group.kind
         monkeypatch.setitem(lowerers.LOWERERS, kind, checked)
     g = tiny_vit(seed=3, image=12, dim=16, pool="mean", fc_norm=True)
     g.outputs.append("patches")
-    compile_graph(g, _cfg(spad_kib=2, acc_kib=1))
+    compile_graph(g, _cfg(spad_kib=4, acc_kib=1))
 
 
 # ---------------------------------------------------------------------- working sets
 def test_fit_chunk_is_the_largest_chunk_the_allocator_accepts():
-    ctx = _ctx(tiny_vit(), _cfg(spad_kib=1, acc_kib=1))
+    ctx = _ctx(tiny_vit(), _cfg(spad_kib=4, acc_kib=1))
     op = ctx.graph.ops[0]
+    act = ctx.allocator("act")
+    assert act.capacity == 1152 and act.align == 4
 
-    def need(m):                                    # 3 x 20 m bytes: 1020 at m = 17 unaligned
-        return {"rows": spad(20 * m, 3), "acc": acc(m)}
+    def ws(m):                                      # 3 x 20 m bytes
+        return {"rows": need("act", 20 * m, 3), "acc": need("acc", m)}
 
-    m = ctx.fit_chunk(op, "test", need, 100)
+    m = ctx.fit_chunk(op, "test", ws, 100)
     sizes = [20 * m] * 3
-    assert ctx.spad.fits(sizes) and not ctx.spad.fits([20 * (m + 1)] * 3)
-    assert m == 16                                   # 3 x 320 fits; 3 x 352 (340 aligned) not
-    for s in sizes:                                  # and the allocator does place them
-        ctx.alloc(spad(s), "b")
-    assert not ctx.fits(need(1))                     # what is live counts
+    assert act.fits(sizes) and not act.fits([20 * (m + 1)] * 3)
+    assert m == 19                                   # 3 x 380 fits 1152; 3 x 400 not
+    for size in sizes:                               # and the allocator does place them
+        ctx.alloc(need("act", size), "b")
+    assert not ctx.fits(ws(1))                       # what is live counts
+
+
+def test_alignment_counts_in_the_fit():
+    ctx = _ctx(tiny_vit(), _cfg(n=16, spad_kib=4, acc_kib=1))
+    act = ctx.allocator("act")                       # 16-byte rows: 17 bytes take 32
+    assert act.capacity == 1152 and act.need([17] * 36) == 1152 and not act.fits([17] * 37)
 
 
 def test_fit_chunk_error_names_op_memories_and_shortfall():
-    ctx = _ctx(tiny_vit(), _cfg(spad_kib=1, acc_kib=1))
+    ctx = _ctx(tiny_vit(), _cfg(spad_kib=4, acc_kib=1))
     op = ctx.graph.ops[1]
     with pytest.raises(CompileError) as info:
-        ctx.fit_chunk(op, "linear", lambda m: {"x": spad(1000 + m), "y": spad(20),
-                                               "a": acc(250 * m + 7)}, 10)
+        ctx.fit_chunk(op, "linear", lambda m: {"x": need("act", 1100 + m), "y": need("act", 60),
+                                               "a": need("acc", 190 * m + 7)}, 10)
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg == (f"op {op.name!r} (linear) does not fit even one row at a time: scratchpad "
-                   "needs 1040 bytes, the config has 1024 (short by 16 bytes); accumulator "
-                   "needs 260 words, the config has 256 (short by 4 words = 16 bytes)")
+    assert msg == (f"op {op.name!r} (linear) does not fit even one row at a time: the act memory "
+                   "needs 1164 bytes, the config has 1152 (short by 12 bytes); the acc memory "
+                   "needs 200 words, the config has 192 (short by 8 words = 32 bytes)")
 
 
 def test_tight_scratchpad_error_counts_alignment():
-    """patch_embed.proj (K = 48, 16 outputs) on an 8 x 8 array, one token: its input row (48
-    bytes), three weight strips of 8 x 48 (1152) and three 8-byte output rows that the
-    allocator rounds to 16 bytes each (48): 1248 bytes."""
+    """patch_embed.proj (K = 48, 16 outputs) on an 8 x 8 array: three weight strips of 8 x 48
+    (1152 bytes) in a 768-byte weight memory."""
     with pytest.raises(CompileError, match=r"op 'patch_embed.proj' \(linear\) does not fit even "
-                                           r"one row.*scratchpad needs 1248 bytes, the config has "
-                                           r"1024 \(short by 224 bytes\)"):
-        compile_graph(tiny_vit(), _cfg(rc=8, lanes=8, spad_kib=1, acc_kib=1))
+                                           r"one row.*the weight memory needs 1152 bytes, the "
+                                           r"config has 768 \(short by 384 bytes\)"):
+        compile_graph(tiny_vit(), _cfg(n=8, spad_kib=4, acc_kib=1))
 
 
 # ---------------------------------------------------------------------- checks
@@ -166,7 +173,7 @@ def test_tight_scratchpad_error_counts_alignment():
 def test_channel_rule_is_the_hardwares(lanes, max_channels, dim):
     """The compiler refuses a residual-add row exactly when the unit's own check does, and
     passes its message on."""
-    cfg = _cfg(lanes=lanes, max_channels=max_channels)
+    cfg = _cfg(n=lanes, max_channels=max_channels)
     g = tiny_vit(dim=dim, heads=2)
     try:
         residual_add_param_load_timing(cfg, dim)

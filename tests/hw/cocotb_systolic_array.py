@@ -13,8 +13,6 @@ from cocotb_streams import StreamSink, StreamSource, StreamTB
 from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import load_vectors
 
-LIS = 2
-
 
 class TB(StreamTB):
     """Clock, reset, weight and streaming-row sources with random gaps (during which the
@@ -28,7 +26,7 @@ class TB(StreamTB):
         self.rows = rows
         self.cols = cols
         self.weights = StreamSource(self, "weights",
-                                    noise=lambda: self.rng.getrandbits(8 * cols + 2))
+                                    noise=lambda: self.rng.getrandbits(8 * cols + 1))
         self.activations = StreamSource(self, "activations",
                                         noise=lambda: self.rng.getrandbits(8 * rows + 1))
         self.results = StreamSink(self, "results", decode=lambda word: (
@@ -44,9 +42,6 @@ class TB(StreamTB):
         beats = []
         for tile in tiles:
             for i, row in enumerate(tile["rows"]):
-                if tile["mode"] == LIS:
-                    # The upper nibble of a code byte is ignored: fill it with noise.
-                    row = [code | self.rng.randint(0, 15) << 4 for code in row]
                 beats.append(pack(row, 8) | int(i == len(tile["rows"]) - 1) << last_shift)
         return beats
 

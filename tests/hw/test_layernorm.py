@@ -18,7 +18,7 @@ from sim.cocotb_runner import run_cocotb
 from sw import intops
 
 LANES = 4
-CONFIG = AcceleratorConfig(vector_lanes=LANES, max_channels=16)
+CONFIG = AcceleratorConfig(array_rows=LANES, array_cols=LANES, vector_lanes=LANES, max_channels=16)
 #: The affine's legal shifts (sw.intops.ln_affine).
 SHIFT_MIN, SHIFT_MAX = intops.LN_OFFSET_FRAC, intops.REQUANT_MAX_SHIFT
 
@@ -244,7 +244,8 @@ def test_extreme_shifts_against_reference(shift):
     (68, 128, 6), (72, 128, 6), (76, 128, 6),       # around B = 18, where the divider stops binding
 ])
 def test_cycle_count_matches_layernorm_timing(channels, max_channels, n_rows):
-    config = AcceleratorConfig(vector_lanes=LANES, max_channels=max_channels)
+    config = AcceleratorConfig(array_rows=LANES, array_cols=LANES, vector_lanes=LANES,
+                               max_channels=max_channels)
     tensor = random_params(np.random.default_rng(channels), channels, n_rows=n_rows)
     run = simulate(config, [tensor])
     check_bit_exact([tensor], run)
@@ -255,7 +256,7 @@ def test_cycle_count_matches_layernorm_timing(channels, max_channels, n_rows):
 def test_timing_formulas():
     timing = layernorm_timing(CONFIG, 8)
     assert (timing.latency, timing.interval) == (2 * 2 + 37, 18)
-    big = AcceleratorConfig(vector_lanes=16, max_channels=1024)
+    big = AcceleratorConfig(max_channels=1024)
     timing = layernorm_timing(big, 768)
     assert (timing.latency, timing.interval) == (2 * 48 + 37, 48)
 
@@ -275,7 +276,7 @@ def test_component_rejects_unsupported_configs():
     with pytest.raises(ConfigError):
         PtfLayerNorm(AcceleratorConfig(max_channels=8192))
     with pytest.raises(ConfigError):
-        PtfLayerNorm(AcceleratorConfig(vector_lanes=16, max_channels=8))
+        PtfLayerNorm(AcceleratorConfig(max_channels=8))
     with pytest.raises(TypeError):
         PtfLayerNorm({"vector_lanes": 4})
 

@@ -23,10 +23,8 @@ MAX_CHANNELS = 8
 #: The legal shifts, 0..63, all compared against sw.intops.requantize directly.
 MAX_SHIFT = intops.REQUANT_MAX_SHIFT
 #: (lanes, config): 4 lanes (2 channel groups) and 3 lanes (3 groups, the last one partial).
-SETUPS = {
-    4: AcceleratorConfig(array_rows=4, array_cols=4, max_channels=MAX_CHANNELS),
-    3: AcceleratorConfig(array_rows=4, array_cols=3, max_channels=MAX_CHANNELS),
-}
+_FOUR = AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4, max_channels=MAX_CHANNELS)
+SETUPS = {4: _FOUR, 3: _FOUR}
 
 
 class Records:
@@ -309,7 +307,7 @@ def test_timing_formulas():
 # ---------------------------------------------------------------------------- construction
 
 def test_properties_and_other_sizes_elaborate():
-    dut = Requantizer(SETUPS[3])
+    dut = Requantizer(SETUPS[3], 3)
     assert dut.lanes == 3 and dut.groups == 3 and dut.config is SETUPS[3]
     assert Requantizer(AcceleratorConfig()).lanes == 16
     assert Requantizer(AcceleratorConfig()).groups == 1024 // 16

@@ -21,7 +21,8 @@ from sw.intops import (INT16_MAX, INT16_MIN, LIS_SQRT2_Q16, LIS_ZERO_CODE, bit_l
 
 LANES = 4
 MAX_ROW = 16
-CONFIG = AcceleratorConfig(vector_lanes=LANES, max_seq_len=MAX_ROW)
+CONFIG = AcceleratorConfig(array_rows=LANES, array_cols=LANES, vector_lanes=LANES,
+                           max_seq_len=MAX_ROW)
 
 
 class Row:
@@ -243,7 +244,7 @@ def test_timing_matches_softmax_timing(mode, length):
 
 
 def test_timing_formulas():
-    config = AcceleratorConfig(vector_lanes=16, max_seq_len=256)
+    config = AcceleratorConfig(max_seq_len=256)
     assert softmax_timing(config, 197) == softmax_timing(config, 197, "lis")
     beats = 13
     assert softmax_timing(config, 197, "lis").latency == 3 * beats + 8
@@ -271,16 +272,17 @@ def test_rejects_bad_parameters():
 
 
 def test_properties_and_other_sizes_elaborate():
-    dut = LisSoftmax(AcceleratorConfig(vector_lanes=8, max_seq_len=197))
+    dut = LisSoftmax(AcceleratorConfig(array_rows=8, array_cols=8, vector_lanes=8, max_seq_len=197))
     assert (dut.lanes, dut.max_seq_len, dut.max_beats) == (8, 197, 25)
     Fragment.get(dut, None)
-    Fragment.get(LisSoftmax(AcceleratorConfig(vector_lanes=1, max_seq_len=8)), None)
-    Fragment.get(LisSoftmax(AcceleratorConfig(vector_lanes=16, max_seq_len=8)), None)
+    Fragment.get(LisSoftmax(AcceleratorConfig(array_rows=2, array_cols=2, vector_lanes=2, max_seq_len=8)), None)
+    Fragment.get(LisSoftmax(AcceleratorConfig(max_seq_len=8)), None)
 
 
 # ---------------------------------------------------------------------------- cocotb
 
-COCOTB_CONFIG = AcceleratorConfig(vector_lanes=LANES, max_seq_len=256)
+COCOTB_CONFIG = AcceleratorConfig(array_rows=LANES, array_cols=LANES, vector_lanes=LANES,
+                                 max_seq_len=256)
 
 
 def _as_vector(row: Row) -> dict:

@@ -30,7 +30,7 @@ def test_chain_counts_the_passed_beats_once():
     # softmax's first input beat is the requantizer's first output beat, cycle 6.
     first, second = UnitTiming(4 + 5, 4), UnitTiming(3 * 4 + 8, 4 + 3)
     assert chain(first, second, 4) == UnitTiming(5 + 3 * 4 + 8, 7)
-    cfg = AcceleratorConfig(vector_lanes=4)
+    cfg = AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4)
     assert UnitTimings(cfg).chain(first, second, 13) == UnitTiming(9 + 20 - 4, 7)
     with pytest.raises(ValueError):
         chain(first, second, 0)
