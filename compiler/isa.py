@@ -43,7 +43,7 @@ from sw import intops
 __all__ = [
     "INSTR_BYTES", "INSTR_BITS", "HEADER_BITS", "NQ", "RECORD_WORDS", "Queue", "Opcode", "Mem",
     "MatMode", "OutType", "SoftmaxMode", "ErrorCode", "Field", "Access", "Timing", "Violation",
-    "OpSpec",
+    "OpSpec", "Rule", "Pattern", "sel", "OPCODE_BITS",
     "SPECS", "FORMATS", "QUEUE_OF", "Instruction", "IllegalInstructionError", "ArchState",
     "encode", "decode", "encode_program", "decode_program", "check_halt",
     "SPAD_ADDR", "SPAD_STRIDE", "ACC_ADDR", "ACC_STRIDE", "DRAM_ADDR", "DRAM_STRIDE", "COUNT",
@@ -293,37 +293,72 @@ class ArchState:
 # ----------------------------------------------------------------------------------------
 # The opcodes
 # ----------------------------------------------------------------------------------------
+#
+# An opcode's rules and memory patterns are expressions of its fields, written once and
+# evaluated twice: on a dict of ints (the compiler and the cycle model) and on the fields of
+# an instruction word in Amaranth (the accelerator's decoder, hw/core/decoder.py).  They use
+# only what both understand: ``a["field"]``, arithmetic, comparisons, ``&`` / ``|`` and
+# :func:`sel`.
 
-def _positive(a: dict, *names: str) -> None:
-    for n in names:
-        if a[n] < 1:
-            raise Violation(f"{n} must be at least 1")
+def sel(cond, then, otherwise):
+    """``then if cond else otherwise``, for ints and for Amaranth values alike."""
+    if isinstance(cond, (bool, int, np.integer)):
+        return then if cond else otherwise
+    from amaranth import Mux
+    return Mux(cond, then, otherwise)
 
 
-def _aligned(cfg: AcceleratorConfig, a: dict, *names: str) -> None:
-    """Compute units move whole ``N``-element rows: their addresses and strides are
+@dataclass(frozen=True)
+class Rule:
+    """A condition every instruction of the opcode must meet: ``ok(cfg, a)``; otherwise the
+    machine stops with ``code`` and the model says ``message(cfg, a)``."""
+    ok: object
+    message: object
+    code: ErrorCode = ErrorCode.CONSTRAINT
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A memory pattern of the opcode (an :class:`Access` once evaluated): expressions of
+    the fields for its address, stride, rows and width, and ``when`` it applies."""
+    mem: str
+    addr: object
+    stride: object
+    rows: object
+    width: object
+    write: bool
+    what: str
+    regions: tuple[str, ...] = ()
+    when: object = None
+
+
+def _field(name):
+    return lambda cfg, a: a[name]
+
+
+def positive(*names: str) -> list[Rule]:
+    return [Rule(lambda cfg, a, n=n: a[n] >= 1, lambda cfg, a, n=n: f"{n} must be at least 1")
+            for n in names]
+
+
+def aligned(*names: str) -> list[Rule]:
+    """Compute engines move whole ``N``-element rows: these addresses and strides are
     multiples of ``N``."""
-    n = cfg.lanes
-    for name in names:
-        if a[name] % n:
-            raise Violation(f"{name} = {a[name]} is not a multiple of the datapath width {n}")
+    return [Rule(lambda cfg, a, n=n: a[n] % cfg.lanes == 0,
+                 lambda cfg, a, n=n: f"{n} = {a[n]} is not a multiple of the datapath width {cfg.lanes}")
+            for n in names]
 
 
-@functools.lru_cache(maxsize=4096)
-def _unit_error(check, *args) -> str | None:
-    try:
-        check(*args)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _unit_rule(unit: str, check, *args) -> None:
-    """Run a hardware unit's own validation (cached per argument); its ``ValueError``
-    becomes a :class:`Violation`."""
-    error = _unit_error(check, *args)
-    if error is not None:
-        raise Violation(f"{unit}: {error}")
+def _unit_rule(unit: str, ok, explain) -> Rule:
+    """A hardware unit's own rule: ``ok(cfg, value)`` decides, ``explain(cfg, value)`` (the
+    unit's validation, raising ``ValueError``) words the message."""
+    def message(cfg, a):
+        try:
+            explain(cfg, a)
+        except ValueError as exc:
+            return f"{unit}: {exc}"
+        return f"{unit}: rejected"
+    return Rule(ok, message)
 
 
 def _dma(ut, rows: int, row_bytes: int) -> Timing:
@@ -349,25 +384,41 @@ class OpSpec:
     op: Opcode
     queue: Queue | None
     fields: tuple[Field, ...] = ()
-    #: Fields that must be at least 1.
-    positive: tuple[str, ...] = ()
-    #: Fields that must be multiples of the datapath width ``N``.
-    aligned: tuple[str, ...] = ()
+
+    def rules(self, cfg: AcceleratorConfig) -> list[Rule]:
+        return []
+
+    def patterns(self, cfg: AcceleratorConfig) -> list[Pattern]:
+        return []
 
     def check(self, cfg: AcceleratorConfig, a: dict) -> None:
-        """Raise :class:`Violation` unless the instruction can run on ``cfg`` (its memory
+        """Raise :class:`Violation` unless the instruction meets every rule (its memory
         patterns are checked against their regions separately, from :meth:`accesses`)."""
-        _positive(a, *self.positive)
-        _aligned(cfg, a, *self.aligned)
+        for rule in _rules_of(self, cfg):
+            if not rule.ok(cfg, a):
+                raise Violation(rule.message(cfg, a), rule.code)
 
     def accesses(self, cfg: AcceleratorConfig, a: dict) -> list[Access]:
-        return []
+        """The memory patterns that apply to this instruction, evaluated."""
+        return [Access(p.mem, p.addr(cfg, a), p.stride(cfg, a), p.rows(cfg, a), p.width(cfg, a),
+                       p.write, p.what, p.regions)
+                for p in _patterns_of(self, cfg) if p.when is None or p.when(cfg, a)]
 
     def timing(self, cfg: AcceleratorConfig, a: dict, ut) -> Timing:
         raise NotImplementedError
 
     def execute(self, st: ArchState, a: dict) -> None:
         raise NotImplementedError
+
+
+@functools.lru_cache(maxsize=None)
+def _rules_of(spec: OpSpec, cfg: AcceleratorConfig) -> tuple[Rule, ...]:
+    return tuple(spec.rules(cfg))
+
+
+@functools.lru_cache(maxsize=None)
+def _patterns_of(spec: OpSpec, cfg: AcceleratorConfig) -> tuple[Pattern, ...]:
+    return tuple(spec.patterns(cfg))
 
 
 class Halt(OpSpec):
@@ -389,21 +440,23 @@ class Load(OpSpec):
     fields = (_f("mem", 1, enum=Mem), _f("dram_addr", DRAM_ADDR), _f("dram_stride", DRAM_STRIDE),
               _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
               _f("rows", COUNT), _f("cols", COUNT), _f("pad", COUNT))
-    positive = ("rows", "cols")
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        if a["mem"] == Mem.PARAM and a["pad"]:
-            raise Violation("zero padding is only for scratchpad loads")
+    def rules(self, cfg):
+        return positive("rows", "cols") + [
+            Rule(lambda cfg, a: (a["mem"] == Mem.SPAD) | (a["pad"] == 0),
+                 lambda cfg, a: "zero padding is only for scratchpad loads")]
 
-    def accesses(self, cfg, a) -> list[Access]:
-        param = a["mem"] == Mem.PARAM
-        return [Access("dram", a["dram_addr"], a["dram_stride"], a["rows"],
-                       a["cols"] * (4 if param else 1), False, "DRAM side"),
-                Access("param", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"], True,
-                       "destination", ("param",)) if param else
-                Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"] + a["pad"],
-                       True, "destination", LOAD_REGIONS)]
+    def patterns(self, cfg):
+        spad = lambda cfg, a: a["mem"] == Mem.SPAD
+        param = lambda cfg, a: a["mem"] == Mem.PARAM
+        return [
+            Pattern("dram", _field("dram_addr"), _field("dram_stride"), _field("rows"),
+                    lambda cfg, a: sel(a["mem"] == Mem.PARAM, 4 * a["cols"], a["cols"]), False,
+                    "DRAM side"),
+            Pattern("spad", _field("dst_addr"), _field("dst_stride"), _field("rows"),
+                    lambda cfg, a: a["cols"] + a["pad"], True, "destination", LOAD_REGIONS, spad),
+            Pattern("param", _field("dst_addr"), _field("dst_stride"), _field("rows"),
+                    _field("cols"), True, "destination", ("param",), param)]
 
     def timing(self, cfg, a, ut) -> Timing:
         return _dma(ut, a["rows"], 4 * a["cols"] if a["mem"] == Mem.PARAM else a["cols"] + a["pad"])
@@ -427,12 +480,15 @@ class Store(OpSpec):
     fields = (_f("src_addr", SPAD_ADDR), _f("src_stride", SPAD_STRIDE),
               _f("dram_addr", DRAM_ADDR), _f("dram_stride", DRAM_STRIDE),
               _f("rows", COUNT), _f("cols", COUNT))
-    positive = ("rows", "cols")
 
-    def accesses(self, cfg, a) -> list[Access]:
-        return [Access("spad", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
-                       ("out", "copy")),
-                Access("dram", a["dram_addr"], a["dram_stride"], a["rows"], a["cols"], True, "DRAM side")]
+    def rules(self, cfg):
+        return positive("rows", "cols")
+
+    def patterns(self, cfg):
+        return [Pattern("spad", _field("src_addr"), _field("src_stride"), _field("rows"),
+                        _field("cols"), False, "source", ("out", "copy")),
+                Pattern("dram", _field("dram_addr"), _field("dram_stride"), _field("rows"),
+                        _field("cols"), True, "DRAM side")]
 
     def timing(self, cfg, a, ut) -> Timing:
         return _dma(ut, a["rows"], a["cols"])
@@ -447,29 +503,30 @@ class _Tiles(OpSpec):
     tile engine: ``m`` streaming rows of ``K = k_tiles N`` elements, a stationary
     ``K x (n_tiles N)`` operand, results summed over ``k`` in the engine's accumulation
     buffer and written once."""
-    positive = ("m", "n_tiles", "k_tiles")
-    aligned = ("a_addr", "a_stride", "w_addr", "w_stride", "acc_addr", "acc_stride")
     #: (streaming regions, stationary regions, output regions)
     stream_regions: tuple[str, ...] = ()
     stationary_regions: tuple[str, ...] = ()
     out_regions: tuple[str, ...] = ()
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        if a["m"] > cfg.max_tile_rows:
-            raise Violation(f"m = {a['m']} streaming rows exceed max_tile_rows {cfg.max_tile_rows}")
+    def rules(self, cfg):
+        return positive("m", "n_tiles", "k_tiles") + aligned(
+            "a_addr", "a_stride", "w_addr", "w_stride", "acc_addr", "acc_stride") + [
+            Rule(lambda cfg, a: a["m"] <= cfg.max_tile_rows,
+                 lambda cfg, a: f"m = {a['m']} streaming rows exceed max_tile_rows {cfg.max_tile_rows}")]
 
-    def _stationary_shape(self, a, n) -> tuple[int, int]:
-        return a["k_tiles"] * n, a["n_tiles"] * n
+    def _stationary(self, cfg) -> tuple:
+        """(rows, width) expressions of the stationary operand."""
+        return (lambda cfg, a: a["k_tiles"] * cfg.lanes, lambda cfg, a: a["n_tiles"] * cfg.lanes)
 
-    def accesses(self, cfg, a) -> list[Access]:
-        n = cfg.lanes
-        m, K, N = a["m"], a["k_tiles"] * n, a["n_tiles"] * n
-        return [Access("spad", a["a_addr"], a["a_stride"], m, K, False, "streaming operand",
-                       self.stream_regions),
-                Access("spad", a["w_addr"], a["w_stride"], *self._stationary_shape(a, n), False,
-                       "stationary operand", self.stationary_regions),
-                Access("acc", a["acc_addr"], a["acc_stride"], m, N, True, "output", self.out_regions)]
+    def patterns(self, cfg):
+        rows, width = self._stationary(cfg)
+        return [Pattern("spad", _field("a_addr"), _field("a_stride"), _field("m"),
+                        lambda cfg, a: a["k_tiles"] * cfg.lanes, False, "streaming operand",
+                        self.stream_regions),
+                Pattern("spad", _field("w_addr"), _field("w_stride"), rows, width, False,
+                        "stationary operand", self.stationary_regions),
+                Pattern("acc", _field("acc_addr"), _field("acc_stride"), _field("m"),
+                        lambda cfg, a: a["n_tiles"] * cfg.lanes, True, "output", self.out_regions)]
 
     def timing(self, cfg, a, ut) -> Timing:
         t = ut.systolic_array(a["m"])
@@ -500,9 +557,9 @@ class Matmul(_Tiles):
     stationary_regions = ("weight",)
     out_regions = ("acc",)
 
-    def _stationary_shape(self, a, n) -> tuple[int, int]:
-        K, N = a["k_tiles"] * n, a["n_tiles"] * n
-        return (N, K) if a["transpose"] else (K, N)
+    def _stationary(self, cfg) -> tuple:
+        return (lambda cfg, a: sel(a["transpose"], a["n_tiles"], a["k_tiles"]) * cfg.lanes,
+                lambda cfg, a: sel(a["transpose"], a["k_tiles"], a["n_tiles"]) * cfg.lanes)
 
     def execute(self, st, a) -> None:
         stream, stat, acc = self._operands(st, a)
@@ -529,6 +586,11 @@ class AttnV(_Tiles):
         acc[...] = intops.attn_value_lis(stream.view(np.uint8), stat)
 
 
+def _records_rule() -> Rule:
+    return Rule(lambda cfg, a: a["param_addr"] % RECORD_WORDS == 0,
+                lambda cfg, a: f"param_addr = {a['param_addr']} is not a multiple of {RECORD_WORDS}")
+
+
 class Requant(OpSpec):
     """Accumulator rows -> int8 (optionally through the GELU table) or int16 scratchpad rows."""
     op, queue = Opcode.REQUANT, Queue.VECTOR
@@ -537,30 +599,26 @@ class Requant(OpSpec):
               _f("rows", COUNT), _f("cols", COUNT), _f("param_addr", ACC_ADDR),
               _f("load_params", 1), _f("per_channel", 1), _f("out_type", 1, enum=OutType),
               _f("gelu", 1))
-    positive = ("rows", "cols")
-    aligned = ("src_addr", "src_stride", "dst_addr", "dst_stride")
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        if a["gelu"] and a["out_type"] != OutType.INT8:
-            raise Violation("GELU applies to int8 outputs only")
-        if a["param_addr"] % RECORD_WORDS:
-            raise Violation(f"param_addr = {a['param_addr']} is not a multiple of {RECORD_WORDS}")
+    def rules(self, cfg):
+        return positive("rows", "cols") + aligned("src_addr", "src_stride", "dst_addr", "dst_stride") + [
+            Rule(lambda cfg, a: (a["gelu"] == 0) | (a["out_type"] == OutType.INT8),
+                 lambda cfg, a: "GELU applies to int8 outputs only"),
+            _records_rule()]
 
     @staticmethod
-    def _records(a) -> int:
-        return a["cols"] if a["per_channel"] else 1
+    def _records(a):
+        return sel(a["per_channel"], a["cols"], 1)
 
-    def accesses(self, cfg, a) -> list[Access]:
-        eb = 2 if a["out_type"] == OutType.INT16 else 1
-        out = [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
-                      ("acc", "attn_acc"))]
-        if a["load_params"]:
-            out.append(Access("param", a["param_addr"], 0, 1, self._records(a) * RECORD_WORDS,
-                              False, "parameters", ("param",)))
-        out.append(Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"] * eb,
-                          True, "destination", ("out",)))
-        return out
+    def patterns(self, cfg):
+        return [Pattern("acc", _field("src_addr"), _field("src_stride"), _field("rows"),
+                        _field("cols"), False, "source", ("acc", "attn_acc")),
+                Pattern("param", _field("param_addr"), lambda cfg, a: 0, lambda cfg, a: 1,
+                        lambda cfg, a: self._records(a) * RECORD_WORDS, False, "parameters",
+                        ("param",), lambda cfg, a: a["load_params"] == 1),
+                Pattern("spad", _field("dst_addr"), _field("dst_stride"), _field("rows"),
+                        lambda cfg, a: a["cols"] * sel(a["out_type"] == OutType.INT16, 2, 1), True,
+                        "destination", ("out",))]
 
     def timing(self, cfg, a, ut) -> Timing:
         row = ut.requantizer(a["cols"])
@@ -570,9 +628,10 @@ class Requant(OpSpec):
 
     def execute(self, st, a) -> None:
         rows, cols = a["rows"], a["cols"]
+        records = self._records(a)
         if a["load_params"]:
-            st.load_params("requantizer", a["param_addr"], self._records(a))
-        p = st.unit_params("requantizer", self._records(a), "requantizer")
+            st.load_params("requantizer", a["param_addr"], records)
+        p = st.unit_params("requantizer", records, "requantizer")
         x = st.view("acc", a["src_addr"], a["src_stride"], rows, cols)
         x = intops.check_range(x + p[..., 0], intops.INT32_MIN, intops.INT32_MAX, "biased accumulator")
         if a["out_type"] == OutType.INT16:
@@ -596,27 +655,27 @@ class Softmax(OpSpec):
               _f("rows", COUNT), _f("cols", COUNT), _f("dst_cols", COUNT),
               _f("mode", 1, enum=SoftmaxMode), _f("frac_bits", 3), _f("b_int", 16, signed=True),
               _f("c_int", 16), _f("mult", 16, signed=True), _f("shift", 6))
-    positive = ("rows", "cols")
-    aligned = ("src_addr", "src_stride", "dst_addr", "dst_stride")
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        n = cfg.lanes
-        if a["dst_cols"] != -(-a["cols"] // n) * n:
-            raise Violation(f"dst_cols {a['dst_cols']} must be cols {a['cols']} rounded up to a "
-                            f"multiple of {n}")
-        if not 2 <= a["frac_bits"] <= 6:
-            raise Violation(f"frac_bits {a['frac_bits']} outside 2..6")
-        if a["cols"] > cfg.max_seq_len:
-            raise Violation(f"softmax row of {a['cols']} exceeds max_seq_len {cfg.max_seq_len} "
-                            f"by {a['cols'] - cfg.max_seq_len}")
+    def rules(self, cfg):
+        from hw.softmax import length_ok, softmax_timing
+        return positive("rows", "cols") + aligned("src_addr", "src_stride", "dst_addr", "dst_stride") + [
+            Rule(lambda cfg, a: a["dst_cols"] == (a["cols"] + cfg.lanes - 1) // cfg.lanes * cfg.lanes,
+                 lambda cfg, a: f"dst_cols {a['dst_cols']} must be cols {a['cols']} rounded up to "
+                                f"a multiple of {cfg.lanes}"),
+            Rule(lambda cfg, a: (a["frac_bits"] >= 2) & (a["frac_bits"] <= 6),
+                 lambda cfg, a: f"frac_bits {a['frac_bits']} outside 2..6"),
+            Rule(lambda cfg, a: length_ok(cfg, a["cols"]),
+                 lambda cfg, a: f"softmax row of {a['cols']} exceeds max_seq_len {cfg.max_seq_len} "
+                                f"by {a['cols'] - cfg.max_seq_len}")]
 
-    def accesses(self, cfg, a) -> list[Access]:
-        dst = ("codes",) if a["mode"] == SoftmaxMode.LIS else ("prob",)
-        return [Access("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"], False, "source",
-                       ("acc",)),
-                Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["dst_cols"], True,
-                       "destination", dst)]
+    def patterns(self, cfg):
+        src = Pattern("acc", _field("src_addr"), _field("src_stride"), _field("rows"),
+                      _field("cols"), False, "source", ("acc",))
+        dst = dict(mem="spad", addr=_field("dst_addr"), stride=_field("dst_stride"),
+                   rows=_field("rows"), width=_field("dst_cols"), write=True, what="destination")
+        return [src,
+                Pattern(**dst, regions=("codes",), when=lambda cfg, a: a["mode"] == SoftmaxMode.LIS),
+                Pattern(**dst, regions=("prob",), when=lambda cfg, a: a["mode"] == SoftmaxMode.UNIFORM)]
 
     def timing(self, cfg, a, ut) -> Timing:
         row = ut.chain(ut.requantizer(a["cols"]),
@@ -636,27 +695,25 @@ class Softmax(OpSpec):
 
 class _RowWise(OpSpec):
     """A vector instruction over ``rows x cols`` int8 scratchpad rows."""
-    positive = ("rows", "cols")
     #: scratchpad operands read (field prefix, regions) and the unit (records) it uses.
     operands: tuple[tuple[str, tuple[str, ...]], ...] = (("src", ("vin",)),)
     unit: str | None = None
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        _aligned(cfg, a, "dst_addr", "dst_stride", *(f"{o}_{k}" for o, _ in self.operands
-                                                      for k in ("addr", "stride")))
-        if self.unit is not None and a["param_addr"] % RECORD_WORDS:
-            raise Violation(f"param_addr = {a['param_addr']} is not a multiple of {RECORD_WORDS}")
+    def rules(self, cfg):
+        rules = positive("rows", "cols") + aligned(
+            "dst_addr", "dst_stride", *(f"{o}_{k}" for o, _ in self.operands for k in ("addr", "stride")))
+        return rules + ([_records_rule()] if self.unit is not None else [])
 
-    def accesses(self, cfg, a) -> list[Access]:
-        out = [Access("spad", a[f"{o}_addr"], a[f"{o}_stride"], a["rows"], a["cols"], False,
-                      "source" if o == "src" else f"operand {o}", regions)
+    def patterns(self, cfg):
+        out = [Pattern("spad", _field(f"{o}_addr"), _field(f"{o}_stride"), _field("rows"),
+                       _field("cols"), False, "source" if o == "src" else f"operand {o}", regions)
                for o, regions in self.operands]
-        if self.unit is not None and a["load_params"]:
-            out.append(Access("param", a["param_addr"], 0, 1, a["cols"] * RECORD_WORDS, False,
-                              "parameters", ("param",)))
-        out.append(Access("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["cols"], True,
-                          "destination", ("out",)))
+        if self.unit is not None:
+            out.append(Pattern("param", _field("param_addr"), lambda cfg, a: 0, lambda cfg, a: 1,
+                               lambda cfg, a: a["cols"] * RECORD_WORDS, False, "parameters",
+                               ("param",), lambda cfg, a: a["load_params"] == 1))
+        out.append(Pattern("spad", _field("dst_addr"), _field("dst_stride"), _field("rows"),
+                           _field("cols"), True, "destination", ("out",)))
         return out
 
 
@@ -669,10 +726,11 @@ class LayerNorm(_RowWise):
               _f("zp_in", 16, signed=True))
     unit = "layernorm"
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        from hw.layernorm import layernorm_beats
-        _unit_rule("LayerNorm", layernorm_beats, cfg, a["cols"])
+    def rules(self, cfg):
+        from hw.layernorm import channels_ok, layernorm_beats
+        return super().rules(cfg) + [_unit_rule(
+            "LayerNorm", lambda cfg, a: channels_ok(cfg, a["cols"]),
+            lambda cfg, a: layernorm_beats(cfg, a["cols"]))]
 
     def timing(self, cfg, a, ut) -> Timing:
         return _vector_rows(a, a["cols"], ut.layernorm(a["cols"]))
@@ -697,10 +755,11 @@ class Add(_RowWise):
     operands = (("a", ("vin",)), ("b", ("vin2",)))
     unit = "residual_add"
 
-    def check(self, cfg, a) -> None:
-        super().check(cfg, a)
-        from hw.residual_add import residual_add_param_load_timing
-        _unit_rule("residual add", residual_add_param_load_timing, cfg, a["cols"])
+    def rules(self, cfg):
+        from hw.residual_add import channels_ok, residual_add_param_load_timing
+        return super().rules(cfg) + [_unit_rule(
+            "residual add", lambda cfg, a: channels_ok(cfg, a["cols"]),
+            lambda cfg, a: residual_add_param_load_timing(cfg, a["cols"]))]
 
     def timing(self, cfg, a, ut) -> Timing:
         return _vector_rows(a, a["cols"], ut.residual_add(a["cols"]))
@@ -734,10 +793,13 @@ class GeluTable(OpSpec):
     """Load the 256-byte GELU table at ``S[src_addr]`` (entry ``i``: output for input ``i - 128``)."""
     op, queue = Opcode.GELU_TABLE, Queue.VECTOR
     fields = (_f("src_addr", SPAD_ADDR),)
-    aligned = ("src_addr",)
 
-    def accesses(self, cfg, a) -> list[Access]:
-        return [Access("spad", a["src_addr"], 0, 1, 256, False, "table", ("vin",))]
+    def rules(self, cfg):
+        return aligned("src_addr")
+
+    def patterns(self, cfg):
+        return [Pattern("spad", _field("src_addr"), lambda cfg, a: 0, lambda cfg, a: 1,
+                        lambda cfg, a: 256, False, "table", ("vin",))]
 
     def timing(self, cfg, a, ut) -> Timing:
         cycles = ut.gelu_table().latency

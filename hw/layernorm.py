@@ -32,7 +32,8 @@ from hw.timing import UnitTiming
 from sw import intops
 
 __all__ = [
-    "PtfLayerNorm", "layernorm_timing", "layernorm_beats", "ROW_SLOTS", "MAX_CHANNELS_LIMIT",
+    "PtfLayerNorm", "layernorm_timing", "layernorm_beats", "channels_ok", "ROW_SLOTS",
+    "MAX_CHANNELS_LIMIT",
 ]
 
 #: Most channels the integer reference's widths allow (the row sum is 24-bit signed).
@@ -74,6 +75,14 @@ _FINISH_CYCLES = _STATS_PIPELINE + _FINISH_STATES
 _NORMALIZE_PIPELINE = 5
 
 
+def channels_ok(config: AcceleratorConfig, channels):
+    """Whether the unit runs rows of ``channels`` channels: a multiple of ``vector_lanes`` in
+    ``vector_lanes .. max_channels``.  ``channels`` may be an int (a bool results) or an
+    Amaranth value (a 1-bit value results: the accelerator's decoder checks it)."""
+    lanes = config.vector_lanes
+    return (channels % lanes == 0) & (channels >= lanes) & (channels <= config.max_channels)
+
+
 def layernorm_beats(config: AcceleratorConfig, channels: int) -> int:
     """Beats per row, ``C / L``; raises ``ValueError`` for a channel count the unit cannot run.
 
@@ -83,7 +92,7 @@ def layernorm_beats(config: AcceleratorConfig, channels: int) -> int:
     lanes = config.vector_lanes
     if isinstance(channels, bool) or not isinstance(channels, int):
         raise ValueError(f"channels must be an integer, got {channels!r}")
-    if not lanes <= channels <= config.max_channels or channels % lanes:
+    if not channels_ok(config, channels):
         raise ValueError(f"channels must be a multiple of vector_lanes ({lanes}) in "
                          f"{lanes}..{config.max_channels} (max_channels), got {channels}")
     return channels // lanes

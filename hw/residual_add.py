@@ -18,7 +18,7 @@ from hw.config import AcceleratorConfig
 from hw.timing import UnitTiming
 from sw.intops import INT8_MAX, INT8_MIN, REQUANT_MULT_BITS
 
-__all__ = ["ResidualAdd", "residual_add_timing", "residual_add_param_load_timing",
+__all__ = ["ResidualAdd", "residual_add_timing", "residual_add_param_load_timing", "channels_ok",
            "RESIDUAL_ADD_PIPELINE_DEPTH"]
 
 #: Register stages between an accepted input beat and its output beat.
@@ -249,6 +249,14 @@ def residual_add_timing(config: AcceleratorConfig, n: int) -> UnitTiming:
     return UnitTiming(latency=beats + RESIDUAL_ADD_PIPELINE_DEPTH, interval=beats)
 
 
+def channels_ok(config: AcceleratorConfig, channels):
+    """Whether the unit runs rows of ``channels`` channels: a multiple of ``vector_lanes`` in
+    ``vector_lanes .. L * (max_channels // L)``.  An int (a bool results) or an Amaranth
+    value (a 1-bit value: the accelerator's decoder checks it)."""
+    lanes, depth = _check(config)
+    return (channels % lanes == 0) & (channels >= lanes) & (channels <= lanes * depth)
+
+
 def residual_add_param_load_timing(config: AcceleratorConfig, channels: int) -> UnitTiming:
     """Timing of loading the parameters of ``channels`` channels: one write per cycle.
 
@@ -256,7 +264,7 @@ def residual_add_param_load_timing(config: AcceleratorConfig, channels: int) -> 
     most ``max_channels``).
     """
     lanes, depth = _check(config)
-    if channels < lanes or channels % lanes or channels > lanes * depth:
+    if not channels_ok(config, channels):
         raise ValueError(f"channels must be a multiple of vector_lanes ({lanes}) in "
                          f"{lanes}..{lanes * depth} (max_channels), "
                          f"got {channels}")

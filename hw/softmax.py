@@ -20,7 +20,7 @@ from hw.timing import UnitTiming
 from sw.intops import (INT16_MIN, LIS_CODE_BITS, LIS_EXP_N, LIS_SQRT2_Q16, LIS_ZERO_CODE,
                        UNIFORM_RECIP_BITS)
 
-__all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "SOFTMAX_MAX_ROW"]
+__all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "length_ok", "SOFTMAX_MAX_ROW"]
 
 #: Width of one input score (int16).
 SCORE_BITS = 16
@@ -553,6 +553,12 @@ class LisSoftmax(wiring.Component):
                     Mux(scale_stage.mode == SoftmaxMode.LIS, code,
                         Mux(rounded > 255, 255, rounded)))
         return m
+
+
+def length_ok(config: AcceleratorConfig, length):
+    """Whether the unit runs rows of ``length`` scores, ``1 .. max_seq_len``: an int (a bool
+    results) or an Amaranth value (a 1-bit value: the accelerator's decoder checks it)."""
+    return (length >= 1) & (length <= config.max_seq_len)
 
 
 def softmax_timing(config: AcceleratorConfig, length: int,
