@@ -45,7 +45,8 @@ __all__ = [
     "MatMode", "OutType", "SoftmaxMode", "ErrorCode", "Field", "Access", "Timing", "Violation",
     "OpSpec", "Rule", "Pattern", "sel", "OPCODE_BITS",
     "SPECS", "FORMATS", "QUEUE_OF", "Instruction", "IllegalInstructionError", "ArchState",
-    "encode", "decode", "encode_program", "decode_program", "check_halt",
+    "encode", "decode", "encode_program", "decode_program", "check_halt", "check_instruction",
+    "check_access",
     "SPAD_ADDR", "SPAD_STRIDE", "ACC_ADDR", "ACC_STRIDE", "DRAM_ADDR", "DRAM_STRIDE", "COUNT",
 ]
 
@@ -946,3 +947,62 @@ def check_halt(instrs: list[Instruction]) -> None:
     for i, ins in enumerate(instrs[:-1]):
         if ins.op == Opcode.HALT:
             raise IllegalInstructionError(f"instruction {i}: HALT before the end of the program")
+
+
+# ----------------------------------------------------------------------------------------
+# The decoder's verdict on one instruction
+# ----------------------------------------------------------------------------------------
+
+def check_access(acc: Access, cfg: AcceleratorConfig, dram_size: int) -> None:
+    """Raise :class:`Violation` (``RANGE``) unless the pattern lies in one of its regions
+    (DRAM: below ``dram_size``), and (``CONSTRAINT``) if a written pattern's rows overlap."""
+    unit = MEMORIES[acc.mem]
+    if acc.mem == "dram":
+        if acc.hi > dram_size:
+            raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, beyond its "
+                            f"{dram_size} bytes (out of range by {acc.hi - dram_size})", ErrorCode.RANGE)
+    else:
+        regions = cfg.regions
+        if not any(regions[r].base <= acc.lo and acc.hi <= regions[r].end for r in acc.regions):
+            where = ", ".join(f"{r} {regions[r].base}..{regions[r].end - 1}" for r in acc.regions)
+            raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, outside the "
+                            f"{' / '.join(acc.regions)} region{'s' if len(acc.regions) > 1 else ''} "
+                            f"({where})", ErrorCode.RANGE)
+    if acc.write and acc.rows > 1 and acc.stride < acc.width:
+        raise Violation(f"{acc.what}: rows of {acc.width} overlap (stride {acc.stride})")
+
+
+def check_instruction(cfg: AcceleratorConfig, ins: "Instruction | bytes", index: int, last: bool,
+                      dram_size: int) -> tuple["Instruction | None", list[Access]]:
+    """The decoder's verdict on instruction ``index`` of a program (``last``: it is the
+    program's last instruction): the instruction and its memory patterns, or
+    :class:`Violation` with the code the accelerator stops with.
+
+    ``ins`` is an :class:`Instruction` or its 32-byte word.  The checks and their priority
+    are the hardware decoder's (``hw/core/decoder.py``): ``ILLEGAL`` (not a legal word; a
+    HALT that is not last), ``NO_HALT`` (the last instruction is not a HALT), then the
+    opcode's rules in table order, then its patterns in table order (``RANGE``, overlapping
+    written rows).
+    """
+    where = f"instruction {index}"
+    try:
+        if isinstance(ins, (bytes, bytearray)):
+            ins = decode(bytes(ins), index)
+        else:
+            ins.check(index)
+    except IllegalInstructionError as exc:
+        raise Violation(str(exc), ErrorCode.ILLEGAL) from None
+    where = f"{where} ({ins.op.name})"
+    if ins.op == Opcode.HALT and not last:
+        raise Violation(f"{where}: HALT before the end of the program", ErrorCode.ILLEGAL)
+    if last and ins.op != Opcode.HALT:
+        raise Violation(f"{where}: the program ends without HALT (missing halt)", ErrorCode.NO_HALT)
+    spec = SPECS[ins.op]
+    try:
+        spec.check(cfg, ins.args)
+        accesses = spec.accesses(cfg, ins.args)
+        for acc in accesses:
+            check_access(acc, cfg, dram_size)
+    except Violation as exc:
+        raise Violation(f"{where}: {exc}", exc.code) from None
+    return ins, accesses

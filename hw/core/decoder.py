@@ -1,0 +1,239 @@
+"""The instruction decoder: every check of the ISA table on one instruction word, in RTL.
+
+Generated from :mod:`compiler.isa`: the opcode set and field layouts (:data:`FORMATS`), the
+legal values of enum fields, the queue of each opcode, every :class:`~compiler.isa.Rule`
+and every memory :class:`~compiler.isa.Pattern` (with its regions) are read from the table
+and evaluated on the word's fields, so the decoder cannot disagree with the compiler or the
+cycle model.  The verdict is the one the cycle model's ``validate`` gives, with the same
+priority:
+
+1. ``ILLEGAL``: unknown opcode, a reserved bit set, an enum field out of range, a wait or
+   signal on the instruction's own queue, masks on HALT, HALT anywhere but last, the last
+   instruction not a HALT (that one is ``NO_HALT``);
+2. the first failing rule's code (``CONSTRAINT`` for every rule of the table today);
+3. the patterns in table order: ``RANGE`` if outside every region the operand may use (or
+   beyond ``dram_size`` for DRAM), then ``CONSTRAINT`` for a written pattern whose rows
+   overlap (``rows > 1`` and ``stride < width``).
+
+Timing: the word is taken in the cycle ``start`` is high; the verdict (``error``, ``queue``)
+is valid in the cycle ``valid`` is high, :data:`DECODE_LATENCY` cycles later.  One decode at
+a time (``start`` again once ``valid`` was high, at the earliest in that same cycle).
+Patterns are checked one per cycle through one shared multiplier (``(rows - 1) * stride``).
+"""
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Signal, Value, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from compiler.isa import (FORMATS, HEADER_BITS, INSTR_BITS, NQ, OPCODE_BITS, QUEUE_OF, SPECS,
+                          ErrorCode, Opcode, _patterns_of, _rules_of)
+from hw.config import AcceleratorConfig
+from hw.core.isa_layout import fields_of, header_layout
+
+__all__ = ["Decoder", "DECODE_LATENCY", "MAX_PATTERNS", "ERROR_BITS"]
+
+#: Most memory patterns of any opcode (checked one per cycle).
+MAX_PATTERNS = max(len(_patterns_of(spec, AcceleratorConfig())) for spec in SPECS.values())
+#: Cycles from ``start`` to ``valid``: the word is registered, then the rules and the first
+#: pattern's multiply, one cycle per further pattern (multiply the next, compare the last),
+#: the last compare, and the registered verdict.
+DECODE_LATENCY = MAX_PATTERNS + 2
+#: Width of an error code.
+ERROR_BITS = max(int(c) for c in ErrorCode).bit_length()
+
+#: Bits of the address arithmetic: 32-bit addresses, a 16-bit row count times a 32-bit
+#: stride, a width of at most 2**16 * 64 elements.
+_HI_BITS = 50
+
+
+class _Fields:
+    """``a[name]`` for the rules and patterns: the fields of one opcode's view of the word."""
+
+    def __init__(self, view):
+        self.view = view
+
+    def __getitem__(self, name):
+        return Value.cast(self.view[name])
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except (AttributeError, KeyError):
+            return default
+
+
+def _value(x, bits: int = _HI_BITS):
+    """An Amaranth value of an expression that may have folded to a Python int."""
+    if isinstance(x, bool):
+        return Const(int(x), 1)
+    if isinstance(x, int):
+        return Const(x, unsigned(max(bits, x.bit_length())))
+    return x
+
+
+class Decoder(wiring.Component):
+    """Checks one instruction word (see the module docstring).
+
+    Ports: ``word`` and ``start`` (take the word), ``last`` (the word is the program's
+    last instruction), ``dram_size`` (bytes of DRAM the program may address); ``valid``
+    (one cycle, :data:`DECODE_LATENCY` after ``start``), ``error`` (an
+    :class:`~compiler.isa.ErrorCode`, ``NONE`` for a legal instruction), ``queue`` (the
+    instruction's queue, ``NQ`` for HALT), ``busy`` (a decode is under way).
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        self.config = config
+        super().__init__({
+            "word": In(INSTR_BITS),
+            "start": In(1),
+            "last": In(1),
+            "dram_size": In(32),
+            "valid": Out(1),
+            "busy": Out(1),
+            "error": Out(ERROR_BITS),
+            "queue": Out(range(NQ + 1)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        m = Module()
+        word = Signal(INSTR_BITS)
+        last = Signal()
+        header = data.View(header_layout(), word)
+        opcode = header.opcode
+
+        with m.If(self.start):
+            m.d.sync += [word.eq(self.word), last.eq(self.last)]
+
+        # ---------------------------------------------------------------- stage 1: ILLEGAL, rules
+        illegal = Signal()
+        rule_code = Signal(ERROR_BITS)
+        queue = Signal(range(NQ + 1), init=NQ)
+        m.d.comb += illegal.eq(1)                       # unknown opcodes
+        with m.Switch(opcode):
+            for op in Opcode:
+                spec = SPECS[op]
+                a = _Fields(data.View(fields_of(op), word))
+                end = HEADER_BITS + sum(f.bits for f in FORMATS[op])
+                bad = [word[end:] != 0] if end < INSTR_BITS else []
+                for f in FORMATS[op]:
+                    if f.enum is not None and f.hi < (1 << f.bits) - 1:
+                        bad.append(a[f.name] > f.hi)
+                q = QUEUE_OF[op]
+                if q is None:
+                    bad += [header.wait != 0, header.signal != 0, ~last]
+                else:
+                    bad += [header.wait[int(q)], header.signal[int(q)]]
+                with m.Case(int(op)):
+                    m.d.comb += [illegal.eq(_any(bad)), queue.eq(NQ if q is None else int(q))]
+                    # The first failing rule decides (reverse order: earlier rules win).
+                    for rule in reversed(_rules_of(spec, cfg)):
+                        with m.If(~_bool(rule.ok(cfg, a))):
+                            m.d.comb += rule_code.eq(int(rule.code))
+        not_halt_last = Signal()
+        m.d.comb += not_halt_last.eq(last & (opcode != int(Opcode.HALT)))
+
+        # ---------------------------------------------------------------- pattern pipeline
+        step = Signal(range(MAX_PATTERNS + 3))
+        running = Signal()
+        error = Signal(ERROR_BITS)
+        valid = Signal()
+        m.d.sync += valid.eq(0)
+        m.d.comb += [self.valid.eq(valid), self.error.eq(error), self.busy.eq(running)]
+
+        # Multiply stage (pattern k in step k) -> registers -> compare stage (step k + 1).
+        names = list(cfg.regions)
+        mask_bits = len(names) + 1                      # + DRAM
+        mul_a = Signal(16)
+        mul_b = Signal(32)
+        p_addr = Signal(32)
+        p_width = Signal(_HI_BITS)
+        p_mask = Signal(mask_bits)
+        p_apply = Signal()
+        p_overlap = Signal()
+        r_prod = Signal(_HI_BITS)
+        r_addr = Signal(32)
+        r_width = Signal(_HI_BITS)
+        r_mask = Signal(mask_bits)
+        r_apply = Signal()
+        r_overlap = Signal()
+        k = Signal(range(MAX_PATTERNS + 3))
+        m.d.comb += k.eq(step)
+        with m.Switch(opcode):
+            for op in Opcode:
+                a = _Fields(data.View(fields_of(op), word))
+                pats = _patterns_of(SPECS[op], cfg)
+                if not pats:
+                    continue
+                with m.Case(int(op)):
+                    with m.Switch(k):
+                        for i, p in enumerate(pats):
+                            rows = _value(p.rows(cfg, a), 17)
+                            stride = _value(p.stride(cfg, a), 32)
+                            width = _value(p.width(cfg, a))
+                            when = Const(1, 1) if p.when is None else _bool(p.when(cfg, a))
+                            mask = 0
+                            for r in (p.regions if p.mem != "dram" else ()):
+                                mask |= 1 << names.index(r)
+                            if p.mem == "dram":
+                                mask |= 1 << len(names)
+                            with m.Case(i):
+                                m.d.comb += [
+                                    mul_a.eq(rows - 1), mul_b.eq(stride),
+                                    p_addr.eq(_value(p.addr(cfg, a), 32)), p_width.eq(width),
+                                    p_mask.eq(mask), p_apply.eq(when),
+                                    p_overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
+                                ]
+        m.d.sync += [r_prod.eq(mul_a * mul_b), r_addr.eq(p_addr), r_width.eq(p_width),
+                     r_mask.eq(p_mask), r_apply.eq(p_apply), r_overlap.eq(p_overlap)]
+
+        hi = Signal(_HI_BITS + 1)
+        inside = Signal()
+        m.d.comb += hi.eq(r_addr + r_prod + r_width)
+        fits = []
+        for bit, name in enumerate(names):
+            reg = cfg.regions[name]
+            fits.append(r_mask[bit] & (r_addr >= reg.base) & (hi <= reg.end))
+        fits.append(r_mask[len(names)] & (hi <= self.dram_size))
+        m.d.comb += inside.eq(_any(fits))
+
+        with m.If(self.start):
+            m.d.sync += [step.eq(0), running.eq(1)]
+        with m.Elif(running):
+            m.d.sync += step.eq(step + 1)
+            with m.If(step == 0):
+                # Stage 1 verdict.
+                with m.If(illegal):
+                    m.d.sync += error.eq(int(ErrorCode.ILLEGAL))
+                with m.Elif(not_halt_last):
+                    m.d.sync += error.eq(int(ErrorCode.NO_HALT))
+                with m.Else():
+                    m.d.sync += error.eq(rule_code)
+                m.d.sync += self.queue.eq(queue)
+            with m.Else():
+                # Compare pattern step - 1 (multiplied in the previous cycle).
+                with m.If((error == 0) & r_apply):
+                    with m.If(~inside):
+                        m.d.sync += error.eq(int(ErrorCode.RANGE))
+                    with m.Elif(r_overlap):
+                        m.d.sync += error.eq(int(ErrorCode.CONSTRAINT))
+            with m.If(step == MAX_PATTERNS):
+                m.d.sync += [running.eq(0), valid.eq(1)]
+        return m
+
+
+def _any(conds) -> "Value":
+    conds = [_bool(c) for c in conds]
+    if not conds:
+        return Const(0, 1)
+    return Cat(*conds).any()
+
+
+def _bool(x):
+    """A one-bit value of a condition (an int / bool folds to a constant)."""
+    if isinstance(x, (bool, int)):
+        return Const(1 if x else 0, 1)
+    return x.bool()
