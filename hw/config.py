@@ -140,10 +140,10 @@ class AcceleratorConfig:
              (_pow2(self.dram_bytes_per_cycle) and self.dram_bytes_per_cycle <= self.lanes),
              f"dram_bytes_per_cycle must be 0 (the full width) or a power of two in "
              f"1..{self.lanes} (the AXI data width), got {self.dram_bytes_per_cycle}")
-        need(0 <= self.dram_latency_cycles <= 100_000,
-             f"dram_latency_cycles must be in 0..100000, got {self.dram_latency_cycles}")
-        need(0 <= self.dram_write_latency_cycles <= 100_000,
-             f"dram_write_latency_cycles must be in 0..100000, got {self.dram_write_latency_cycles}")
+        need(1 <= self.dram_latency_cycles <= 100_000,
+             f"dram_latency_cycles must be in 1..100000, got {self.dram_latency_cycles}")
+        need(1 <= self.dram_write_latency_cycles <= 100_000,
+             f"dram_write_latency_cycles must be in 1..100000, got {self.dram_write_latency_cycles}")
         need(_pow2(self.instr_buffer) and 16 <= self.instr_buffer <= 65536,
              f"instr_buffer must be a power of two in 16..65536, got {self.instr_buffer}")
         need(1.0 <= self.clock_mhz <= 2000.0, f"clock_mhz must be in 1..2000, got {self.clock_mhz}")

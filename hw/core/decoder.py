@@ -79,7 +79,8 @@ class Decoder(wiring.Component):
     last instruction), ``dram_size`` (bytes of DRAM the program may address); ``valid``
     (one cycle, :data:`DECODE_LATENCY` after ``start``), ``error`` (an
     :class:`~compiler.isa.ErrorCode`, ``NONE`` for a legal instruction), ``queue`` (the
-    instruction's queue, ``NQ`` for HALT), ``busy`` (a decode is under way).
+    instruction's queue, ``NQ`` for HALT), ``busy`` (a decode is under way), ``held`` (the
+    word taken, until the next ``start``).
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -95,6 +96,7 @@ class Decoder(wiring.Component):
             "busy": Out(1),
             "error": Out(ERROR_BITS),
             "queue": Out(range(NQ + 1)),
+            "held": Out(INSTR_BITS),
         })
 
     def elaborate(self, platform):
@@ -107,6 +109,7 @@ class Decoder(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [word.eq(self.word), last.eq(self.last)]
+        m.d.comb += self.held.eq(word)
 
         # ---------------------------------------------------------------- stage 1: ILLEGAL, rules
         illegal = Signal()

@@ -44,9 +44,10 @@ def engine_signature() -> wiring.Signature:
 
     ``instr``: a word offered when its queue's head has its tokens; the engine takes it
     (``ready``) when it can start it.  ``retire``: high for one cycle per instruction, in
-    order, in the cycle its last write has landed (the core counts its signal tokens from
-    the next cycle).  ``busy``: high from an instruction's start until the engine can take
-    the next one (the busy counters count it).
+    order, in the cycle its last write has landed, at the earliest the cycle after its start
+    (the core counts its signal tokens from the next cycle).  ``busy``: high from the cycle
+    after an instruction's start until the engine can take the next one (the busy counters
+    count these cycles and the start's own).
     """
     return wiring.Signature({
         "instr": In(stream.Signature(unsigned(INSTR_BITS))),

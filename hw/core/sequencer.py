@@ -1,0 +1,380 @@
+"""The sequencer: program fetch, decode, dispatch, queues, semaphores, run control.
+
+Everything of the core that is not an engine, a memory or the register file
+(docs/ACCELERATOR.md, "Instruction supply", "Queues, semaphores, tokens", "Errors").  Its
+timing, which the cycle model (:mod:`sim.machine`) follows to the cycle, with cycle 0 the
+first cycle of a run (the cycle after the start command):
+
+* **Fetch.**  The program is fetched in segments of ``instr_buffer`` instructions.  A fetch
+  starts in the first cycle ``c`` at which the previous segment is wholly dispatched (its
+  last push at ``c - 1`` or earlier), the LOAD queue is empty and the LOAD engine has no
+  instruction in flight (its last start and retire at ``c - 1`` or earlier); the first
+  segment's fetch starts at cycle 0.  In cycle ``c`` the first read burst is requested
+  (``arvalid``), the bursts follow back to back (each of ``min(256, 4096 / N)`` beats of
+  ``N`` bytes), and the fetch ends with the segment's last data beat at cycle ``f``.
+* **Dispatch.**  The first instruction of a segment is read from the instruction memory at
+  ``f + 1`` and enters the decoder at ``f + 2``.  The decoder's verdict comes
+  :data:`~hw.core.decoder.DECODE_LATENCY` (``L``) cycles after it took the word, at ``v``.
+  A legal instruction is pushed into its queue's FIFO at ``push = v`` if the FIFO has a free
+  slot, else in the cycle after its oldest entry leaves (FIFOs of :data:`QUEUE_DEPTH`); the
+  next instruction enters the decoder in the cycle of the push, so its verdict comes at
+  ``push + L``.  A HALT is not pushed: from ``v + 1`` the sequencer waits for the end.
+* **Start.**  A queue's head is offered to its engine from the cycle after its push, when
+  every semaphore its wait mask names holds a token; the engine takes it (the *start*) in a
+  cycle it is ready, and the tokens are taken in that cycle.
+* **Tokens.**  An engine's ``retire`` pulse at cycle ``r`` adds one token to each semaphore
+  the retiring instruction's signal mask names, usable from ``r + 1``.  Semaphores are
+  16-bit counters.
+* **End.**  After a HALT's verdict at ``v``, the run ends at the first cycle ``E >= v + 1``
+  at which every queue FIFO is empty and no engine has an instruction in flight (its last
+  retire at ``E - 1`` or earlier): ``done`` rises at ``E + 1`` and ``cycles`` holds the number
+  of cycles of the run, ``E + 1``.  With a token left in a semaphore the run ends with
+  ``TOKENS``.
+
+Errors (``error``, ``error_index``): the decoder's verdict at the instruction (``ILLEGAL``,
+``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
+token would make a count 65536; ``BUS`` for an error response on a fetch (the segment's first
+instruction) or reported by an engine (``bus_error``, ``bus_error_index``); ``DEADLOCK``
+when nothing can ever happen again: no engine has an instruction in flight or is busy, no
+queue head can start, and dispatch waits for a full FIFO, for the LOAD queue to drain before
+a fetch, or for the end (the index is the oldest instruction waiting in a queue).  On an
+error nothing more is dispatched or started; the run ends once the engines' in-flight
+instructions have retired and the fetch's outstanding beats have arrived.  An empty program
+(``prog_len = 0``) ends with ``NO_HALT`` at index 0.
+"""
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from compiler.isa import INSTR_BITS, INSTR_BYTES, NQ, ErrorCode, Opcode, Queue
+from hw.axi import AXI_BOUNDARY, AXI_BURST_MAX_BEATS, AxiBurst, axi4_read_signature
+from hw.config import AcceleratorConfig
+from hw.core.decoder import DECODE_LATENCY, ERROR_BITS, Decoder
+from hw.core.signatures import engine_signature
+
+__all__ = ["Sequencer", "QUEUE_DEPTH", "MAX_IN_FLIGHT", "TOKEN_BITS", "fetch_bursts"]
+
+#: Entries of each queue FIFO.
+QUEUE_DEPTH = 8
+#: Most instructions an engine may have started and not retired (the sequencer keeps their
+#: signal masks); every engine stays below it.
+MAX_IN_FLIGHT = 8
+#: Width of a dependency semaphore.
+TOKEN_BITS = 16
+#: Width of instruction indices and counts.
+INDEX_BITS = 32
+
+
+def fetch_bursts(config: AcceleratorConfig, instructions: int) -> list[int]:
+    """Beats of each read burst that fetches one segment of ``instructions`` (from a
+    segment boundary: the program base is 4 KiB aligned)."""
+    n = config.lanes
+    beats = -(-instructions * INSTR_BYTES // n)
+    per = min(AXI_BURST_MAX_BEATS, AXI_BOUNDARY // n)
+    return [min(per, beats - b) for b in range(0, beats, per)]
+
+
+class Sequencer(wiring.Component):
+    """Fetch, decode, dispatch, queues, semaphores and run control (module docstring).
+
+    Ports: ``start`` (a one-cycle command, ignored while ``running``), ``prog_base``,
+    ``prog_len``, ``dram_size`` (held during a run); ``running``, ``done`` (from the end of a
+    run until the next start), ``error``, ``error_index``, ``cycles``, ``busy_count[q]``;
+    ``axi`` (the read half of the memory port, used while ``fetching``); ``engine[q]``
+    (:func:`~hw.core.signatures.engine_signature`, one per :class:`~compiler.isa.Queue`);
+    ``bus_error`` / ``bus_error_index`` (an engine saw an error response).
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        self.config = config
+        n = config.lanes
+        super().__init__({
+            "start": In(1),
+            "prog_base": In(32),
+            "prog_len": In(INDEX_BITS),
+            "dram_size": In(32),
+            "running": Out(1),
+            "done": Out(1),
+            "error": Out(ERROR_BITS),
+            "error_index": Out(INDEX_BITS),
+            "cycles": Out(64),
+            "busy_count": Out(32).array(NQ),
+            "fetching": Out(1),
+            "axi": Out(axi4_read_signature(32, n)),
+            "engine": In(engine_signature()).array(NQ),
+            "bus_error": In(1),
+            "bus_error_index": In(INDEX_BITS),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        m = Module()
+        n = cfg.lanes
+        seg_len = cfg.instr_buffer
+        row_bytes = max(INSTR_BYTES, n)                  # instruction memory row
+        per_row = row_bytes // INSTR_BYTES               # instructions per row
+        beats_per_row = row_bytes // n
+
+        # ------------------------------------------------------------------ state
+        running = Signal()
+        stopping = Signal()                              # an error: drain, then end
+        halted = Signal()                                # HALT's verdict seen
+        error = Signal(ERROR_BITS)
+        error_index = Signal(INDEX_BITS)
+        cycles = Signal(64)
+        done = Signal()
+        m.d.comb += [self.running.eq(running), self.done.eq(done), self.error.eq(error),
+                     self.error_index.eq(error_index), self.cycles.eq(cycles)]
+
+        seg_base = Signal(INDEX_BITS)                    # first instruction of the segment
+        seg_count = Signal(range(seg_len + 1))           # its instructions
+        nxt = Signal(INDEX_BITS)                         # next instruction to decode
+        # Dispatch phases.
+        FETCH_WAIT, FETCH, READ, DECODE = 0, 1, 2, 3
+        phase = Signal(2)
+        take_first = Signal()                            # the segment's first take is due
+        fetching = Signal()
+
+        # ------------------------------------------------------------------ queues
+        fifos = [SyncFIFO(width=INSTR_BITS + INDEX_BITS, depth=QUEUE_DEPTH) for _ in range(NQ)]
+        flights = [SyncFIFO(width=NQ + INDEX_BITS, depth=MAX_IN_FLIGHT) for _ in range(NQ)]
+        for q in range(NQ):
+            m.submodules[f"queue_{Queue(q).name.lower()}"] = fifos[q]
+            m.submodules[f"in_flight_{Queue(q).name.lower()}"] = flights[q]
+
+        # Semaphores sem[s][d]: tokens from queue s for queue d.
+        sem = [[Signal(TOKEN_BITS, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
+               for s in range(NQ)]
+        head_word = [fifos[q].r_data[:INSTR_BITS] for q in range(NQ)]
+        head_index = [fifos[q].r_data[INSTR_BITS:] for q in range(NQ)]
+        head_wait = [w[8:8 + NQ] for w in head_word]
+        head_signal = [w[8 + NQ:8 + 2 * NQ] for w in head_word]
+        starts = Signal(NQ)
+        retires = Signal(NQ)
+        tokens_ok = Signal(NQ)
+        for q in range(NQ):
+            eng = self.engine[q]
+            ok = [~head_wait[q][s] | (sem[s][q] != 0) for s in range(NQ) if s != q]
+            m.d.comb += [
+                tokens_ok[q].eq(Cat(*ok).all()),
+                eng.instr.payload.eq(head_word[q]),
+                eng.instr.valid.eq(running & ~stopping & fifos[q].r_rdy & tokens_ok[q]
+                                   & flights[q].w_rdy),
+                starts[q].eq(eng.instr.valid & eng.instr.ready),
+                fifos[q].r_en.eq(starts[q]),
+                flights[q].w_en.eq(starts[q]),
+                flights[q].w_data.eq(Cat(head_signal[q], head_index[q])),
+                retires[q].eq(eng.retire & flights[q].r_rdy),
+                flights[q].r_en.eq(retires[q]),
+            ]
+        in_flight = Signal(NQ)
+        for q in range(NQ):
+            m.d.comb += in_flight[q].eq(flights[q].r_rdy | self.engine[q].busy)
+
+        # Token counts.
+        overflow = Signal()
+        overflow_index = Signal(INDEX_BITS)
+        for s in range(NQ):
+            ret_mask = flights[s].r_data[:NQ]
+            ret_index = flights[s].r_data[NQ:]
+            for d in range(NQ):
+                if s == d:
+                    continue
+                inc = Signal(name=f"inc_{s}_{d}")
+                dec = Signal(name=f"dec_{s}_{d}")
+                m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
+                with m.If(inc & ~dec):
+                    m.d.sync += sem[s][d].eq(sem[s][d] + 1)
+                    with m.If(sem[s][d] == (1 << TOKEN_BITS) - 1):
+                        m.d.comb += [overflow.eq(1), overflow_index.eq(ret_index)]
+                with m.If(dec & ~inc):
+                    m.d.sync += sem[s][d].eq(sem[s][d] - 1)
+        tokens_left = Signal()
+        m.d.comb += tokens_left.eq(Cat(*[sem[s][d] != 0 for s in range(NQ) for d in range(NQ)
+                                         if s != d]).any())
+
+        # ------------------------------------------------------------------ instruction memory
+        imem = m.submodules.imem = Memory(shape=unsigned(8 * row_bytes),
+                                          depth=max(seg_len // per_row, 2), init=[])
+        wport = imem.write_port()
+        rport = imem.read_port()
+        local = Signal(range(seg_len + 1))               # nxt - seg_base
+        m.d.comb += local.eq(nxt - seg_base)
+
+        # ------------------------------------------------------------------ fetch (AR / R)
+        axi = self.axi
+        burst_beats = min(AXI_BURST_MAX_BEATS, AXI_BOUNDARY // n)
+        total_beats = Signal(range(seg_len * INSTR_BYTES // n + 2))
+        ar_sent = Signal(range(seg_len * INSTR_BYTES // n + 2))     # beats requested so far
+        r_got = Signal(range(seg_len * INSTR_BYTES // n + 2))       # beats received
+        fetch_error = Signal()
+        assemble = Signal(8 * row_bytes)
+        ar_left = Signal(range(seg_len * INSTR_BYTES // n + 2))
+        m.d.comb += [
+            ar_left.eq(total_beats - ar_sent),
+            axi.arid.eq(0),
+            axi.arsize.eq((n - 1).bit_length()),
+            axi.arburst.eq(AxiBurst.INCR),
+            axi.araddr.eq(self.prog_base + seg_base * INSTR_BYTES + ar_sent * n),
+            axi.arlen.eq(Mux(ar_left > burst_beats, burst_beats, ar_left) - 1),
+        ]
+        m.d.comb += [self.fetching.eq(fetching),
+                     axi.arvalid.eq(fetching & ~stopping & (ar_sent < total_beats)),
+                     axi.rready.eq(fetching)]
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += ar_sent.eq(ar_sent + Mux(ar_left > burst_beats, burst_beats, ar_left))
+        beat_in_row = Signal(range(max(beats_per_row, 2)))
+        with m.If(fetching & axi.rvalid):
+            m.d.sync += r_got.eq(r_got + 1)
+            with m.If(axi.rresp != 0):
+                m.d.sync += fetch_error.eq(1)
+            if beats_per_row == 1:
+                m.d.comb += [wport.addr.eq(r_got), wport.data.eq(axi.rdata), wport.en.eq(~0)]
+            else:
+                full = Signal(8 * row_bytes)
+                m.d.comb += full.eq(Cat(assemble[8 * n:], axi.rdata))
+                m.d.sync += assemble.eq(full)
+                m.d.sync += beat_in_row.eq(beat_in_row + 1)
+                with m.If(beat_in_row == beats_per_row - 1):
+                    m.d.sync += beat_in_row.eq(0)
+                    m.d.comb += [wport.addr.eq(r_got // beats_per_row), wport.data.eq(full),
+                                 wport.en.eq(~0)]
+
+        # ------------------------------------------------------------------ decoder
+        dec = m.submodules.decoder = Decoder(cfg)
+        word = Signal(INSTR_BITS)                        # the read port: instruction nxt
+        m.d.comb += [rport.addr.eq(local // per_row), rport.en.eq(1)]
+        if per_row == 1:
+            m.d.comb += word.eq(rport.data)
+        else:
+            sel = Signal(range(per_row))
+            m.d.sync += sel.eq(local % per_row)          # registered with the read address
+            m.d.comb += word.eq(rport.data.word_select(sel, INSTR_BITS))
+        cur_index = Signal(INDEX_BITS)                   # instruction in the decoder
+        take = Signal()                                  # the decoder takes instruction nxt
+        m.d.comb += [dec.word.eq(word), dec.dram_size.eq(self.dram_size),
+                     dec.last.eq(nxt == self.prog_len - 1), dec.start.eq(take)]
+        with m.If(take):
+            m.d.sync += [cur_index.eq(nxt), nxt.eq(nxt + 1)]
+
+        # Push: in the verdict's cycle if the FIFO has room, else once it has.
+        pending = Signal()
+        pend_queue = Signal(range(NQ + 1))
+        verdict_push = Signal()
+        m.d.comb += verdict_push.eq(dec.valid & (dec.error == 0) & (dec.queue != NQ))
+        push_queue = Signal(range(NQ + 1))
+        m.d.comb += push_queue.eq(Mux(pending, pend_queue, dec.queue))
+        want_push = Signal()
+        m.d.comb += want_push.eq(pending | verdict_push)
+        room = Signal()
+        m.d.comb += room.eq(Cat(*[(push_queue == q) & fifos[q].w_rdy for q in range(NQ)]).any())
+        push = Signal()
+        for q in range(NQ):
+            m.d.comb += [fifos[q].w_data.eq(Cat(dec.held, cur_index)),
+                         fifos[q].w_en.eq(push & (push_queue == q))]
+
+        # ------------------------------------------------------------------ run control
+        empty = Signal()
+        m.d.comb += empty.eq(Cat(*[~fifos[q].r_rdy for q in range(NQ)]).all() & ~in_flight.any())
+        load_idle = Signal()
+        m.d.comb += load_idle.eq(~fifos[Queue.LOAD].r_rdy & ~in_flight[Queue.LOAD])
+        stuck = Signal()                                 # nothing will ever start again
+        m.d.comb += stuck.eq(~in_flight.any() & ~starts.any())
+        # The oldest instruction waiting in a queue (for DEADLOCK).
+        oldest = Signal(INDEX_BITS)
+        best = Const((1 << INDEX_BITS) - 1, INDEX_BITS)
+        for q in range(NQ):
+            best = Mux(fifos[q].r_rdy & (head_index[q] < best), head_index[q], best)
+        m.d.comb += oldest.eq(best)
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(fetching & axi.rvalid & (r_got == total_beats - 1))
+
+        def fail(code, index):
+            m.d.sync += [stopping.eq(1), error.eq(code), error_index.eq(index)]
+
+        with m.If(running):
+            m.d.sync += cycles.eq(cycles + 1)
+            for q in range(NQ):
+                with m.If(self.engine[q].busy | starts[q]):
+                    m.d.sync += self.busy_count[q].eq(self.busy_count[q] + 1)
+
+        with m.If(~running):
+            with m.If(self.start):
+                m.d.sync += [running.eq(1), done.eq(0), stopping.eq(0), halted.eq(0),
+                             error.eq(0), error_index.eq(0), cycles.eq(0), seg_base.eq(0),
+                             nxt.eq(0), phase.eq(FETCH_WAIT), pending.eq(0), fetching.eq(0)]
+                m.d.sync += [self.busy_count[q].eq(0) for q in range(NQ)]
+                for s in range(NQ):
+                    for d in range(NQ):
+                        if s != d:
+                            m.d.sync += sem[s][d].eq(0)
+        with m.Elif(stopping):
+            # Drain: in-flight instructions retire, requested fetch beats arrive.
+            with m.If(~in_flight.any() & (~fetching | (r_got == ar_sent))):
+                m.d.sync += [running.eq(0), done.eq(1), fetching.eq(0)]
+        with m.Else():
+            with m.If(overflow):
+                fail(int(ErrorCode.SEMAPHORE), overflow_index)
+            with m.Elif(self.bus_error):
+                fail(int(ErrorCode.BUS), self.bus_error_index)
+            with m.Elif(halted):
+                with m.If(empty):
+                    with m.If(tokens_left):
+                        fail(int(ErrorCode.TOKENS), self.prog_len - 1)
+                    with m.Else():
+                        m.d.sync += [running.eq(0), done.eq(1)]
+                with m.Elif(stuck):
+                    fail(int(ErrorCode.DEADLOCK), oldest)
+            with m.Else():
+                with m.Switch(phase):
+                    with m.Case(FETCH_WAIT):
+                        with m.If(self.prog_len == 0):
+                            fail(int(ErrorCode.NO_HALT), 0)
+                        with m.Elif(load_idle):
+                            count = Mux(self.prog_len - seg_base > seg_len, seg_len,
+                                        self.prog_len - seg_base)
+                            m.d.sync += [fetching.eq(1), phase.eq(FETCH), seg_count.eq(count),
+                                         total_beats.eq((count * INSTR_BYTES + n - 1) // n),
+                                         ar_sent.eq(0), r_got.eq(0), fetch_error.eq(0),
+                                         beat_in_row.eq(0)]
+                        with m.Elif(stuck):
+                            fail(int(ErrorCode.DEADLOCK), oldest)
+                    with m.Case(FETCH):
+                        with m.If(last_beat):
+                            with m.If(fetch_error | (axi.rresp != 0)):
+                                fail(int(ErrorCode.BUS), seg_base)
+                            with m.Else():
+                                m.d.sync += [fetching.eq(0), phase.eq(READ)]
+                    with m.Case(READ):
+                        # The read port shows instruction nxt from the next cycle.
+                        m.d.sync += phase.eq(DECODE)
+                        m.d.sync += take_first.eq(1)
+                    with m.Case(DECODE):
+                        m.d.sync += take_first.eq(0)
+                        with m.If(take_first):
+                            m.d.comb += take.eq(1)
+                        with m.If(dec.valid & (dec.error != 0)):
+                            fail(dec.error, cur_index)
+                        with m.Elif(dec.valid & (dec.queue == NQ)):
+                            m.d.sync += halted.eq(1)
+                        with m.Elif(want_push):
+                            with m.If(room):
+                                m.d.comb += push.eq(1)
+                                m.d.sync += pending.eq(0)
+                                with m.If(cur_index + 1 == seg_base + seg_count):
+                                    # The segment is dispatched: fetch the next one.
+                                    m.d.sync += [seg_base.eq(seg_base + seg_count),
+                                                 phase.eq(FETCH_WAIT)]
+                                with m.Else():
+                                    m.d.comb += take.eq(1)
+                            with m.Else():
+                                m.d.sync += [pending.eq(1), pend_queue.eq(push_queue)]
+                                with m.If(stuck):
+                                    fail(int(ErrorCode.DEADLOCK), oldest)
+        return m

@@ -1,0 +1,195 @@
+# amaranth: UnusedElaboratable=no
+"""The sequencer RTL against the schedule model (``sim.schedule``), cycle for cycle.
+
+Engines are stand-ins driven from the testbench: each takes an instruction when it is not
+busy, stays busy and retires after cycles derived from the instruction's fields (the same
+:class:`StandIn` timing object serves the model), so what is compared is the sequencer
+itself: fetch, decode latency, FIFO back-pressure, tokens, in-flight limits, the end of the
+run, the busy counters, and the error verdicts of bad programs.  The memory answers every
+read burst ``dram_latency_cycles`` after its request, one beat per cycle.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from amaranth.sim import Simulator
+
+from compiler.isa import (INSTR_BYTES, NQ, ErrorCode, Instruction, Opcode, Queue, Violation,
+                          check_instruction, decode, encode)
+from compiler.lower import compile_graph
+from compiler.testgraphs import tiny_vit
+from hw.config import load_config
+from hw.core.sequencer import Sequencer
+from sim.schedule import EngineModel, schedule
+
+
+class StandIn(EngineModel):
+    """Busy ``1 + h % 5`` cycles, retires ``h // 5 % 7 - 1`` cycles after that (at least one
+    cycle after the start, in order), where ``h`` is a hash of the instruction's fields."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.last = -1
+
+    def start(self, index, ins, t):
+        h = (sum((k + 3) * v for k, v in enumerate(ins.args.values())) * 2654435761 + int(ins.op)) % 1000
+        busy_end = t + 1 + h % 5
+        retire = max(busy_end + (h // 5) % 7 - 1, t + 1, self.last + 1)
+        self.last = retire
+        return busy_end, retire
+
+
+def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: int = 30_000):
+    """Run the sequencer on ``words`` at address 0; the registers and the stand-in engines'
+    start cycles when done."""
+    dut = Sequencer(cfg)
+    program = b"".join(words)
+    engines = [StandIn() for _ in range(NQ)]
+    out = {"start": {}}
+
+    async def bench(ctx):
+        ctx.set(dut.prog_base, 0)
+        ctx.set(dut.prog_len, len(words))
+        ctx.set(dut.dram_size, dram_size)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        n = cfg.lanes
+        beats = []                      # (cycle due, data)
+        busy_end = [0] * NQ
+        retire_at = [[] for _ in range(NQ)]
+        index_of = [[] for _ in range(NQ)]
+        cycle = 0
+        ctx.set(dut.axi.arready, 1)
+        while not ctx.get(dut.done):
+            if cycle >= max_cycles:
+                out["timeout"] = True
+                return
+            # Memory: one beat per cycle, latency cycles after the request.
+            due = bool(beats) and beats[0][0] <= cycle
+            ctx.set(dut.axi.rvalid, bool(due))
+            if due:
+                ctx.set(dut.axi.rdata, beats[0][1])
+                ctx.set(dut.axi.rlast, 0)
+            for q in range(NQ):
+                eng = dut.engine[q]
+                ctx.set(eng.instr.ready, cycle >= busy_end[q])
+                ctx.set(eng.busy, cycle < busy_end[q])
+                ctx.set(eng.retire, bool(retire_at[q]) and retire_at[q][0] == cycle)
+            # Observe this cycle's handshakes.
+            if ctx.get(dut.axi.arvalid):
+                addr, length = ctx.get(dut.axi.araddr), ctx.get(dut.axi.arlen) + 1
+                first = max(cycle + latency, beats[-1][0] + 1 if beats else 0)
+                for b in range(length):
+                    chunk = program[addr + b * n: addr + (b + 1) * n].ljust(n, b"\0")
+                    beats.append((first + b, int.from_bytes(chunk, "little")))
+            if due:
+                beats.pop(0)
+            for q in range(NQ):
+                eng = dut.engine[q]
+                if retire_at[q] and retire_at[q][0] == cycle:
+                    retire_at[q].pop(0)
+                if ctx.get(eng.instr.valid) and cycle >= busy_end[q]:
+                    word = ctx.get(eng.instr.payload).to_bytes(INSTR_BYTES, "little")
+                    ins = decode(word)
+                    i = len(out["start"])
+                    b, r = engines[q].start(i, ins, cycle)
+                    busy_end[q] = b
+                    retire_at[q].append(r)
+                    out["start"].setdefault(q, []).append(cycle)
+            await ctx.tick()
+            cycle += 1
+        out["cycles"] = ctx.get(dut.cycles)
+        out["error"] = ctx.get(dut.error)
+        out["error_index"] = ctx.get(dut.error_index)
+        out["busy"] = [ctx.get(dut.busy_count[q]) for q in range(NQ)]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def run_model(cfg, words, dram_size):
+    def check(i):
+        ins, _ = check_instruction(cfg, words[i], i, i == len(words) - 1, dram_size)
+        return ins
+    return schedule(cfg, words, check, [StandIn() for _ in range(NQ)])
+
+
+def _first_difference(model, rtl, words) -> str:
+    for q in range(NQ):
+        want = sorted((int(model.start[i]), i) for i in range(len(words))
+                      if model.start[i] >= 0 and decode(words[i]).queue == q)
+        got = rtl["start"].get(q, [])
+        for k, (w, i) in enumerate(want):
+            if k >= len(got) or got[k] != w:
+                return (f"{Queue(q).name}: its start {k} (instruction {i}, pushed at "
+                        f"{model.push[i]}) at {got[k] if k < len(got) else None} in the RTL, "
+                        f"{w} in the model")
+    return "no start differs"
+
+
+def compare(cfg, words, dram_size):
+    model = run_model(cfg, words, dram_size)
+    limit = 4 * (model.cycles or max(int(model.retire.max(initial=0)), 0)) + 2000
+    rtl = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles, max_cycles=limit)
+    assert not rtl.get("timeout"), (f"the RTL did not finish in {limit} cycles; "
+                                    f"{_first_difference(model, rtl, words)}")
+    if model.error is None:
+        assert rtl["error"] == 0, f"RTL stopped with {ErrorCode(rtl['error']).name} at {rtl['error_index']}"
+        assert rtl["cycles"] == model.cycles
+        assert rtl["busy"] == model.busy
+        assert _first_difference(model, rtl, words) == "no start differs"
+    else:
+        code, index, _ = model.error
+        assert (ErrorCode(rtl["error"]), rtl["error_index"]) == (code, index)
+    return model, rtl
+
+
+def _program(cfg, **kw):
+    image = compile_graph(tiny_vit(**kw), cfg)
+    return [encode(i) for i in image.instructions], image.dram_size
+
+
+@pytest.mark.parametrize("lanes, instr_buffer, latency", [(4, 16, 2), (8, 64, 5), (2, 16, 1)])
+def test_compiled_program_cycle_exact(lanes, instr_buffer, latency):
+    cfg = load_config("tiny", array_rows=lanes, instr_buffer=instr_buffer,
+                      dram_latency_cycles=latency, scratchpad_kib=64)
+    words, dram_size = _program(cfg)
+    model, rtl = compare(cfg, words, dram_size)
+    assert model.error is None and len(model.fetches) == -(-len(words) // instr_buffer)
+
+
+def _ins(op, **args) -> Instruction:
+    from compiler.isa import FORMATS
+    full = {f.name: 0 for f in FORMATS[op]}
+    full.update(args)
+    return Instruction(op, args=full)
+
+
+def test_bad_programs_same_verdict():
+    cfg = load_config("tiny", instr_buffer=16, dram_latency_cycles=2)
+    words, dram_size = _program(cfg)
+    cases = {
+        "unknown opcode": words[:5] + [bytes([0x7E]) + bytes(31)] + words[5:],
+        "reserved bit": words[:3] + [words[3][:-1] + b"\x80"] + words[4:],
+        "missing halt": words[:-1],
+        "halt early": words[:4] + [words[-1]] + words[4:],
+        "empty": [],
+    }
+    # A LOAD waiting for a token nobody gives.
+    load = decode(words[0])
+    cases["deadlock"] = [encode(dataclasses.replace(load, wait=1 << Queue.STORE))] + words[1:]
+    # A token nobody takes.
+    cases["tokens left"] = [encode(dataclasses.replace(load, signal=1 << Queue.STORE))] + words[1:]
+    # Out of range: a LOAD past DRAM.
+    far = dataclasses.replace(load, args={**load.args, "dram_addr": dram_size})
+    cases["range"] = words[:7] + [encode(far)] + words[7:]
+    for name, prog in cases.items():
+        model, rtl = compare(cfg, prog, dram_size)
+        assert model.error is not None, name
