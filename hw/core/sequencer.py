@@ -81,7 +81,8 @@ def fetch_bursts(config: AcceleratorConfig, instructions: int) -> list[int]:
 class Sequencer(wiring.Component):
     """Fetch, decode, dispatch, queues, semaphores and run control (module docstring).
 
-    Ports: ``start`` (a one-cycle command, ignored while ``running``), ``prog_base``,
+    Ports: ``start`` (a one-cycle command, ignored while ``running``), ``clear`` (lower
+    ``done``), ``prog_base``,
     ``prog_len``, ``dram_size`` (held during a run); ``running``, ``done`` (from the end of a
     run until the next start), ``error``, ``error_index``, ``cycles``, ``busy_count[q]``;
     ``axi`` (the read half of the memory port, used while ``fetching``); ``engine[q]``
@@ -96,6 +97,7 @@ class Sequencer(wiring.Component):
         n = config.lanes
         super().__init__({
             "start": In(1),
+            "clear": In(1),
             "prog_base": In(32),
             "prog_len": In(INDEX_BITS),
             "dram_size": In(32),
@@ -305,6 +307,8 @@ class Sequencer(wiring.Component):
                     m.d.sync += self.busy_count[q].eq(self.busy_count[q] + 1)
 
         with m.If(~running):
+            with m.If(self.clear):
+                m.d.sync += done.eq(0)
             with m.If(self.start):
                 m.d.sync += [running.eq(1), done.eq(0), stopping.eq(0), halted.eq(0),
                              error.eq(0), error_index.eq(0), cycles.eq(0), seg_base.eq(0),
