@@ -80,6 +80,9 @@ UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
     UnitSpec("residual_add", "hw.residual_add", "ResidualAdd",
              {"residual_add": "residual_add_timing"}),
     UnitSpec("dma", "hw.dma", None, {"dma": "dma_timing"}),
+    # An engine of the core (its memory ports belong to the top): vector_timing(config, op,
+    # args) is a whole instruction's compiler.isa.Timing, not a UnitTiming.
+    UnitSpec("vector_engine", "hw.core.vector_engine", None, {"vector": "vector_timing"}),
 )}
 
 #: Timing name -> the unit that defines it (every timing function of every unit).

@@ -21,8 +21,8 @@ def verilog_ports(text: str) -> dict[str, tuple[str, int]]:
 
 def test_registry_names_every_unit():
     assert list(UNITS) == ["systolic_array", "requantizer", "layernorm", "softmax", "gelu",
-                           "residual_add", "dma"]
-    assert buildable_units() == list(UNITS)[:-1]           # the DMA is part of the top
+                           "residual_add", "dma", "vector_engine"]
+    assert buildable_units() == list(UNITS)[:-2]           # the DMA and the engines: the top's
     assert unit_spec("gelu").class_name == "GeluLut"
     assert TIMINGS["gelu_table"] is unit_spec("gelu")
 
