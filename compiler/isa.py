@@ -350,6 +350,13 @@ def aligned(*names: str) -> list[Rule]:
             for n in names]
 
 
+def int8_values(*names: str) -> list[Rule]:
+    """Zero points of int8 tensors: the units hold them in 8 bits."""
+    return [Rule(lambda cfg, a, n=n: (a[n] >= -128) & (a[n] <= 127),
+                 lambda cfg, a, n=n: f"{n} = {a[n]} is outside the int8 range -128..127")
+            for n in names]
+
+
 def _unit_rule(unit: str, ok, explain) -> Rule:
     """A hardware unit's own rule: ``ok(cfg, value)`` decides, ``explain(cfg, value)`` (the
     unit's validation, raising ``ValueError``) words the message."""
@@ -602,9 +609,13 @@ class Requant(OpSpec):
               _f("gelu", 1))
 
     def rules(self, cfg):
+        records = lambda cfg: -(-cfg.max_channels // cfg.lanes) * cfg.lanes
         return positive("rows", "cols") + aligned("src_addr", "src_stride", "dst_addr", "dst_stride") + [
             Rule(lambda cfg, a: (a["gelu"] == 0) | (a["out_type"] == OutType.INT8),
                  lambda cfg, a: "GELU applies to int8 outputs only"),
+            Rule(lambda cfg, a: (a["per_channel"] == 0) | (a["cols"] <= records(cfg)),
+                 lambda cfg, a: f"per-channel requantization of {a['cols']} channels exceeds the "
+                                f"requantizer's {records(cfg)} records"),
             _records_rule()]
 
     @staticmethod
@@ -731,7 +742,7 @@ class LayerNorm(_RowWise):
         from hw.layernorm import channels_ok, layernorm_beats
         return super().rules(cfg) + [_unit_rule(
             "LayerNorm", lambda cfg, a: channels_ok(cfg, a["cols"]),
-            lambda cfg, a: layernorm_beats(cfg, a["cols"]))]
+            lambda cfg, a: layernorm_beats(cfg, a["cols"]))] + int8_values("zp_in")
 
     def timing(self, cfg, a, ut) -> Timing:
         return _vector_rows(a, a["cols"], ut.layernorm(a["cols"]))
@@ -760,7 +771,8 @@ class Add(_RowWise):
         from hw.residual_add import channels_ok, residual_add_param_load_timing
         return super().rules(cfg) + [_unit_rule(
             "residual add", lambda cfg, a: channels_ok(cfg, a["cols"]),
-            lambda cfg, a: residual_add_param_load_timing(cfg, a["cols"]))]
+            lambda cfg, a: residual_add_param_load_timing(cfg, a["cols"]))] + int8_values(
+            "zp_a", "zp_b", "zp_out")
 
     def timing(self, cfg, a, ut) -> Timing:
         return _vector_rows(a, a["cols"], ut.residual_add(a["cols"]))

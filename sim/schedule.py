@@ -37,14 +37,18 @@ CAUSE_IN_FLIGHT = NQ + 1
 
 
 class EngineModel:
-    """The timing of one engine: :meth:`start` is called for each of its instructions in
-    order, with the cycle it starts, and returns ``(busy_end, retire)``: the engine's ``busy``
-    is high in cycles ``start .. busy_end - 1`` (it can start the next instruction at
-    ``busy_end``) and its ``retire`` pulse comes at cycle ``retire``, after the start and
-    after the engine's previous retirement."""
+    """The timing of one engine: :meth:`earliest` is the first cycle it can take its next
+    instruction; :meth:`start` is called for each of its instructions in order, with the
+    cycle it starts (never before :meth:`earliest`), and returns ``(busy_end, retire)``: the
+    engine's ``busy`` is high in cycles ``start .. busy_end - 1`` and its ``retire`` pulse
+    comes at cycle ``retire``, after the start and after the engine's previous
+    retirement."""
 
     def reset(self) -> None:
         pass
+
+    def earliest(self) -> int:
+        raise NotImplementedError
 
     def start(self, index: int, ins: Instruction, t: int) -> tuple[int, int]:
         raise NotImplementedError
@@ -65,7 +69,8 @@ class Schedule:
     cause: np.ndarray
     #: Cycles of the run (``cycles`` register) when it ended normally, else None.
     cycles: int | None
-    #: Busy cycles of each engine (the ``BUSY_q`` registers).
+    #: Cycles each engine had an instruction in flight, from a start through its retire
+    #: cycle (the ``BUSY_q`` registers).
     busy: list[int]
     #: ``(first instruction, instructions, first request cycle, last beat cycle)`` per fetch.
     fetches: list[tuple[int, int, int, int]] = field(default_factory=list)
@@ -105,7 +110,6 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
     decoded: list[Instruction | None] = [None] * n
     members: list[list[int]] = [[] for _ in range(NQ)]     # dispatched, program order
     head = [0] * NQ                                        # next of members[q] to start
-    ready = [0] * NQ                                       # engine can start from
     last_retire = [-1] * NQ
     busy = [0] * NQ
     sem = [[deque() for _ in range(NQ)] for _ in range(NQ)]    # token usable-from cycles
@@ -135,8 +139,7 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
                     break                                  # the LOAD queue must drain
                 w = seg_last_push + 1
                 if members[lq]:
-                    j = members[lq][-1]
-                    w = max(w, int(retire[j]) + 1, int(busy_end[j]))
+                    w = max(w, int(retire[members[lq][-1]]) + 1)
                 count = min(seg, n - nxt)
                 request = w + 1
                 last = fetch_timing(config, count, request)
@@ -180,7 +183,8 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
             while head[q] < len(mq):
                 i = mq[head[q]]
                 ins = decoded[i]
-                t, why = ready[q], -1
+                ready = engines[q].earliest()
+                t, why = ready, -1
                 if push[i] + 1 > t:
                     t, why = int(push[i]) + 1, CAUSE_DISPATCH
                 blocked = False
@@ -206,9 +210,8 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
                     raise AssertionError(f"engine {Queue(q).name}: instruction {i} started at {t} "
                                          f"gives busy end {b}, retire {r} (after {last_retire[q]})")
                 start[i], busy_end[i], retire[i] = t, b, r
-                wait[i], cause[i] = t - ready[q], why
-                ready[q] = b
-                busy[q] += b - t
+                wait[i], cause[i] = t - ready, why
+                busy[q] += r - max(t, last_retire[q] + 1) + 1
                 last_retire[q] = r
                 for d in range(NQ):
                     if (ins.signal >> d) & 1:
@@ -233,8 +236,7 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
         end = halt_v + 1
         for q in range(NQ):
             if members[q]:
-                j = members[q][-1]
-                end = max(end, int(retire[j]) + 1, int(busy_end[j]))
+                end = max(end, int(retire[members[q][-1]]) + 1)
         left = [(Queue(s).name, Queue(d).name, len(sem[s][d])) for s in range(NQ)
                 for d in range(NQ) if sem[s][d]]
         if left:

@@ -30,6 +30,8 @@ first cycle of a run (the cycle after the start command):
   retire at ``E - 1`` or earlier): ``done`` rises at ``E + 1`` and ``cycles`` holds the number
   of cycles of the run, ``E + 1``.  With a token left in a semaphore the run ends with
   ``TOKENS``.
+* **Busy counters.**  ``busy_count[q]`` counts the cycles engine ``q`` has an instruction in
+  flight: from a start through its retire cycle.
 
 Errors (``error``, ``error_index``): the decoder's verdict at the instruction (``ILLEGAL``,
 ``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
@@ -177,7 +179,7 @@ class Sequencer(wiring.Component):
             ]
         in_flight = Signal(NQ)
         for q in range(NQ):
-            m.d.comb += in_flight[q].eq(flights[q].r_rdy | self.engine[q].busy)
+            m.d.comb += in_flight[q].eq(flights[q].r_rdy)
 
         # Token counts.
         overflow = Signal()
@@ -303,7 +305,7 @@ class Sequencer(wiring.Component):
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
             for q in range(NQ):
-                with m.If(self.engine[q].busy | starts[q]):
+                with m.If(in_flight[q] | starts[q]):
                     m.d.sync += self.busy_count[q].eq(self.busy_count[q] + 1)
 
         with m.If(~running):

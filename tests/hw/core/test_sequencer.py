@@ -33,12 +33,17 @@ class StandIn(EngineModel):
 
     def reset(self):
         self.last = -1
+        self.busy_end = 0
+
+    def earliest(self):
+        return self.busy_end
 
     def start(self, index, ins, t):
         h = (sum((k + 3) * v for k, v in enumerate(ins.args.values())) * 2654435761 + int(ins.op)) % 1000
         busy_end = t + 1 + h % 5
         retire = max(busy_end + (h // 5) % 7 - 1, t + 1, self.last + 1)
         self.last = retire
+        self.busy_end = busy_end
         return busy_end, retire
 
 
