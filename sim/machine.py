@@ -1,13 +1,13 @@
 """The cycle-level model of the accelerator: runs a program image at instruction granularity.
 
 Everything about an instruction comes from its spec in the ISA table
-(:data:`compiler.isa.SPECS`): its constraints, the memory regions it touches, its cycles
-(from the units' ``hw/`` timing functions) and its behaviour.  This module adds the machine
-around them (docs/ISA.md, "Timing rules"): the four in-order queues, the dependency-token
-semaphores and one shared DRAM channel; there is no per-cycle loop.  The scheduler
-repeatedly starts, among the four queue heads whose tokens are available, the one that can
-start earliest (ties: LOAD, MATRIX, VECTOR, STORE), which is the order a cycle-by-cycle
-machine would start them in.
+(:data:`compiler.isa.SPECS`): the decoder's verdict (:func:`compiler.isa.check_instruction`),
+the memory regions it touches, its engine timing and its behaviour.  The machine around the
+engines is the RTL sequencer's (``hw/core/sequencer.py``), modelled event by event in
+:mod:`sim.schedule` with the engines of :mod:`sim.engines`: segment fetches, the decoder's
+latency, the queue FIFOs, the dependency-token semaphores, the end of the run and the error
+it stops with.  The model predicts the RTL's cycle counter exactly at a fixed DRAM latency
+with no back-pressure (docs/ACCELERATOR.md).
 
 Hazards.  After scheduling, every pair of instructions of different queues that touch a
 common element of the scratchpad, the accumulator memory or DRAM, at least one of them
@@ -21,9 +21,8 @@ With ``functional=True`` every instruction also runs on the data (:meth:`OpSpec.
 on an :class:`~compiler.isa.ArchState`), in the order the schedule starts them, which the
 hazard check proves equivalent to the hardware's overlapped execution.  A batch of inputs
 runs in one pass: every memory has the batch on axis 0 (the schedule does not depend on the
-data).  Malformed programs are rejected before anything runs (:func:`validate`) or, for
-dependency deadlocks and semaphore overflows, as soon as the scheduler finds no runnable
-queue: :class:`ProgramError` always names the instruction and the fault.
+data).  A program the machine stops on raises :class:`ProgramError` with the machine's
+error code and instruction index.
 """
 from __future__ import annotations
 
@@ -33,21 +32,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode,
-                          IllegalInstructionError, Opcode, Queue, QUEUE_OF, Timing, Violation,
-                          check_halt)
+from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode, Opcode, Queue,
+                          QUEUE_OF, Violation, check_instruction)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
 from hw.units import UnitTimings
 
-__all__ = ["ProgramError", "SimResult", "Plan", "simulate", "validate", "check_hazards",
-           "TOKEN_LIMIT", "CAUSES"]
+from .engines import engine_models
+from .schedule import CAUSES, TOKEN_LIMIT, Schedule, schedule
 
-#: Largest count a dependency semaphore holds (16-bit counters).
-TOKEN_LIMIT = (1 << 16) - 1
-#: Stall causes: waiting for a token from a queue, or for the DRAM channel.
-CAUSES = tuple(f"token:{q.name}" for q in Queue) + ("dram",)
-_DRAM_CAUSE = NQ
+__all__ = ["ProgramError", "SimResult", "Plan", "simulate", "validate", "check_hazards",
+           "run_words", "TOKEN_LIMIT", "CAUSES"]
 
 
 class ProgramError(ValueError):
@@ -72,10 +67,12 @@ class SimResult:
     start: np.ndarray
     busy_end: np.ndarray
     retire: np.ndarray
-    #: Cycles each instruction waited after its queue was ready, and why (index into CAUSES,
-    #: -1 for none).
+    #: Cycles each instruction waited after its engine was ready, and why (index into
+    #: CAUSES, -1 for none).
     wait: np.ndarray
     cause: np.ndarray
+    #: The sequencer's schedule (fetches, pushes, per-engine busy cycles).
+    schedule: Schedule | None = None
     #: Final DRAM bytes and the graph outputs (with the batch on axis 0 for batched inputs).
     dram: np.ndarray | None = None
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
@@ -83,8 +80,7 @@ class SimResult:
 
 @dataclass
 class Plan:
-    """What :func:`validate` found out about every instruction (None for HALT)."""
-    timing: list[Timing | None]
+    """What the decoder's checks found out about every instruction: its memory patterns."""
     accesses: list[list[Access]]
 
 
@@ -97,57 +93,19 @@ def _where(i: int, op: Opcode) -> str:
 
 
 def validate(image: ProgramImage, timings: UnitTimings | None = None) -> Plan:
-    """Check every instruction against the ISA table, the config and the memory regions.
-
-    Returns each instruction's :class:`~compiler.isa.Timing` and memory accesses.
-    """
-    cfg = image.config
-    instrs = image.instructions
-    try:
-        check_halt(instrs)
-    except IllegalInstructionError as exc:
-        missing = not instrs or instrs[-1].op != Opcode.HALT
-        raise ProgramError(str(exc), ErrorCode.NO_HALT if missing else ErrorCode.ILLEGAL,
-                           None if missing else _first_halt(instrs)) from None
-    ut = timings or UnitTimings(cfg)
-    regions = cfg.regions
-    plan = Plan([], [])
-    for i, ins in enumerate(instrs):
+    """Check every instruction as the decoder does; raise :class:`ProgramError` with the
+    first verdict that is not legal (whether the machine would get there or stop earlier,
+    e.g. in a deadlock, :func:`simulate` tells)."""
+    n = len(image.instructions)
+    plan = Plan([])
+    if n == 0:
+        raise ProgramError("empty program (missing halt)", ErrorCode.NO_HALT, 0)
+    for i, ins in enumerate(image.instructions):
         try:
-            ins.check(i)
-        except IllegalInstructionError as exc:
-            raise ProgramError(str(exc), ErrorCode.ILLEGAL, i) from None
-        spec, a = SPECS[ins.op], ins.args
-        try:
-            spec.check(cfg, a)
-            accesses = spec.accesses(cfg, a)
-            for acc in accesses:
-                _check_bounds(acc, regions, image.dram_size)
-            timing = spec.timing(cfg, a, ut) if ins.op != Opcode.HALT else None
+            plan.accesses.append(check_instruction(image.config, ins, i, i == n - 1, image.dram_size)[1])
         except Violation as exc:
-            raise ProgramError(f"{_where(i, ins.op)}: {exc}", exc.code, i) from None
-        plan.timing.append(timing)
-        plan.accesses.append(accesses)
+            raise ProgramError(str(exc), exc.code, i) from None
     return plan
-
-
-def _first_halt(instrs) -> int:
-    return next(i for i, ins in enumerate(instrs) if ins.op == Opcode.HALT)
-
-
-def _check_bounds(acc: Access, regions: dict, dram_size: int) -> None:
-    unit = MEMORIES[acc.mem]
-    if acc.mem == "dram":
-        if acc.hi > dram_size:
-            raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, beyond its "
-                            f"{dram_size} bytes (out of range by {acc.hi - dram_size})", ErrorCode.RANGE)
-    elif not any(regions[r].base <= acc.lo and acc.hi <= regions[r].end for r in acc.regions):
-        where = ", ".join(f"{r} {regions[r].base}..{regions[r].end - 1}" for r in acc.regions)
-        raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, outside the "
-                        f"{' / '.join(acc.regions)} region{'s' if len(acc.regions) > 1 else ''} "
-                        f"({where})", ErrorCode.RANGE)
-    if acc.write and acc.rows > 1 and acc.stride < acc.width:
-        raise Violation(f"{acc.what}: rows of {acc.width} overlap (stride {acc.stride})")
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,7 +134,7 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
         if not len(members):
             continue
         others = index[(queue >= 0) & (queue != q)]
-        first = np.searchsorted(retire[members], start[others], side="right")
+        first = np.searchsorted(retire[members], start[others], side="left")
         last = np.searchsorted(members, others, side="left")
         count = np.maximum(last - first, 0)
         total = int(count.sum())
@@ -245,6 +203,21 @@ def _hazard_message(image, i, j, a: Access, b: Access, start, retire) -> str:
 # Scheduler
 # ----------------------------------------------------------------------------------------
 
+def run_words(config: AcceleratorConfig, words: list, dram_size: int,
+              timings: UnitTimings | None = None) -> tuple[Schedule, list[list[Access] | None]]:
+    """The schedule of a program given as instructions or raw 32-byte words (which may be
+    anything, e.g. a corrupted binary), and the memory patterns of the instructions the
+    decoder passed."""
+    n = len(words)
+    accesses: list[list[Access] | None] = [None] * n
+
+    def check(i):
+        ins, accesses[i] = check_instruction(config, words[i], i, i == n - 1, dram_size)
+        return ins
+
+    return schedule(config, words, check, engine_models(config, timings)), accesses
+
+
 def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
              functional: bool = True, timings: UnitTimings | None = None,
              progress=None, hazards: bool = True) -> SimResult:
@@ -258,11 +231,17 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     (:func:`check_hazards`; on by default).
     """
     cfg = image.config
-    plan = validate(image, timings)
     instrs = image.instructions
     n = len(instrs)
-    state = None
-    batched = False
+    sched, accesses = run_words(cfg, instrs, image.dram_size, timings)
+    if sched.error is not None:
+        code, index, message = sched.error
+        raise ProgramError(message, code, index)
+    start, retire = sched.start, sched.retire
+    if hazards:
+        check_hazards(image, Plan([a or [] for a in accesses]), start, retire)
+    result = SimResult(cfg, int(sched.cycles), start, sched.busy_end, retire, sched.wait,
+                       sched.cause, sched)
     if functional:
         samples, batched = _input_samples(image, dict(inputs or {}))
         batch = len(next(iter(samples.values()))) if samples else 1
@@ -271,89 +250,11 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
             for b in range(batch):
                 t.write(dram[b], samples[t.name][b])
         state = ArchState(cfg, dram)
-
-    queues = [[] for _ in range(NQ)]
-    for i, ins in enumerate(instrs):
-        q = QUEUE_OF[ins.op]
-        if q is not None:
-            queues[q].append(i)
-    ptr = [0] * NQ
-    ready = [0] * NQ              # earliest start of the queue's next instruction
-    last_retire = [0] * NQ
-    sem = [[deque() for _ in range(NQ)] for _ in range(NQ)]
-    chan_free = 0
-    start = np.full(n, -1, dtype=np.int64)
-    busy_end = np.full(n, -1, dtype=np.int64)
-    retire = np.full(n, -1, dtype=np.int64)
-    wait = np.zeros(n, dtype=np.int64)
-    cause = np.full(n, -1, dtype=np.int8)
-    order = []                    # instructions in the order they start
-    waits_of = [[s for s in range(NQ) if (ins.wait >> s) & 1] for ins in instrs]
-    sig_of = [[d for d in range(NQ) if (ins.signal >> d) & 1] for ins in instrs]
-
-    while True:
-        best = None
-        for q in range(NQ):
-            if ptr[q] == len(queues[q]):
-                continue
-            i = queues[q][ptr[q]]
-            t, why = ready[q], -1
-            ok = True
-            for s in waits_of[i]:
-                tokens = sem[s][q]
-                if not tokens:
-                    ok = False
-                    break
-                if tokens[0] > t:
-                    t, why = tokens[0], s
-            if not ok:
-                continue
-            if plan.timing[i].channel and chan_free > t:
-                t, why = chan_free, _DRAM_CAUSE
-            if best is None or t < best[0]:
-                best = (t, q, i, why)
-        if best is None:
-            if all(ptr[q] == len(queues[q]) for q in range(NQ)):
-                break
-            raise ProgramError(_deadlock_message(instrs, queues, ptr, sem, waits_of), ErrorCode.DEADLOCK)
-        t, q, i, why = best
-        for s in waits_of[i]:
-            sem[s][q].popleft()
-        tm = plan.timing[i]
-        wait[i] = t - ready[q]
-        cause[i] = why
-        if tm.channel:
-            chan_free = t + tm.channel
-        busy, done = t + tm.busy, t + tm.done
-        ready[q] = busy
-        done = max(done, last_retire[q])
-        last_retire[q] = done
-        start[i], busy_end[i], retire[i] = t, busy, done
-        for d in sig_of[i]:
-            tokens = sem[q][d]
-            tokens.append(done)
-            if len(tokens) > TOKEN_LIMIT:
-                raise ProgramError(f"{_where(i, instrs[i].op)}: semaphore "
-                                   f"{Queue(q).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens",
-                                   ErrorCode.SEMAPHORE, i)
-        ptr[q] += 1
-        order.append(i)
-    left = [(Queue(s).name, Queue(d).name, len(sem[s][d])) for s in range(NQ) for d in range(NQ)
-            if sem[s][d]]
-    if left:
-        raise ProgramError("program ends with unconsumed tokens: " +
-                           ", ".join(f"{s}->{d}: {k}" for s, d, k in left), ErrorCode.TOKENS,
-                           len(instrs) - 1)
-    if hazards:
-        check_hazards(image, plan, start, retire)
-    cycles = int(retire.max()) if n > 1 else 0
-    result = SimResult(cfg, cycles, start, busy_end, retire, wait, cause)
-    if state is not None:
         # The data path runs the instructions in the order the schedule started them.  Its
         # matrix products are small: one BLAS thread runs them fastest, and several threads
         # on a busy machine run them far slower.
         with _one_blas_thread():
-            for done_count, i in enumerate(order, 1):
+            for done_count, i in enumerate(sched.order, 1):
                 ins = instrs[i]
                 try:
                     SPECS[ins.op].execute(state, ins.args)
@@ -405,15 +306,3 @@ def _input_samples(image: ProgramImage, inputs: dict) -> tuple[dict[str, np.ndar
                                f"outside {t.dtype.name} [{info.min}, {info.max}]")
         samples[t.name] = x
     return samples, batched
-
-
-def _deadlock_message(instrs, queues, ptr, sem, waits_of) -> str:
-    parts = []
-    for q in range(NQ):
-        if ptr[q] == len(queues[q]):
-            continue
-        i = queues[q][ptr[q]]
-        missing = [Queue(s).name for s in waits_of[i] if not sem[s][q]]
-        parts.append(f"{Queue(q).name} at instruction {i} ({instrs[i].op.name}) waits for a "
-                     f"token from {', '.join(missing)}")
-    return "dependency deadlock: " + "; ".join(parts)

@@ -36,7 +36,8 @@ first cycle of a run (the cycle after the start command):
 Errors (``error``, ``error_index``): the decoder's verdict at the instruction (``ILLEGAL``,
 ``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
 token would make a count 65536; ``BUS`` for an error response on a fetch (the segment's first
-instruction) or reported by an engine (``bus_error``, ``bus_error_index``); ``DEADLOCK``
+instruction) or reported by an engine (``bus_error``: its oldest instruction in flight, or
+its last retired one); ``DEADLOCK``
 when nothing can ever happen again: no engine has an instruction in flight or is busy, no
 queue head can start, and dispatch waits for a full FIFO, for the LOAD queue to drain before
 a fetch, or for the end (the index is the oldest instruction waiting in a queue).  On an
@@ -89,7 +90,7 @@ class Sequencer(wiring.Component):
     run until the next start), ``error``, ``error_index``, ``cycles``, ``busy_count[q]``;
     ``axi`` (the read half of the memory port, used while ``fetching``); ``engine[q]``
     (:func:`~hw.core.signatures.engine_signature`, one per :class:`~compiler.isa.Queue`);
-    ``bus_error`` / ``bus_error_index`` (an engine saw an error response).
+    ``bus_error[q]`` (engine ``q`` saw an error response).
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -112,8 +113,7 @@ class Sequencer(wiring.Component):
             "fetching": Out(1),
             "axi": Out(axi4_read_signature(32, n)),
             "engine": In(engine_signature()).array(NQ),
-            "bus_error": In(1),
-            "bus_error_index": In(INDEX_BITS),
+            "bus_error": In(NQ),
         })
 
     def elaborate(self, platform):
@@ -180,6 +180,15 @@ class Sequencer(wiring.Component):
         in_flight = Signal(NQ)
         for q in range(NQ):
             m.d.comb += in_flight[q].eq(flights[q].r_rdy)
+        # The instruction an engine's bus error is charged to.
+        last_retired = [Signal(INDEX_BITS, name=f"last_retired_{q}") for q in range(NQ)]
+        bus_index = Signal(INDEX_BITS)
+        for q in reversed(range(NQ)):
+            with m.If(retires[q]):
+                m.d.sync += last_retired[q].eq(flights[q].r_data[NQ:])
+            with m.If(self.bus_error[q]):
+                m.d.comb += bus_index.eq(Mux(flights[q].r_rdy, flights[q].r_data[NQ:],
+                                             last_retired[q]))
 
         # Token counts.
         overflow = Signal()
@@ -327,8 +336,8 @@ class Sequencer(wiring.Component):
         with m.Else():
             with m.If(overflow):
                 fail(int(ErrorCode.SEMAPHORE), overflow_index)
-            with m.Elif(self.bus_error):
-                fail(int(ErrorCode.BUS), self.bus_error_index)
+            with m.Elif(self.bus_error.any()):
+                fail(int(ErrorCode.BUS), bus_index)
             with m.Elif(halted):
                 with m.If(empty):
                     with m.If(tokens_left):
