@@ -3,7 +3,9 @@ DRAM, AXI AW/W/B), byte-granular on both sides, and their exact timing functions
 
 Both engines move rows of a 2-D pattern through one realigner (:class:`RowWalker`): a row of
 ``b`` bytes that starts at byte offset ``i`` of an ``N``-byte input word and must land at byte
-offset ``o`` of an ``N``-byte output word is a sequence of *operations*, one per cycle:
+offset ``o`` of an ``N``-byte output word is a sequence of *operations*, one per cycle (input:
+R beats for a LOAD, source memory words for a STORE; output: destination memory words for a
+LOAD, W beats for a STORE; ``i`` and ``o`` are the addresses modulo ``N``):
 
 * ``n_in = ceil((i + b) / N)`` input words are consumed, one per operation, in order;
 * ``n_out = ceil((o + b + pad) / N)`` output words are produced (``pad`` zero bytes follow
@@ -44,17 +46,21 @@ STORE (:func:`store_timing` -> :class:`StoreTiming`), ``D = STORE_DEPTH``, every
   ``s_i >= retire_{i-D} + 1``;
 * the first W beat is offered at ``s + first_w``, the last at ``s + first_w + w_cycles - 1``;
 * ``retire = s + 3 + ops + WLAT`` (the B response of the last burst), where ``ops`` = the
-  operations of all rows, ``next = ops + 1``, ``first_w = 4 + [the first row starts with a
-  non-producing operation]``.
+  operations of all rows, ``next = ops + 1``, ``first_w = 4 + f`` and ``w_cycles = ops - f``
+  with ``f = 1`` when the first row's output offset is below its input offset (its first
+  operation produces no beat), else 0.  Within the instruction W is offered every cycle
+  except after each later row's non-producing operation.
 
 This holds while AW and W are accepted at once.  With ``config.dram_bytes_per_cycle`` set
 (a board with less memory bandwidth than the ``N``-byte port), the timing functions stretch
 the beats by ``k = N / dram_bytes_per_cycle``: LOAD ``data = max(ops, k beats)``, STORE
 ``ops`` likewise; that is an estimate for the model, not checked against RTL.
 
-Throughput: one ``N``-byte word per cycle on both engines, less one operation per row whose
-output offset is below its input offset, plus the pad words of a LOAD and one cycle between
-STORE instructions.
+Throughput: one ``N``-byte word per cycle on both engines; one extra cycle per row whose
+output offset is below its input offset, the pad words of a LOAD, and one idle cycle between
+two STORE instructions.  Latency: a LOAD's first beat ``2 + LAT`` cycles after its start, its
+retire one cycle after its last operation; a STORE's first W beat 4 cycles after its start,
+its retire ``WLAT`` cycles after its last W beat.
 """
 from __future__ import annotations
 
@@ -387,7 +393,9 @@ class LoadEngine(wiring.Component):
     enables, then the ``pad`` zero bytes of each scratchpad row.  The destination is the
     LOAD region holding ``dst_addr`` (scratchpad byte address), or, for ``mem = PARAM``, the
     parameter memory at byte ``4 dst_addr`` (stride ``4 dst_stride`` bytes, ``4 cols`` bytes a
-    row).  An instruction's fields are decoded at its start (``dram_base`` is added then).
+    row).  An instruction's fields are decoded at its start (``dram_base`` is added then); it
+    must be legal and inside its memories (the core's decoder checks that against the ISA
+    table before dispatch).
 
     Latency and throughput
     ----------------------
@@ -646,6 +654,7 @@ class StoreEngine(wiring.Component):
     boundaries and at 256 beats) pushes the burst's AW, which is handshaken before any of the
     burst's W beats is offered.  The B responses are counted per instruction; ``retire``
     pulses with the last burst's B response.  A stalled W or AW channel holds the operations.
+    Instructions must be legal and inside their memories (checked by the core's decoder).
 
     Latency and throughput
     ----------------------
