@@ -3,7 +3,9 @@
 :data:`UNITS` is the one list of units.  Every unit names its module, its component class
 (built from an :class:`hw.config.AcceleratorConfig` alone, ``Cls(config)``; ``None`` while
 the unit's RTL lives in the accelerator top) and its timing functions (``<unit>_timing(config,
-...)`` returning :class:`hw.timing.UnitTiming`).  Unit modules are imported only when used,
+...)`` returning :class:`hw.timing.UnitTiming`; the DMA engines' ``load`` / ``store`` take one
+instruction's fields and return its exact timing, :class:`hw.core.dma.LoadTiming` /
+:class:`hw.core.dma.StoreTiming`).  Unit modules are imported only when used,
 so the registry works while a module is missing or broken (only that unit fails).
 :class:`UnitTimings` is how the ISA's timing rules (:mod:`compiler.isa`) and the cycle model
 call the timing functions, cached per argument.  :func:`port_table` lists a built unit's
@@ -15,6 +17,7 @@ import importlib
 import inspect
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -79,7 +82,10 @@ UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
              {"gelu": "gelu_timing", "gelu_table": "gelu_table_load_timing"}),
     UnitSpec("residual_add", "hw.residual_add", "ResidualAdd",
              {"residual_add": "residual_add_timing"}),
-    UnitSpec("dma", "hw.dma", None, {"dma": "dma_timing"}),
+    # The LOAD and STORE engines' exact per-instruction timing; "dma" is the per-row
+    # estimate the cycle model uses until it switches to "load" / "store".
+    UnitSpec("dma", "hw.core.dma", None,
+             {"load": "load_timing", "store": "store_timing", "dma": "dma_timing"}),
     # An engine of the core (its memory ports belong to the top): vector_timing(config, op,
     # args) is a whole instruction's compiler.isa.Timing, not a UnitTiming.
     UnitSpec("vector_engine", "hw.core.vector_engine", None, {"vector": "vector_timing"}),
@@ -130,6 +136,7 @@ class UnitTimings:
             raise KeyError(f"unknown timing name(s) {sorted(unknown)} (known: {', '.join(TIMINGS)})")
         self._funcs: dict[str, Callable] = dict(overrides or {})
         self._cached = lru_cache(maxsize=None)(self._compute)
+        self._cached_instruction = lru_cache(maxsize=None)(self._compute_instruction)
 
     def load(self) -> "UnitTimings":
         """Import every unit's timing functions now (the hardware modules take a moment to
@@ -140,13 +147,29 @@ class UnitTimings:
         return self
 
     def _compute(self, timing: str, *args) -> UnitTiming:
-        fn = self._funcs.get(timing)
-        if fn is None:
-            fn = self._funcs[timing] = _resolve(timing)
-        t = fn(self.config, *args)
+        t = self._function(timing)(self.config, *args)
         if not isinstance(t, UnitTiming):
             raise TypeError(f"{timing} timing returned {t!r}, not a UnitTiming")
         return t
+
+    def _function(self, timing: str) -> Callable:
+        fn = self._funcs.get(timing)
+        if fn is None:
+            fn = self._funcs[timing] = _resolve(timing)
+        return fn
+
+    def _compute_instruction(self, timing: str, fields: tuple):
+        return self._function(timing)(self.config, dict(fields))
+
+    def dma_load(self, args: Mapping[str, int]):
+        """Exact timing of one LOAD instruction with fields ``args``
+        (:func:`hw.core.dma.load_timing`, a :class:`hw.core.dma.LoadTiming`)."""
+        return self._cached_instruction("load", tuple(sorted(args.items())))
+
+    def dma_store(self, args: Mapping[str, int]):
+        """Exact timing of one STORE instruction with fields ``args``
+        (:func:`hw.core.dma.store_timing`, a :class:`hw.core.dma.StoreTiming`)."""
+        return self._cached_instruction("store", tuple(sorted(args.items())))
 
     def systolic_array(self, m: int) -> UnitTiming:
         """One tile of ``m`` streaming rows."""
