@@ -10,8 +10,8 @@ opcode is defined:
   limits, mode combinations), raising :class:`Violation`;
 * :meth:`OpSpec.accesses`: every memory region it reads or writes, as 2-D patterns (bounds
   checks, the cycle model's hazard checker and traffic reports read them);
-* :meth:`OpSpec.timing`: its cycles, from the ``hw/`` timing functions of the units it uses
-  (through :class:`hw.units.UnitTimings`);
+* :meth:`OpSpec.timing`: its cycles on its engine, from the engine module's timing function
+  in ``hw/core/`` (through :class:`hw.units.UnitTimings`);
 * :meth:`OpSpec.execute`: its behaviour on the architectural state (:class:`ArchState`),
   every arithmetic step a call into :mod:`sw.intops`.
 
@@ -216,12 +216,12 @@ class Access:
 
 @dataclass(frozen=True)
 class Timing:
-    """Cycles of one instruction from its start: ``busy``, after which its queue may start
-    the next instruction; ``done``, its completion; ``channel``, cycles it holds the DRAM
-    channel (DMA instructions only)."""
+    """Cycles of one instruction on a compute engine, from its start: ``busy``, after which
+    the engine can start the next instruction; ``done``, to its retire pulse (its last
+    write).  The DMA engines' timing carries more (:class:`hw.core.dma.LoadTiming`,
+    :class:`hw.core.dma.StoreTiming`)."""
     busy: int
     done: int
-    channel: int = 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -369,20 +369,6 @@ def _unit_rule(unit: str, ok, explain) -> Rule:
     return Rule(ok, message)
 
 
-def _dma(ut, rows: int, row_bytes: int) -> Timing:
-    """``rows`` DMA rows back to back: the channel (and the queue) are busy ``rows`` row
-    intervals; the last data arrive one row latency after the last row's request."""
-    row = ut.dma(row_bytes)
-    busy = rows * row.interval
-    return Timing(busy, row.total(rows), busy)
-
-
-def _vector_rows(a: dict, records: int, row) -> Timing:
-    """``records`` loaded one per cycle, then ``rows`` rows through a unit of timing ``row``."""
-    cycles = (records if a.get("load_params") else 0) + row.total(a["rows"])
-    return Timing(cycles, cycles)
-
-
 #: Where each kind of operand lives (regions of hw.config.SPAD_REGIONS / ACC_REGIONS).
 LOAD_REGIONS = ("act", "weight", "value", "vin", "vin2", "copy")
 
@@ -466,8 +452,9 @@ class Load(OpSpec):
             Pattern("param", _field("dst_addr"), _field("dst_stride"), _field("rows"),
                     _field("cols"), True, "destination", ("param",), param)]
 
-    def timing(self, cfg, a, ut) -> Timing:
-        return _dma(ut, a["rows"], 4 * a["cols"] if a["mem"] == Mem.PARAM else a["cols"] + a["pad"])
+    def timing(self, cfg, a, ut):
+        """:class:`hw.core.dma.LoadTiming` (the LOAD engine adds its read channel and depth)."""
+        return ut.dma_load(a)
 
     def execute(self, st, a) -> None:
         rows, cols = a["rows"], a["cols"]
@@ -498,8 +485,9 @@ class Store(OpSpec):
                 Pattern("dram", _field("dram_addr"), _field("dram_stride"), _field("rows"),
                         _field("cols"), True, "DRAM side")]
 
-    def timing(self, cfg, a, ut) -> Timing:
-        return _dma(ut, a["rows"], a["cols"])
+    def timing(self, cfg, a, ut):
+        """:class:`hw.core.dma.StoreTiming` (the STORE engine adds its depth)."""
+        return ut.dma_store(a)
 
     def execute(self, st, a) -> None:
         src = st.view("spad", a["src_addr"], a["src_stride"], a["rows"], a["cols"])
@@ -536,10 +524,11 @@ class _Tiles(OpSpec):
                 Pattern("acc", _field("acc_addr"), _field("acc_stride"), _field("m"),
                         lambda cfg, a: a["n_tiles"] * cfg.lanes, True, "output", self.out_regions)]
 
+    #: The tile engine that runs the opcode (:func:`hw.core.tile_engine.tile_timing`).
+    engine_kind = ""
+
     def timing(self, cfg, a, ut) -> Timing:
-        t = ut.systolic_array(a["m"])
-        jobs = a["n_tiles"] * a["k_tiles"]
-        return Timing(jobs * t.interval, (jobs - 1) * t.interval + t.latency)
+        return ut.tile(a, self.engine_kind)
 
     def _operands(self, st, a):
         n = st.config.lanes
@@ -564,6 +553,7 @@ class Matmul(_Tiles):
     stream_regions = ("act", "prob")
     stationary_regions = ("weight",)
     out_regions = ("acc",)
+    engine_kind = "matrix"
 
     def _stationary(self, cfg) -> tuple:
         return (lambda cfg, a: sel(a["transpose"], a["n_tiles"], a["k_tiles"]) * cfg.lanes,
@@ -588,6 +578,7 @@ class AttnV(_Tiles):
     stream_regions = ("codes",)
     stationary_regions = ("value",)
     out_regions = ("attn_acc",)
+    engine_kind = "attn"
 
     def execute(self, st, a) -> None:
         stream, stat, acc = self._operands(st, a)
@@ -633,10 +624,7 @@ class Requant(OpSpec):
                         "destination", ("out",))]
 
     def timing(self, cfg, a, ut) -> Timing:
-        row = ut.requantizer(a["cols"])
-        if a["gelu"]:
-            row = ut.chain(row, ut.gelu(a["cols"]), a["cols"])
-        return _vector_rows(a, self._records(a), row)
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         rows, cols = a["rows"], a["cols"]
@@ -690,9 +678,7 @@ class Softmax(OpSpec):
                 Pattern(**dst, regions=("prob",), when=lambda cfg, a: a["mode"] == SoftmaxMode.UNIFORM)]
 
     def timing(self, cfg, a, ut) -> Timing:
-        row = ut.chain(ut.requantizer(a["cols"]),
-                       ut.softmax(a["cols"], SoftmaxMode(a["mode"])), a["cols"])
-        return _vector_rows(a, 0, row)
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         x = st.view("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"])
@@ -745,7 +731,7 @@ class LayerNorm(_RowWise):
             lambda cfg, a: layernorm_beats(cfg, a["cols"]))] + int8_values("zp_in")
 
     def timing(self, cfg, a, ut) -> Timing:
-        return _vector_rows(a, a["cols"], ut.layernorm(a["cols"]))
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         if a["load_params"]:
@@ -775,7 +761,7 @@ class Add(_RowWise):
             "zp_a", "zp_b", "zp_out")
 
     def timing(self, cfg, a, ut) -> Timing:
-        return _vector_rows(a, a["cols"], ut.residual_add(a["cols"]))
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         if a["load_params"]:
@@ -795,7 +781,7 @@ class Gelu(_RowWise):
               _f("rows", COUNT), _f("cols", COUNT))
 
     def timing(self, cfg, a, ut) -> Timing:
-        return _vector_rows(a, 0, ut.gelu(a["cols"]))
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         x = st.view("spad", a["src_addr"], a["src_stride"], a["rows"], a["cols"])
@@ -815,8 +801,7 @@ class GeluTable(OpSpec):
                         lambda cfg, a: 256, False, "table", ("vin",))]
 
     def timing(self, cfg, a, ut) -> Timing:
-        cycles = ut.gelu_table().latency
-        return Timing(cycles, cycles)
+        return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
         st.gelu_table = st.spad[:, a["src_addr"]:a["src_addr"] + 256].astype(np.int64)

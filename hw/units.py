@@ -137,6 +137,7 @@ class UnitTimings:
         self._funcs: dict[str, Callable] = dict(overrides or {})
         self._cached = lru_cache(maxsize=None)(self._compute)
         self._cached_instruction = lru_cache(maxsize=None)(self._compute_instruction)
+        self._cached_vector = lru_cache(maxsize=None)(self._compute_vector)
 
     def load(self) -> "UnitTimings":
         """Import every unit's timing functions now (the hardware modules take a moment to
@@ -170,6 +171,15 @@ class UnitTimings:
         """Exact timing of one STORE instruction with fields ``args``
         (:func:`hw.core.dma.store_timing`, a :class:`hw.core.dma.StoreTiming`)."""
         return self._cached_instruction("store", tuple(sorted(args.items())))
+
+    def vector(self, op, args: Mapping[str, int]):
+        """Exact timing of one vector instruction (opcode ``op``, fields ``args``) on the
+        vector engine (:func:`hw.core.vector_engine.vector_timing`, a
+        :class:`compiler.isa.Timing`)."""
+        return self._cached_vector(int(op), tuple(sorted(args.items())))
+
+    def _compute_vector(self, op: int, fields: tuple):
+        return self._function("vector")(self.config, op, dict(fields))
 
     def systolic_array(self, m: int) -> UnitTiming:
         """One tile of ``m`` streaming rows."""
