@@ -465,3 +465,13 @@ def test_long_random_sequences(kind, n):
     """Twenty-five random instructions per width and kind, larger tile counts."""
     for seed in (11, 12):
         check_sequence(n, kind, seed, count=25, max_tiles=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_default_config(kind):
+    """The default machine (N = 16, full-size regions: patterns anywhere in them)."""
+    config = AcceleratorConfig(max_tile_rows=24)
+    rng = random.Random(7)
+    instrs = [random_instruction(rng, config, kind, m=m, n_tiles=2, k_tiles=2) for m in (3, 20)]
+    simulate(config, kind, instrs, [0, 0], fill_scratchpad(np.random.default_rng(1), config, kind))
