@@ -56,6 +56,8 @@ __all__ = ["LisAttention", "lis_attention_timing", "row_latency", "TERM_BITS", "
 RESULT_BITS = 32
 #: Width of one term ``v << (15 - code)`` of an int8 ``v``: ``8 + LIS_SHIFT_BASE`` bits signed.
 TERM_BITS = 8 + LIS_SHIFT_BASE
+# The shift ``LIS_SHIFT_BASE - code`` is the code's bitwise complement.
+assert LIS_SHIFT_BASE == (1 << LIS_CODE_BITS) - 1 == LIS_ZERO_CODE
 
 
 def _check_config(config) -> AcceleratorConfig:
