@@ -75,6 +75,8 @@ class UnitSpec:
 UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
     UnitSpec("systolic_array", "hw.systolic_array", "SystolicArray",
              {"systolic_array": "matmul_timing"}),
+    UnitSpec("lis_attention", "hw.lis_attention", "LisAttention",
+             {"lis_attention": "lis_attention_timing"}),
     UnitSpec("requantizer", "hw.requantizer", "Requantizer", {"requantizer": "requant_timing"}),
     UnitSpec("layernorm", "hw.layernorm", "PtfLayerNorm", {"layernorm": "layernorm_timing"}),
     UnitSpec("softmax", "hw.softmax", "LisSoftmax", {"softmax": "softmax_timing"}),
@@ -82,6 +84,7 @@ UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
              {"gelu": "gelu_timing", "gelu_table": "gelu_table_load_timing"}),
     UnitSpec("residual_add", "hw.residual_add", "ResidualAdd",
              {"residual_add": "residual_add_timing"}),
+    UnitSpec("tile_engine", "hw.core.tile_engine", None, {"tile": "tile_timing"}),
     # The LOAD and STORE engines' exact per-instruction timing; "dma" is the per-row
     # estimate the cycle model uses until it switches to "load" / "store".
     UnitSpec("dma", "hw.core.dma", None,
@@ -138,6 +141,7 @@ class UnitTimings:
         self._cached = lru_cache(maxsize=None)(self._compute)
         self._cached_instruction = lru_cache(maxsize=None)(self._compute_instruction)
         self._cached_vector = lru_cache(maxsize=None)(self._compute_vector)
+        self._tile_cached = lru_cache(maxsize=None)(self._tile)
 
     def load(self) -> "UnitTimings":
         """Import every unit's timing functions now (the hardware modules take a moment to
@@ -184,6 +188,24 @@ class UnitTimings:
     def systolic_array(self, m: int) -> UnitTiming:
         """One tile of ``m`` streaming rows."""
         return self._cached("systolic_array", m)
+
+    def lis_attention(self, m: int) -> UnitTiming:
+        """One tile of ``m`` code rows on the Log-Int-Softmax attention unit."""
+        return self._cached("lis_attention", m)
+
+    def tile(self, args, kind: str | None = None):
+        """One MATMUL / ATTNV on its tile engine (``args``: the instruction's fields; only
+        ``m``, ``n_tiles``, ``k_tiles`` and the kind matter): a ``compiler.isa.Timing``
+        (``busy``, ``done``), not a :class:`UnitTiming`."""
+        if kind is None:
+            kind = "matrix" if "transpose" in args else "attn"
+        return self._tile_cached(kind, args["m"], args["n_tiles"], args["k_tiles"])
+
+    def _tile(self, kind: str, m: int, n_tiles: int, k_tiles: int):
+        fn = self._funcs.get("tile")
+        if fn is None:
+            fn = self._funcs["tile"] = _resolve("tile")
+        return fn(self.config, {"m": m, "n_tiles": n_tiles, "k_tiles": k_tiles}, kind)
 
     def requantizer(self, n: int) -> UnitTiming:
         """One row of ``n`` accumulators."""
