@@ -198,12 +198,12 @@ def run(args) -> int:
     total = ["total", f"{res.cycles:,}", "100.0%"] + ([f"{b['span']:,}", "100.0%"] if rep.blocks else [])
     print(_table(rows + [total], ["category", "cycles", "share"] + (["block", "share"] if rep.blocks else [])))
     print()
-    print("stall cycles per queue (waited after the queue was ready, by cause):")
+    from sim.machine import CAUSES
+    print("stall cycles per queue (waited after the engine was ready, by cause):")
     rows = []
     for q, d in rep.by_queue.items():
-        rows.append([q, f"{d['busy']:,}"] + [f"{d[f'wait {c}']:,}" for c in
-                                              ("token:LOAD", "token:MATRIX", "token:VECTOR", "token:STORE", "dram")])
-    print(_table(rows, ["queue", "busy", "on LOAD", "on MATRIX", "on VECTOR", "on STORE", "on DRAM"]))
+        rows.append([q, f"{d['busy']:,}"] + [f"{d[f'wait {c}']:,}" for c in CAUSES])
+    print(_table(rows, ["queue", "busy"] + [f"on {c.split(':')[-1]}" for c in CAUSES]))
     print()
     print("per instruction class:")
     rows = [[k, v["count"], f"{v['busy']:,}", f"{v['wait']:,}", f"{v['bytes']:,}"]

@@ -3,8 +3,8 @@ a Chrome/Perfetto trace and a per-op cycle plot of one transformer block.
 
 The array's cycle breakdown (:func:`array_breakdown`) splits the program's cycles exactly:
 useful MAC cycles + tile padding + weight preload not hidden + idle cycles by cause
-(waiting on a token from a named queue) + the tail after the last tile (array drain and
-the vector/store work that follows it).  The categories always sum to the cycle count.
+(waiting on a token from a named queue, or for the instruction to be dispatched) + the tail
+after the last tile (array drain and the vector/store work that follows it).  The categories always sum to the cycle count.
 """
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
           if instrs[i].op == Opcode.MATMUL]
     lo, hi = window if window is not None else (0, res.cycles)
     cat = {"useful MACs": 0.0, "tile padding": 0.0, "weight preload": 0.0}
-    for c in CAUSES[:NQ]:
-        cat[f"idle, waiting on {c.split(':')[1]}"] = 0
+    for c in CAUSES:
+        cat[f"idle, waiting on {c.split(':')[-1]}"] = 0
     cat["idle before first tile"] = 0
     cat["drain and tail after last tile"] = 0
     streamed = 0
@@ -105,11 +105,10 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
     for n, i in enumerate(mm):
         a = instrs[i].args
         jobs = a["n_tiles"] * a["k_tiles"]
-        t = timings.systolic_array(a["m"])
         useful = image.instr_macs[i] / pe
         cat["useful MACs"] += useful
         cat["tile padding"] += jobs * a["m"] - useful
-        cat["weight preload"] += jobs * (t.interval - a["m"])
+        cat["weight preload"] += jobs * (max(a["m"], cfg.lanes) - a["m"])
         streamed += jobs * a["m"]
         gap = int(res.start[i]) - prev_end
         if gap > 0:
@@ -117,7 +116,7 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
                 cat["idle before first tile"] += gap
             else:
                 cause = int(res.cause[i])
-                key = CAUSES[cause].split(":")[1] if 0 <= cause < NQ else "LOAD"
+                key = CAUSES[cause].split(":")[-1] if cause >= 0 else "dispatch"
                 cat[f"idle, waiting on {key}"] += gap
         prev_end = max(prev_end, int(res.busy_end[i]))
     cat["drain and tail after last tile"] += hi - prev_end if mm else hi - lo

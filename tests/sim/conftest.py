@@ -1,15 +1,17 @@
-"""Shared fixtures: simple stand-in unit timings whose cycle counts are easy to compute by hand.
-
-The data path does not depend on unit timing, so the bit-exactness tests may use them too;
-`test_machine.py::test_real_unit_timings_bit_exact` runs with the hw/ formulas.
-"""
+"""Shared fixtures of the cycle-model tests."""
 import pytest
 
-from hand_timings import HAND_FORMULAS
 from hw.units import UnitTimings
 
 
 @pytest.fixture
-def hand_timings():
-    """``hand_timings(config)`` -> UnitTimings using :data:`HAND_FORMULAS`."""
-    return lambda config: UnitTimings(config, HAND_FORMULAS)
+def unit_timings():
+    """``unit_timings(config)`` -> the engines' timing functions for ``config``, one cache
+    per config (the data path does not depend on them)."""
+    cache = {}
+
+    def get(config):
+        if config not in cache:
+            cache[config] = UnitTimings(config)
+        return cache[config]
+    return get

@@ -12,12 +12,12 @@ from sim.report import block_breakdown, build_report, layer_of, plot_block, writ
 
 
 @pytest.fixture
-def run(hand_timings):
+def run(unit_timings):
     cfg = AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4, scratchpad_kib=16,
                             accumulator_kib=4)
     g = tiny_vit(seed=2, depth=2, image=12, dim=16)
     prog = compile_graph(g, cfg)
-    t = hand_timings(cfg)
+    t = unit_timings(cfg)
     res = simulate(prog, {g.inputs[0]: random_image(g)}, timings=t)
     return prog, res, t, build_report(prog, res, t)
 
