@@ -127,13 +127,21 @@ def build(config: AcceleratorConfig, sim: str = "verilator", waves: str | None =
 
     ``waves``: None, ``"fst"`` or ``"vcd"``.  ``progress(message)`` hears what is happening.
     """
-    from sim.cocotb_runner import _verilator_on_path, write_verilog
     if sim not in ("verilator", "icarus"):
         raise CosimError(f"unknown simulator {sim!r} (verilator or icarus)")
     if waves not in (None, "fst", "vcd"):
         raise CosimError(f"waves must be fst or vcd, got {waves!r}")
     say = progress or (lambda message: None)
     folder = Path(cache or DEFAULT_CACHE) / f"{TOP}-n{config.lanes}-{_key(config, sim, waves)}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)            # one build per folder at a time
+        return _build_locked(config, sim, waves, folder, say)
+
+
+def _build_locked(config, sim, waves, folder: Path, say) -> Build:
+    from sim.cocotb_runner import _verilator_on_path, write_verilog
     marker = folder / "built.json"
     out = Build(config, sim, folder, waves)
     if marker.is_file():

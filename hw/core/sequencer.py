@@ -47,7 +47,7 @@ instructions have retired and the fetch's outstanding beats have arrived.  An em
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -148,9 +148,12 @@ class Sequencer(wiring.Component):
         # ------------------------------------------------------------------ queues
         fifos = [SyncFIFO(width=INSTR_BITS + INDEX_BITS, depth=QUEUE_DEPTH) for _ in range(NQ)]
         flights = [SyncFIFO(width=NQ + INDEX_BITS, depth=MAX_IN_FLIGHT) for _ in range(NQ)]
+        begin = Signal()                                 # a run starts: forget the last one
+        m.d.comb += begin.eq(~running & self.start)
         for q in range(NQ):
-            m.submodules[f"queue_{Queue(q).name.lower()}"] = fifos[q]
-            m.submodules[f"in_flight_{Queue(q).name.lower()}"] = flights[q]
+            # A run that stopped at an error can leave instructions in the queues.
+            m.submodules[f"queue_{Queue(q).name.lower()}"] = ResetInserter(begin)(fifos[q])
+            m.submodules[f"in_flight_{Queue(q).name.lower()}"] = ResetInserter(begin)(flights[q])
 
         # Semaphores sem[s][d]: tokens from queue s for queue d.
         sem = [[Signal(TOKEN_BITS, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
