@@ -25,6 +25,7 @@ COMMANDS = {
     "compile": ("cli.compile", "compile an integer graph into an accelerator program"),
     "disasm": ("cli.disasm", "disassemble a program binary"),
     "simulate": ("cli.simulate", "cycle-level simulation: latency, MAC utilization, stalls"),
+    "cosim": ("cli.cosim", "run a compiled model on the accelerator's RTL (cocotb + Verilator)"),
 }
 
 

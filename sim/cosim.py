@@ -171,6 +171,9 @@ def _build_locked(config, sim, waves, folder: Path, say) -> Build:
         build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3",
                       "--x-assign", "fast", "--x-initial", "fast"]
         if waves == "fst":
+            if not Path("/usr/include/lz4.h").is_file():
+                raise CosimError("FST waveforms need the LZ4 headers (apt-get install liblz4-dev); "
+                                 "or ask for a .vcd")
             build_args.append("--trace-fst")
     try:
         runner.build(sources=[src], hdl_toplevel=TOP, build_dir=folder, always=True,
