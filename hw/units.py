@@ -85,10 +85,8 @@ UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
     UnitSpec("residual_add", "hw.residual_add", "ResidualAdd",
              {"residual_add": "residual_add_timing"}),
     UnitSpec("tile_engine", "hw.core.tile_engine", None, {"tile": "tile_timing"}),
-    # The LOAD and STORE engines' exact per-instruction timing; "dma" is the per-row
-    # estimate the cycle model uses until it switches to "load" / "store".
-    UnitSpec("dma", "hw.core.dma", None,
-             {"load": "load_timing", "store": "store_timing", "dma": "dma_timing"}),
+    # The LOAD and STORE engines' exact per-instruction timing.
+    UnitSpec("dma", "hw.core.dma", None, {"load": "load_timing", "store": "store_timing"}),
     # An engine of the core (its memory ports belong to the top): vector_timing(config, op,
     # args) is a whole instruction's compiler.isa.Timing, not a UnitTiming.
     UnitSpec("vector_engine", "hw.core.vector_engine", None, {"vector": "vector_timing"}),
@@ -225,10 +223,6 @@ class UnitTimings:
 
     def residual_add(self, n: int) -> UnitTiming:
         return self._cached("residual_add", n)
-
-    def dma(self, row_bytes: int) -> UnitTiming:
-        """One DMA row of ``row_bytes`` bytes."""
-        return self._cached("dma", row_bytes)
 
     def chain(self, first: UnitTiming, second: UnitTiming, n: int) -> UnitTiming:
         """``first`` feeding a vector unit directly, ``n`` elements a row

@@ -81,10 +81,9 @@ from hw.config import AcceleratorConfig
 from hw.core.isa_layout import fields_of
 from hw.core.memories import geometry
 from hw.core.signatures import engine_signature, read_port_signature, write_port_signature
-from hw.dma import dma_timing  # the per-row estimate the cycle model still uses
 
 __all__ = ["LoadEngine", "StoreEngine", "RowWalker", "LoadTiming", "StoreTiming",
-           "load_timing", "store_timing", "dma_timing", "LOAD_DEPTH", "STORE_DEPTH",
+           "load_timing", "store_timing", "LOAD_DEPTH", "STORE_DEPTH",
            "LOAD_DESTS", "STORE_SOURCES", "LOAD_REQUEST_CYCLES", "LOAD_TAIL_CYCLES"]
 
 #: Most LOAD instructions between start and retire.

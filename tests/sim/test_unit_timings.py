@@ -3,7 +3,6 @@ import pytest
 
 from hw import units
 from hw.config import AcceleratorConfig
-from hw.dma import dma_timing
 from hw.layernorm import layernorm_timing
 from hw.timing import UnitTiming, chain
 from hw.units import UnitSpec, UnitTimings, UnitTimingUnavailable
@@ -13,7 +12,6 @@ def test_uses_the_hw_formula_and_caches():
     cfg = AcceleratorConfig()
     t = UnitTimings(cfg)
     assert t.layernorm(384) == layernorm_timing(cfg, 384)
-    assert t.dma(100) == dma_timing(cfg, 100) == UnitTiming(7 + cfg.dram_latency_cycles, 7)
     calls = []
     t2 = UnitTimings(cfg, {"gelu": lambda c, n: calls.append(n) or UnitTiming(n, n)})
     assert t2.gelu(5) == UnitTiming(5, 5) and t2.gelu(5) == UnitTiming(5, 5)
