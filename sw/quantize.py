@@ -747,6 +747,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
     counterpart in the model: ``10 log10(sum f^2 / sum (f - deq(q))^2)`` over ``images``."""
     import torch
     from .executor import execute
+    from .methods.common import dequantize       # twin codes of PTQ4ViT graphs decode too
     floats: dict[str, list[np.ndarray]] = {}
     rec = _Recorder(model, lambda k, y: floats.setdefault(k, []).append(y))
     try:
@@ -767,7 +768,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
             f = np.stack(parts, 0).transpose(1, 3, 0, 2, 4).reshape(b, t.shape[0], -1)
         if f is None or name not in env or t.scale is None or f.shape[1:] != tuple(t.shape):
             continue
-        deq = (env[name] - t.zero_point) * np.asarray(t.scale, dtype=np.float64)
+        deq = dequantize(graph, name, env[name])
         noise = float(np.sum((f - deq) ** 2))
         result.append((name, 10 * math.log10(float(np.sum(f ** 2)) / max(noise, 1e-300))))
     return result
