@@ -2,8 +2,6 @@
 graph metadata, and the dequantization of any graph tensor (twin codes included)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import intops
@@ -73,7 +71,3 @@ def dequantize(graph: IntGraph, name: str, q: np.ndarray) -> np.ndarray:
     if prod is not None and prod.kind == "twin_gelu":
         return np.where(q > 0, q * 2.0 ** prod.attrs["m"], q) * scale
     return (q - t.zero_point) * scale
-
-
-def log2_ceil(n: int) -> int:
-    return max(0, math.ceil(math.log2(max(int(n), 1))))

@@ -73,9 +73,9 @@ class _IvitBuilder(_Builder):
                        {"gamma": gamma, "beta": beta, "eps": float(ln.eps), "module": name})
 
     def add_wide(self, name: str, a: str, b: str | None, out: str, shape, const_q: _Q | None = None,
-                 const=None) -> str:
+                 const=None, obs_key: str | None = None) -> str:
         d = shape[-1]
-        out_q = self.sym(out, STREAM_BITS)
+        out_q = self.sym(obs_key or out, STREAM_BITS)
         bq = const_q if b is None else self.q[b]
         try:
             ma, mb, shift = add_params(np.full(d, float(self.q[a].scale) / float(out_q.scale)),
@@ -154,7 +154,7 @@ def quantize_ivit(model, calib_images: np.ndarray, observer: str = "minmax", pro
 
     if no_embed_class:
         x = B.add_wide("pos_embed", x, None, "pos_embed.out" if prefix is None else "pos_embed.sum",
-                       (n_patch, d), pos_q, pos_int)
+                       (n_patch, d), pos_q, pos_int, obs_key="pos_embed.out")
         if prefix is not None:
             x = concat(x, B.q[x], (T, d))
     else:
