@@ -614,7 +614,7 @@ def token_mean(x, zp_in, mult, shift, zp_out, start: int = 0) -> np.ndarray:
 #
 # Constants follow the authors' PyTorch code (models/quantization_utils/quant_modules.py),
 # the version their accuracy numbers were trained with; their TVM port differs in a few
-# (softmax n = 16, 8-bit softmax output, a truncated mean, ``r >> 1`` before the shift).
+# (softmax n = 16, 8-bit softmax output, an unrounded integer mean, ``r >> 1`` before the shift).
 # ----------------------------------------------------------------------------------------
 
 #: Dividend of I-ViT's divides: one per softmax row, per GELU element, per LayerNorm row.
