@@ -41,7 +41,8 @@ from .layout import DRAM_ALIGN, DramLayout, DramTensor, ceil_to, step_layout
 from .lowerers import LOWERERS
 from .program import ProgramImage, TensorPlacement
 
-__all__ = ["compile_graph", "compile_steps", "CompileSteps", "CompileError", "step_fuse",
+__all__ = ["compile_graph", "compile_steps", "CompileSteps", "CompileError", "UnsupportedOpsError",
+           "check_accelerator_ops", "step_fuse",
            "step_layout", "step_lower", "step_finalize"]
 
 
@@ -99,6 +100,37 @@ def step_finalize(ctx: LowerCtx) -> ProgramImage:
         info={"graph": dict(graph.info)})
 
 
+#: Op kinds the accelerator runs (the others, from I-ViT and PTQ4ViT graphs, wait for their units).
+LOWERED_KINDS = ("patchify", "linear", "concat_tokens", "add", "layernorm", "qk_scores", "softmax",
+                 "attn_value", "gelu", "select_tokens", "token_mean")
+
+
+class UnsupportedOpsError(CompileError):
+    """The graph holds ops that the accelerator does not run yet."""
+
+
+def check_accelerator_ops(graph: IntGraph) -> None:
+    """Raise :class:`UnsupportedOpsError` naming every op the accelerator cannot run yet:
+    op kinds without a unit, and 8-bit kinds asked for another output width (W6A6)."""
+    bad: dict[str, list[str]] = {}
+    for op in graph.ops:
+        what = None
+        if op.kind not in LOWERED_KINDS:
+            what = op.kind
+        elif op.kind == "linear" and op.attrs["out_bits"] not in (8, 16):
+            what = f"linear with {op.attrs['out_bits']}-bit output"
+        elif op.kind == "layernorm" and op.attrs.get("out_bits", 8) != 8:
+            what = f"layernorm with {op.attrs['out_bits']}-bit output"
+        if what is not None:
+            bad.setdefault(what, []).append(op.name)
+    if bad:
+        parts = [f"{kind} ({len(names)}: {', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+                 for kind, names in bad.items()]
+        method = graph.info.get("method", "fqvit")
+        raise UnsupportedOpsError(f"the accelerator does not run these ops of this {method} graph yet: "
+                                  + "; ".join(parts))
+
+
 @dataclass
 class CompileSteps:
     """Every intermediate result of one compilation."""
@@ -111,6 +143,7 @@ class CompileSteps:
 def compile_steps(graph: IntGraph, config: AcceleratorConfig) -> CompileSteps:
     """Run the compiler's steps and keep their results."""
     graph.validate()
+    check_accelerator_ops(graph)
     groups = step_fuse(graph)
     layout = step_layout(graph, groups)
     ctx = LowerCtx(graph, config, layout)
@@ -119,7 +152,8 @@ def compile_steps(graph: IntGraph, config: AcceleratorConfig) -> CompileSteps:
 
 
 def compile_graph(graph: IntGraph, config: AcceleratorConfig) -> ProgramImage:
-    """Compile ``graph`` for ``config``; :class:`CompileError` says what does not fit.
+    """Compile ``graph`` for ``config``; :class:`CompileError` says what does not fit, and
+    :class:`UnsupportedOpsError` which ops the accelerator does not run yet.
 
     :func:`compile_steps` does the same and also returns the groups, the DRAM layout and the
     lowering context.
