@@ -150,7 +150,8 @@ def main() -> None:
     block = rep.blocks[len(rep.blocks) // 2]
     b = rep.by_layer[block]
     cat, bound = block_breakdown(image, res, timings, block)
-    print(f"one block ({block}): {b['span']:,} cycles, {b['macs'] / 1e6:.1f} M MACs, MAC utilization "
+    print(f"one block ({block}): {b['span']:,} cycles, {b['macs'] / 1e6:.1f} M MACs on the array "
+          f"(+ {b['attn_macs'] / 1e6:.1f} M codes x V on the LIS unit), array MAC utilization "
           f"{100 * b['mac_utilization']:.1f}% (tile-mapping bound {100 * bound:.1f}%)")
     print("  every array cycle of the block:")
     for k, v in cat.items():

@@ -173,7 +173,9 @@ def run(args) -> int:
     print()
     print(f"whole model: {res.cycles:,} cycles = {rep.latency_ms:.3f} ms at {cfg.clock_mhz:g} MHz "
           f"({rep.fps:.1f} frames/s); MAC utilization {100 * rep.utilization:.1f}% "
-          f"(tile-mapping bound {100 * rep.tile_bound:.1f}%), {rep.macs / 1e6:.1f} M MACs")
+          f"(tile-mapping bound {100 * rep.tile_bound:.1f}%), {rep.macs / 1e6:.1f} M MACs on the array"
+          + (f", {rep.attn_macs / 1e6:.1f} M codes x V products on the LIS attention unit"
+             if rep.attn_macs else ""))
     if rep.blocks:
         pick = args.block if args.block is not None else len(rep.blocks) // 2
         if not 0 <= pick < len(rep.blocks):

@@ -388,7 +388,7 @@ class OpSpec:
     def check(self, cfg: AcceleratorConfig, a: dict) -> None:
         """Raise :class:`Violation` unless the instruction meets every rule (its memory
         patterns are checked against their regions separately, from :meth:`accesses`)."""
-        for rule in _rules_of(self, cfg):
+        for rule in self._of(cfg)[1]:
             if not rule.ok(cfg, a):
                 raise Violation(rule.message(cfg, a), rule.code)
 
@@ -396,7 +396,17 @@ class OpSpec:
         """The memory patterns that apply to this instruction, evaluated."""
         return [Access(p.mem, p.addr(cfg, a), p.stride(cfg, a), p.rows(cfg, a), p.width(cfg, a),
                        p.write, p.what, p.regions)
-                for p in _patterns_of(self, cfg) if p.when is None or p.when(cfg, a)]
+                for p in self._of(cfg)[2] if p.when is None or p.when(cfg, a)]
+
+    _memo: tuple | None = None
+
+    def _of(self, cfg: AcceleratorConfig) -> tuple:
+        """``(cfg, rules, patterns)`` for ``cfg``; the last config's are kept on the spec,
+        so that a run does not hash the config for every instruction."""
+        memo = self._memo
+        if memo is None or memo[0] is not cfg:
+            memo = self._memo = (cfg, _rules_of(self, cfg), _patterns_of(self, cfg))
+        return memo
 
     def timing(self, cfg: AcceleratorConfig, a: dict, ut) -> Timing:
         raise NotImplementedError
@@ -859,19 +869,21 @@ class Instruction:
         where = "" if index is None else f"instruction {index}: "
         if not isinstance(self.op, Opcode):
             raise IllegalInstructionError(f"{where}unknown opcode {self.op!r}")
-        name = self.op.name
-        for mask, what in ((self.wait, "wait"), (self.signal, "signal")):
+        wait, signal = self.wait, self.signal
+        for mask, what in ((wait, "wait"), (signal, "signal")):
             if not isinstance(mask, int) or not 0 <= mask < (1 << NQ):
-                raise IllegalInstructionError(f"{where}{name}: {what} mask {mask!r} is not {NQ} bits")
-        q = self.queue
-        if q is None and (self.wait or self.signal):
+                raise IllegalInstructionError(
+                    f"{where}{self.op.name}: {what} mask {mask!r} is not {NQ} bits")
+        q = QUEUE_OF[self.op]
+        if q is None and (wait or signal):
             raise IllegalInstructionError(f"{where}HALT cannot wait or signal")
-        if q is not None and ((self.wait >> q) & 1 or (self.signal >> q) & 1):
+        if q is not None and ((wait >> q) & 1 or (signal >> q) & 1):
             raise IllegalInstructionError(
-                f"{where}{name} waits on or signals its own queue ({q.name})")
+                f"{where}{self.op.name} waits on or signals its own queue ({q.name})")
         args = self.args
         names = _FIELD_NAMES[self.op]
         if args.keys() != names:
+            name = self.op.name
             unknown = sorted(set(args) - names)
             missing = sorted(names - set(args))
             raise IllegalInstructionError(
@@ -882,7 +894,7 @@ class Instruction:
                 if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
                     continue                                    # an IntEnum member
                 raise IllegalInstructionError(
-                    f"{where}{name}.{field_name} = {v!r} is outside {lo}..{hi}")
+                    f"{where}{self.op.name}.{field_name} = {v!r} is outside {lo}..{hi}")
 
 
 def encode(ins: Instruction) -> bytes:
@@ -960,7 +972,12 @@ def check_access(acc: Access, cfg: AcceleratorConfig, dram_size: int) -> None:
                             f"{dram_size} bytes (out of range by {acc.hi - dram_size})", ErrorCode.RANGE)
     else:
         regions = cfg.regions
-        if not any(regions[r].base <= acc.lo and acc.hi <= regions[r].end for r in acc.regions):
+        lo, hi = acc.lo, acc.hi
+        for r in acc.regions:
+            reg = regions[r]
+            if reg.base <= lo and hi <= reg.end:
+                break
+        else:
             where = ", ".join(f"{r} {regions[r].base}..{regions[r].end - 1}" for r in acc.regions)
             raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, outside the "
                             f"{' / '.join(acc.regions)} region{'s' if len(acc.regions) > 1 else ''} "
@@ -981,7 +998,6 @@ def check_instruction(cfg: AcceleratorConfig, ins: "Instruction | bytes", index:
     opcode's rules in table order, then its patterns in table order (``RANGE``, overlapping
     written rows).
     """
-    where = f"instruction {index}"
     try:
         if isinstance(ins, (bytes, bytearray)):
             ins = decode(bytes(ins), index)
@@ -989,17 +1005,19 @@ def check_instruction(cfg: AcceleratorConfig, ins: "Instruction | bytes", index:
             ins.check(index)
     except IllegalInstructionError as exc:
         raise Violation(str(exc), ErrorCode.ILLEGAL) from None
-    where = f"{where} ({ins.op.name})"
-    if ins.op == Opcode.HALT and not last:
+    op = ins.op
+    if (op == Opcode.HALT) != last:
+        where = f"instruction {index} ({op.name})"
+        if last:
+            raise Violation(f"{where}: the program ends without HALT (missing halt)",
+                            ErrorCode.NO_HALT)
         raise Violation(f"{where}: HALT before the end of the program", ErrorCode.ILLEGAL)
-    if last and ins.op != Opcode.HALT:
-        raise Violation(f"{where}: the program ends without HALT (missing halt)", ErrorCode.NO_HALT)
-    spec = SPECS[ins.op]
+    spec = SPECS[op]
     try:
         spec.check(cfg, ins.args)
         accesses = spec.accesses(cfg, ins.args)
         for acc in accesses:
             check_access(acc, cfg, dram_size)
     except Violation as exc:
-        raise Violation(f"{where}: {exc}", exc.code) from None
+        raise Violation(f"instruction {index} ({op.name}): {exc}", exc.code) from None
     return ins, accesses

@@ -39,6 +39,7 @@ class Report:
     """Everything ``vitamin simulate`` prints, as numbers."""
     cycles: int
     clock_mhz: float
+    #: Multiply-accumulates on the systolic array (MATMUL); utilization counts these only.
     macs: int
     peak_macs_per_cycle: int
     #: Array cycle breakdown: category -> cycles (sums to ``cycles``).
@@ -54,6 +55,9 @@ class Report:
     by_op: dict[str, dict]
     by_layer: dict[str, dict]
     blocks: list[str] = field(default_factory=list)
+    #: Products of ``codes @ V`` on the Log-Int-Softmax shift tree (ATTNV): shifts and adds
+    #: beside the array, not array work.
+    attn_macs: int = 0
 
     @property
     def latency_ms(self) -> float:
@@ -72,7 +76,8 @@ class Report:
 
     def to_json(self) -> dict:
         return {"cycles": self.cycles, "clock_mhz": self.clock_mhz, "latency_ms": self.latency_ms,
-                "fps": self.fps, "macs": self.macs, "mac_utilization": self.utilization,
+                "fps": self.fps, "macs": self.macs, "attn_macs": self.attn_macs,
+                "mac_utilization": self.utilization,
                 "tile_mapping_bound": self.tile_bound, "array_breakdown": self.array,
                 "by_class": self.by_class, "by_queue": self.by_queue, "by_op": self.by_op,
                 "by_layer": self.by_layer}
@@ -150,11 +155,12 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         if res.cause[i] >= 0:
             bq[f"wait {CAUSES[res.cause[i]]}"] += int(res.wait[i])
         name = ops[image.instr_op[i]]
-        o = by_op.setdefault(name, {"instructions": 0, "macs": 0, "start": int(res.start[i]),
+        o = by_op.setdefault(name, {"instructions": 0, "macs": 0, "attn_macs": 0,
+                                    "start": int(res.start[i]),
                                     "end": int(res.retire[i]),
                                     **{f"{qq.name.lower()} busy": 0 for qq in Queue}})
         o["instructions"] += 1
-        o["macs"] += image.instr_macs[i]
+        o["attn_macs" if ins.op == Opcode.ATTNV else "macs"] += image.instr_macs[i]
         o["start"] = min(o["start"], int(res.start[i]))
         o["end"] = max(o["end"], int(res.retire[i]))
         o[f"{q.name.lower()} busy"] += busy
@@ -165,10 +171,12 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
     by_layer: dict[str, dict] = {}
     for name, o in by_op.items():
         lay = by_layer.setdefault(layer_of(name), {"ops": 0, "instructions": 0, "macs": 0,
+                                                   "attn_macs": 0,
                                                    "start": o["start"], "end": o["end"]})
         lay["ops"] += 1
         lay["instructions"] += o["instructions"]
         lay["macs"] += o["macs"]
+        lay["attn_macs"] += o["attn_macs"]
         lay["start"] = min(lay["start"], o["start"])
         lay["end"] = max(lay["end"], o["end"])
     for lay in by_layer.values():
@@ -176,8 +184,9 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         lay["mac_utilization"] = lay["macs"] / (pe * lay["span"]) if lay["span"] else 0.0
     array, bound = array_breakdown(image, res, timings)
     blocks = sorted((k for k in by_layer if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
-    return Report(res.cycles, cfg.clock_mhz, int(sum(image.instr_macs)), pe, array, bound,
-                  by_class, by_queue, by_op, by_layer, blocks)
+    attn = [image.instr_macs[i] for i in range(n) if instrs[i].op == Opcode.ATTNV]
+    return Report(res.cycles, cfg.clock_mhz, int(sum(image.instr_macs)) - int(sum(attn)), pe,
+                  array, bound, by_class, by_queue, by_op, by_layer, blocks, int(sum(attn)))
 
 
 def block_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings, block: str):

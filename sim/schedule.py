@@ -149,13 +149,15 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
             i = nxt
             v = take + L
             verdict[i] = v
-            try:
-                ins = check(i)
-            except Violation as exc:
-                stop = (ErrorCode(exc.code), i, str(exc), v)
-                dispatching = False
-                break
-            decoded[i] = ins
+            ins = decoded[i]
+            if ins is None:                    # not yet decoded (else: held by a full FIFO)
+                try:
+                    ins = check(i)
+                except Violation as exc:
+                    stop = (ErrorCode(exc.code), i, str(exc), v)
+                    dispatching = False
+                    break
+                decoded[i] = ins
             q = QUEUE_OF[ins.op]
             if q is None:
                 halt_v = v
@@ -281,7 +283,9 @@ def _first_overflow(members, decoded, start, retire, produced):
                     cand = (int(r), ErrorCode.SEMAPHORE, i,
                             f"instruction {i} ({decoded[i].op.name}): semaphore "
                             f"{Queue(s).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens")
-                    if best is None or cand[0] < best[0]:
+                    # Same cycle: the RTL reports the last pair in (s, d) order (its
+                    # combinational assignments, later ones win).
+                    if best is None or cand[0] <= best[0]:
                         best = cand
                     break
     return best

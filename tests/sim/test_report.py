@@ -28,6 +28,9 @@ def test_every_array_cycle_accounted(run):
     array_macs = sum(m for m, ins in zip(prog.instr_macs, prog.instructions) if ins.op.name == "MATMUL")
     assert 0 < array_macs < sum(prog.instr_macs)            # attention x v runs on the ATTN unit
     assert rep.array["useful MACs"] == pytest.approx(array_macs / 16, abs=0.01)
+    # Utilization counts the array's work only; codes x V on the LIS unit is reported apart.
+    assert rep.macs == array_macs and rep.attn_macs == sum(prog.instr_macs) - array_macs
+    assert rep.utilization == pytest.approx(array_macs / (16 * res.cycles))
     assert 0 < rep.utilization <= rep.tile_bound <= 1
     cat, bound = block_breakdown(prog, res, t, "blocks.1")
     assert sum(cat.values()) == pytest.approx(rep.by_layer["blocks.1"]["span"], abs=0.1)
@@ -39,6 +42,7 @@ def test_tables_are_consistent(run):
     assert sum(c["count"] for c in rep.by_class.values()) == len(prog.instructions) - 1
     assert sum(o["instructions"] for o in rep.by_op.values()) == len(prog.instructions) - 1
     assert sum(o["macs"] for o in rep.by_layer.values()) == rep.macs
+    assert sum(o["attn_macs"] for o in rep.by_layer.values()) == rep.attn_macs > 0
     assert rep.blocks == ["blocks.0", "blocks.1"]
     for name, o in rep.by_op.items():
         assert o["mac_utilization"] == pytest.approx(o["macs"] / (16 * o["span"])), name
