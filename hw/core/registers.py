@@ -64,13 +64,17 @@ REGISTERS = {
     Reg.STATUS: ("R", "bit 0 busy, bit 1 done, bit 2 error (ERROR is not 0)"),
     Reg.ERROR: ("R", "why the last run stopped (compiler.isa.ErrorCode), 0 if it ended normally"),
     Reg.ERROR_INDEX: ("R", "the instruction the last run stopped at"),
-    Reg.PROG_BASE: ("RW", "DRAM byte address of the program (a multiple of 4096)"),
-    Reg.PROG_LEN: ("RW", "program length in instructions"),
-    Reg.DRAM_BASE: ("RW", "DRAM byte address the program's DRAM addresses are relative to"),
-    Reg.DRAM_SIZE: ("RW", "bytes from DRAM_BASE the program may address (RANGE beyond)"),
+    Reg.PROG_BASE: ("RW", "DRAM byte address of the program (bits 11..0 read 0: 4 KiB aligned); "
+                          "writes while busy are refused (SLVERR)"),
+    Reg.PROG_LEN: ("RW", "program length in instructions; writes while busy are refused"),
+    Reg.DRAM_BASE: ("RW", "DRAM byte address the program's DRAM addresses are relative to "
+                          "(bits 11..0 read 0); writes while busy are refused"),
+    Reg.DRAM_SIZE: ("RW", "bytes from DRAM_BASE the program may address (RANGE beyond); "
+                          "writes while busy are refused"),
     Reg.CYCLES_LO: ("R", "cycles of the last run, low word"),
     Reg.CYCLES_HI: ("R", "cycles of the last run, high word"),
-    **{Reg[f"BUSY_{q.name}"]: ("R", f"cycles the {q.name} engine was busy in the last run")
+    **{Reg[f"BUSY_{q.name}"]: ("R", f"cycles with a {q.name} instruction in flight (started, "
+                                     f"not yet retired) in the last run")
        for q in Queue},
     Reg.CONFIG_N: ("R", "the datapath width N"),
     Reg.CONFIG_INSTR_BUFFER: ("R", "instructions per program segment"),
@@ -78,6 +82,8 @@ REGISTERS = {
 assert all(Reg[f"BUSY_{q.name}"] == Reg.BUSY_LOAD + 4 * int(q) for q in Queue)
 
 _WRITABLE = (Reg.CTRL, Reg.PROG_BASE, Reg.PROG_LEN, Reg.DRAM_BASE, Reg.DRAM_SIZE)
+#: Registers whose low 12 bits are always zero (4 KiB aligned addresses).
+_ALIGNED = (Reg.PROG_BASE, Reg.DRAM_BASE)
 
 
 class Registers(wiring.Component):
@@ -138,7 +144,16 @@ class Registers(wiring.Component):
             with m.Switch(waddr):
                 for reg, sig in targets.items():
                     with m.Case(int(reg) >> 2):
-                        m.d.sync += sig.eq(Cat(*strobed(sig, bus.wdata, bus.wstrb)))
+                        # Run parameters hold still during a run: a write then is refused.
+                        # The two bases are 4 KiB aligned (bursts never cross 4 KiB): their
+                        # low 12 bits are always zero.
+                        with m.If(self.busy):
+                            m.d.sync += bresp.eq(AxiResp.SLVERR)
+                        with m.Else():
+                            value = Cat(*strobed(sig, bus.wdata, bus.wstrb))
+                            if reg in _ALIGNED:
+                                value = value & ~0xFFF
+                            m.d.sync += sig.eq(value)
                 with m.Case(int(Reg.CTRL) >> 2):
                     with m.If(bus.wstrb[0]):
                         m.d.sync += irq_enable.eq(bus.wdata[1])

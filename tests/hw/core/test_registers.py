@@ -82,17 +82,24 @@ def test_registers():
         for q in range(NQ):
             assert await read(ctx, bus, Reg.BUSY_LOAD + 4 * q) == (100 + q, AxiResp.OKAY)
         # Read-write registers, with byte strobes.
+        # The two bases keep bits 11..0 at zero (4 KiB aligned).
         for reg, sig in ((Reg.PROG_BASE, dut.prog_base), (Reg.PROG_LEN, dut.prog_len),
                          (Reg.DRAM_BASE, dut.dram_base), (Reg.DRAM_SIZE, dut.dram_size)):
+            low = 0xFFFFF000 if reg in (Reg.PROG_BASE, Reg.DRAM_BASE) else 0xFFFFFFFF
             assert await write(ctx, bus, reg, 0x11223344, aw_first=1) == (AxiResp.OKAY, 0)
-            assert ctx.get(sig) == 0x11223344
+            assert ctx.get(sig) == 0x11223344 & low
             assert (await write(ctx, bus, reg, 0xAABBCCDD, strb=0b0101))[0] == AxiResp.OKAY
-            assert ctx.get(sig) == 0x11BB33DD
-            assert await read(ctx, bus, reg) == (0x11BB33DD, AxiResp.OKAY)
+            assert ctx.get(sig) == 0x11BB33DD & low
+            assert await read(ctx, bus, reg) == (0x11BB33DD & low, AxiResp.OKAY)
+            # While a run is busy, run parameters are refused and kept.
+            ctx.set(dut.busy, 1)
+            assert (await write(ctx, bus, reg, 0x55555555))[0] == AxiResp.SLVERR
+            ctx.set(dut.busy, 0)
+            assert ctx.get(sig) == 0x11BB33DD & low
         # Read-only, unknown and unaligned offsets answer SLVERR and change nothing.
         for addr in (Reg.ID, Reg.STATUS, Reg.CYCLES_LO, 0x4C, 0xFC, 0x119, Reg.PROG_BASE + 1):
             assert (await write(ctx, bus, addr, 0xFFFFFFFF))[0] == AxiResp.SLVERR, hex(addr)
-        assert ctx.get(dut.prog_base) == 0x11BB33DD
+        assert ctx.get(dut.prog_base) == 0x11BB3000
         for addr in (0x4C, 0xFC, 0x100 + Reg.ID, 0x2):
             assert await read(ctx, bus, addr) == (0, AxiResp.SLVERR), hex(addr)
         # Start only when not busy; interrupt enable; clear.
