@@ -61,6 +61,114 @@ def timing_functions(spec) -> list:
     return [main_fn, *others]
 
 
+#: Shapes of an ECP5 DP16KD block RAM: (words, data bits per word); the 9-, 18- and 36-bit
+#: shapes hold 8, 16 and 32 data bits (one parity bit per byte), the widest one (512 x 36)
+#: only with one write and one read port, which is how every memory of the core is used.
+DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 8), (1024, 16), (512, 32))
+
+
+def dp16kd_blocks(depth: int, width: int) -> int:
+    """DP16KD blocks of a ``depth x width``-bit memory in its cheapest shape (an estimate:
+    what a perfect mapping gives; Yosys may take more)."""
+    return min(-(-width // w) * -(-depth // d) for d, w in DP16KD_SHAPES)
+
+
+def _kib(nbytes: int) -> str:
+    return f"{nbytes // 1024} KiB" if nbytes % 1024 == 0 else f"{nbytes} bytes"
+
+
+def core_section(config) -> str:
+    """The core's register map (:mod:`hw.core.registers`) and its memories at ``config``
+    (:attr:`hw.config.AcceleratorConfig.regions`, their writers and readers in
+    :mod:`hw.core.core`, their shapes from :func:`hw.core.memories.geometry`)."""
+    from compiler.isa import INSTR_BYTES
+    from hw.config import ACC_REGIONS, SPAD_REGIONS
+    from hw.core import registers as regs
+    from hw.core.core import READERS, REGISTER_ADDR_BITS, WRITERS
+    from hw.core.memories import geometry
+
+    n = config.lanes
+    out = [
+        "## The core: register map and memory organisation",
+        "",
+        "`hw.core.core.Core(config)`, the accelerator (docs/ACCELERATOR.md): `m_axi`, one AXI4",
+        f"manager port to DRAM (32-bit addresses, `N`-byte data, `N = {n}` here); `s_axil`, the",
+        f"AXI4-Lite register port ({REGISTER_ADDR_BITS}-bit addresses, 32-bit data); `irq`.",
+        "",
+        "### Register map",
+        "",
+        "`hw.core.registers.Reg` (offsets) and `REGISTERS` (access, meaning).  Every register is",
+        "32 bits.  A write to an offset that is not a writable register, or a read of an offset",
+        "that is not a register, answers `SLVERR` (a read then returns 0).",
+        "",
+        "| offset | name | access | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for reg in regs.Reg:
+        access, meaning = regs.REGISTERS[reg]
+        out.append(f"| 0x{int(reg):02X} | `{reg.name}` | {access} | {meaning} |")
+    out += [
+        "",
+        f"`ID` reads 0x{regs.CORE_ID:08X}, `VERSION` {regs.CORE_VERSION}.  Bit masks: "
+        f"`CTRL_START` 0x{regs.CTRL_START:X},",
+        f"`CTRL_IRQ_ENABLE` 0x{regs.CTRL_IRQ_ENABLE:X}, `CTRL_CLEAR` 0x{regs.CTRL_CLEAR:X}; "
+        f"`STATUS_BUSY` 0x{regs.STATUS_BUSY:X}, `STATUS_DONE` 0x{regs.STATUS_DONE:X},",
+        f"`STATUS_ERROR` 0x{regs.STATUS_ERROR:X}.",
+        "",
+        "### Memories",
+        "",
+        f"At `scratchpad_kib={config.scratchpad_kib}`, `accumulator_kib={config.accumulator_kib}`, "
+        f"`param_kib={config.param_kib}`, `N = {n}`:",
+        "every region of `hw.config.SPAD_REGIONS` (shares of `scratchpad_kib` in 32nds),",
+        "`hw.config.ACC_REGIONS` (shares of `accumulator_kib` in 4ths) and the parameter memory",
+        "(`param_kib`) is a memory of its own with one write port (its writer,",
+        "`hw.core.core.WRITERS`) and one synchronous read port (its reader, `hw.core.core.READERS`).",
+        "Addresses are bytes (scratchpad) or 32-bit words (accumulators, parameters); a memory row",
+        "(`hw.core.memories.geometry`) is `N` bytes or `N` words, written with byte or word enables",
+        "(parameter words are stored as 4 bytes each).  DP16KD: the 18-kbit block RAMs of the",
+        "cheapest block shape (an estimate; 8 data bits of every 9).",
+        "",
+        "| memory | share | addresses | bytes | rows x bits | write enables | writer | reader | DP16KD |",
+        "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: |",
+    ]
+    shares = {**{k: f"{v[0]}/32" for k, v in SPAD_REGIONS.items()},
+              **{k: f"{v[0]}/4" for k, v in ACC_REGIONS.items()}, "param": "all"}
+    unit = {"spad": "bytes", "acc": "words", "param": "words"}
+    total_bytes = total_blocks = 0
+    for name, region in config.regions.items():
+        g = geometry(config, name)
+        nbytes = g.depth * g.width // 8
+        blocks = dp16kd_blocks(g.depth, g.width)
+        total_bytes += nbytes
+        total_blocks += blocks
+        out.append(
+            f"| `{name}` | {shares[name]} | {unit[region.space]} {region.base}..{region.end - 1} | "
+            f"{nbytes} ({_kib(nbytes)}) | {g.depth} x {g.width} | {g.width // g.granularity} x "
+            f"{g.granularity} bits | {WRITERS[name][0].name} | {READERS[name][0].name} | {blocks} |")
+    # Memories inside the sequencer and the tile engines (hw/core/sequencer.py: the
+    # instruction memory, rows of max(32, N) bytes; hw/core/tile_engine.py: each engine's
+    # accumulation buffer, max_tile_rows rows of N int32).
+    imem_row = max(INSTR_BYTES, n)
+    imem_depth = max(config.instr_buffer * INSTR_BYTES // imem_row, 2)
+    others = [("instruction memory (sequencer)", imem_depth, 8 * imem_row, 1),
+              ("accumulation buffer (MATRIX, ATTN: one each)", config.max_tile_rows, 32 * n, 2)]
+    out += ["", "The core's other memories:", "",
+            "| memory | bytes | rows x bits | DP16KD |", "| --- | ---: | --- | ---: |"]
+    for what, depth, width, copies in others:
+        nbytes = depth * width // 8
+        blocks = dp16kd_blocks(depth, width)
+        total_bytes += copies * nbytes
+        total_blocks += copies * blocks
+        each = " each" if copies > 1 else ""
+        out.append(f"| {what} | {nbytes} ({_kib(nbytes)}){each} | {depth} x {width} | {blocks}{each} |")
+    out += ["",
+            f"All of them: {total_bytes} bytes ({_kib(total_bytes)}), about {total_blocks} DP16KD "
+            f"of the {DEVICE}'s {DEVICE_CAPACITY['DP16KD']},",
+            "before the units' own memories (parameter records, tables, row buffers: the unit",
+            "sections below).", ""]
+    return "\n".join(out)
+
+
 def unit_section(name: str, result: SynthResult | str) -> str:
     """One unit's doc section: class, summary, interface, timing docstring, resources."""
     spec = UNITS[name]
@@ -132,6 +240,7 @@ def document(results: dict[str, SynthResult | str], config, command: str) -> str
     if missing:
         parts += [f"Not available when this was generated: {', '.join(missing)} "
                   "(re-run the command above once they are finished).", ""]
+    parts += [core_section(config)]
     parts += [unit_section(name, result) for name, result in results.items()]
     return "\n".join(parts).rstrip() + "\n"
 
