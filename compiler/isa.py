@@ -3,7 +3,7 @@
 Every opcode has one :class:`OpSpec` in :data:`SPECS`, and that spec is the only place the
 opcode is defined:
 
-* ``fields``: its fields in bit order after the 16-bit header, each at its stated width
+* ``fields``: its fields in bit order after the 18-bit header, each at its stated width
   (the binary encoding, :func:`encode` / :func:`decode`, and the RTL decoder read them);
 * ``queue``: the in-order queue that executes it;
 * :meth:`OpSpec.check`: its constraints against a config (positive counts, the units'
@@ -53,7 +53,7 @@ __all__ = [
 INSTR_BYTES = 32
 INSTR_BITS = 8 * INSTR_BYTES
 OPCODE_BITS = 8
-#: Words of one per-channel parameter record in the accumulator memory.
+#: Words of one per-channel parameter record in the parameter memory.
 RECORD_WORDS = 4
 
 
@@ -825,7 +825,7 @@ assert set(SPECS) == set(Opcode)
 for _spec in SPECS.values():
     assert HEADER_BITS + sum(f.bits for f in _spec.fields) <= INSTR_BITS, _spec.op
 
-#: Fields of every opcode, in bit order after the 16-bit header.
+#: Fields of every opcode, in bit order after the 18-bit header.
 FORMATS: dict[Opcode, tuple[Field, ...]] = {op: spec.fields for op, spec in SPECS.items()}
 #: The queue that executes each opcode (HALT ends the program and belongs to none).
 QUEUE_OF: dict[Opcode, Queue | None] = {op: spec.queue for op, spec in SPECS.items()}

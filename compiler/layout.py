@@ -35,7 +35,7 @@ __all__ = ["DRAM_ALIGN", "RECORD_WORDS", "DramTensor", "PatchView", "RowsView", 
 
 #: Alignment of every constant and activation buffer in DRAM, in bytes.
 DRAM_ALIGN = 64
-#: Words of one per-channel parameter record in the accumulator memory (docs/ISA.md).
+#: Words of one per-channel parameter record in the parameter memory (docs/ISA.md).
 RECORD_WORDS = 4
 #: Group kinds whose lowerer writes its output row by row with STOREs into
 #: :meth:`DramLayout.tensor`, and so can write straight after a concat's prefix tokens.

@@ -5,7 +5,7 @@ path in ``VITAMIN_VECTORS``): a list of runs, each a program, a DRAM image, the 
 values and the memory model's back-pressure.  For each run the :class:`TB` writes DRAM
 through the memory model's back door, programs the registers through AXI4-Lite, starts the
 core, waits for the interrupt (or a cycle limit), reads every counter and error register and
-writes DRAM back to a file.  Results go to ``<job>.results.json``.
+writes DRAM back to a file.  Results go to the job's ``results`` path (JSON).
 """
 from __future__ import annotations
 

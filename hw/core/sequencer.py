@@ -9,7 +9,7 @@ first cycle of a run (the cycle after the start command):
   starts in the first cycle ``c`` at which the previous segment is wholly dispatched (its
   last push at ``c - 1`` or earlier), the LOAD queue is empty and the LOAD engine has no
   instruction in flight (its last start and retire at ``c - 1`` or earlier); the first
-  segment's fetch starts at cycle 0.  In cycle ``c`` the first read burst is requested
+  segment's fetch starts at cycle 0.  In cycle ``c + 1`` the first read burst is requested
   (``arvalid``), the bursts follow back to back (each of ``min(256, 4096 / N)`` beats of
   ``N`` bytes), and the fetch ends with the segment's last data beat at cycle ``f``.
 * **Dispatch.**  The first instruction of a segment is read from the instruction memory at
@@ -38,7 +38,7 @@ Errors (``error``, ``error_index``): the decoder's verdict at the instruction (`
 token would make a count 65536; ``BUS`` for an error response on a fetch (the segment's first
 instruction) or reported by an engine (``bus_error``: its oldest instruction in flight, or
 its last retired one); ``DEADLOCK``
-when nothing can ever happen again: no engine has an instruction in flight or is busy, no
+when nothing can ever happen again: no engine has an instruction in flight, no
 queue head can start, and dispatch waits for a full FIFO, for the LOAD queue to drain before
 a fetch, or for the end (the index is the oldest instruction waiting in a queue).  On an
 error nothing more is dispatched or started; the run ends once the engines' in-flight

@@ -46,8 +46,8 @@ def engine_signature() -> wiring.Signature:
     (``ready``) when it can start it.  ``retire``: high for one cycle per instruction, in
     order, in the cycle its last write has landed, at the earliest the cycle after its start
     (the core counts its signal tokens from the next cycle).  ``busy``: high from the cycle
-    after an instruction's start until the engine can take the next one (the busy counters
-    count these cycles and the start's own).
+    after an instruction's start until the engine can take the next one (informative: the
+    core's busy counters count the cycles with an instruction in flight, start to retire).
     """
     return wiring.Signature({
         "instr": In(stream.Signature(unsigned(INSTR_BITS))),
