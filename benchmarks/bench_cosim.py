@@ -72,6 +72,7 @@ def main() -> None:
         for name in args.programs.split(","):
             graph, cfg, x = program(name)
             image = compile_graph(graph, cfg)
+            simulate(image, functional=False)               # warm-up: imports, caches
             c0 = time.process_time()
             timing = simulate(image, functional=False)
             t_timing = time.process_time() - c0
@@ -86,7 +87,7 @@ def main() -> None:
             dram = image.initial_dram()
             for t in image.inputs:
                 t.write(dram, x[t.name])
-            for sim in args.sims.split(","):
+            for sim in filter(None, args.sims.split(",")):
                 key = (sim, cfg)
                 if key not in builds:
                     builds[key] = cosim.build(cfg, sim, cache=cache,

@@ -205,7 +205,7 @@ def run(args) -> int:
     rows = []
     for q, d in rep.by_queue.items():
         rows.append([q, f"{d['busy']:,}"] + [f"{d[f'wait {c}']:,}" for c in CAUSES])
-    print(_table(rows, ["queue", "busy"] + [f"on {c.split(':')[-1]}" for c in CAUSES]))
+    print(_table(rows, ["queue", "in flight"] + [f"on {c.split(':')[-1]}" for c in CAUSES]))
     print()
     print("per instruction class:")
     rows = [[k, v["count"], f"{v['busy']:,}", f"{v['wait']:,}", f"{v['bytes']:,}"]

@@ -151,7 +151,6 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
             if acc.mem == "dram":
                 c["bytes"] += acc.rows * acc.width
         bq = by_queue[q.name]
-        bq["busy"] += busy
         if res.cause[i] >= 0:
             bq[f"wait {CAUSES[res.cause[i]]}"] += int(res.wait[i])
         name = ops[image.instr_op[i]]
@@ -164,6 +163,10 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         o["start"] = min(o["start"], int(res.start[i]))
         o["end"] = max(o["end"], int(res.retire[i]))
         o[f"{q.name.lower()} busy"] += busy
+    # A queue's busy cycles: cycles with one of its instructions in flight (started, not yet
+    # retired), what the RTL's BUSY_q counter counts.
+    for q in Queue:
+        by_queue[q.name]["busy"] = int(res.schedule.busy[int(q)]) if res.schedule is not None else 0
     pe = cfg.array_rows * cfg.array_cols
     for o in by_op.values():
         o["span"] = o["end"] - o["start"]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from compiler.isa import NQ
+from compiler.isa import NQ, Queue
 from compiler.lower import compile_graph
 from compiler.testgraphs import random_image, tiny_vit
 from hw.config import AcceleratorConfig
@@ -43,6 +43,14 @@ def test_tables_are_consistent(run):
     assert sum(o["instructions"] for o in rep.by_op.values()) == len(prog.instructions) - 1
     assert sum(o["macs"] for o in rep.by_layer.values()) == rep.macs
     assert sum(o["attn_macs"] for o in rep.by_layer.values()) == rep.attn_macs > 0
+    # Queue busy = cycles with an instruction in flight, the RTL's BUSY_q: at least the
+    # union of [start, retire] of any one instruction, never more than the run.
+    for q, d in rep.by_queue.items():
+        idx = [i for i, ins in enumerate(prog.instructions) if ins.queue is not None and ins.queue.name == q]
+        assert d["busy"] == res.schedule.busy[int(Queue[q])]
+        if idx:
+            longest = max(int(res.retire[i] - res.start[i]) + 1 for i in idx)
+            assert longest <= d["busy"] <= res.cycles, q
     assert rep.blocks == ["blocks.0", "blocks.1"]
     for name, o in rep.by_op.items():
         assert o["mac_utilization"] == pytest.approx(o["macs"] / (16 * o["span"])), name
