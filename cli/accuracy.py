@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retrain", action="store_true",
                         help="train seed 0 on this machine instead of using the shipped model "
                              "(trained models differ between machines: see docs/ACCURACY.md)")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the integer graphs on the numpy reference executor instead of the fast one")
     parser.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as markdown")
 
 
@@ -24,7 +26,7 @@ def run(args) -> int:
     from sw.observers import OBSERVERS
     report = accuracy_table(seeds=tuple(dict.fromkeys(args.seeds)),
                             methods=tuple(dict.fromkeys(args.calib or OBSERVERS)),
-                            retrain=args.retrain)
+                            retrain=args.retrain, fast=not args.reference)
     print(format_table(report))
     print(f"({report.seconds:.1f} s)")
     if args.markdown:
