@@ -83,6 +83,17 @@ def _isqrt(v):
 
 
 # ------------------------------------------------------------------------------ requantize
+@njit(inline="always")
+def _sum_chunks(acc, i, bias, buf):
+    """``buf = sum_c acc[c, i] + bias`` in float64 (exact: integers below ``2**53``)."""
+    n = buf.shape[0]
+    for j in range(n):
+        buf[j] = np.float64(acc[0, i, j]) + bias[j]
+    for c in range(1, acc.shape[0]):
+        for j in range(n):
+            buf[j] += np.float64(acc[c, i, j])
+
+
 @njit(fastmath=_EXACT_FLOAT, **_JIT)
 def requantize_rows(acc, bias, scale, offset, lo, hi, out):
     """``out = clamp(floor((sum_c acc[c] + bias) * scale + 1/2) + offset, lo, hi)``.
@@ -93,16 +104,16 @@ def requantize_rows(acc, bias, scale, offset, lo, hi, out):
     (:func:`sw.intops.requantize` raises for them).
     """
     nc, m, n = acc.shape
+    buf = np.empty(n, np.float64)
     bad = 0
     for i in range(m):
+        _sum_chunks(acc, i, bias, buf)
         row = 0
         for j in range(n):
-            a = np.float64(acc[0, i, j]) + bias[j]
-            for c in range(1, nc):
-                a += np.float64(acc[c, i, j])
+            a = buf[j]
             row += (a < _INT32_MIN_F) | (a > _INT32_MAX_F)
             y = math.floor(a * scale[j] + 0.5) + offset
-            out[i, j] = np.int64(min(max(y, lo), hi))
+            out[i, j] = np.int32(min(max(y, lo), hi))   # in range: float64 -> int32 is exact
         bad += row
     return bad
 
@@ -111,17 +122,17 @@ def requantize_rows(acc, bias, scale, offset, lo, hi, out):
 def requantize_rows_lut(acc, bias, scale, offset, table, out_q, out_t):
     """:func:`requantize_rows` to int8, and the GELU table ``out_t = table[out_q + 128]``."""
     nc, m, n = acc.shape
+    buf = np.empty(n, np.float64)
     bad = 0
     for i in range(m):
+        _sum_chunks(acc, i, bias, buf)
         row = 0
         for j in range(n):
-            a = np.float64(acc[0, i, j]) + bias[j]
-            for c in range(1, nc):
-                a += np.float64(acc[c, i, j])
+            a = buf[j]
             row += (a < _INT32_MIN_F) | (a > _INT32_MAX_F)
-            y = np.int64(min(max(math.floor(a * scale[j] + 0.5) + offset, -128.0), 127.0))
-            out_q[i, j] = y
-            out_t[i, j] = table[y + 128]
+            out_q[i, j] = np.int32(min(max(math.floor(a * scale[j] + 0.5) + offset, -128.0), 127.0))
+        for j in range(n):
+            out_t[i, j] = table[np.int32(out_q[i, j]) + 128]
         bad += row
     return bad
 
@@ -133,15 +144,15 @@ def requantize_heads(acc, scale, offset, lo, hi, out):
     b, h, t, dh = acc.shape
     bad = 0
     for bi in range(b):
-        for ti in range(t):
-            row = 0
-            for hh in range(h):
+        for hh in range(h):
+            for ti in range(t):
+                row = 0
                 for d in range(dh):
                     a = np.float64(acc[bi, hh, ti, d])
                     row += (a < _INT32_MIN_F) | (a > _INT32_MAX_F)
                     y = math.floor(a * scale + 0.5) + offset
-                    out[bi, ti, hh * dh + d] = np.int64(min(max(y, lo), hi))
-            bad += row
+                    out[bi, ti, hh * dh + d] = np.int32(min(max(y, lo), hi))
+                bad += row
     return bad
 
 
@@ -202,6 +213,7 @@ def softmax_rows(x, frac_bits, b_int, c_int, lis, out, weights):
     bad = 0
     wmax = np.int64(0)
     lo = np.int32(-(15 << frac_bits))
+    fb = np.int32(frac_bits)
     b32 = np.int32(b_int)
     c32 = np.int32(c_int)
     e = np.empty(n, np.int32)
@@ -214,8 +226,8 @@ def softmax_rows(x, frac_bits, b_int, c_int, lis, out, weights):
         faults = 0
         for j in range(n):
             d = max(np.int32(np.int32(x[i, j]) - m), lo)
-            q = np.int32((-d) >> frac_bits)
-            r = np.int32(d + (q << frac_bits))
+            q = np.int32((-d) >> fb)
+            r = np.int32(d + (q << fb))
             poly = np.int32(np.int32(r + b32) * r + c32)
             faults += (poly < 0) | (poly > 65535)
             ej = np.int32(poly << (np.int32(15) - q))
@@ -228,9 +240,10 @@ def softmax_rows(x, frac_bits, b_int, c_int, lis, out, weights):
         if lis:
             _lis_thresholds(total, thr)
             for j in range(n):
-                code = _lis_code(e[j], thr)
-                out[i, j] = code
-                if want_w:
+                out[i, j] = _lis_code(e[j], thr)
+            if want_w:
+                for j in range(n):
+                    code = np.int32(out[i, j])
                     w = np.int32(1) << (np.int32(15) - code) if code < 15 else np.int32(0)
                     weights[i, j] = np.float32(w)
                     wsum += w
@@ -238,11 +251,12 @@ def softmax_rows(x, frac_bits, b_int, c_int, lis, out, weights):
             inv = np.float64((np.int64(1) << 48) // total)
             for j in range(n):
                 # (e inv + 2**39) >> 40 with e inv <= 2**48: exact in float64
-                p = min(math.floor((np.float64(e[j]) * inv + _P39) * _P_40), 255.0)
-                out[i, j] = np.int64(p)
-                if want_w:
+                out[i, j] = np.int32(min(math.floor((np.float64(e[j]) * inv + _P39) * _P_40), 255.0))
+            if want_w:
+                for j in range(n):
+                    p = np.int32(out[i, j])
                     weights[i, j] = np.float32(p)
-                    wsum += np.int64(p)
+                    wsum += p
         wmax = max(wmax, wsum)
     return bad, wmax
 
