@@ -214,16 +214,22 @@ def _prep_linear(graph: IntGraph, op: Op) -> Callable:
     dt = _storage_dtype(*clamp)
     lo, hi = float(clamp[0]), float(clamp[1])
 
+    def products(x2d: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` of int8 rows ``[M, K]`` as float32 parts ``[n_chunks, M, N]``, each an
+        exact integer; their sum is the exact product."""
+        xf = x2d.astype(np.float32)
+        acc = np.empty((len(chunks), len(xf), n), np.float32)
+        for c, (k0, k1, wc) in enumerate(chunks):
+            np.matmul(xf[:, k0:k1] if len(chunks) > 1 else xf, wc.T, out=acc[c])
+        return acc
+
     def run(ctx, x, table=None):
         x = _require(x, np.int8)
         if x.ndim < 1 or x.shape[-1] != k:
             raise _Reference("input shape")
         lead = x.shape[:-1]
         m = int(np.prod(lead))
-        xf = x.reshape(m, k).astype(np.float32)
-        acc = np.empty((len(chunks), m, n), np.float32)
-        for c, (k0, k1, wc) in enumerate(chunks):
-            np.matmul(xf[:, k0:k1] if len(chunks) > 1 else xf, wc.T, out=acc[c])
+        acc = products(x.reshape(m, k))
         if table is not None:
             out_q = np.empty((m, n), np.int8)
             out_t = np.empty((m, n), np.int8)
@@ -236,6 +242,7 @@ def _prep_linear(graph: IntGraph, op: Op) -> Callable:
         return out.reshape(*lead, n)
 
     run.gelu_ready = clamp == (intops.INT8_MIN, intops.INT8_MAX)
+    run.products = products
     return run
 
 

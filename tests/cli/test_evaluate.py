@@ -1,4 +1,5 @@
-"""``vitamin evaluate`` and ``vitamin quantize --calib-dir`` on generated image folders."""
+"""``vitamin evaluate`` and ``vitamin quantize --calib-dir`` on generated image folders; the
+fast / reference executor switch of ``vitamin run`` and ``vitamin accuracy``."""
 from __future__ import annotations
 
 import json
@@ -148,3 +149,25 @@ def test_quantize_calib_dir_errors(tmp_path, capsys):
     (tmp_path / "bad" / "x" / "a.jpg").write_bytes(b"garbage")
     _one_line_error(base + [str(tmp_path / "bad")], capsys, "cannot read image")
     assert not out.exists()
+
+
+def test_run_fast_and_reference_print_the_same_classes(graph_file, capsys):
+    assert main(["run", str(graph_file), "--seed", "3"]) == 0
+    fast = capsys.readouterr().out.strip().splitlines()
+    assert main(["run", str(graph_file), "--seed", "3", "--reference"]) == 0
+    ref = capsys.readouterr().out.strip().splitlines()
+    assert "(fast executor)" in fast[0] and "(reference executor)" in ref[0]
+    assert fast[1:] == ref[1:] and fast[-1].startswith("image 0:")
+
+
+def test_accuracy_reference_flag(monkeypatch, capsys):
+    import sw.accuracy
+    seen = []
+
+    def fake_table(**kw):
+        seen.append(kw["fast"])
+        return sw.accuracy.AccuracyReport(97.0, 450, 128, (0,))
+    monkeypatch.setattr(sw.accuracy, "accuracy_table", fake_table)
+    assert main(["accuracy", "--calib", "minmax"]) == 0
+    assert main(["accuracy", "--calib", "minmax", "--reference"]) == 0
+    assert seen == [True, False]

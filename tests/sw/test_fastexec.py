@@ -10,7 +10,7 @@ from compiler.testgraphs import random_image, tiny_vit
 from sw import executor, fastkernels, intops
 from sw.executor import execute
 from sw.fastexec import FAST_KINDS, FastExecutor, execute_fast
-from sw.graph import OP_SCHEMA, Op, Tensor
+from sw.graph import OP_SCHEMA, IntGraph, Op, Tensor
 
 
 def assert_same_tensors(graph, x, threads=(1, 2)):
@@ -83,6 +83,34 @@ def test_random_graphs_bit_exact(seed, image, patch, heads, head_dim, depth, mlp
                  mlp_ratio=mlp_ratio, softmax_mode=mode, pool=pool, prefix_tokens=prefix, embed=embed,
                  pos_first=pos_first, fc_norm=fc_norm and pool == "mean")
     assert_same_tensors(g, _batch(g, batch, seed), threads=(threads,))
+
+
+@pytest.mark.parametrize("k,wmax,parts", [(1032, 127, 1), (1033, 127, 2), (3000, 127, 3), (5000, 3, 1),
+                                           (64, 0, 1)])
+def test_long_reductions_are_split_exactly(k, wmax, parts):
+    """A linear layer whose K * 128 * max|W| reaches 2**24 runs as several float32 products
+    whose sum is the exact integer product (one float32 product would round)."""
+    rng = np.random.default_rng(k)
+    n, t = 24, 6
+    w = rng.integers(-wmax, wmax + 1, size=(n, k)).astype(np.int8)
+    w[: n // 2] = rng.integers(wmax // 2, wmax + 1, size=(n // 2, k))     # large, one-signed rows
+    mult, shift = intops.dyadic(rng.uniform(0.5, 2, size=n) / (max(wmax, 1) * 128 * np.sqrt(k) / 100))
+    tensors = {"x": Tensor("x", (t, k), 8, True, 1.0, 0), "y": Tensor("y", (t, n), 16, True, 1.0, 0)}
+    op = Op("fc", "linear", ["x"], ["y"], {"zp_out": 5, "out_bits": 16},
+            {"weight": w, "bias": rng.integers(-5000, 5000, size=n).astype(np.int32),
+             "mult": mult.astype(np.int16), "shift": shift})
+    g = IntGraph(tensors, [op], ["x"], ["y"])
+    g.validate()
+    x = rng.integers(-128, 128, size=(3, t, k)).astype(np.int8)
+    x[0] = 127
+    x[1, :3] = rng.integers(100, 128, size=(3, k))
+    fe = FastExecutor(g)
+    assert fe.fused_ops == ["fc"]
+    got = fe._fast["fc"].products(x.reshape(-1, k))
+    assert got.shape == (parts, 3 * t, n)
+    want = x.reshape(-1, k).astype(np.int64) @ w.T.astype(np.int64)
+    np.testing.assert_array_equal(got.astype(np.int64).sum(axis=0), want)
+    assert_same_tensors(g, x)
 
 
 def test_switch_in_execute():
