@@ -2,23 +2,28 @@
 
 :func:`sw.executor.execute` is the readable definition: one :mod:`sw.intops` call per op,
 each a chain of whole-array numpy passes.  This module computes the same integers with
-fused kernels (:mod:`sw.fastkernels`, numba, all cores) and exact float32 matrix products:
+fused kernels (:mod:`sw.fastkernels`, numba) and exact float32 matrix products, and splits
+a batch over the cores (one slice per thread; kernels and BLAS release the GIL, BLAS runs
+single-threaded meanwhile):
 
 * **Matrix products** of small integers run as float32 BLAS products, exact because every
   partial sum is an integer below ``2**24`` in magnitude whatever the summation order.  A
   linear layer whose ``K * 128 * max|W|`` reaches that bound is split along ``K`` into
-  chunks that stay below it, and the chunks are summed in int64 inside the requantization
-  kernel.  For attention x V the bound is proven per row from the data
-  (``128 * sum_j w_ij``, at most ``2**15 sqrt 2 * 128`` for LIS codes).
+  chunks that stay below it; the requantization kernel sums the chunks exactly.  For
+  attention x V the bound ``128 * sum_j w_ij`` is checked per row on the data (LIS weights
+  sum to about ``2**15`` per row).
 * **Elementwise chains** (requantization, the integer softmax, LayerNorm, residual adds,
-  the GELU table) are one kernel each, one pass over the rows, with the same int64
-  operations in the same order as :mod:`sw.intops`.
+  the GELU table) are one kernel each, one pass over the rows, computing intops' integers
+  with intops' operations (in int64 or int32 where no step can wrap, and requantization in
+  a float64 form proven exact; see :mod:`sw.fastkernels`).
 * **Errors**: where an intops function would raise, the kernel sets a flag; this module then
   runs the reference op on the same inputs, which raises the reference's
   :class:`~sw.intops.IntegerOverflowError` (or, if the flag was conservative, returns the
-  reference result).  An op whose parameters fail intops' checks at preparation, whose input
-  is not stored at the width a kernel expects, or whose kind, attributes or parameters this
-  module does not know, always runs the reference op: new op kinds run unchanged.
+  reference result).  When a slice of a split batch fails, the whole batch runs again in
+  one piece, so the error is the one the reference raises for the whole batch.  An op whose
+  parameters fail intops' checks at preparation, whose input is not stored at the width a
+  kernel expects, or whose kind, attributes or parameters this module does not know, always
+  runs the reference op: new op kinds run unchanged.
 
 Every output integer equals the reference's (``tests/sw/test_fastexec.py``: the digits ViT,
 DeiT-Tiny and random graphs, every tensor compared).
@@ -47,7 +52,8 @@ __all__ = ["FastExecutor", "execute_fast", "available", "default_threads", "FAST
 _F32_EXACT = 1 << 24
 #: int8 operands: the largest magnitude (the dtype's bound, as intops uses it).
 _I8_ABS = 128
-#: Largest requantization shift of the kernels' float form (:mod:`sw.fastkernels`).
+#: Largest requantization shift of the kernels' float form (``sw.fastkernels.FLOAT_MAX_SHIFT``;
+#: repeated here so that importing this module does not import numba).
 _FLOAT_MAX_SHIFT = 52
 
 #: Op kinds with a fast kernel, and the attributes and parameters each kernel understands.
@@ -529,8 +535,9 @@ class FastExecutor:
             except Exception:
                 # Run the whole batch in one piece: the first op that fails then fails on
                 # the same inputs as in the reference executor, with the reference's error.
-                return self._run_env(env, keep)
-            out = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+                out = self._run_env(env, keep)
+            else:
+                out = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
         return {name: v.astype(np.int64) for name, v in out.items()}
 
     def _run_env(self, env: dict[str, np.ndarray], keep: bool) -> dict[str, np.ndarray]:
