@@ -332,8 +332,9 @@ def test_digits_vit_bit_exact(digits, attn_bits, ptf):
     model, split = digits
     g = quantize(model, split.train_x[:64], attn_bits=attn_bits, ptf=ptf, progress=False)
     assert_same_tensors(g, quantize_input(split.test_x[:24], g))
-    x = quantize_input(split.test_x, g)                          # the whole test split's logits
-    np.testing.assert_array_equal(FastExecutor(g).run(x)["logits"], execute(g, x)["logits"])
+    if attn_bits == 4 and ptf:                                   # the default: the whole test split
+        x = quantize_input(split.test_x, g)
+        np.testing.assert_array_equal(FastExecutor(g).run(x)["logits"], execute(g, x)["logits"])
 
 
 @pytest.mark.slow
