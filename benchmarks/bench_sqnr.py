@@ -6,6 +6,12 @@ compared on 8 other random images: for each graph tensor with a float counterpar
 model (rows: blocks; columns: tensors of a block).
 
     python benchmarks/bench_sqnr.py [--models deit_tiny_patch16_224 deit_small_patch16_224]
+    python benchmarks/bench_sqnr.py --models deit_tiny_patch16_224 --method ivit
+    python benchmarks/bench_sqnr.py --models deit_tiny_patch16_224 --method ptq4vit [--bits 6]
+
+``--method`` picks the integer method (``sw.methods``); PTQ4ViT's Hessian-guided search keeps
+``--search-rows`` token rows per linear layer and ``--search-attn-rows`` query rows per
+attention (defaults sized for DeiT on a CPU: 512 and 394, two images).
 """
 from __future__ import annotations
 
@@ -21,16 +27,26 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["deit_tiny_patch16_224", "deit_small_patch16_224"])
     ap.add_argument("--calib", default="minmax")
     ap.add_argument("--attn-bits", type=int, default=4)
+    ap.add_argument("--method", default="fqvit", choices=("fqvit", "ivit", "ptq4vit"))
+    ap.add_argument("--bits", type=int, default=8, choices=(8, 6))
+    ap.add_argument("--search-rows", type=int, default=512)
+    ap.add_argument("--search-attn-rows", type=int, default=394)
     args = ap.parse_args()
     import torch
     from sw.quantize import create_model, layer_sqnr, quantize, random_images
     for name in args.models:
         torch.manual_seed(0)
         model = create_model(name)
-        g = quantize(model, random_images(model, 32, seed=0), observer=args.calib,
-                     attn_bits=args.attn_bits, progress=False)
+        opts = {"fqvit": {"attn_bits": args.attn_bits}, "ivit": {},
+                "ptq4vit": {"bits": args.bits, "max_rows": args.search_rows,
+                            "max_attn_rows": args.search_attn_rows}}[args.method]
+        g = quantize(model, random_images(model, 32, seed=0), observer=args.calib, method=args.method,
+                     progress=False, **opts)
         sq = dict(layer_sqnr(model, g, random_images(model, 8, seed=1)))
-        print(f"\n### {name} (random weights, {args.calib}, attention {args.attn_bits} bits), SQNR in dB\n")
+        what = {"fqvit": f"{args.calib}, attention {args.attn_bits} bits",
+                "ivit": f"I-ViT, {args.calib}, 16-bit stream",
+                "ptq4vit": f"PTQ4ViT W{args.bits}A{args.bits}, Hessian search"}[args.method]
+        print(f"\n### {name} (random weights, {what}), SQNR in dB\n")
         print("| block | " + " | ".join(COLUMNS) + " |")
         print("|---|" + "---:|" * len(COLUMNS))
         blocks = sorted({int(m.group(1)) for k in sq for m in [re.match(r"blocks\.(\d+)\.", k)] if m})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from boards.synth import DEVICE, DEVICE_CAPACITY, REPORTED_CELLS, SynthResult, synthesize_unit
 from hw.config import load_config, parse_overrides
-from hw.units import UNITS, member_docs
+from hw.units import UNITS, buildable_units, member_docs
 from sw.graph import atomic_write_bytes
 
 COLUMNS = ("LUT4", "TRELLIS_FF", "CCU2C", "MULT18X18D", "DP16KD", "TRELLIS_DPR16X4")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help="preset or JSON file (default: default)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--units", nargs="+", choices=list(UNITS), default=list(UNITS))
+    parser.add_argument("--units", nargs="+", choices=buildable_units(), default=buildable_units())
     parser.add_argument("--workdir", type=Path, help="keep Verilog, logs and statistics here")
     parser.add_argument("--doc", type=Path, help="write the hardware document here")
     args = parser.parse_args(argv)

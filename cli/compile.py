@@ -31,9 +31,11 @@ def config_from_args(args):
 
 def compile_or_explain(graph, config):
     """Compile, turning a :class:`CompileError` into a :class:`UserError`."""
-    from compiler.lower import CompileError, compile_graph
+    from compiler.lower import CompileError, UnsupportedOpsError, compile_graph
     try:
         return compile_graph(graph, config)
+    except UnsupportedOpsError as exc:
+        raise UserError(str(exc)) from None
     except CompileError as exc:
         raise UserError(f"the model does not fit this config: {exc}") from None
 

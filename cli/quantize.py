@@ -1,9 +1,11 @@
-"""``vitamin quantize --model NAME [--calib minmax|ema|percentile|omse] [--attn-bits 4|8] -o model.npz``.
+"""``vitamin quantize --model NAME [--method fqvit|ivit|ptq4vit] [--calib ...] -o model.npz``.
 
 Builds the timm model (random weights, or ``--checkpoint FILE``: a timm state dict),
 calibrates it on seeded random images, on ``--n-calib`` images drawn at random (seeded) from
 an image folder (``--calib-dir DIR``, ImageFolder layout, the model's own preprocessing), or
-on ``--calib-images FILE.npy``, and writes the integer graph atomically.
+on ``--calib-images FILE.npy``, with the chosen integer method (FQ-ViT by default; I-ViT's
+ops calibrated after training; PTQ4ViT's twin uniform codes with its Hessian-guided search,
+whose labels are the float model's own predictions) and writes the integer graph atomically.
 """
 from __future__ import annotations
 
@@ -15,14 +17,28 @@ from cli.main import UserError
 
 
 def add_arguments(parser) -> None:
+    from sw.graph import METHODS
     from sw.observers import OBSERVERS
     from sw.quantize import DEFAULT_CALIB_IMAGES
     parser.add_argument("--model", default="deit_tiny_patch16_224", help="timm model name (default: %(default)s)")
     parser.add_argument("--checkpoint", default=None, metavar="FILE", help="timm state dict to load (default: random weights)")
+    parser.add_argument("--method", default="fqvit", choices=METHODS,
+                        help="integer method: FQ-ViT, I-ViT (PTQ with its ops) or PTQ4ViT (default: %(default)s)")
     parser.add_argument("--calib", default="minmax", choices=OBSERVERS, help="calibration observer (default: %(default)s)")
-    parser.add_argument("--attn-bits", type=int, default=4, choices=(4, 8),
-                        help="4: Log-Int-Softmax codes; 8: uniform 8-bit softmax (default: %(default)s)")
-    parser.add_argument("--no-ptf", action="store_true", help="per-tensor LayerNorm inputs instead of Power-of-Two Factors")
+    parser.add_argument("--attn-bits", type=int, default=None, choices=(4, 8),
+                        help="FQ-ViT: 4: Log-Int-Softmax codes; 8: uniform 8-bit softmax (default: 4)")
+    parser.add_argument("--no-ptf", action="store_true",
+                        help="FQ-ViT, PTQ4ViT: per-tensor LayerNorm inputs instead of Power-of-Two Factors")
+    parser.add_argument("--bits", type=int, default=8, choices=(8, 6),
+                        help="PTQ4ViT: weight and matmul-input bits, W8A8 or W6A6 (default: %(default)s)")
+    parser.add_argument("--search-rows", type=int, default=None, metavar="N",
+                        help="PTQ4ViT: token rows per linear layer in the Hessian search (default: 2048)")
+    parser.add_argument("--search-attn-rows", type=int, default=None, metavar="N",
+                        help="PTQ4ViT: query rows per attention in the Hessian search (default: 512)")
+    parser.add_argument("--search-rounds", type=int, default=None, metavar="N",
+                        help="PTQ4ViT: alternating search rounds (default: 3, as the paper)")
+    parser.add_argument("--search-candidates", type=int, default=None, metavar="N",
+                        help="PTQ4ViT: grid intervals, N + 1 candidates per step (default: 100, as the paper)")
     parser.add_argument("--float-patch-embed", action="store_true", help="keep the patch embedding in float on the host")
     parser.add_argument("--calib-images", default=None, metavar="FILE.npy",
                         help="float calibration images [N, C, H, W], normalized (default: seeded random images)")
@@ -45,11 +61,50 @@ def load_image_file(path: str) -> np.ndarray:
         raise UserError(f"cannot read image file {path}: {exc}") from None
 
 
+def method_options(args) -> dict:
+    """Keyword arguments of :func:`sw.quantize.quantize` for ``args.method``, with one-line
+    errors for options that belong to another method."""
+    m = args.method
+    if args.attn_bits is not None and m != "fqvit":
+        raise UserError(f"--attn-bits applies to FQ-ViT; {m} has its own softmax")
+    if args.no_ptf and m == "ivit":
+        raise UserError("--no-ptf applies to FQ-ViT and PTQ4ViT; I-ViT's stream is 16-bit without PTF")
+    if args.float_patch_embed and m == "ivit":
+        raise UserError("--float-patch-embed: I-ViT keeps the patch embedding in the graph")
+    search = {"max_rows": args.search_rows, "max_attn_rows": args.search_attn_rows,
+              "rounds": args.search_rounds, "eq_n": args.search_candidates}
+    given = {k: v for k, v in search.items() if v is not None}
+    if m != "ptq4vit" and (given or args.bits != 8):
+        raise UserError("--bits and --search-* apply to PTQ4ViT")
+    flags = {"max_rows": "rows", "max_attn_rows": "attn-rows", "rounds": "rounds", "eq_n": "candidates"}
+    for k, v in given.items():
+        if v < 1:
+            raise UserError(f"--search-{flags[k]} must be at least 1")
+    opts = {"method": m, "ptf": not args.no_ptf, "quantize_patch_embed": not args.float_patch_embed}
+    if m == "fqvit":
+        opts["attn_bits"] = 4 if args.attn_bits is None else args.attn_bits
+    if m == "ptq4vit":
+        opts.update(bits=args.bits, **given)
+    return opts
+
+
+def describe(graph) -> str:
+    """One phrase for the bit widths of a graph."""
+    i = graph.info
+    m = i.get("method", "fqvit")
+    if m == "ivit":
+        return "I-ViT W8/A8, 16-bit residual stream, Shiftmax 16-bit"
+    if m == "ptq4vit":
+        return f"PTQ4ViT W{i['bits']}/A{i['bits']}, twin-uniform softmax and GELU, PTF {'on' if i['ptf'] else 'off'}"
+    return f"FQ-ViT W8/A8/attention {i['attn_bits']} bits, PTF {'on' if i['ptf'] else 'off'}"
+
+
 def run(args) -> int:
     import torch
     from sw.quantize import UnsupportedModelError, check_supported, create_model, quantize, random_images
     if args.n_calib < 1:
         raise UserError("--n-calib must be at least 1")
+    opts = method_options(args)
     torch.manual_seed(args.seed)
     try:
         model = create_model(args.model, args.checkpoint)
@@ -70,8 +125,7 @@ def run(args) -> int:
         images = random_images(model, args.n_calib, args.seed)
     t0 = time.perf_counter()
     try:
-        graph = quantize(model, images, observer=args.calib, attn_bits=args.attn_bits,
-                         ptf=not args.no_ptf, quantize_patch_embed=not args.float_patch_embed)
+        graph = quantize(model, images, observer=args.calib, **opts)
     except (UnsupportedModelError, ValueError) as exc:
         raise UserError(str(exc)) from None
     graph.info.update({"model": args.model, "checkpoint": args.checkpoint, "seed": args.seed})
@@ -84,6 +138,5 @@ def run(args) -> int:
     n_params = sum(int(v.size) for o in graph.ops for v in o.params.values())
     print(f"quantized {args.model} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights'}) "
           f"on {len(images)} {'images of ' + str(args.calib_dir) if args.calib_dir else 'images'} with {args.calib} in {time.perf_counter() - t0:.1f} s: "
-          f"{len(graph.ops)} ops, {n_params} integer parameters, "
-          f"W8/A8/attention {args.attn_bits} bits, PTF {'off' if args.no_ptf else 'on'}; wrote {args.output}")
+          f"{len(graph.ops)} ops, {n_params} integer parameters, {describe(graph)}; wrote {args.output}")
     return 0

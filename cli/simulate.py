@@ -109,7 +109,7 @@ def run(args) -> int:
     from compiler.program import ProgramFormatError, ProgramImage
     from sim.machine import ProgramError, simulate
     from sim.report import block_breakdown, build_report, plot_block, write_trace
-    from sim.units import UnitTimings, UnitTimingUnavailable
+    from hw.units import UnitTimings, UnitTimingUnavailable
 
     graph = None
     if args.program:

@@ -17,9 +17,9 @@ SHORTHANDS = {"rows": "array_rows", "cols": "array_cols", "lanes": "vector_lanes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hw.units import UNITS
+    from hw.units import buildable_units
     parser.add_argument("--unit", required=True, metavar="NAME",
-                        help=f"hardware unit: {', '.join(UNITS)}")
+                        help=f"hardware unit: {', '.join(buildable_units())}")
     parser.add_argument("--config", metavar="PRESET|FILE",
                         help="config preset name or JSON file (default: the default preset)")
     parser.add_argument("--rows", type=int, metavar="R", help="array_rows")
@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         spec = unit_spec(args.unit)
+        component_class = spec.component_class()
     except UnknownUnitError as exc:
         raise UserError(str(exc)) from None
     overrides = {field: getattr(args, option) for option, field in SHORTHANDS.items()
                  if getattr(args, option) is not None}
     overrides.update(parse_overrides(args.set))
     config = load_config(args.config, **overrides)
-    component_class = spec.component_class()
     try:
         component = component_class(config)
     except ValueError as exc:

@@ -7,8 +7,7 @@ comment; blank lines are ignored.  ``assemble(disassemble(p)) == p`` for every l
 """
 from __future__ import annotations
 
-from .isa import (FORMATS, Instruction, IllegalInstructionError, MatMode, Mem, Opcode, OutType,
-                  Queue, SoftmaxMode, check_halt)
+from .isa import FORMATS, Instruction, IllegalInstructionError, Opcode, Queue, check_halt
 
 __all__ = ["disassemble", "format_instruction", "assemble", "AssemblyError"]
 
@@ -17,11 +16,8 @@ class AssemblyError(ValueError):
     """A line of assembly text is malformed."""
 
 
-#: Enum-valued fields: (opcode or None for any, field) -> enum.
-_ENUMS = {
-    (Opcode.LOAD, "mem"): Mem, (Opcode.MATMUL, "mode"): MatMode,
-    (Opcode.REQUANT, "out_type"): OutType, (Opcode.SOFTMAX, "mode"): SoftmaxMode,
-}
+#: Enum-valued fields (from the ISA table): (opcode, field) -> enum.
+_ENUMS = {(op, f.name): f.enum for op, fields in FORMATS.items() for f in fields if f.enum}
 
 
 def _mask_text(mask: int) -> str:

@@ -67,7 +67,22 @@ class Allocator:
 
     @property
     def free_bytes(self) -> int:
+        """Free space, in the memory's units (bytes or words)."""
         return sum(hi - lo for lo, hi, _ in self.free_pieces)
+
+    def aligned(self, size: int) -> int:
+        """The space :meth:`alloc` takes for a request of ``size``: whole alignment units."""
+        return max(1, -(-size // self.align) * self.align)
+
+    def need(self, sizes) -> int:
+        """The space buffers of ``sizes`` take together, alignment included."""
+        return sum(self.aligned(s) for s in sizes)
+
+    def fits(self, sizes) -> bool:
+        """Whether buffers of ``sizes``, aligned as :meth:`alloc` aligns them, fit in the free
+        space together.  A capacity answer: where :meth:`alloc` puts each buffer (and whether
+        fragmentation would defeat it) is decided when they are allocated."""
+        return self.need(sizes) <= self.free_bytes
 
     def _runs(self):
         """Maximal runs of adjacent free pieces: (first index, last index, lo, hi)."""
@@ -86,7 +101,7 @@ class Allocator:
         return runs
 
     def alloc(self, size: int, what: str) -> Buffer:
-        size = max(1, -(-size // self.align) * self.align)
+        size = self.aligned(size)
         runs = self._runs()
         order = [r for r in runs if r[3] > self.cursor] + [r for r in runs if r[3] <= self.cursor]
         for first, last, lo, hi in order:

@@ -257,6 +257,7 @@ def residual_add_param_load_timing(config: AcceleratorConfig, channels: int) -> 
     """
     lanes, depth = _check(config)
     if channels < lanes or channels % lanes or channels > lanes * depth:
-        raise ValueError(f"channels must be a multiple of {lanes} in {lanes}..{lanes * depth}, "
+        raise ValueError(f"channels must be a multiple of vector_lanes ({lanes}) in "
+                         f"{lanes}..{lanes * depth} (max_channels), "
                          f"got {channels}")
     return UnitTiming(latency=channels, interval=channels)

@@ -59,7 +59,7 @@ UNIFORM_PREPARE_CYCLES = integer_divider_timing(INV_BITS, RECIP_STEPS_PER_CYCLE)
 DRAIN_DELAY = 3
 
 
-class SoftmaxMode(enum.Enum, shape=1):
+class SoftmaxMode(enum.IntEnum, shape=1):
     """What the unit outputs per element."""
     #: 4-bit codes of :func:`sw.intops.lis_softmax` (attention ``2**-code``, 15 = zero).
     LIS = 0

@@ -63,7 +63,7 @@ __all__ = ["SystolicArray", "StreamMode", "matmul_timing"]
 RESULT_BITS = 32
 
 
-class StreamMode(enum.Enum, shape=2):
+class StreamMode(enum.IntEnum, shape=2):
     """How a tile's streaming operand bytes are read (the ISA's ``MATMUL.mode``).
 
     The value 3 is reserved; the array reads it like ``UINT8``.

@@ -1,63 +1,89 @@
-"""Registry of the accelerator's hardware units, and their port lists.
+"""Registry of the accelerator's hardware units: their components, timing functions and ports.
 
-Every unit is built from an :class:`hw.config.AcceleratorConfig` alone, ``Cls(config)``.  Unit
-modules are imported only when a unit is built, so the registry works while a module is
-missing or broken (only that unit fails).  :func:`port_table` lists a built unit's Verilog
-ports with a meaning taken from the ``Members`` section of the unit's class docstring.
+:data:`UNITS` is the one list of units.  Every unit names its module, its component class
+(built from an :class:`hw.config.AcceleratorConfig` alone, ``Cls(config)``; ``None`` while
+the unit's RTL lives in the accelerator top) and its timing functions (``<unit>_timing(config,
+...)`` returning :class:`hw.timing.UnitTiming`).  Unit modules are imported only when used,
+so the registry works while a module is missing or broken (only that unit fails).
+:class:`UnitTimings` is how the ISA's timing rules (:mod:`compiler.isa`) and the cycle model
+call the timing functions, cached per argument.  :func:`port_table` lists a built unit's
+Verilog ports with a meaning taken from the ``Members`` section of the unit's class docstring.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 from amaranth.hdl import Shape
 from amaranth.lib import data, stream, wiring
 
 from hw.config import AcceleratorConfig
-from hw.timing import UnitTiming
+from hw.timing import UnitTiming, chain
 
-__all__ = ["UnitSpec", "UNITS", "UnknownUnitError", "unit_spec", "build_unit", "Port",
-           "port_table"]
+__all__ = ["UnitSpec", "UNITS", "TIMINGS", "UnknownUnitError", "UnitTimingUnavailable",
+           "UnitTimings", "unit_spec", "build_unit", "buildable_units", "Port", "port_table"]
 
 
 class UnknownUnitError(ValueError):
     """A unit name that is not in :data:`UNITS`."""
 
 
+class UnitTimingUnavailable(RuntimeError):
+    """A unit's timing function is not importable (its hardware module is missing)."""
+
+
 @dataclass(frozen=True)
 class UnitSpec:
-    """Where a unit lives: its module, its component class and its timing function."""
+    """Where a unit lives: its module, its component class and its timing functions."""
 
     name: str
     module: str
-    class_name: str
-    timing_name: str
+    class_name: str | None
+    #: Timing name -> function name in ``module``; the first is the unit's job timing.
+    timings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def buildable(self) -> bool:
+        """Whether the unit is a component of its own (else it is part of the top)."""
+        return self.class_name is not None
 
     def component_class(self) -> type[wiring.Component]:
         """The component class (imports the unit's module)."""
+        if self.class_name is None:
+            raise UnknownUnitError(f"unit {self.name!r} has no component of its own")
         return getattr(importlib.import_module(self.module), self.class_name)
 
     def build(self, config: AcceleratorConfig) -> wiring.Component:
         """The unit built for ``config``."""
         return self.component_class()(config)
 
-    def timing_function(self) -> Callable[..., UnitTiming]:
-        """The unit's ``<unit>_timing(config, ...)`` (imports the unit's module)."""
-        return getattr(importlib.import_module(self.module), self.timing_name)
+    def timing_function(self, name: str | None = None) -> Callable[..., UnitTiming]:
+        """The timing function ``name`` (default: the unit's job timing); imports the module."""
+        fn = self.timings[name or next(iter(self.timings))]
+        return getattr(importlib.import_module(self.module), fn)
 
 
 #: Every hardware unit by name.
 UNITS: dict[str, UnitSpec] = {spec.name: spec for spec in (
-    UnitSpec("systolic_array", "hw.systolic_array", "SystolicArray", "matmul_timing"),
-    UnitSpec("requantizer", "hw.requantizer", "Requantizer", "requant_timing"),
-    UnitSpec("layernorm", "hw.layernorm", "PtfLayerNorm", "layernorm_timing"),
-    UnitSpec("softmax", "hw.softmax", "LisSoftmax", "softmax_timing"),
-    UnitSpec("gelu", "hw.gelu", "GeluLut", "gelu_timing"),
-    UnitSpec("residual_add", "hw.residual_add", "ResidualAdd", "residual_add_timing"),
+    UnitSpec("systolic_array", "hw.systolic_array", "SystolicArray",
+             {"systolic_array": "matmul_timing"}),
+    UnitSpec("requantizer", "hw.requantizer", "Requantizer", {"requantizer": "requant_timing"}),
+    UnitSpec("layernorm", "hw.layernorm", "PtfLayerNorm", {"layernorm": "layernorm_timing"}),
+    UnitSpec("softmax", "hw.softmax", "LisSoftmax", {"softmax": "softmax_timing"}),
+    UnitSpec("gelu", "hw.gelu", "GeluLut",
+             {"gelu": "gelu_timing", "gelu_table": "gelu_table_load_timing"}),
+    UnitSpec("residual_add", "hw.residual_add", "ResidualAdd",
+             {"residual_add": "residual_add_timing"}),
+    UnitSpec("dma", "hw.dma", None, {"dma": "dma_timing"}),
 )}
+
+#: Timing name -> the unit that defines it (every timing function of every unit).
+TIMINGS: dict[str, UnitSpec] = {t: spec for spec in UNITS.values() for t in spec.timings}
 
 
 def unit_spec(name: str) -> UnitSpec:
@@ -68,9 +94,88 @@ def unit_spec(name: str) -> UnitSpec:
         raise UnknownUnitError(f"unknown hardware unit {name!r} (known: {', '.join(UNITS)})") from None
 
 
+def buildable_units() -> list[str]:
+    """Names of the units that are components of their own (``vitamin verilog --unit``)."""
+    return [name for name, spec in UNITS.items() if spec.buildable]
+
+
 def build_unit(name: str, config: AcceleratorConfig) -> wiring.Component:
     """Unit ``name`` built for ``config``."""
     return unit_spec(name).build(config)
+
+
+def _resolve(timing: str) -> Callable:
+    spec = TIMINGS[timing]
+    try:
+        return spec.timing_function(timing)
+    except (ImportError, AttributeError) as exc:
+        raise UnitTimingUnavailable(f"{spec.module}.{spec.timings[timing]} is not available "
+                                    f"({exc})") from None
+
+
+class UnitTimings:
+    """Cached timing of one job on each unit for one config.
+
+    ``overrides`` maps a timing name of :data:`TIMINGS` to a replacement function with the
+    same signature (tests that compute cycle counts by hand use it).
+    """
+
+    def __init__(self, config: AcceleratorConfig, overrides: dict[str, Callable] | None = None):
+        self.config = config
+        unknown = set(overrides or {}) - set(TIMINGS)
+        if unknown:
+            raise KeyError(f"unknown timing name(s) {sorted(unknown)} (known: {', '.join(TIMINGS)})")
+        self._funcs: dict[str, Callable] = dict(overrides or {})
+        self._cached = lru_cache(maxsize=None)(self._compute)
+
+    def load(self) -> "UnitTimings":
+        """Import every unit's timing functions now (the hardware modules take a moment to
+        import); :class:`UnitTimingUnavailable` for a missing one.  Returns ``self``."""
+        for timing in TIMINGS:
+            if timing not in self._funcs:
+                self._funcs[timing] = _resolve(timing)
+        return self
+
+    def _compute(self, timing: str, *args) -> UnitTiming:
+        fn = self._funcs.get(timing)
+        if fn is None:
+            fn = self._funcs[timing] = _resolve(timing)
+        t = fn(self.config, *args)
+        if not isinstance(t, UnitTiming):
+            raise TypeError(f"{timing} timing returned {t!r}, not a UnitTiming")
+        return t
+
+    def systolic_array(self, m: int) -> UnitTiming:
+        """One tile of ``m`` streaming rows."""
+        return self._cached("systolic_array", m)
+
+    def requantizer(self, n: int) -> UnitTiming:
+        """One row of ``n`` accumulators."""
+        return self._cached("requantizer", n)
+
+    def layernorm(self, channels: int) -> UnitTiming:
+        return self._cached("layernorm", channels)
+
+    def softmax(self, length: int, mode) -> UnitTiming:
+        return self._cached("softmax", length, mode)
+
+    def gelu(self, n: int) -> UnitTiming:
+        return self._cached("gelu", n)
+
+    def gelu_table(self) -> UnitTiming:
+        return self._cached("gelu_table")
+
+    def residual_add(self, n: int) -> UnitTiming:
+        return self._cached("residual_add", n)
+
+    def dma(self, row_bytes: int) -> UnitTiming:
+        """One DMA row of ``row_bytes`` bytes."""
+        return self._cached("dma", row_bytes)
+
+    def chain(self, first: UnitTiming, second: UnitTiming, n: int) -> UnitTiming:
+        """``first`` feeding a vector unit directly, ``n`` elements a row
+        (:func:`hw.timing.chain` with the vector unit's ``ceil(n / vector_lanes)`` input beats)."""
+        return chain(first, second, math.ceil(n / self.config.vector_lanes))
 
 
 # ---------------------------------------------------------------------------------- ports

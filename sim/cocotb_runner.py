@@ -14,8 +14,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from amaranth.back import verilog
-from cocotb_tools.runner import get_results, get_runner
 
 #: Simulators this harness drives.
 SIMULATORS = ("icarus", "verilator")
@@ -45,7 +43,8 @@ def _verilator_on_path() -> None:
 
 def write_verilog(component, name: str, path: Path) -> Path:
     """Write ``component`` as Verilog module ``name`` to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from amaranth.back import verilog          # here, not at the top: the cocotb test
+    path.parent.mkdir(parents=True, exist_ok=True)     # modules import this file too
     path.write_text(verilog.convert(component, name=name, emit_src=False))
     return path
 
@@ -60,6 +59,7 @@ def run_cocotb(component, name: str, test_module: str, build_dir: Path,
     tests through ``VITAMIN_VECTORS``.  Raises ``AssertionError`` unless at least one cocotb
     test ran and none failed.
     """
+    from cocotb_tools.runner import get_results, get_runner
     sim = sim or simulator_name()
     if sim == "verilator":
         _verilator_on_path()

@@ -1,20 +1,29 @@
 """The cycle-level model of the accelerator: runs a program image at instruction granularity.
 
-Timing (docs/ISA.md, "Timing rules") is computed per instruction from the units' formulas
-(:mod:`sim.units`), the four in-order queues, the dependency-token semaphores and one shared
-DRAM channel; there is no per-cycle loop.  The scheduler repeatedly starts, among the four
-queue heads whose tokens are available, the one that can start earliest (ties: LOAD,
-MATRIX, VECTOR, STORE), which is the order a cycle-by-cycle machine would start them in.
+Everything about an instruction comes from its spec in the ISA table
+(:data:`compiler.isa.SPECS`): its constraints, the memory regions it touches, its cycles
+(from the units' ``hw/`` timing functions) and its behaviour.  This module adds the machine
+around them (docs/ISA.md, "Timing rules"): the four in-order queues, the dependency-token
+semaphores and one shared DRAM channel; there is no per-cycle loop.  The scheduler
+repeatedly starts, among the four queue heads whose tokens are available, the one that can
+start earliest (ties: LOAD, MATRIX, VECTOR, STORE), which is the order a cycle-by-cycle
+machine would start them in.
 
-With ``functional=True`` every instruction also runs on the data: scratchpad (int8),
-accumulator memory (int32) and DRAM (bytes) are numpy arrays, and every arithmetic step is a
-call into :mod:`sw.intops`, so outputs are bit-exact with :mod:`sw.executor` by construction
-of the same functions.  A batch of inputs runs in one pass: every memory has the batch on
-axis 0 and each instruction acts on all samples (the schedule does not depend on the data).
+Hazards.  After scheduling, every pair of instructions of different queues that touch a
+common element of the scratchpad, the accumulator memory or DRAM, at least one of them
+writing it, must be ordered by the schedule: the earlier one in program order retires before
+the later one starts.  Anything else (an instruction overlapping, or running ahead of, the
+one that feeds it, or overwriting what another still reads) is a :class:`ProgramError`
+naming both instructions, the memory, the addresses and the cycles: the RTL would compute
+garbage there, whatever the data path below computes.
 
-Malformed programs are rejected before anything runs (:func:`validate`) or, for dependency
-deadlocks and semaphore overflows, as soon as the scheduler finds no runnable queue:
-:class:`ProgramError` always names the instruction and the fault.
+With ``functional=True`` every instruction also runs on the data (:meth:`OpSpec.execute`
+on an :class:`~compiler.isa.ArchState`), in the order the schedule starts them, which the
+hazard check proves equivalent to the hardware's overlapped execution.  A batch of inputs
+runs in one pass: every memory has the batch on axis 0 (the schedule does not depend on the
+data).  Malformed programs are rejected before anything runs (:func:`validate`) or, for
+dependency deadlocks and semaphore overflows, as soon as the scheduler finds no runnable
+queue: :class:`ProgramError` always names the instruction and the fault.
 """
 from __future__ import annotations
 
@@ -24,28 +33,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.isa import (Instruction, MatMode, Mem, Opcode, OutType, Queue, QUEUE_OF,
-                          SoftmaxMode, check_halt, IllegalInstructionError)
+from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, IllegalInstructionError,
+                          Opcode, Queue, QUEUE_OF, Timing, Violation, check_halt)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
-from sw import intops
+from hw.units import UnitTimings
 
-from .units import UnitTimings
-
-__all__ = ["ProgramError", "SimResult", "simulate", "validate", "TOKEN_LIMIT", "CAUSES"]
+__all__ = ["ProgramError", "SimResult", "Plan", "simulate", "validate", "check_hazards",
+           "TOKEN_LIMIT", "CAUSES"]
 
 #: Largest count a dependency semaphore holds (16-bit counters).
 TOKEN_LIMIT = (1 << 16) - 1
-#: Words of a parameter record in the accumulator memory.
-RECORD_WORDS = 4
-NQ = 4
 #: Stall causes: waiting for a token from a queue, or for the DRAM channel.
 CAUSES = ("token:LOAD", "token:MATRIX", "token:VECTOR", "token:STORE", "dram")
 _DRAM_CAUSE = 4
 
 
 class ProgramError(ValueError):
-    """A program cannot run: out-of-range access, unit limit, deadlock, missing HALT, ..."""
+    """A program cannot run: out-of-range access, unit limit, hazard, deadlock, missing HALT, ..."""
 
 
 @dataclass
@@ -66,47 +71,25 @@ class SimResult:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class Plan:
+    """What :func:`validate` found out about every instruction (None for HALT)."""
+    timing: list[Timing | None]
+    accesses: list[list[Access]]
+
+
 # ----------------------------------------------------------------------------------------
 # Static checks and per-instruction timing
 # ----------------------------------------------------------------------------------------
 
-def _span(addr: int, stride: int, rows: int, width: int) -> tuple[int, int]:
-    return addr, addr + (rows - 1) * stride + width
+def _where(i: int, op: Opcode) -> str:
+    return f"instruction {i} ({op.name})"
 
 
-class _Checker:
-    def __init__(self, cfg: AcceleratorConfig, dram_size: int):
-        self.lim = {"scratchpad": cfg.scratchpad_bytes, "accumulator": cfg.accumulator_words,
-                    "DRAM": dram_size}
-        self.unit = {"scratchpad": "bytes", "accumulator": "words", "DRAM": "bytes"}
-        self.i = 0
-        self.name = ""
+def validate(image: ProgramImage, timings: UnitTimings | None = None) -> Plan:
+    """Check every instruction against the ISA table, the config and the memory sizes.
 
-    def fail(self, msg: str):
-        raise ProgramError(f"instruction {self.i} ({self.name}): {msg}")
-
-    def region(self, mem: str, what: str, addr: int, stride: int, rows: int, width: int,
-               write: bool = False) -> None:
-        lo, hi = _span(addr, stride, rows, width)
-        if hi > self.lim[mem]:
-            self.fail(f"{what} reaches {mem} {self.unit[mem]} {lo}..{hi - 1}, beyond its "
-                      f"{self.lim[mem]} {self.unit[mem]} (out of range by {hi - self.lim[mem]})")
-        if write and rows > 1 and stride < width:
-            self.fail(f"{what}: rows of {width} overlap (stride {stride})")
-
-    def positive(self, ins: Instruction, *names: str) -> None:
-        for n in names:
-            if ins.args[n] < 1:
-                self.fail(f"{n} must be at least 1")
-
-
-def validate(image: ProgramImage, timings: UnitTimings | None = None) -> list[tuple]:
-    """Check every instruction against the config and memory sizes.
-
-    Returns per instruction (None for HALT) the scheduler's timing tuple
-    ``(kind, occupancy, completion)``: for ``"dma"`` the channel beats and the DRAM latency,
-    for ``"matmul"`` ``J x interval`` and ``(J - 1) x interval + latency``, for ``"vector"``
-    0 and the instruction's cycles.
+    Returns each instruction's :class:`~compiler.isa.Timing` and memory accesses.
     """
     cfg = image.config
     instrs = image.instructions
@@ -115,284 +98,125 @@ def validate(image: ProgramImage, timings: UnitTimings | None = None) -> list[tu
     except IllegalInstructionError as exc:
         raise ProgramError(str(exc)) from None
     ut = timings or UnitTimings(cfg)
-    ck = _Checker(cfg, image.dram_size)
-    R, C = cfg.array_rows, cfg.array_cols
-    bw = cfg.dram_bytes_per_cycle
-    out = []
+    limits = {"spad": cfg.scratchpad_bytes, "acc": cfg.accumulator_words, "dram": image.dram_size}
+    plan = Plan([], [])
     for i, ins in enumerate(instrs):
-        ck.i, ck.name = i, ins.op.name
         try:
             ins.check(i)
         except IllegalInstructionError as exc:
             raise ProgramError(str(exc)) from None
-        a = ins.args
-        op = ins.op
-        if op == Opcode.HALT:
-            out.append(None)
+        spec, a = SPECS[ins.op], ins.args
+        try:
+            spec.check(cfg, a)
+            accesses = spec.accesses(cfg, a)
+            for acc in accesses:
+                _check_bounds(acc, limits[acc.mem])
+            timing = spec.timing(cfg, a, ut) if ins.op != Opcode.HALT else None
+        except Violation as exc:
+            raise ProgramError(f"{_where(i, ins.op)}: {exc}") from None
+        plan.timing.append(timing)
+        plan.accesses.append(accesses)
+    return plan
+
+
+def _check_bounds(acc: Access, limit: int) -> None:
+    unit = MEMORIES[acc.mem]
+    if acc.hi > limit:
+        raise Violation(f"{acc.what} reaches {unit} {acc.lo}..{acc.hi - 1}, beyond its "
+                        f"{limit} {unit.split()[-1]} (out of range by {acc.hi - limit})")
+    if acc.write and acc.rows > 1 and acc.stride < acc.width:
+        raise Violation(f"{acc.what}: rows of {acc.width} overlap (stride {acc.stride})")
+
+
+# ----------------------------------------------------------------------------------------
+# Hazards
+# ----------------------------------------------------------------------------------------
+
+def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np.ndarray) -> None:
+    """Raise :class:`ProgramError` for the first pair of instructions of different queues
+    that touch a common element (one of them writing) without the earlier one (in program
+    order) retiring before the later one starts.
+
+    Queues retire in order, so for each instruction ``j`` the earlier instructions of
+    another queue still unretired at ``start[j]`` form one run of that queue, found by two
+    binary searches (all at once, with numpy).  Each candidate pair is screened by the
+    bounding spans of its writes and accesses per memory; only a pair whose spans meet is
+    compared pattern by pattern.
+    """
+    instrs = image.instructions
+    n = len(instrs)
+    queue = np.array([-1 if QUEUE_OF[ins.op] is None else int(QUEUE_OF[ins.op]) for ins in instrs])
+    spans = np.array([_spans(acc) for acc in plan.accesses], dtype=np.int64).reshape(n, 12)
+    index = np.arange(n)
+    pairs_i, pairs_j = [], []
+    for q in range(NQ):
+        members = index[queue == q]                      # program order = retire order
+        if not len(members):
             continue
-        if op in (Opcode.LOAD, Opcode.STORE):
-            ck.positive(ins, "rows", "cols")
-            acc = op == Opcode.LOAD and a["mem"] == Mem.ACC
-            row_bytes = a["cols"] * (4 if acc else 1)
-            ck.region("DRAM", "DRAM side", a["dram_addr"], a["dram_stride"], a["rows"], row_bytes,
-                      write=op == Opcode.STORE)
-            if op == Opcode.LOAD:
-                if acc and a["pad"]:
-                    ck.fail("zero padding is only for scratchpad loads")
-                ck.region("accumulator" if acc else "scratchpad", "destination", a["dst_addr"],
-                          a["dst_stride"], a["rows"], a["cols"] + a["pad"], write=True)
-                row_bytes += a["pad"]
-            else:
-                ck.region("scratchpad", "source", a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            beats = a["rows"] * -(-row_bytes // bw)
-            out.append(("dma", beats, cfg.dram_latency_cycles))
-        elif op == Opcode.MATMUL:
-            ck.positive(ins, "m", "n_tiles", "k_tiles")
-            m, nt, kt = a["m"], a["n_tiles"], a["k_tiles"]
-            ck.region("scratchpad", "streaming operand", a["a_addr"], a["a_stride"], m, kt * R)
-            if a["transpose"]:
-                ck.region("scratchpad", "stationary operand", a["w_addr"], a["w_stride"], nt * C, kt * R)
-            else:
-                ck.region("scratchpad", "stationary operand", a["w_addr"], a["w_stride"], kt * R, nt * C)
-            ck.region("accumulator", "output", a["acc_addr"], a["acc_stride"], m, nt * C, write=True)
-            t = ut.matmul(m)
-            jobs = nt * kt
-            out.append(("matmul", jobs * t.interval, (jobs - 1) * t.interval + t.latency))
-        else:
-            if op != Opcode.GELU_TABLE:
-                ck.positive(ins, "rows", "cols")
-            out.append(("vector", 0, _vector_cycles(ins, cfg, ut, ck)))
+        others = index[(queue >= 0) & (queue != q)]
+        first = np.searchsorted(retire[members], start[others], side="right")
+        last = np.searchsorted(members, others, side="left")
+        count = np.maximum(last - first, 0)
+        total = int(count.sum())
+        if not total:
+            continue
+        js = np.repeat(others, count)
+        ramp = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        pairs_i.append(members[np.repeat(first, count) + ramp])
+        pairs_j.append(js)
+    if not pairs_i:
+        return
+    pi, pj = np.concatenate(pairs_i), np.concatenate(pairs_j)
+    a, b = spans[pi], spans[pj]
+    meet = np.zeros(len(pi), dtype=bool)
+    for base in (0, 4, 8):
+        meet |= (a[:, base] < b[:, base + 3]) & (b[:, base + 2] < a[:, base + 1])
+        meet |= (b[:, base] < a[:, base + 3]) & (a[:, base + 2] < b[:, base + 1])
+    pi, pj = pi[meet], pj[meet]
+    for k in np.lexsort((pi, pj)):                      # the first hazard in program order
+        i, j = int(pi[k]), int(pj[k])
+        clash = _conflict(plan.accesses[i], plan.accesses[j])
+        if clash is not None:
+            raise ProgramError(_hazard_message(image, i, j, *clash, start, retire))
+
+
+_MEM_INDEX = {"spad": 0, "acc": 1, "dram": 2}
+_NONE_LO, _NONE_HI = 1 << 62, -1
+
+
+def _spans(accesses: list[Access]) -> list[int]:
+    """Per memory, the bounding span of the writes and of all accesses:
+    ``[w_lo, w_hi, a_lo, a_hi] * 3`` (empty spans for what the instruction does not touch)."""
+    out = [_NONE_LO, _NONE_HI] * 6
+    for acc in accesses:
+        base = 4 * _MEM_INDEX[acc.mem]
+        if acc.write:
+            out[base] = min(out[base], acc.lo)
+            out[base + 1] = max(out[base + 1], acc.hi)
+        out[base + 2] = min(out[base + 2], acc.lo)
+        out[base + 3] = max(out[base + 3], acc.hi)
     return out
 
 
-def _vector_cycles(ins: Instruction, cfg: AcceleratorConfig, ut: UnitTimings, ck: _Checker) -> int:
-    a = ins.args
-    op = ins.op
-    if op == Opcode.GELU_TABLE:
-        ck.region("scratchpad", "table", a["src_addr"], 0, 1, 256)
-        return ut.gelu_table().latency
-    rows, cols = a["rows"], a["cols"]
-    params = 0
-    if op == Opcode.REQUANT:
-        eb = 2 if a["out_type"] == OutType.INT16 else 1
-        ck.region("accumulator", "source", a["src_addr"], a["src_stride"], rows, cols)
-        ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, cols * eb, True)
-        records = cols if a["per_channel"] else 1
-        ck.region("accumulator", "parameters", a["param_addr"], 0, 1, records * RECORD_WORDS)
-        if a["gelu"] and a["out_type"] != OutType.INT8:
-            ck.fail("GELU applies to int8 outputs only")
-        t = ut.requant(cols)
-        if a["gelu"]:
-            g = ut.gelu(cols)
-            lat, iv = t.latency + g.latency, max(t.interval, g.interval)
-        else:
-            lat, iv = t.latency, t.interval
-        params = records if a["load_params"] else 0
-    elif op == Opcode.SOFTMAX:
-        if cols > cfg.max_seq_len:
-            ck.fail(f"softmax row of {cols} exceeds max_seq_len {cfg.max_seq_len}")
-        if a["dst_cols"] < cols:
-            ck.fail(f"dst_cols {a['dst_cols']} < cols {cols}")
-        if not 2 <= a["frac_bits"] <= 6:
-            ck.fail(f"frac_bits {a['frac_bits']} outside 2..6")
-        ck.region("accumulator", "source", a["src_addr"], a["src_stride"], rows, cols)
-        ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, a["dst_cols"], True)
-        t = ut.requant(cols)
-        s = ut.softmax(cols, "lis" if a["mode"] == SoftmaxMode.LIS else "uniform")
-        lat, iv = t.latency + s.latency, max(t.interval, s.interval)
-    elif op == Opcode.LAYERNORM:
-        if cols % cfg.vector_lanes or cols > cfg.max_channels:
-            ck.fail(f"LayerNorm of {cols} channels: needs a multiple of vector_lanes "
-                    f"({cfg.vector_lanes}) up to max_channels ({cfg.max_channels})")
-        ck.region("scratchpad", "source", a["src_addr"], a["src_stride"], rows, cols)
-        ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, cols, True)
-        ck.region("accumulator", "parameters", a["param_addr"], 0, 1, cols * RECORD_WORDS)
-        t = ut.layernorm(cols)
-        lat, iv = t.latency, t.interval
-        params = cols if a["load_params"] else 0
-    elif op == Opcode.ADD:
-        if cols % cfg.vector_lanes or cols > cfg.max_channels:
-            ck.fail(f"residual add of {cols} channels: needs a multiple of vector_lanes "
-                    f"({cfg.vector_lanes}) up to max_channels ({cfg.max_channels})")
-        ck.region("scratchpad", "operand a", a["a_addr"], a["a_stride"], rows, cols)
-        ck.region("scratchpad", "operand b", a["b_addr"], a["b_stride"], rows, cols)
-        ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, cols, True)
-        ck.region("accumulator", "parameters", a["param_addr"], 0, 1, cols * RECORD_WORDS)
-        t = ut.add(cols)
-        lat, iv = t.latency, t.interval
-        params = cols if a["load_params"] else 0
-    elif op == Opcode.GELU:
-        ck.region("scratchpad", "source", a["src_addr"], a["src_stride"], rows, cols)
-        ck.region("scratchpad", "destination", a["dst_addr"], a["dst_stride"], rows, cols, True)
-        t = ut.gelu(cols)
-        lat, iv = t.latency, t.interval
-    else:                                                   # pragma: no cover - decoder guards
-        ck.fail("unknown vector opcode")
-    return params + (rows - 1) * iv + lat
+def _conflict(earlier: list[Access], later: list[Access]):
+    for a in earlier:
+        for b in later:
+            if (a.write or b.write) and a.overlaps(b):
+                return a, b
+    return None
 
 
-# ----------------------------------------------------------------------------------------
-# Functional execution
-# ----------------------------------------------------------------------------------------
-
-def _view(mem: np.ndarray, addr: int, stride: int, rows: int, cols: int) -> np.ndarray:
-    """The 2-D pattern ``rows x cols`` at ``addr``, rows ``stride`` elements apart, of every
-    sample of a batched memory ``mem`` ``[B, size]``: a writeable ``[B, rows, cols]`` view.
-
-    Patterns were bounds-checked by :func:`validate`; numpy checks them against the buffer
-    again when it builds the view.
-    """
-    item = mem.itemsize
-    return np.ndarray((mem.shape[0], rows, cols), mem.dtype, buffer=mem, offset=addr * item,
-                      strides=(mem.strides[0], stride * item, item))
-
-
-def _shared(a: np.ndarray) -> np.ndarray | None:
-    """``a[0]`` when every sample of ``a`` (``[B, ...]``) holds the same values, else None."""
-    return a[0] if a.shape[0] == 1 or bool((a == a[:1]).all()) else None
-
-
-def _per_sample(fn, shared: np.ndarray, batched: np.ndarray, operand: np.ndarray) -> np.ndarray:
-    """``fn(x, operand)`` for a batch ``x`` = ``batched`` [B, ...]: one call when the operand
-    is the same for every sample (weights, tables), else one call per sample."""
-    if shared is not None:
-        return fn(batched, shared)
-    return np.stack([fn(batched[b], operand[b]) for b in range(batched.shape[0])])
-
-
-class _Data:
-    """Memories and unit state of the functional model, for a batch of ``B`` inputs.
-
-    Every memory has the batch on axis 0 (``[B, size]``) and every instruction acts on all
-    samples at once: the program's timing does not depend on the data, so one schedule
-    serves the whole batch.
-    """
-
-    def __init__(self, image: ProgramImage, dram: np.ndarray):
-        cfg = image.config
-        self.cfg = cfg
-        batch = dram.shape[0]
-        self.spad = np.zeros((batch, cfg.scratchpad_bytes), dtype=np.int8)
-        self.acc = np.zeros((batch, cfg.accumulator_words), dtype=np.int64)
-        self.dram = dram
-        self.requant_params = None
-        self.ln_params = None
-        self.add_params = None
-        self.gelu_table = None
-
-    def records(self, addr: int, n: int) -> np.ndarray:
-        """``[B, n, RECORD_WORDS]`` parameter records (a copy)."""
-        return self.acc[:, addr:addr + n * RECORD_WORDS].reshape(-1, n, RECORD_WORDS).copy()
-
-    def run(self, ins: Instruction, index: int) -> None:
-        a = ins.args
-        op = ins.op
-        R, C = self.cfg.array_rows, self.cfg.array_cols
-        if op == Opcode.LOAD:
-            rows, cols = a["rows"], a["cols"]
-            if a["mem"] == Mem.ACC:
-                raw = _view(self.dram, a["dram_addr"], a["dram_stride"], rows, 4 * cols)
-                words = np.ascontiguousarray(raw).view("<i4")
-                _view(self.acc, a["dst_addr"], a["dst_stride"], rows, cols)[...] = words
-            else:
-                raw = _view(self.dram, a["dram_addr"], a["dram_stride"], rows, cols)
-                dst = _view(self.spad, a["dst_addr"], a["dst_stride"], rows, cols + a["pad"])
-                dst[..., :cols] = raw.view(np.int8)
-                dst[..., cols:] = 0
-        elif op == Opcode.STORE:
-            src = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            _view(self.dram, a["dram_addr"], a["dram_stride"], a["rows"], a["cols"])[...] = \
-                src.view(np.uint8)
-        elif op == Opcode.MATMUL:
-            self._matmul(a, R, C)
-        elif op == Opcode.REQUANT:
-            self._requant(a, index)
-        elif op == Opcode.SOFTMAX:
-            x = _view(self.acc, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            s = intops.requantize(x, a["mult"], a["shift"], 0, intops.INT16_MIN, intops.INT16_MAX)
-            lis = a["mode"] == SoftmaxMode.LIS
-            fn = intops.lis_softmax if lis else intops.uniform_softmax
-            p = fn(s, a["frac_bits"], a["b_int"], a["c_int"])
-            dst = _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["dst_cols"])
-            dst[..., :a["cols"]] = p.astype(np.uint8).view(np.int8)
-            dst[..., a["cols"]:] = intops.LIS_ZERO_CODE if lis else 0
-        elif op == Opcode.LAYERNORM:
-            if a["load_params"]:
-                self.ln_params = self.records(a["param_addr"], a["cols"])
-            p = self._params(self.ln_params, a["cols"], index, "LayerNorm")
-            x = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            y = intops.ptf_layernorm(x, a["zp_in"], p[..., 0], p[..., 1], p[..., 2], p[..., 3])
-            _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = y
-        elif op == Opcode.ADD:
-            if a["load_params"]:
-                self.add_params = self.records(a["param_addr"], a["cols"])
-            p = self._params(self.add_params, a["cols"], index, "residual add")
-            x = _view(self.spad, a["a_addr"], a["a_stride"], a["rows"], a["cols"])
-            y = _view(self.spad, a["b_addr"], a["b_stride"], a["rows"], a["cols"])
-            z = intops.residual_add(x, y, a["zp_a"], a["zp_b"], p[..., 0], p[..., 1], p[..., 2],
-                                    a["zp_out"])
-            _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = z
-        elif op == Opcode.GELU:
-            x = _view(self.spad, a["src_addr"], a["src_stride"], a["rows"], a["cols"])
-            _view(self.spad, a["dst_addr"], a["dst_stride"], a["rows"], a["cols"])[...] = \
-                self._gelu(x, index)
-        elif op == Opcode.GELU_TABLE:
-            self.gelu_table = self.spad[:, a["src_addr"]:a["src_addr"] + 256].astype(np.int64)
-
-    def _params(self, p, cols: int, index: int, unit: str) -> np.ndarray:
-        """The unit's first ``cols`` records, ``[B, 1, cols, RECORD_WORDS]`` (broadcast over rows)."""
-        if p is None or p.shape[1] < cols:
-            raise ProgramError(f"instruction {index}: {unit} parameters for {cols} channels "
-                               "were never loaded (load_params=0)")
-        return p[:, None, :cols]
-
-    def _gelu(self, x: np.ndarray, index: int) -> np.ndarray:
-        if self.gelu_table is None:
-            raise ProgramError(f"instruction {index}: GELU before any GELU_TABLE")
-        return _per_sample(intops.gelu_lut, _shared(self.gelu_table), x, self.gelu_table)
-
-    def _matmul(self, a: dict, R: int, C: int) -> None:
-        m, nt, kt = a["m"], a["n_tiles"], a["k_tiles"]
-        K, N = kt * R, nt * C
-        stream = _view(self.spad, a["a_addr"], a["a_stride"], m, K)
-        if a["transpose"]:
-            stat = _view(self.spad, a["w_addr"], a["w_stride"], N, K).swapaxes(1, 2)   # [B, K, N]
-        else:
-            stat = _view(self.spad, a["w_addr"], a["w_stride"], K, N)
-        mode = a["mode"]
-        if mode == MatMode.INT8:
-            prod = _per_sample(lambda x, w: intops.linear(x, w.T), _shared(stat), stream, stat)
-        elif mode == MatMode.UINT8:
-            prod = intops.attn_value_uniform(stream.view(np.uint8), stat)
-        else:
-            prod = intops.attn_value_lis(stream.view(np.uint8), stat)
-        acc = _view(self.acc, a["acc_addr"], a["acc_stride"], m, N)
-        if a["accumulate"]:
-            prod = intops.check_range(acc + prod, intops.INT32_MIN, intops.INT32_MAX,
-                                      "accumulator")
-        acc[...] = prod
-
-    def _requant(self, a: dict, index: int) -> None:
-        rows, cols = a["rows"], a["cols"]
-        if a["load_params"]:
-            self.requant_params = self.records(a["param_addr"], cols if a["per_channel"] else 1)
-        p = self.requant_params
-        if p is None or (a["per_channel"] and p.shape[1] < cols):
-            raise ProgramError(f"instruction {index}: requantizer parameters were never loaded")
-        p = p[:, None, :cols] if a["per_channel"] else p[:, None, :1]
-        x = _view(self.acc, a["src_addr"], a["src_stride"], rows, cols)
-        x = intops.check_range(x + p[..., 0], intops.INT32_MIN, intops.INT32_MAX,
-                               "biased accumulator")
-        if a["out_type"] == OutType.INT16:
-            y = intops.requantize(x, p[..., 1], p[..., 2], p[..., 3], intops.INT16_MIN,
-                                  intops.INT16_MAX)
-            raw = y.astype("<i2").view(np.int8).reshape(-1, rows, 2 * cols)
-            _view(self.spad, a["dst_addr"], a["dst_stride"], rows, 2 * cols)[...] = raw
-            return
-        y = intops.requantize(x, p[..., 1], p[..., 2], p[..., 3])
-        if a["gelu"]:
-            y = self._gelu(y, index)
-        _view(self.spad, a["dst_addr"], a["dst_stride"], rows, cols)[...] = y
+def _hazard_message(image, i, j, a: Access, b: Access, start, retire) -> str:
+    ins_i, ins_j = image.instructions[i], image.instructions[j]
+    verb = {True: "writes", False: "reads"}
+    unit = MEMORIES[a.mem]
+    lo, hi = max(a.lo, b.lo), min(a.hi, b.hi)
+    when = ("before it starts" if start[j] < start[i] else "while it runs")
+    return (f"hazard: {_where(j, ins_j.op)} {verb[b.write]} {unit} {b.lo}..{b.hi - 1} "
+            f"({b.what}) from cycle {int(start[j])}, {when}: {_where(i, ins_i.op)} "
+            f"{verb[a.write]} {unit} {a.lo}..{a.hi - 1} ({a.what}) in cycles "
+            f"{int(start[i])}..{int(retire[i])} (shared elements within {lo}..{hi - 1}); "
+            f"a dependency token between them is missing")
 
 
 # ----------------------------------------------------------------------------------------
@@ -401,19 +225,21 @@ class _Data:
 
 def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
              functional: bool = True, timings: UnitTimings | None = None,
-             progress=None) -> SimResult:
+             progress=None, hazards: bool = True) -> SimResult:
     """Run ``image``; with ``functional``, on ``inputs`` (integer arrays by graph input name).
 
     Each input is one sample of the tensor's shape, or a batch ``[B, *shape]``: the data
     path then runs all ``B`` samples in one pass (the timing does not depend on the data)
     and :attr:`SimResult.outputs` / :attr:`SimResult.dram` carry the batch on axis 0.
     ``progress``: optional callable ``progress(n)`` called with instructions done so far.
+    ``hazards``: check that the schedule orders every pair of conflicting accesses
+    (:func:`check_hazards`; on by default).
     """
     cfg = image.config
     plan = validate(image, timings)
     instrs = image.instructions
     n = len(instrs)
-    data = None
+    state = None
     batched = False
     if functional:
         samples, batched = _input_samples(image, dict(inputs or {}))
@@ -422,7 +248,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
         for t in image.inputs:
             for b in range(batch):
                 t.write(dram[b], samples[t.name][b])
-        data = _Data(image, dram)
+        state = ArchState(cfg, dram)
 
     queues = [[] for _ in range(NQ)]
     for i, ins in enumerate(instrs):
@@ -442,7 +268,6 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     order = []                    # instructions in the order they start
     waits_of = [[s for s in range(NQ) if (ins.wait >> s) & 1] for ins in instrs]
     sig_of = [[d for d in range(NQ) if (ins.signal >> d) & 1] for ins in instrs]
-    dma = (Queue.LOAD, Queue.STORE)
 
     while True:
         best = None
@@ -461,7 +286,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
                     t, why = tokens[0], s
             if not ok:
                 continue
-            if q in dma and chan_free > t:
+            if plan.timing[i].channel and chan_free > t:
                 t, why = chan_free, _DRAM_CAUSE
             if best is None or t < best[0]:
                 best = (t, q, i, why)
@@ -472,21 +297,13 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
         t, q, i, why = best
         for s in waits_of[i]:
             sem[s][q].popleft()
-        kind, occ, lat = plan[i]
+        tm = plan.timing[i]
         wait[i] = t - ready[q]
         cause[i] = why
-        if kind == "dma":
-            chan_free = t + occ
-            busy = t + occ
-            done = busy + lat
-            ready[q] = busy
-        elif kind == "matmul":
-            busy = t + occ
-            done = t + lat
-            ready[q] = busy
-        else:
-            busy = done = t + lat
-            ready[q] = done
+        if tm.channel:
+            chan_free = t + tm.channel
+        busy, done = t + tm.busy, t + tm.done
+        ready[q] = busy
         done = max(done, last_retire[q])
         last_retire[q] = done
         start[i], busy_end[i], retire[i] = t, busy, done
@@ -494,7 +311,7 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
             tokens = sem[q][d]
             tokens.append(done)
             if len(tokens) > TOKEN_LIMIT:
-                raise ProgramError(f"instruction {i} ({instrs[i].op.name}): semaphore "
+                raise ProgramError(f"{_where(i, instrs[i].op)}: semaphore "
                                    f"{Queue(q).name}->{Queue(d).name} exceeds {TOKEN_LIMIT} tokens")
         ptr[q] += 1
         order.append(i)
@@ -503,18 +320,24 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     if left:
         raise ProgramError("program ends with unconsumed tokens: " +
                            ", ".join(f"{s}->{d}: {k}" for s, d, k in left))
+    if hazards:
+        check_hazards(image, plan, start, retire)
     cycles = int(retire.max()) if n > 1 else 0
     result = SimResult(cfg, cycles, start, busy_end, retire, wait, cause)
-    if data is not None:
-        # The data path runs the instructions in the order the schedule started them, which
-        # honours every dependency.  Its matrix products are small: one BLAS thread runs
-        # them fastest, and several threads on a busy machine run them far slower.
+    if state is not None:
+        # The data path runs the instructions in the order the schedule started them.  Its
+        # matrix products are small: one BLAS thread runs them fastest, and several threads
+        # on a busy machine run them far slower.
         with _one_blas_thread():
             for done_count, i in enumerate(order, 1):
-                data.run(instrs[i], i)
+                ins = instrs[i]
+                try:
+                    SPECS[ins.op].execute(state, ins.args)
+                except Violation as exc:
+                    raise ProgramError(f"{_where(i, ins.op)}: {exc}") from None
                 if progress is not None and done_count % 4096 == 0:
                     progress(done_count)
-        dram = data.dram
+        dram = state.dram
         result.outputs = {t.name: np.stack([t.read(d) for d in dram]) for t in image.outputs}
         if not batched:
             dram = dram[0]

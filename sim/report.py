@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.isa import Mem, Opcode, Queue, QUEUE_OF
+from compiler.isa import SPECS, Opcode, Queue, QUEUE_OF
 from compiler.program import ProgramImage
 from sw.graph import atomic_write_bytes
 
 from .machine import CAUSES, SimResult
-from .units import UnitTimings
+from hw.units import UnitTimings
 
 __all__ = ["Report", "build_report", "layer_of", "write_trace", "plot_block"]
 
@@ -105,7 +105,7 @@ def array_breakdown(image: ProgramImage, res: SimResult, timings: UnitTimings,
     for n, i in enumerate(mm):
         a = instrs[i].args
         jobs = a["n_tiles"] * a["k_tiles"]
-        t = timings.matmul(a["m"])
+        t = timings.systolic_array(a["m"])
         useful = image.instr_macs[i] / pe
         cat["useful MACs"] += useful
         cat["tile padding"] += jobs * a["m"] - useful
@@ -143,9 +143,9 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         c["count"] += 1
         c["busy"] += busy
         c["wait"] += int(res.wait[i])
-        if ins.op in (Opcode.LOAD, Opcode.STORE):
-            width = ins.args["cols"] * (4 if ins.op == Opcode.LOAD and ins.args["mem"] == Mem.ACC else 1)
-            c["bytes"] += ins.args["rows"] * width
+        for acc in SPECS[ins.op].accesses(cfg, ins.args):
+            if acc.mem == "dram":
+                c["bytes"] += acc.rows * acc.width
         bq = by_queue[q.name]
         bq["busy"] += busy
         if res.cause[i] >= 0:

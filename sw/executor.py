@@ -46,7 +46,8 @@ def run_add(op: Op, a, b=None):
 
 def run_layernorm(op: Op, x):
     p, a = op.params, op.attrs
-    return intops.ptf_layernorm(x, a["zp_in"], p["alpha"], p["mult"], p["shift"], p["offset"])
+    return intops.ptf_layernorm(x, a["zp_in"], p["alpha"], p["mult"], p["shift"], p["offset"],
+                                *_guaranteed_range(op))
 
 
 def run_qk_scores(op: Op, qkv):
@@ -86,25 +87,98 @@ def run_token_mean(op: Op, x):
     return intops.token_mean(x, a["zp_in"], p["mult"], p["shift"], a["zp_out"], a["start"])
 
 
+# -- I-ViT (sw/methods/ivit.py) --------------------------------------------------------
+
+def run_ilayernorm(op: Op, x):
+    p = op.params
+    return intops.ilayernorm(x, p["mult"], p["shift"], p["offset"])
+
+
+def run_add_wide(op: Op, a, b=None):
+    p = op.params
+    if b is None:
+        b = p["const"][None]
+    return intops.residual_add_wide(a, b, p["mult_a"], p["mult_b"], p["shift"], *_guaranteed_range(op))
+
+
+def run_shiftmax(op: Op, x):
+    a = op.attrs
+    return intops.shiftmax(x, a["x0"], a["n"], a["out_bits"])
+
+
+def run_attn_value_wide(op: Op, probs, qkv):
+    a = op.attrs
+    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
+    acc = intops.attn_value_wide(probs, v)                # [B, H, T, dh]
+    b, h, t, dh = acc.shape
+    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"])
+
+
+def run_shiftgelu(op: Op, x):
+    a = op.attrs
+    return intops.shiftgelu(x, a["x0"], a["n"], op.params["mult"], op.params["shift"], a["zp_out"])
+
+
+# -- PTQ4ViT (sw/methods/ptq4vit.py) ----------------------------------------------------
+
+def run_twin_softmax(op: Op, x):
+    a = op.attrs
+    return intops.twin_softmax(x, a["frac_bits"], a["b_int"], a["c_int"], a["m"], a["bits"])
+
+
+def run_attn_value_twin(op: Op, codes, qkv):
+    a = op.attrs
+    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
+    acc = intops.attn_value_twin(codes, v, a["m"], a["bits"])     # [B, H, T, dh]
+    b, h, t, dh = acc.shape
+    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"], *_guaranteed_range(op))
+
+
+def run_twin_gelu(op: Op, x):
+    return intops.gelu_lut(x, op.params["table"])
+
+
+def run_linear_twin(op: Op, x):
+    p, a = op.params, op.attrs
+    acc = intops.linear_twin(x, p["weight"], p["bias"], a["m"], a["bits"])
+    return intops.requantize(acc, p["mult"], p["shift"], a["zp_out"], *_guaranteed_range(op))
+
+
 #: The function that runs each op kind.
 OP_RUNNERS: dict[str, Callable] = {
     "patchify": run_patchify, "linear": run_linear, "concat_tokens": run_concat_tokens,
     "add": run_add, "layernorm": run_layernorm, "qk_scores": run_qk_scores,
     "softmax": run_softmax, "attn_value": run_attn_value, "gelu": run_gelu,
     "select_tokens": run_select_tokens, "token_mean": run_token_mean,
+    "ilayernorm": run_ilayernorm, "add_wide": run_add_wide, "shiftmax": run_shiftmax,
+    "attn_value_wide": run_attn_value_wide, "shiftgelu": run_shiftgelu,
+    "twin_softmax": run_twin_softmax, "attn_value_twin": run_attn_value_twin,
+    "twin_gelu": run_twin_gelu, "linear_twin": run_linear_twin,
 }
+
+
+def _signed_range(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def _guaranteed_range(op: Op) -> tuple[int, int] | None:
     """The output range an op's arithmetic clamps to, or None when it follows the data."""
-    if op.kind == "linear":
-        return (intops.INT8_MIN, intops.INT8_MAX) if op.attrs["out_bits"] == 8 else (intops.INT16_MIN, intops.INT16_MAX)
+    if op.kind in ("linear", "linear_twin", "attn_value_twin", "add_wide"):
+        return _signed_range(op.attrs["out_bits"])
     if op.kind == "qk_scores":
         return intops.INT16_MIN, intops.INT16_MAX
     if op.kind == "softmax":
         return (0, intops.LIS_ZERO_CODE) if op.attrs["mode"] == "lis" else (0, 255)
-    if op.kind in ("add", "layernorm", "attn_value", "gelu", "token_mean"):
+    if op.kind == "layernorm":
+        return _signed_range(op.attrs.get("out_bits", 8))
+    if op.kind in ("add", "attn_value", "gelu", "token_mean", "ilayernorm", "attn_value_wide", "shiftgelu"):
         return intops.INT8_MIN, intops.INT8_MAX
+    if op.kind == "shiftmax":
+        return 0, (1 << (op.attrs["out_bits"] - 1)) - 1
+    if op.kind == "twin_softmax":
+        return 0, (1 << op.attrs["bits"]) - 1
     return None
 
 

@@ -13,7 +13,8 @@ fake-quant model of a dyadic-requantizing accelerator does.  Float64 holds every
 exactly, so these ops are bit-exact with the integer executor by design (:data:`EXACT_KINDS`):
 ``linear``, ``add``, ``qk_scores``, ``attn_value``, ``token_mean``, ``gelu`` (the table is
 the float GELU rounded onto the same grid), ``patchify``, ``concat_tokens``,
-``select_tokens``.
+``select_tokens``.  The op kinds of the other methods (I-ViT, PTQ4ViT) have their twins in
+:mod:`sw.methods.twins`.
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
     if k == "token_mean":
         acc = (inputs[0][:, a["start"]:, :] - a["zp_in"]).sum(dim=1)
         return _requant(graph, out, acc, p["mult"], p["shift"], a["zp_out"])
-    raise ValueError(f"op {op.name!r}: no fake-quant form for kind {k!r}")
+    from .methods.twins import twin_op         # the I-ViT and PTQ4ViT op kinds
+    return twin_op(graph, op, *inputs)
 
 
 def fakequant_execute(graph: IntGraph, inputs: np.ndarray, keep: bool = False):

@@ -42,6 +42,37 @@ Op kinds (inputs -> output; shapes per sample)
     ``select_tokens`` x [T, D] -> [n D]; attrs ``indices`` (flattened in that order).
     ``token_mean``   x [T, D] -> [D]; params ``mult``, ``shift`` [D]; attrs ``start``,
                      ``zp_in``, ``zp_out``.
+
+    ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6) and ``layernorm`` an
+    optional ``out_bits`` attr (default 8): both clamp to that signed width.
+
+Op kinds of I-ViT (``info["method"] == "ivit"``; :mod:`sw.methods.ivit`)
+    ``ilayernorm``   x int16 [..., C] (symmetric) -> int8; params ``mult``, ``shift``,
+                     ``offset`` [C] (:func:`sw.intops.ilayernorm_params`).
+                     :func:`sw.intops.ilayernorm`.
+    ``add_wide``     a, b int16 (b a second input or param ``const``) -> int16, symmetric;
+                     params ``mult_a``, ``mult_b``, ``shift`` (per channel [D]); attrs
+                     ``out_bits``.  :func:`sw.intops.residual_add_wide`.
+    ``shiftmax``     int16 [H, T, T] -> uint16 probabilities at ``2**-(out_bits-1)``; attrs
+                     ``x0``, ``n``, ``out_bits``.  :func:`sw.intops.shiftmax`.
+    ``attn_value_wide`` probs [H, T, T], qkv int8 [T, 3D] -> int8 [T, D]; params ``mult``,
+                     ``shift`` (scalars); attrs ``heads``, ``head_dim``, ``zp_out``.
+    ``shiftgelu``    int8 -> int8; params ``mult``, ``shift`` (scalars); attrs ``x0``, ``n``,
+                     ``zp_out``.  :func:`sw.intops.shiftgelu`.
+
+Op kinds of PTQ4ViT (``info["method"] == "ptq4vit"``; :mod:`sw.methods.ptq4vit`)
+    ``twin_softmax`` int16 [H, T, T] -> unsigned ``bits``-bit twin codes; attrs ``frac_bits``,
+                     ``b_int``, ``c_int``, ``m``, ``bits``.  :func:`sw.intops.twin_softmax`.
+    ``attn_value_twin`` codes [H, T, T], qkv int8 [T, 3D] -> [T, D]; params ``mult``,
+                     ``shift`` (scalars); attrs ``heads``, ``head_dim``, ``zp_out``, ``m``,
+                     ``bits``, ``out_bits``.  :func:`sw.intops.attn_value_twin`.
+    ``twin_gelu``    int8 -> signed twin codes; params ``table`` int8 [256]; attrs ``m``,
+                     ``bits``.  :func:`sw.intops.gelu_lut`.
+
+    A twin tensor's ``scale`` is its small step; its producer's ``m`` and ``bits`` decode it.
+    ``linear_twin``  signed twin codes [..., K] -> [..., N]; params ``weight``, ``bias``,
+                     ``mult``, ``shift``; attrs ``zp_out``, ``out_bits``, ``m``, ``bits``.
+                     :func:`sw.intops.linear_twin`, then :func:`sw.intops.requantize`.
 """
 from __future__ import annotations
 
@@ -72,7 +103,27 @@ OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] =
     "gelu": ((1,), ("table",), ()),
     "select_tokens": ((1,), (), ("indices",)),
     "token_mean": ((1,), ("mult", "shift"), ("start", "zp_in", "zp_out")),
+    # I-ViT
+    "ilayernorm": ((1,), ("mult", "shift", "offset"), ()),
+    "add_wide": ((1, 2), ("mult_a", "mult_b", "shift"), ("out_bits",)),
+    "shiftmax": ((1,), (), ("x0", "n", "out_bits")),
+    "attn_value_wide": ((2,), ("mult", "shift"), ("heads", "head_dim", "zp_out")),
+    "shiftgelu": ((1,), ("mult", "shift"), ("x0", "n", "zp_out")),
+    # PTQ4ViT
+    "twin_softmax": ((1,), (), ("frac_bits", "b_int", "c_int", "m", "bits")),
+    "attn_value_twin": ((2,), ("mult", "shift"), ("heads", "head_dim", "zp_out", "m", "bits", "out_bits")),
+    "twin_gelu": ((1,), ("table",), ("m", "bits")),
+    "linear_twin": ((1,), ("weight", "bias", "mult", "shift"), ("zp_out", "out_bits", "m", "bits")),
 }
+
+#: The quantization methods a graph can come from (``info["method"]``; files without the
+#: field are FQ-ViT graphs).
+METHODS = ("fqvit", "ivit", "ptq4vit")
+
+
+def graph_method(graph: "IntGraph") -> str:
+    """The method that produced ``graph`` (``"fqvit"`` for files written before the field)."""
+    return str(graph.info.get("method", "fqvit"))
 
 
 class GraphFormatError(ValueError):
@@ -167,7 +218,7 @@ class IntGraph:
             for a in req_attrs:
                 if a not in o.attrs:
                     raise GraphFormatError(f"op {o.name!r} ({o.kind}) lacks attr {a!r}")
-            if o.kind == "add" and len(o.inputs) == 1 and "const" not in o.params:
+            if o.kind in ("add", "add_wide") and len(o.inputs) == 1 and "const" not in o.params:
                 raise GraphFormatError(f"op {o.name!r}: a one-input add needs param 'const'")
             for t in o.inputs:
                 if t not in known:

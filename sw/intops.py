@@ -33,6 +33,32 @@ LIS softmax            input (requantized scores)                     16 signed
                        row sum of exp                                 43 unsigned
 attention x V (LIS)    V << (15 - code), accumulated                  32 (checked)
 GELU                   256-entry table lookup                         8
+---------------------  --------------------------------------------  ------------------
+*I-ViT ops*
+shift exponential      x' = x + (x >> 1) - (x >> 4), x <= 0           18 signed
+                       e = ((r - 2 x0) << (n - q)) >> 1               n + bits(-x0) + 1
+Shiftmax               input (scores), x - rowmax                     16, 17 signed
+                       row sum of e (checked, one divide per row)     31 unsigned
+                       factor = (2**31 - 1) // sum, e * factor        31, 31 unsigned
+                       output p = (e * factor) >> (32 - out_bits)     out_bits - 1 (15)
+ShiftGELU              int8 input, e(x - m) + e(-m), m = max(x, 0)    31 unsigned
+                       sigmoid = (e * factor) >> 24                   7 unsigned
+                       x * sigmoid, requantized                       15 signed, 8
+I-LayerNorm            int16 input, row sum S                         16, 28 signed
+                       y = x - round(S / C), sum of y**2 = V          17 signed, 44 unsigned
+                       Newton root k (10 steps from 2**16), V // k    28, 38 unsigned
+                       factor = (2**31 - 1) // k, n = (y factor) >> 1 25 unsigned, 32 signed
+                       n * mult (16-bit), offset (16 frac. bits)      47, 32 signed
+wide residual add      int16 x int16 multiplier, sum of two           32, 33 signed
+attention x V (I-ViT)  uint16 probabilities x int8, accumulated       32 (checked)
+---------------------  --------------------------------------------  ------------------
+*PTQ4ViT ops* (k = code bits, L = 2**(k-1) - 1)
+twin softmax           exp and row sum as LIS softmax                 31, 43 unsigned
+                       row sum normalised to 24 bits, 2**47 // it     24, 24 unsigned
+                       e * L * reciprocal                             62 unsigned
+                       code: range flag (MSB) + magnitude             k unsigned
+attention x V (twin)   two accumulators (per range), hi << m + lo     32 each (checked)
+twin linear (fc2)      two accumulators (per sign), pos << m + neg    32 each (checked)
 =====================  ============================================  ==================
 """
 from __future__ import annotations
@@ -50,6 +76,13 @@ __all__ = [
     "ptf_layernorm", "ln_row_stats", "ln_normalize", "ln_affine", "ln_params", "lis_exp_constants",
     "int_exp", "lis_codes", "softmax_exp_rows", "lis_softmax", "uniform_softmax",
     "attn_value_lis", "attn_value_uniform", "gelu_lut", "patchify", "token_mean",
+    # I-ViT
+    "IVIT_DIVIDEND", "IVIT_SOFTMAX_N", "IVIT_GELU_N", "IVIT_SOFTMAX_BITS", "IVIT_SIGMOID_BITS",
+    "ILN_SQRT_START", "ILN_SQRT_STEPS", "shift_exp", "shiftmax", "shift_sigmoid", "shiftgelu_n", "shiftgelu",
+    "newton_isqrt", "ilayernorm", "ilayernorm_params", "residual_add_wide", "attn_value_wide",
+    # PTQ4ViT
+    "TWIN_RECIP_BITS", "twin_levels", "twin_softmax", "twin_decode_softmax", "attn_value_twin",
+    "linear_twin",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -355,14 +388,14 @@ def ln_normalize(xs, s, factor, r) -> np.ndarray:
     return _signed_bits(prod, 21, "layernorm normalised")
 
 
-def ln_affine(n, mult, shift, offset) -> np.ndarray:
+def ln_affine(n, mult, shift, offset, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
     """``clamp((((n mult) >> (shift - LN_OFFSET_FRAC)) + K + 2**(LN_OFFSET_FRAC-1)) >> LN_OFFSET_FRAC)``.
 
     ``mult / 2**shift = gamma / (s_out 2**LN_NORM_BITS)`` (16-bit ``mult``,
     ``LN_OFFSET_FRAC <= shift <= 63``) and ``K = offset`` carries ``beta / s_out + zp_out``
     with ``LN_OFFSET_FRAC`` fraction bits (int32).  This is
     ``floor(n mult / 2**shift + K / 2**LN_OFFSET_FRAC + 1/2)`` exactly: beta enters before the
-    single rounding.  int8 output.
+    single rounding.  int8 output (``lo``, ``hi``: a narrower clamp, e.g. 6-bit activations).
     """
     n = _as_int(n)
     mult = _as_int(_signed_bits(mult, REQUANT_MULT_BITS, "layernorm multiplier"))
@@ -373,7 +406,7 @@ def ln_affine(n, mult, shift, offset) -> np.ndarray:
     y += offset
     y += 1 << (LN_OFFSET_FRAC - 1)
     y >>= LN_OFFSET_FRAC
-    return np.clip(y, INT8_MIN, INT8_MAX, out=y)
+    return np.clip(y, lo, hi, out=y)
 
 
 def ln_params(gamma, beta, s_out, zp_out):
@@ -402,7 +435,7 @@ def ln_params(gamma, beta, s_out, zp_out):
     return mult.astype(np.int64), shift.astype(np.int64), offset
 
 
-def ptf_layernorm(x, zp_in, alpha, mult, shift, offset):
+def ptf_layernorm(x, zp_in, alpha, mult, shift, offset, lo: int = INT8_MIN, hi: int = INT8_MAX):
     """Integer LayerNorm of an int8 input quantized with Power-of-Two Factors.
 
     ``x`` int8 ``[..., C]`` with zero point ``zp_in`` and per-channel factors ``alpha``
@@ -423,7 +456,7 @@ def ptf_layernorm(x, zp_in, alpha, mult, shift, offset):
     alpha = _as_int(check_range(alpha, 0, 3, "PTF factor"))
     xs = (x - zp_in) << alpha
     s, factor, r = ln_row_stats(xs)
-    return ln_affine(ln_normalize(xs, s, factor, r), mult, shift, offset)
+    return ln_affine(ln_normalize(xs, s, factor, r), mult, shift, offset, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------
@@ -574,3 +607,286 @@ def token_mean(x, zp_in, mult, shift, zp_out, start: int = 0) -> np.ndarray:
     x = _as_int(_signed_bits(x, 8, "token mean input"))
     acc = (x[..., start:, :] - zp_in).sum(axis=-2)
     return requantize(acc, mult, shift, zp_out)
+
+
+# ----------------------------------------------------------------------------------------
+# I-ViT (Li and Gu, ICCV 2023): Shiftmax, ShiftGELU, I-LayerNorm, 16-bit residual stream
+#
+# Constants follow the authors' PyTorch code (models/quantization_utils/quant_modules.py),
+# the version their accuracy numbers were trained with; their TVM port differs in a few
+# (softmax n = 16, 8-bit softmax output, an unrounded integer mean, ``r >> 1`` before the shift).
+# ----------------------------------------------------------------------------------------
+
+#: Dividend of I-ViT's divides: one per softmax row, per GELU element, per LayerNorm row.
+IVIT_DIVIDEND = (1 << 31) - 1
+#: Shift-exponential range of Shiftmax (``IntSoftmax.n``) and ShiftGELU (``IntGELU.n``).
+IVIT_SOFTMAX_N = 15
+IVIT_GELU_N = 23
+#: Shiftmax output bits (probabilities at scale ``2**-15``) and sigmoid bits (``2**-7``).
+IVIT_SOFTMAX_BITS = 16
+IVIT_SIGMOID_BITS = 8
+#: I-LayerNorm's Newton square root: start value and number of steps.
+ILN_SQRT_START = 1 << 16
+ILN_SQRT_STEPS = 10
+
+
+def shift_exp(x, x0: int, n: int) -> np.ndarray:
+    """I-ViT's shift exponential of ``x <= 0``: ``e ~ -x0 * 2**n * exp(x s)``.
+
+    ``x0 = floor(-1 / s)`` (build time; ``s`` the input scale) is the integer of ``-1`` in
+    log2 units.  Steps, shifts and adds only apart from the divide by the constant ``x0``:
+
+    1. ``x' = x + (x >> 1) - (x >> 4)``: ``x * 1.4375``, so ``x' s ~ x s log2(e)``;
+    2. ``x' = max(x', n x0)`` (inputs below ``-n`` octaves clip);
+    3. ``q = floor(x' / x0)`` (0..n), ``r = x' - q x0`` in ``(x0, 0]``;
+    4. ``e = floor((r / 2 - x0) * 2**(n - q)) = ((r - 2 x0) << (n - q)) >> 1``: ``2**(r s)`` is
+       taken as ``1 + r s / 2`` on ``(-1, 0]`` (exact at both ends, 6.1 % high at ``-1/2``).
+
+    ``e`` is positive and at most ``-x0 * 2**n``: ``n + bits(-x0)`` bits.  ``x`` must fit int32.
+    """
+    x = _as_int(_signed_bits(x, 32, "shift exponential input"))
+    x0, n = int(x0), int(n)
+    if x0 >= 0:
+        raise ValueError("shift exponential: x0 must be negative")
+    if not 0 <= n <= 30:
+        raise ValueError("shift exponential: n must be in 0..30")
+    if x.size and int(x.max()) > 0:
+        raise ValueError("shift exponential input must be <= 0")
+    xp = np.maximum(x + (x >> 1) - (x >> 4), n * x0)
+    q = xp // x0
+    r = xp - q * x0 - 2 * x0
+    return (r << (n - q)) >> 1
+
+
+def shiftmax(x, x0: int, n: int = IVIT_SOFTMAX_N, out_bits: int = IVIT_SOFTMAX_BITS) -> np.ndarray:
+    """I-ViT's Shiftmax of int16 rows (last axis): probabilities ``p / 2**(out_bits - 1)``.
+
+    ``e = shift_exp(x - rowmax, x0, n)``, ``S = sum e`` (checked: at most ``2**31 - 1``,
+    :class:`IntegerOverflowError` otherwise: the quantizer picks ``x0`` so that a row of
+    ``N`` equal scores, ``N (-x0) 2**n``, fits), one divide per row
+    ``factor = (2**31 - 1) // S``, and ``p = (e factor) >> (32 - out_bits)``.  Since
+    ``e <= S``, ``e factor < 2**31`` and ``p < 2**(out_bits - 1)``; the rows sum to at most
+    ``2**(out_bits - 1)``.  The divide's rounding costs every probability a relative error
+    of at most ``S / 2**31``.
+    """
+    if not 2 <= int(out_bits) <= 16:
+        raise ValueError("Shiftmax output bits must be in 2..16")
+    x = _as_int(_signed_bits(np.asarray(x), 16, "Shiftmax input"))
+    e = shift_exp(x - x.max(axis=-1, keepdims=True), x0, n)
+    total = check_range(e.sum(axis=-1, keepdims=True), 1, IVIT_DIVIDEND, "Shiftmax row sum")
+    return (e * (IVIT_DIVIDEND // total)) >> (32 - int(out_bits))
+
+
+def shift_sigmoid(x, x0: int, n: int = IVIT_GELU_N) -> np.ndarray:
+    """``sigmoid(x s')`` of int8 ``x`` as a 7-bit code (scale ``2**-7``), ``x0 = floor(-1/s')``.
+
+    From the shift exponential, elementwise with ``m = max(x, 0)``:
+    ``sigmoid = e(x - m) / (e(x - m) + e(-m))``, both exponents ``<= 0``; the sum is checked
+    against ``2**31 - 1`` (at most ``-x0 2**(n+1)``), one divide per element
+    ``factor = (2**31 - 1) // sum``, and the code is ``(e(x - m) factor) >> 24``.
+    """
+    x = _as_int(_signed_bits(x, 8, "ShiftGELU input"))
+    m = np.maximum(x, 0)
+    e1 = shift_exp(x - m, x0, n)
+    e2 = shift_exp(-m, x0, n)
+    total = check_range(e1 + e2, 1, IVIT_DIVIDEND, "ShiftGELU sum")
+    return (e1 * (IVIT_DIVIDEND // total)) >> (32 - IVIT_SIGMOID_BITS)
+
+
+def shiftgelu_n(x0: int) -> int:
+    """Build-time helper: the shift range ``n`` of ShiftGELU for ``x0``.
+
+    The per-element divide costs up to ``sum / 2**31`` relative, and the sum is at most
+    ``-x0 2**(n + 1)``; ``n = 21 - bits(-x0)`` keeps it below ``2**22`` (0.2 %).  I-ViT's code
+    uses ``n = 23`` with a row maximum, where elements up to 255 steps below the maximum must
+    not clip; with the elementwise ``m = max(x, 0)`` of :func:`shift_sigmoid` an argument is
+    at most 128 steps below zero, and anything past 8 octaves rounds to a saturated 7-bit
+    code anyway, so ``n`` stays in 8..23.
+    """
+    return int(np.clip(21 - (-int(x0)).bit_length(), 8, IVIT_GELU_N))
+
+
+def shiftgelu(x, x0: int, n: int, mult, shift, zp_out: int = 0) -> np.ndarray:
+    """I-ViT's ShiftGELU ``x sigmoid(1.702 x)`` of int8 ``x`` (scale ``s``), requantized to int8.
+
+    ``x0 = floor(-1 / (1.702 s))`` folds the 1.702 into the exponential's constant, as the
+    authors' code does.  The product ``x * shift_sigmoid(x)`` is 15-bit signed with scale
+    ``s 2**-7``; ``mult / 2**shift = s 2**-7 / s_out`` requantizes it.
+    """
+    x = _as_int(_signed_bits(x, 8, "ShiftGELU input"))
+    return requantize(x * shift_sigmoid(x, x0, n), mult, shift, zp_out)
+
+
+def newton_isqrt(v, steps: int = ILN_SQRT_STEPS, start: int = ILN_SQRT_START) -> np.ndarray:
+    """I-ViT's integer square root: ``k = start``, then ``steps`` times ``k = (k + v // k) >> 1``.
+
+    A fixed number of steps, no stopping test.  From ``2**16`` with 10 steps, ``k`` is
+    ``floor(sqrt(v))`` or one more for every ``v`` in ``[2**16, 2**45]``
+    (``tests/sw/test_intops_methods.py``); below that range it has not come down from the
+    start value yet (``v = 0`` gives 64).  ``k`` never drops below ``start >> steps`` (>= 1).
+    """
+    v = _as_int(check_range(v, 0, (1 << 62) - 1, "Newton square root input"))
+    if start >> steps < 1:
+        raise ValueError("Newton square root: start must be at least 2**steps")
+    k = np.full(v.shape, int(start), dtype=np.int64)
+    for _ in range(int(steps)):
+        k = (k + v // k) >> 1
+    return k
+
+
+def ilayernorm(x, mult, shift, offset) -> np.ndarray:
+    """I-ViT's I-LayerNorm of int16 rows ``x`` (``[..., C]``, symmetric), int8 output.
+
+    1. ``S = sum x``, ``mu = floor((2 S + C) / (2 C))`` (the mean rounded half up);
+    2. ``y = x - mu`` (17-bit), ``V = sum y**2`` (at most ``C 2**32``);
+    3. ``k = newton_isqrt(V)`` (10 steps from ``2**16``), ``factor = (2**31 - 1) // k``;
+    4. ``n = (y factor) >> 1``: ``n / 2**30 * sqrt(C)`` is ``(x - mean) / sd`` (31-bit signed);
+    5. ``ln_affine(n, mult, shift, offset)`` applies gamma, beta and the output grid with one
+       rounding (:func:`ilayernorm_params`).
+
+    I-ViT's code divides beta by gamma and adds it to ``n`` before multiplying by gamma; here
+    beta enters the final rounding as in :func:`ptf_layernorm`, which needs no ``1 / gamma``.
+    Zero-variance rows give ``n = 0``, i.e. ``round(beta / s_out) + zp_out``.
+    """
+    x = _as_int(_signed_bits(x, 16, "I-LayerNorm input"))
+    c = x.shape[-1]
+    if not 1 <= c <= LN_MAX_CHANNELS:
+        raise ValueError(f"LayerNorm rows of {c} channels: 1..{LN_MAX_CHANNELS} supported")
+    s = x.sum(axis=-1, keepdims=True)
+    y = x - (2 * s + c) // (2 * c)
+    v = (y * y).sum(axis=-1, keepdims=True)
+    factor = IVIT_DIVIDEND // newton_isqrt(v)
+    n = _signed_bits((y * factor) >> 1, 32, "I-LayerNorm normalised")
+    return ln_affine(n, mult, shift, offset)
+
+
+def ilayernorm_params(gamma, beta, s_out, zp_out, channels: int):
+    """Build-time helper: ``(mult, shift, offset)`` of :func:`ilayernorm` for ``channels``.
+
+    The normalised value is ``n sqrt(C) / 2**30``, so ``mult / 2**shift`` approximates
+    ``gamma sqrt(C) / (s_out 2**30)``: :func:`ln_params` with gamma scaled by
+    ``sqrt(C) 2**(LN_NORM_BITS - 30)``.
+    """
+    g = np.asarray(gamma, dtype=np.float64) * math.sqrt(channels) * 2.0 ** (LN_NORM_BITS - 30)
+    return ln_params(g, beta, s_out, zp_out)
+
+
+def residual_add_wide(a, b, mult_a, mult_b, shift, lo: int = INT16_MIN, hi: int = INT16_MAX):
+    """Add two symmetric int16 tensors of different scales into an int16 tensor (I-ViT's
+    16-bit residual stream): ``clamp((a mult_a + b mult_b + 2**(shift-1)) >> shift)``.
+
+    Products 31-bit, their sum 32-bit signed; multipliers and shift per channel or scalar.
+    """
+    a = _as_int(_signed_bits(a, 16, "wide residual input a"))
+    b = _as_int(_signed_bits(b, 16, "wide residual input b"))
+    ma = _as_int(_signed_bits(mult_a, REQUANT_MULT_BITS, "wide residual multiplier a"))
+    mb = _as_int(_signed_bits(mult_b, REQUANT_MULT_BITS, "wide residual multiplier b"))
+    shift = _as_int(check_range(shift, 0, REQUANT_MAX_SHIFT, "wide residual shift"))
+    t = a * ma + b * mb
+    return np.clip((t + _rounding_half(shift)) >> shift, lo, hi)
+
+
+def attn_value_wide(p, v) -> np.ndarray:
+    """``sum_j p_ij V_j`` for uint16 probabilities (Shiftmax) and int8 values: int32
+    (checked; Shiftmax rows sum to at most ``2**15``, so ``|acc| <= 2**22``)."""
+    p = _as_int(check_range(p, 0, (1 << 16) - 1, "attention probability"))
+    v = _as_int(_signed_bits(v, 8, "attention value"))
+    return _signed_bits(int_matmul(p, v, "attention x V"), 32, "attention x V accumulator")
+
+
+# ----------------------------------------------------------------------------------------
+# PTQ4ViT (Yuan et al., ECCV 2022): twin uniform codes
+#
+# A k-bit twin code holds a range flag in its MSB and a (k-1)-bit magnitude.  With
+# L = 2**(k-1) - 1 levels per range and the two steps a power of two apart
+# (``step_hi = 2**m step_lo``), a code decodes to ``magnitude << m`` (flagged range) or
+# ``magnitude`` in units of ``step_lo``: products with it are integer products and a shift.
+# Post-softmax codes are unsigned (flag = large range, step 1/L; small range step 2**-m / L);
+# post-GELU codes are signed int8 (two's complement sign = flag: positive values at the
+# large step, zero and negative values at the small one).
+# ----------------------------------------------------------------------------------------
+
+#: Twin softmax: the row sum is normalised to this many bits for its one reciprocal per row.
+TWIN_RECIP_BITS = 24
+
+
+def twin_levels(bits: int) -> int:
+    """Levels per range of a ``bits``-bit twin code: ``2**(bits-1) - 1``."""
+    if not 2 <= int(bits) <= 8:
+        raise ValueError("twin codes have 2..8 bits")
+    return (1 << (int(bits) - 1)) - 1
+
+
+def twin_softmax(x, frac_bits: int, b_int: int, c_int: int, m: int, bits: int = 8) -> np.ndarray:
+    """Softmax of int16 rows as unsigned ``bits``-bit twin codes (PTQ4ViT's post-softmax format).
+
+    The exponential and row sum are :func:`softmax_exp_rows` (as :func:`uniform_softmax`).
+    Then one reciprocal per row of the row sum normalised to ``TWIN_RECIP_BITS`` bits
+    (``S = tm 2**k``, ``inv = 2**47 // tm``), and per element, with ``L = 2**(bits-1) - 1``:
+
+    * ``p >= 2**-m`` (exactly: ``e << m >= S``): code ``2**(bits-1) + min(round(L p), L)``;
+    * else: code ``min(round(L 2**m p), L)``, ``round(v) = floor(v + 1/2)`` via
+      ``(e L inv + half) >> (47 + k [- m])``.
+
+    :func:`twin_decode_softmax` gives ``p`` in units of ``1 / (L 2**m)``.
+    """
+    levels = twin_levels(bits)
+    m = int(m)
+    if not 0 <= m <= 20:
+        raise ValueError("twin softmax: m must be in 0..20")
+    e, total = softmax_exp_rows(x, frac_bits, b_int, c_int)
+    k = bit_length(total) - TWIN_RECIP_BITS
+    tm = np.where(k >= 0, total >> np.maximum(k, 0), total << np.maximum(-k, 0))
+    inv = (np.int64(1) << (2 * TWIN_RECIP_BITS - 1)) // tm        # (2**23, 2**24]
+    num = e * (levels * inv)                                        # < 2**62
+    sh_hi = 2 * TWIN_RECIP_BITS - 1 + k
+    sh_lo = sh_hi - m
+    u_hi = (num + (np.int64(1) << (sh_hi - 1))) >> sh_hi
+    u_lo = (num + (np.int64(1) << (sh_lo - 1))) >> sh_lo
+    high = (e << m) >= total
+    return np.where(high, (1 << (bits - 1)) + np.minimum(u_hi, levels), np.minimum(u_lo, levels))
+
+
+def twin_decode_softmax(codes, m: int, bits: int = 8) -> np.ndarray:
+    """Twin softmax codes -> integers in units of the small step: ``mag << m`` or ``mag``."""
+    levels = twin_levels(bits)
+    codes = _as_int(check_range(codes, 0, (1 << bits) - 1, "twin code"))
+    mag = codes & levels
+    return np.where(codes >> (bits - 1) == 1, mag << int(m), mag)
+
+
+def attn_value_twin(codes, v, m: int, bits: int = 8) -> np.ndarray:
+    """``sum_j p_ij V_j`` for twin softmax codes: int32 with scale ``s_v / (L 2**m)``.
+
+    Two integer products, one per range (the code's MSB steers each product to its
+    accumulator), and ``(acc_hi << m) + acc_lo``; each accumulator and the sum are checked
+    against 32 bits.
+    """
+    levels = twin_levels(bits)
+    codes = _as_int(check_range(codes, 0, (1 << bits) - 1, "twin code"))
+    v = _as_int(_signed_bits(v, 8, "attention value"))
+    flag = (codes >> (bits - 1)) == 1
+    mag = codes & levels
+    acc_hi = _signed_bits(int_matmul(np.where(flag, mag, 0), v, "twin attention x V"), 32,
+                          "twin attention x V accumulator (large range)")
+    acc_lo = _signed_bits(int_matmul(np.where(flag, 0, mag), v, "twin attention x V"), 32,
+                          "twin attention x V accumulator (small range)")
+    return _signed_bits((acc_hi << int(m)) + acc_lo, 32, "twin attention x V accumulator")
+
+
+def linear_twin(x, weight, bias, m: int, bits: int = 8) -> np.ndarray:
+    """int32 accumulator of ``decode(x) @ weight.T + bias`` for signed twin codes ``x``.
+
+    ``x`` in ``[-L, L]``: positive codes at the large step, the others at the small step.
+    ``acc = ((max(x, 0) @ W.T) << m) + min(x, 0) @ W.T + bias``: two int8 products, each
+    accumulator and the sum checked against 32 bits.  Scale ``step_small * s_w``.
+    """
+    levels = twin_levels(bits)
+    x = _as_int(check_range(x, -levels, levels, "twin linear input"))
+    w = _signed_bits(np.asarray(weight), 8, "linear weight")
+    acc_pos = _signed_bits(int_matmul(np.maximum(x, 0), w.T, "twin linear"), 32, "twin linear accumulator (positive)")
+    acc_neg = _signed_bits(int_matmul(np.minimum(x, 0), w.T, "twin linear"), 32, "twin linear accumulator (negative)")
+    acc = (acc_pos << int(m)) + acc_neg
+    if bias is not None:
+        acc += _as_int(_signed_bits(bias, 32, "linear bias"))
+    return _signed_bits(acc, 32, "twin linear accumulator")

@@ -496,7 +496,8 @@ def _head_params(model):
 
 def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bits: int = 4,
              ptf: bool = True, quantize_patch_embed: bool = True, progress: bool = True,
-             observers: dict[str, Observer] | None = None) -> IntGraph:
+             observers: dict[str, Observer] | None = None, method: str = "fqvit",
+             **method_options) -> IntGraph:
     """Post-training quantization of a timm ViT / DeiT into an :class:`IntGraph`.
 
     Parameters
@@ -508,14 +509,30 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     ptf : Power-of-Two Factor on every LayerNorm input (else per-tensor 8-bit)
     quantize_patch_embed : int8 patch embedding in the graph (else float on the host)
     observers : reuse a previous :func:`calibrate` result (same observer kind)
+    method : ``fqvit`` (this module), ``ivit`` or ``ptq4vit`` (:mod:`sw.methods`, which
+        takes ``method_options`` and documents which of the arguments above apply)
     """
+    if method != "fqvit":
+        from .methods import quantize_with_method
+        return quantize_with_method(method, model, calib_images, observer=observer, attn_bits=attn_bits,
+                                    ptf=ptf, quantize_patch_embed=quantize_patch_embed,
+                                    progress=progress, observers=observers, **method_options)
+    if method_options:
+        raise TypeError(f"options {sorted(method_options)} do not apply to FQ-ViT")
     check_supported(model)
     if attn_bits not in (4, 8):
         raise ValueError("attn_bits must be 4 (Log-Int-Softmax) or 8 (uniform softmax)")
     if observers is None:
         observers = calibrate(model, calib_images, observer, progress=progress)
+    return _assemble(model, _Builder(observers, ptf), observers, attn_bits, ptf, quantize_patch_embed,
+                     _block, "fqvit")
+
+
+def _assemble(model, B: _Builder, observers: dict[str, Observer], attn_bits: int, ptf: bool,
+              quantize_patch_embed: bool, block: Callable, method: str) -> IntGraph:
+    """The graph of ``model`` from builder ``B``: patch and position embedding, ``block`` for
+    every transformer block, final norm, pooling and head (shared by FQ-ViT and PTQ4ViT)."""
     m = model
-    B = _Builder(observers, ptf)
     distilled = type(m).__name__ == "VisionTransformerDistilled"
     conv = m.patch_embed.proj
     p = conv.kernel_size[0]
@@ -577,7 +594,7 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
 
     # transformer blocks
     for i, blk in enumerate(m.blocks):
-        x = _block(B, f"blocks.{i}", blk, x, T, d, attn_bits)
+        x = block(B, f"blocks.{i}", blk, x, T, d, attn_bits)
 
     # final norm, pooling, head
     if not _is(m.norm, "Identity"):
@@ -605,7 +622,7 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     x = B.linear("head", x, hw_, hb, "logits", logit_q, (hw_.shape[0],), out_bits=16)
 
     cfg = getattr(m, "pretrained_cfg", None) or {}
-    info = {"model": cfg.get("architecture", type(m).__name__),
+    info = {"model": cfg.get("architecture", type(m).__name__), "method": method,
             "image_shape": [cin, hh, ww], "patch": p, "num_classes": int(hw_.shape[0]),
             "prefix_tokens": n_prefix, "observer": next(iter(observers.values())).method,
             "attn_bits": attn_bits, "ptf": bool(ptf), "quantize_patch_embed": bool(quantize_patch_embed),
@@ -730,6 +747,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
     counterpart in the model: ``10 log10(sum f^2 / sum (f - deq(q))^2)`` over ``images``."""
     import torch
     from .executor import execute
+    from .methods.common import dequantize       # twin codes of PTQ4ViT graphs decode too
     floats: dict[str, list[np.ndarray]] = {}
     rec = _Recorder(model, lambda k, y: floats.setdefault(k, []).append(y))
     try:
@@ -750,7 +768,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
             f = np.stack(parts, 0).transpose(1, 3, 0, 2, 4).reshape(b, t.shape[0], -1)
         if f is None or name not in env or t.scale is None or f.shape[1:] != tuple(t.shape):
             continue
-        deq = (env[name] - t.zero_point) * np.asarray(t.scale, dtype=np.float64)
+        deq = dequantize(graph, name, env[name])
         noise = float(np.sum((f - deq) ** 2))
         result.append((name, 10 * math.log10(float(np.sum(f ** 2)) / max(noise, 1e-300))))
     return result

@@ -1,5 +1,6 @@
 """Dependency tokens derived from buffer accesses, and the next-fit allocator."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from compiler.emitter import Allocator, CompileError, Emitter
 from compiler.isa import Mem, Opcode, Queue
@@ -52,3 +53,30 @@ def test_next_fit_rotates_and_reports_failure():
     assert spad.alloc(16, "v").addr == 0                     # wraps to the start
     with pytest.raises(CompileError, match="allocation of 16 for w failed.*is 0 of 64 \\(short by 16\\)"):
         spad.alloc(16, "w")
+
+
+def test_fits_uses_the_allocators_alignment():
+    spad = Allocator("scratchpad", 64, 16)
+    assert [spad.aligned(s) for s in (0, 1, 16, 17)] == [1, 16, 16, 32]
+    assert spad.need([17, 17, 16]) == 80
+    assert spad.fits([17, 16, 16])                            # 32 + 16 + 16
+    assert not spad.fits([17, 17, 16])                        # 50 bytes, but 80 once aligned
+    live = spad.alloc(20, "live")                             # takes 32
+    assert spad.fits([32]) and not spad.fits([33])
+    spad.free(live)
+    assert spad.fits([64])
+
+
+@settings(max_examples=60, deadline=None)
+@given(align=st.sampled_from([1, 4, 16]), sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6))
+def test_fits_agrees_with_allocating(align, sizes):
+    """On an empty allocator, ``fits`` says exactly whether the buffers can all be live."""
+    spad = Allocator("scratchpad", 96, align)
+    expected = spad.fits(sizes)
+    try:
+        for s in sizes:
+            spad.alloc(s, "b")
+        placed = True
+    except CompileError:
+        placed = False
+    assert placed == expected

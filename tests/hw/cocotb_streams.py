@@ -146,6 +146,43 @@ class StreamSink:
             await RisingEdge(self.tb.dut.clk)
 
 
+class StreamMonitor:
+    """Watches stream ``port`` without driving it.
+
+    ``cycles`` lists the cycle of every handshake seen since :meth:`start`.  With
+    ``check_held`` (for a unit's output ports) it fails the test when a beat that was offered
+    and not taken (``valid`` high, ``ready`` low) is withdrawn or changed in the next cycle.
+    """
+
+    def __init__(self, tb: StreamTB, port: str, check_held: bool = False):
+        self.tb = tb
+        self.port = port
+        self.valid = getattr(tb.dut, f"{port}__valid")
+        self.payload = getattr(tb.dut, f"{port}__payload")
+        self.ready = getattr(tb.dut, f"{port}__ready")
+        self.check_held = check_held
+        self.cycles: list[int] = []
+
+    def start(self) -> None:
+        cocotb.start_soon(self._watch())
+
+    async def _watch(self) -> None:
+        offered = None                       # payload offered and not taken last cycle
+        while True:
+            await ReadOnly()
+            valid = int(self.valid.value) == 1
+            payload = int(self.payload.value) if valid else None
+            if self.check_held and offered is not None:
+                assert valid and payload == offered, (
+                    f"{self.port}: beat {offered:#x} not taken in cycle {self.tb.edges - 1} "
+                    f"was {'changed' if valid else 'withdrawn'} in cycle {self.tb.edges}")
+            taken = valid and int(self.ready.value) == 1
+            if taken:
+                self.cycles.append(self.tb.edges)
+            offered = payload if valid and not taken else None
+            await RisingEdge(self.tb.dut.clk)
+
+
 def check_elements(got: list[int], expected: list[int]) -> None:
     """Every element of ``got`` equals its golden value in ``expected``."""
     assert len(got) == len(expected)

@@ -20,9 +20,8 @@ from sw import intops
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 MAX_CHANNELS = 8
-#: Largest shift compared against sw.intops.requantize directly: at shift 63 the reference's
-#: int64 ``1 << 63`` wraps negative (see test_shift_63_is_zero_quotient).
-MAX_GOLDEN_SHIFT = intops.REQUANT_MAX_SHIFT - 1
+#: The legal shifts, 0..63, all compared against sw.intops.requantize directly.
+MAX_SHIFT = intops.REQUANT_MAX_SHIFT
 #: (lanes, config): 4 lanes (2 channel groups) and 3 lanes (3 groups, the last one partial).
 SETUPS = {
     4: AcceleratorConfig(array_rows=4, array_cols=4, max_channels=MAX_CHANNELS),
@@ -154,7 +153,7 @@ def slots(lanes: int) -> int:
     return math.ceil(MAX_CHANNELS / lanes) * lanes
 
 
-def random_records(rng: random.Random, count: int, shift_range=(0, MAX_GOLDEN_SHIFT)) -> Records:
+def random_records(rng: random.Random, count: int, shift_range=(0, MAX_SHIFT)) -> Records:
     bias = [rng.randint(INT32_MIN, INT32_MAX) if rng.random() < 0.2 else rng.randint(-5000, 5000)
             for _ in range(count)]
     mult = [rng.randint(-32768, 32767) for _ in range(count)]
@@ -192,7 +191,7 @@ def test_extreme_parameters(lanes):
     both output ranges, per channel and per tensor."""
     count = slots(lanes)
     mults = [-32768, 32767, -1, 1, 0, 12345, -23456, 2]
-    shifts = [0, 1, 2, 31, 46, 47, 48, 49, 50, MAX_GOLDEN_SHIFT, 15, 16]
+    shifts = [0, 1, 2, 31, 46, 47, 48, 49, 50, MAX_SHIFT - 1, MAX_SHIFT, 15, 16]
     offsets = [INT32_MIN, INT32_MAX, 0, -128, 127, -32768, 32767, 5, 1, -1, 100, -100]
     jobs = []
     accs_list = [
@@ -237,23 +236,19 @@ def test_rounding_ties_half_up():
     check(lanes, [Job(records, beats)])
 
 
-def test_shift_63_is_zero_quotient():
-    """Shift 63 rounds every product to 0, as every shift from 49 on does.
-
-    The reference computes ``2**(shift-1)`` as an int64 ``1 << 63 >> 1``, which wraps to
-    ``-2**62`` at shift 63 and turns the quotient into -1.  The stated formula gives 0 (the
-    product has at most 48 magnitude bits), so shift 63 is checked against the reference at
-    shift 49, where ``(p + 2**48) >> 49 = 0`` for the same products.
-    """
+def test_largest_shifts_bit_exact():
+    """Shifts 62 and 63 (the largest legal one) against the reference: the product has at
+    most 47 significant bits, so every quotient rounds to 0 and the output is the offset
+    (clamped to the output range)."""
     lanes = 4
     records = Records(bias=[0, 5, -5, 1 << 20] * 2, mult=[-32768, 32767, 1, -1] * 2,
-                      shift=[intops.REQUANT_MAX_SHIFT] * 8, offset=[0, -7, 100, -100] * 2)
-    same_at_49 = Records(records.bias, records.mult, [49] * 8, records.offset)
-    beats = [Beat([INT32_MIN, INT32_MAX - (1 << 20), -1, 3], group, int16)
-             for group in (0, 1) for int16 in (False, True)]
-    outputs, _, _ = simulate(lanes, [Job(records, beats)])
-    assert outputs[0] == Job(same_at_49, beats).expected()
-    assert all(v in (0, -7, 100, -100) for beat in outputs[0] for v in beat)
+                      shift=[MAX_SHIFT] * 6 + [MAX_SHIFT - 1] * 2,
+                      offset=[0, -7, 100, -100, INT32_MIN, INT32_MAX, -200, 200])
+    beats = [Beat(accs, group, int16, per_tensor)
+             for accs in ([INT32_MIN, INT32_MAX - 5, INT32_MIN + 5, INT32_MAX - (1 << 20)],
+                          [-1, 1, 0, 3])
+             for group in (0, 1) for int16 in (False, True) for per_tensor in (False, True)]
+    check(lanes, [Job(records, beats)], out_stall=0.3, seed=63)
 
 
 @pytest.mark.parametrize("lanes", sorted(SETUPS))
@@ -274,7 +269,7 @@ def test_records_reloaded_between_jobs_with_long_stalls(lanes):
        in_gap=st.sampled_from([0.0, 0.4]), out_stall=st.sampled_from([0.0, 0.4]))
 def test_random_beats(lanes, seed, narrow_shifts, beats, in_gap, out_stall):
     rng = random.Random(seed)
-    records = random_records(rng, slots(lanes), (10, 36) if narrow_shifts else (0, MAX_GOLDEN_SHIFT))
+    records = random_records(rng, slots(lanes), (10, 36) if narrow_shifts else (0, MAX_SHIFT))
     check(lanes, [Job(records, random_beats(rng, lanes, records, beats))],
           in_gap=in_gap, out_stall=out_stall, seed=seed % 1000)
 
@@ -341,8 +336,8 @@ def cocotb_vectors(lanes: int, seed: int) -> dict:
                 "expected": job.expected()}
 
     stalled = []
-    for _ in range(3):
-        records = random_records(rng, slots(lanes), (6, 40))
+    for shift_range in ((6, 40), (6, 40), (0, MAX_SHIFT)):
+        records = random_records(rng, slots(lanes), shift_range)
         stalled.append(encode(Job(records, random_beats(rng, lanes, records, 40))))
     timed = []
     records = random_records(rng, slots(lanes), (8, 30))

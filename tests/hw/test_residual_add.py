@@ -21,10 +21,8 @@ from sw import intops
 
 I8_MIN, I8_MAX = intops.INT8_MIN, intops.INT8_MAX
 M_MIN, M_MAX = intops.INT16_MIN, intops.INT16_MAX
-#: Largest shift compared against sw.intops.residual_add directly: at shift 63 the reference
-#: computes ``2**62`` as ``(int64(1) << 63) >> 1``, which wraps negative (see
-#: test_shift_63_equals_shift_62).
-MAX_GOLDEN_SHIFT = intops.REQUANT_MAX_SHIFT - 1
+#: The legal shifts, 0..63, all compared against sw.intops.residual_add directly.
+MAX_SHIFT = intops.REQUANT_MAX_SHIFT
 #: lanes -> max_channels of the simulated configs (parameter memories of 4 or 8 rows).
 MAX_CHANNELS = {1: 8, 2: 8, 4: 16}
 
@@ -37,16 +35,13 @@ def config(lanes: int) -> AcceleratorConfig:
 class Job:
     """One tensor: per-channel parameters, zero points and ``rows x C`` inputs ``a``, ``b``."""
 
-    def __init__(self, a, b, mult_a, mult_b, shift, zp_a, zp_b, zp_out, golden_shift=None,
-                 abort_after_beats=None):
+    def __init__(self, a, b, mult_a, mult_b, shift, zp_a, zp_b, zp_out, abort_after_beats=None):
         self.a = np.asarray(a, dtype=np.int64)
         self.b = np.asarray(b, dtype=np.int64)
         self.mult_a = np.asarray(mult_a, dtype=np.int64)
         self.mult_b = np.asarray(mult_b, dtype=np.int64)
         self.shift = np.asarray(shift, dtype=np.int64)
         self.zp_a, self.zp_b, self.zp_out = int(zp_a), int(zp_b), int(zp_out)
-        #: The shifts handed to the reference (the hardware gets ``shift``).
-        self.golden_shift = self.shift if golden_shift is None else np.asarray(golden_shift)
         #: Stream only this many beats (a tensor abandoned mid-row), or all of them.
         self.abort_after_beats = abort_after_beats
 
@@ -56,7 +51,7 @@ class Job:
 
     def expected(self) -> np.ndarray:
         return intops.residual_add(self.a, self.b, self.zp_a, self.zp_b, self.mult_a,
-                                   self.mult_b, self.golden_shift, self.zp_out)
+                                   self.mult_b, self.shift, self.zp_out)
 
     def beats(self, lanes: int, which: np.ndarray) -> list[list[int]]:
         flat = which.reshape(-1)
@@ -153,7 +148,7 @@ def check(lanes: int, jobs: list[Job], **kwargs):
 
 
 def random_job(rng: random.Random, lanes: int, rows: int, channels: int | None = None,
-               shift_range=(0, MAX_GOLDEN_SHIFT)) -> Job:
+               shift_range=(0, MAX_SHIFT)) -> Job:
     if channels is None:
         channels = lanes * rng.randint(1, MAX_CHANNELS[lanes] // lanes)
 
@@ -187,7 +182,7 @@ def test_random_tensors_and_stalls(lanes, seed, rows, in_gap, out_stall):
 
 
 def test_extremes_everywhere():
-    """-128/127 inputs and zero points, -32768/32767 multipliers, shifts 0, 1 and 62:
+    """-128/127 inputs and zero points, -32768/32767 multipliers, shifts 0, 1, 62 and 63:
     the largest sums, saturation on both sides, and rounding of exact halves."""
     lanes = 4
     jobs = []
@@ -196,7 +191,7 @@ def test_extremes_everywhere():
         b = [[I8_MAX, I8_MIN, I8_MIN, I8_MAX] * 4, [1, 0, I8_MAX, I8_MIN] * 4]
         mult_a = [M_MIN, M_MAX, M_MIN, M_MAX, 1, -1, 0, M_MAX] * 2
         mult_b = [M_MIN, M_MIN, M_MAX, M_MAX, 1, 1, M_MIN, 0] * 2
-        shift = [0] * 4 + [1] * 4 + [62] * 4 + [16, 17, 24, 25]
+        shift = [0] * 4 + [1] * 4 + [MAX_SHIFT - 1, MAX_SHIFT] * 2 + [16, 17, 24, 25]
         jobs.append(Job(a, b, mult_a, mult_b, shift, zp_a, zp_b, zp_out))
     check(lanes, jobs, out_stall=0.4, in_gap=0.2, seed=9)
 
@@ -209,14 +204,13 @@ def test_rounding_ties():
     check(2, [job], seed=4)
 
 
-def test_shift_63_equals_shift_62():
-    """Shift 63, which the reference cannot evaluate (int64 wrap of ``2**63``), gives what
-    shift 62 gives: the 26-bit sum is smaller than ``2**61`` in magnitude, so both round
-    every sum to 0."""
+def test_largest_shifts_bit_exact():
+    """Shifts 62 and 63 (the largest legal one) on random tensors, against the reference: the
+    26-bit sum is far below ``2**61`` in magnitude, so every output is ``zp_out``."""
     rng = random.Random(63)
     job = random_job(rng, 2, rows=2, channels=8)
-    job = Job(job.a, job.b, job.mult_a, job.mult_b, [63] * 8, job.zp_a, job.zp_b, job.zp_out,
-              golden_shift=[62] * 8)
+    job = Job(job.a, job.b, job.mult_a, job.mult_b, [MAX_SHIFT] * 6 + [MAX_SHIFT - 1] * 2,
+              job.zp_a, job.zp_b, job.zp_out)
     check(2, [job], out_stall=0.3, seed=1)
 
 
@@ -323,4 +317,5 @@ def extremes_job() -> Job:
     a = [[I8_MIN, I8_MAX] * 8, [I8_MAX, I8_MIN, 0, -1] * 4]
     b = [[I8_MAX, I8_MIN, I8_MIN, I8_MAX] * 4, [1, 0, I8_MAX, I8_MIN] * 4]
     return Job(a, b, [M_MIN, M_MAX] * 8, [M_MAX, M_MIN, M_MIN, M_MAX] * 4,
-               [0, 1, 62, 15] * 4, I8_MIN, I8_MAX, I8_MAX)
+               [0, 1, MAX_SHIFT, 15] * 2 + [MAX_SHIFT - 1, 1, 0, 16] * 2,
+               I8_MIN, I8_MAX, I8_MAX)

@@ -8,7 +8,8 @@ from amaranth.back import verilog
 from amaranth.hdl import Fragment
 
 from hw.config import PRESETS
-from hw.units import UNITS, UnknownUnitError, build_unit, member_docs, port_table, unit_spec
+from hw.units import (TIMINGS, UNITS, UnknownUnitError, build_unit, buildable_units, member_docs,
+                      port_table, unit_spec)
 
 VERILOG_PORT = re.compile(r"^\s*(input|output)\s+(?:\[(\d+):0\]\s+)?(\w+);", re.M)
 
@@ -20,8 +21,15 @@ def verilog_ports(text: str) -> dict[str, tuple[str, int]]:
 
 def test_registry_names_every_unit():
     assert list(UNITS) == ["systolic_array", "requantizer", "layernorm", "softmax", "gelu",
-                           "residual_add"]
+                           "residual_add", "dma"]
+    assert buildable_units() == list(UNITS)[:-1]           # the DMA is part of the top
     assert unit_spec("gelu").class_name == "GeluLut"
+    assert TIMINGS["gelu_table"] is unit_spec("gelu")
+
+
+@pytest.mark.parametrize("timing", list(TIMINGS))
+def test_every_timing_function_resolves(timing):
+    assert callable(TIMINGS[timing].timing_function(timing))
 
 
 def test_unknown_unit_is_a_clear_error():
@@ -29,7 +37,7 @@ def test_unknown_unit_is_a_clear_error():
         build_unit("fft", PRESETS["tiny"])
 
 
-@pytest.mark.parametrize("name", list(UNITS))
+@pytest.mark.parametrize("name", buildable_units())
 def test_every_unit_builds_and_has_its_timing_function(name):
     spec = unit_spec(name)
     component = build_unit(name, PRESETS["tiny"])

@@ -5,24 +5,8 @@ The data path does not depend on unit timing, so the bit-exactness tests may use
 """
 import pytest
 
-from hw.timing import UnitTiming
-from sim.units import UnitTimings
-
-
-def _beats(c, n):
-    return -(-n // c.vector_lanes)
-
-
-#: latency / interval of one job on each unit, as simple formulas.
-HAND_FORMULAS = {
-    "matmul": lambda c, m: UnitTiming(m + 5, m + 1),
-    "requant": lambda c, n: UnitTiming(_beats(c, n) + 3, _beats(c, n)),
-    "gelu": lambda c, n: UnitTiming(_beats(c, n) + 1, _beats(c, n)),
-    "gelu_table": lambda c: UnitTiming(256, 256),
-    "softmax": lambda c, n, mode: UnitTiming(3 * _beats(c, n) + 8, _beats(c, n) + 3),
-    "layernorm": lambda c, n: UnitTiming(2 * _beats(c, n) + 40, max(_beats(c, n), 19)),
-    "add": lambda c, n: UnitTiming(_beats(c, n) + 2, _beats(c, n)),
-}
+from hand_timings import HAND_FORMULAS
+from hw.units import UnitTimings
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def test_load_then_matmul(hand_timings):
 def test_dram_channel_arbitration(hand_timings):
     # Both ready at 0; the tie goes to LOAD (4 beats: 16 bytes); the STORE (2 beats) gets the
     # channel at 4, busy to 6, done 16; the LOAD is done at 14.
-    res = _run(LOAD.format(w="-", s="-", d=0, r=1, c=16) + STORE.format(w="-", s="-", r=1, c=8)
+    res = _run(LOAD.format(w="-", s="-", d=512, r=1, c=16) + STORE.format(w="-", s="-", r=1, c=8)
                + "HALT", hand_timings)
     assert list(res.start[:2]) == [0, 4]
     assert list(res.retire[:2]) == [14, 16]
@@ -175,9 +175,9 @@ def test_in_order_retire(hand_timings):
     # With latency 20 - m: M1 (m = 1) done 19; M2 (m = 8) starts at 1 (interval 1), done
     # 1 + 12 = 13, but retires after M1: 19.  Its token lets GELU_TABLE start at 19: 19 + 256.
     from hw.timing import UnitTiming
-    from sim.units import UnitTimings
-    from conftest import HAND_FORMULAS
-    formulas = dict(HAND_FORMULAS, matmul=lambda c, m: UnitTiming(20 - m, m))
+    from hw.units import UnitTimings
+    from hand_timings import HAND_FORMULAS
+    formulas = dict(HAND_FORMULAS, systolic_array=lambda c, m: UnitTiming(20 - m, m))
     res = _run(MATMUL.format(w="-", s="-", m=1, n=1) + MATMUL.format(w="-", s="VECTOR", m=8, n=1)
                + GTAB.format(w="MATRIX") + "HALT", lambda cfg: UnitTimings(cfg, formulas))
     assert list(res.retire[:3]) == [19, 19, 275]
@@ -187,12 +187,13 @@ def test_in_order_retire(hand_timings):
 def test_vector_chain_and_parameter_records(hand_timings):
     # GELU_TABLE 256 cycles; REQUANT of 3 rows x 4 columns with 4 per-channel records and
     # GELU: P = 4, requant (2 beats) latency 5 interval 2, gelu latency 3 interval 2:
-    # chained latency 8, interval 2: 256 + 4 + 2 * 2 + 8 = 272.
+    # chained, the 2 beats passed between them counted once: latency 5 + 3 - 2 = 6,
+    # interval 2: 256 + 4 + 2 * 2 + 6 = 270.
     text = (GTAB.format(w="-") +
             "REQUANT wait=- signal=- src_addr=0 src_stride=4 dst_addr=0 dst_stride=4 rows=3 cols=4 "
             "param_addr=64 load_params=1 per_channel=1 out_type=INT8 gelu=1\nHALT")
     res = _run(text, hand_timings)
-    assert list(res.retire[:2]) == [256, 272]
+    assert list(res.retire[:2]) == [256, 270]
 
 
 def test_layernorm_rows_back_to_back(hand_timings):
@@ -219,14 +220,16 @@ def test_missing_halt(hand_timings):
 
 @pytest.mark.parametrize("text,match", [
     (LOAD.format(w="-", s="-", d=1020, r=1, c=8), "scratchpad bytes 1020..1027.*out of range by 4"),
-    (STORE.format(w="-", s="-", r=500, c=8), "DRAM"),
+    ("STORE wait=- signal=- src_addr=0 src_stride=0 dram_addr=1024 dram_stride=8 rows=500 cols=8\n",
+     "DRAM side reaches DRAM bytes 1024..5023, beyond its 4096 bytes"),
     (MATMUL.format(w="-", s="-", m=600, n=1), "streaming operand.*out of range by 176"),
     ("SOFTMAX wait=- signal=- src_addr=0 src_stride=300 dst_addr=0 dst_stride=300 rows=1 cols=300 "
      "dst_cols=300 mode=LIS frac_bits=4 b_int=0 c_int=0 mult=1 shift=0\n", "max_seq_len"),
     ("LAYERNORM wait=- signal=- src_addr=0 src_stride=3 dst_addr=0 dst_stride=3 rows=1 cols=3 "
      "param_addr=0 load_params=0 zp_in=0\n", "multiple of vector_lanes"),
     ("ADD wait=- signal=- a_addr=0 a_stride=3 b_addr=0 b_stride=3 dst_addr=8 dst_stride=3 "
-     "rows=1 cols=3 param_addr=0 load_params=0 zp_a=0 zp_b=0 zp_out=0\n", "residual add of 3"),
+     "rows=1 cols=3 param_addr=0 load_params=0 zp_a=0 zp_b=0 zp_out=0\n",
+     "residual add: channels must be a multiple of vector_lanes \\(2\\)"),
     (LOAD.format(w="-", s="-", d=0, r=0, c=8), "rows must be at least 1"),
 ])
 def test_out_of_range_and_unit_limits(text, match, hand_timings):
@@ -278,8 +281,8 @@ def test_saved_image_runs_the_same(tmp_path, hand_timings):
 def test_bit_exact_random_configs(rows, cols, lanes, width, image, prefix, mode, pool, spad_kib,
                                   acc_kib):
     """Non-square arrays, odd sizes, one-lane vector units, with and without prefix tokens."""
-    from conftest import HAND_FORMULAS
-    from sim.units import UnitTimings
+    from hand_timings import HAND_FORMULAS
+    from hw.units import UnitTimings
     cfg = AcceleratorConfig(array_rows=rows, array_cols=cols, vector_lanes=lanes,
                             scratchpad_kib=spad_kib, accumulator_kib=acc_kib)
     dim = 2 * lanes * width if lanes > 1 else 2 * width

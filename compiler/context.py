@@ -1,0 +1,293 @@
+"""The lowering context: what every lowerer shares (step 3 of the compiler).
+
+:class:`LowerCtx` holds the config, the :class:`~compiler.layout.DramLayout`, the two on-chip
+:class:`~compiler.emitter.Allocator` s and the :class:`~compiler.emitter.Emitter`, and offers
+the building blocks of a lowerer:
+
+- DMA: :meth:`LowerCtx.load_rows` (rows of a tensor or of a view into the scratchpad, one
+  LOAD per stored piece so a consumer follows its producer's STOREs),
+  :meth:`LowerCtx.load_const`, :meth:`LowerCtx.load_records` (parameter records into the
+  accumulator memory) and :meth:`LowerCtx.store_rows`.  Every instruction whose DRAM address
+  points into the activation region is remembered for relocation.
+- Working sets and chunk sizes.  A lowerer declares its working set once, as a function of
+  the chunk size ``m`` returning named :class:`Need` s (memory, size, copies kept in flight),
+  and uses that one declaration both to choose ``m`` (:meth:`LowerCtx.fit_chunk`: the largest
+  ``m`` for which the allocators, with their own alignment, say the whole set fits) and to
+  allocate (:meth:`LowerCtx.alloc` of ``need(mc)["name"]``).
+- Checks that name the op: int8 inputs, instruction field limits taken from
+  :data:`compiler.isa.FORMATS`, and :meth:`LowerCtx.unit_check`, which runs a hardware
+  unit's own validation (``hw/``) and turns its ``ValueError`` into a
+  :class:`~compiler.emitter.CompileError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from hw.config import AcceleratorConfig
+from sw.graph import IntGraph, Op
+
+from .emitter import Allocator, Buffer, CompileError, Emitter
+from .isa import FORMATS, SPECS, Field, IllegalInstructionError, Mem, Opcode, Queue, Violation
+from .layout import RECORD_WORDS, DramLayout, DramTensor, PatchView, RowsView
+
+__all__ = ["SPAD", "ACC", "SPAD_ALIGN", "MAX_ROWS", "Need", "spad", "acc", "field_of",
+           "LowerCtx"]
+
+#: Memory names (as the allocators and the error messages call them).
+SPAD, ACC = "scratchpad", "accumulator"
+#: Alignment of scratchpad buffers, in bytes (accumulator buffers align to whole records).
+SPAD_ALIGN = 16
+
+
+def field_of(opcode: Opcode, name: str) -> Field:
+    """The instruction field ``name`` of ``opcode`` (:data:`compiler.isa.FORMATS`)."""
+    for f in FORMATS[opcode]:
+        if f.name == name:
+            return f
+    raise KeyError(f"{opcode.name} has no field {name!r}")
+
+
+#: The most rows (or streaming rows ``m``) one instruction can process.
+MAX_ROWS = min(f.hi for fields in FORMATS.values() for f in fields if f.name in ("rows", "m"))
+#: The most words one accumulator LOAD moves (one row of ``cols`` words).
+_MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
+
+
+@dataclass(frozen=True)
+class Need:
+    """One buffer of a working set: ``size`` bytes (scratchpad) or words (accumulator), with
+    ``copies`` of it in flight at once (so the loads of the next ones overlap the work on
+    the current one)."""
+    mem: str
+    size: int
+    copies: int = 1
+
+
+def spad(size: int, copies: int = 1) -> Need:
+    """A scratchpad buffer of ``size`` bytes."""
+    return Need(SPAD, size, copies)
+
+
+def acc(size: int, copies: int = 1) -> Need:
+    """An accumulator-memory buffer of ``size`` words."""
+    return Need(ACC, size, copies)
+
+
+#: A working set: buffer role -> what it needs.
+WorkingSet = dict[str, Need]
+
+
+class LowerCtx:
+    """State shared by the lowerers of one compilation."""
+
+    def __init__(self, graph: IntGraph, config: AcceleratorConfig, layout: DramLayout):
+        self.graph, self.cfg, self.layout = graph, config, layout
+        self.R, self.C, self.L = config.array_rows, config.array_cols, config.vector_lanes
+        self.spad = Allocator(SPAD, config.scratchpad_bytes, SPAD_ALIGN)
+        self.acc = Allocator(ACC, config.accumulator_words, RECORD_WORDS)
+        self.em = Emitter()
+        #: Instructions whose dram_addr points into the activation region.
+        self.reloc: list[int] = []
+        self.op_names = [op.name for op in graph.ops]
+
+    # ------------------------------------------------------------------ emission
+    def at(self, index: int) -> None:
+        """Attribute the following instructions to graph op ``index``."""
+        self.em.op_index = index
+
+    def emit(self, opcode: Opcode, args: dict, reads=(), writes=(), macs: int = 0) -> int:
+        """:meth:`Emitter.emit` of an instruction the ISA table accepts for this config; an
+        illegal field value or a broken constraint becomes a CompileError naming the op."""
+        try:
+            SPECS[opcode].check(self.cfg, args)
+            return self.em.emit(opcode, args, reads=reads, writes=writes, macs=macs)
+        except (IllegalInstructionError, Violation) as exc:
+            raise CompileError(f"op {self.op_names[self.em.op_index]!r}: {opcode.name}: {exc}") from None
+
+    # ------------------------------------------------------------------ memory
+    def allocator(self, mem: str) -> Allocator:
+        return self.spad if mem == SPAD else self.acc
+
+    def alloc(self, need: Need, what: str) -> Buffer:
+        """One buffer of a working-set entry."""
+        return self.allocator(need.mem).alloc(need.size, what)
+
+    def free(self, *bufs: Buffer) -> None:
+        for b in bufs:
+            self.allocator(b.mem).free(b)
+
+    @staticmethod
+    def _sizes(ws: WorkingSet, mem: str) -> list[int]:
+        return [n.size for n in ws.values() if n.mem == mem for _ in range(n.copies)]
+
+    def fits(self, ws: WorkingSet) -> bool:
+        """Whether both allocators say the whole working set fits at once."""
+        return all(a.fits(self._sizes(ws, a.mem)) for a in (self.spad, self.acc))
+
+    def fit_chunk(self, op: Op, what: str, need: Callable[[int], WorkingSet], upper: int) -> int:
+        """The largest chunk ``m <= upper`` whose working set ``need(m)`` fits; a
+        CompileError naming the op, each memory that is short and by how much if not even
+        ``m = 1`` fits."""
+        if not self.fits(need(1)):
+            ws = need(1)
+            parts = []
+            for a in (self.spad, self.acc):
+                sizes = self._sizes(ws, a.mem)
+                if a.fits(sizes):
+                    continue
+                short = a.need(sizes) - a.free_bytes
+                unit = "bytes" if a is self.spad else "words"
+                have = (f"the config has {a.capacity}" if a.free_bytes == a.capacity
+                        else f"{a.free_bytes} of the config's {a.capacity} are free")
+                also = "" if a is self.spad else f" = {4 * short} bytes"
+                parts.append(f"{a.mem} needs {a.need(sizes)} {unit}, {have} "
+                             f"(short by {short} {unit}{also})")
+            raise CompileError(f"op {op.name!r} ({what}) does not fit even one row at a time: "
+                               + "; ".join(parts))
+        lo, hi = 1, max(1, upper)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.fits(need(mid)):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    # ------------------------------------------------------------------ checks
+    def check_int8_input(self, op: Op, name: str) -> None:
+        t = self.graph.tensors[name]
+        if t.bits != 8 or not t.signed:
+            raise CompileError(f"op {op.name!r} reads {name!r} ({'' if t.signed else 'u'}int{t.bits}); "
+                               "the accelerator's units read int8 activations")
+
+    def check_field(self, op: Op, opcode: Opcode, field: str, value: int, what: str) -> None:
+        """Refuse a value that instruction field ``opcode.field`` cannot hold."""
+        f = field_of(opcode, field)
+        if value > f.hi:
+            raise CompileError(f"op {op.name!r}: {what} of {value} exceeds the instruction's "
+                               f"{f.bits}-bit field (max {f.hi}) by {value - f.hi}")
+
+    def unit_check(self, op: Op, unit: str, job: str, check: Callable, *args):
+        """``check(self.cfg, *args)``: a hardware unit's own validation (a timing or beat
+        function of ``hw/``); its ``ValueError`` for a job the unit cannot run becomes a
+        CompileError naming the op."""
+        try:
+            return check(self.cfg, *args)
+        except ValueError as exc:
+            raise CompileError(f"op {op.name!r}: the {unit} cannot run {job}: {exc}") from None
+
+    # ------------------------------------------------------------------ loads / stores
+    def load_rows(self, name: str, r0: int, nr: int, dst: Buffer, dst_off: int, dst_stride: int,
+                  pad: int = 0, col0: int = 0, ncols: int | None = None) -> None:
+        """Emit the LOADs that bring rows ``r0 .. r0 + nr`` (columns ``col0 ..``) of a tensor
+        into the scratchpad at ``dst + dst_off``, rows ``dst_stride`` bytes apart."""
+        p = self.layout.place.get(name)
+        if isinstance(p, DramTensor):
+            ncols = p.cols - col0 if ncols is None else ncols
+            self._load_rect(p, r0, r0 + nr, col0 * p.elem_bytes, (col0 + ncols) * p.elem_bytes,
+                            dst, dst_off, dst_stride, pad)
+        elif isinstance(p, PatchView):
+            if col0 or ncols not in (None, p.channels * p.patch ** 2):
+                raise CompileError(f"{name}: column slices of patches are not supported")
+            per_row = p.width // p.patch
+            t = r0
+            while t < r0 + nr:
+                i, j0 = divmod(t, per_row)
+                count = min(per_row - j0, r0 + nr - t)
+                for c in range(p.channels):
+                    for pi in range(p.patch):
+                        src = p.image.addr + c * p.height * p.width + (i * p.patch + pi) * p.width + j0 * p.patch
+                        off = dst_off + (t - r0) * dst_stride + (c * p.patch + pi) * p.patch
+                        self._load(self._deps(p.image, 0, p.image.rows, 0, p.image.row_stride),
+                                   src, p.patch, count, p.patch, dst, off, dst_stride, 0)
+                t += count
+        elif isinstance(p, RowsView):
+            if r0 != 0 or nr != 1 or col0 or ncols not in (None, p.base.cols * len(p.indices)):
+                raise CompileError(f"{name}: partial loads of selected tokens are not supported")
+            width = p.base.cols * p.base.elem_bytes
+            for k, idx in enumerate(p.indices):
+                self._load_rect(p.base, idx, idx + 1, 0, width, dst, dst_off + k * width,
+                                dst_stride, 0)
+        else:
+            raise CompileError(f"tensor {name!r} has no placement")
+
+    @staticmethod
+    def _deps(t: DramTensor, r0: int, r1: int, b0: int, b1: int) -> Buffer:
+        """A dependency record: the newest STORE overlapping rows ``r0..r1``, bytes ``b0..b1``."""
+        root, off = t.root, t.offset_rows if t.parent is not None else 0
+        dep = Buffer("dram", 0, 0)
+        for s0, s1, c0, c1, idx in root.stores:
+            if s0 < r1 + off and r0 + off < s1 and c0 < b1 and b0 < c1:
+                dep.written[Queue.STORE] = max(dep.written[Queue.STORE], idx)
+        return dep
+
+    def _load_rect(self, t: DramTensor, r0: int, r1: int, b0: int, b1: int, dst: Buffer,
+                   dst_off: int, dst_stride: int, pad: int) -> None:
+        """Load rows ``r0..r1``, bytes ``b0..b1`` of ``t``.  When the STOREs that wrote the
+        rectangle tile it exactly, one LOAD per stored piece, each waiting only for its own
+        STORE: the consumer's loads then follow the producer's stores instead of waiting for
+        the whole tensor."""
+        root, off = t.root, t.offset_rows if t.parent is not None else 0
+        pieces = []
+        for s0, s1, c0, c1, idx in root.stores:
+            p0, p1 = max(s0 - off, r0), min(s1 - off, r1)
+            q0, q1 = max(c0, b0), min(c1, b1)
+            if p0 < p1 and q0 < q1:
+                pieces.append((p0, p1, q0, q1))
+        if len(pieces) > 1 and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
+                == (r1 - r0) * (b1 - b0):
+            for p0, p1, q0, q1 in pieces:
+                self._load(self._deps(t, p0, p1, q0, q1), t.addr + p0 * t.row_stride + q0,
+                           t.row_stride, p1 - p0, q1 - q0, dst,
+                           dst_off + (p0 - r0) * dst_stride + (q0 - b0), dst_stride,
+                           pad if q1 == b1 else 0)
+            return
+        self._load(self._deps(t, r0, r1, b0, b1), t.addr + r0 * t.row_stride + b0, t.row_stride,
+                   r1 - r0, b1 - b0, dst, dst_off, dst_stride, pad)
+
+    def _load(self, dep: Buffer | None, dram_addr, dram_stride, rows, cols, dst: Buffer,
+              dst_off, dst_stride, pad) -> None:
+        """LOADs from the activation region (``dep`` given) or the constants (``dep`` None)."""
+        for r in range(0, rows, MAX_ROWS):
+            n = min(MAX_ROWS, rows - r)
+            i = self.emit(Opcode.LOAD, dict(
+                mem=Mem.SPAD, dram_addr=dram_addr + r * dram_stride, dram_stride=dram_stride,
+                dst_addr=dst.addr + dst_off + r * dst_stride, dst_stride=dst_stride,
+                rows=n, cols=cols, pad=pad),
+                reads=[dep] if dep is not None else [], writes=[dst])
+            if dep is not None:
+                self.reloc.append(i)
+
+    def load_const(self, addr: int, rows: int, cols: int, stride: int, dst: Buffer,
+                   dst_stride: int) -> None:
+        """LOADs of ``rows`` x ``cols`` constant bytes at ``addr`` into the scratchpad."""
+        self._load(None, addr, stride, rows, cols, dst, 0, dst_stride, 0)
+
+    def load_records(self, buf: Buffer, addr: int, n: int) -> None:
+        """Copy ``n`` parameter records from DRAM ``addr`` into accumulator buffer ``buf``."""
+        words = n * RECORD_WORDS
+        if words > buf.size:
+            raise CompileError(f"{buf.what}: {n} records do not fit its {buf.size} words")
+        step = _MAX_LOAD_COLS - _MAX_LOAD_COLS % RECORD_WORDS
+        for w in range(0, words, step):
+            k = min(step, words - w)
+            self.emit(Opcode.LOAD, dict(
+                mem=Mem.ACC, dram_addr=addr + 4 * w, dram_stride=4 * k, dst_addr=buf.addr + w,
+                dst_stride=k, rows=1, cols=k, pad=0), writes=[buf])
+
+    def store_rows(self, out: DramTensor, r0: int, nr: int, col0: int, src: Buffer,
+                   src_stride: int, ncols: int) -> None:
+        """STOREs of ``nr`` rows of ``ncols`` elements from ``src`` into rows ``r0..`` and
+        columns ``col0..`` of ``out``."""
+        off = out.offset_rows if out.parent is not None else 0
+        for r in range(0, nr, MAX_ROWS):
+            n = min(MAX_ROWS, nr - r)
+            self.reloc.append(len(self.em.instrs))
+            i = self.emit(Opcode.STORE, dict(
+                src_addr=src.addr + r * src_stride, src_stride=src_stride,
+                dram_addr=out.addr + (r0 + r) * out.row_stride + col0 * out.elem_bytes,
+                dram_stride=out.row_stride, rows=n, cols=ncols * out.elem_bytes),
+                reads=[src])
+            out.root.stores.append((off + r0 + r, off + r0 + r + n, col0 * out.elem_bytes,
+                                    (col0 + ncols) * out.elem_bytes, i))
