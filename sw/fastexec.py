@@ -13,9 +13,14 @@ single-threaded meanwhile):
   attention x V the bound ``128 * sum_j w_ij`` is checked per row on the data (LIS weights
   sum to about ``2**15`` per row).
 * **Elementwise chains** (requantization, the integer softmax, LayerNorm, residual adds,
-  the GELU table) are one kernel each, one pass over the rows, computing intops' integers
-  with intops' operations (in int64 or int32 where no step can wrap, and requantization in
-  a float64 form proven exact; see :mod:`sw.fastkernels`).
+  the GELU table; I-ViT's Shiftmax, I-LayerNorm and 16-bit residual add; PTQ4ViT's twin
+  softmax) are one kernel each, one pass over the rows, computing intops' integers with
+  intops' operations (in int64 or int32 where no step can wrap, and requantization in a
+  float64 form proven exact; see :mod:`sw.fastkernels`).  I-ViT's ShiftGELU of an int8
+  input is a function of that input alone: a 256-entry table made by
+  :func:`sw.intops.shiftgelu` itself at preparation, looked up like the GELU table.
+  PTQ4ViT's twin products (attention x V, ``fc2``) are two exact float32 products, one per
+  range, combined exactly in float64 (one product when the combined weights allow it).
 * **Errors**: where an intops function would raise, the kernel sets a flag; this module then
   runs the reference op on the same inputs, which raises the reference's
   :class:`~sw.intops.IntegerOverflowError` (or, if the flag was conservative, returns the
@@ -26,7 +31,8 @@ single-threaded meanwhile):
   runs the reference op: new op kinds run unchanged.
 
 Every output integer equals the reference's (``tests/sw/test_fastexec.py``: the digits ViT,
-DeiT-Tiny and random graphs, every tensor compared).
+DeiT-Tiny and random graphs of every method, FQ-ViT, I-ViT and PTQ4ViT, every tensor
+compared).
 
 :class:`FastExecutor` prepares a graph once (weights converted to float32, parameters checked
 and broadcast); it reads the graph's parameters at construction, so build a new one after
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Callable
@@ -63,10 +70,26 @@ FAST_KINDS: dict[str, tuple[frozenset, frozenset]] = {
     "qk_scores": (frozenset({"heads", "head_dim"}), frozenset({"mult", "shift"})),
     "softmax": (frozenset({"mode", "frac_bits", "b_int", "c_int"}), frozenset()),
     "attn_value": (frozenset({"heads", "head_dim", "mode", "zp_out"}), frozenset({"mult", "shift"})),
-    "layernorm": (frozenset({"zp_in"}), frozenset({"alpha", "mult", "shift", "offset"})),
+    "layernorm": (frozenset({"zp_in", "out_bits"}), frozenset({"alpha", "mult", "shift", "offset"})),
     "add": (frozenset({"zp_a", "zp_b", "zp_out"}), frozenset({"mult_a", "mult_b", "shift", "const"})),
     "gelu": (frozenset(), frozenset({"table"})),
+    # I-ViT
+    "ilayernorm": (frozenset(), frozenset({"mult", "shift", "offset"})),
+    "add_wide": (frozenset({"out_bits"}), frozenset({"mult_a", "mult_b", "shift", "const"})),
+    "shiftmax": (frozenset({"x0", "n", "out_bits"}), frozenset()),
+    "attn_value_wide": (frozenset({"heads", "head_dim", "zp_out"}), frozenset({"mult", "shift"})),
+    "shiftgelu": (frozenset({"x0", "n", "zp_out"}), frozenset({"mult", "shift"})),
+    # PTQ4ViT
+    "twin_softmax": (frozenset({"frac_bits", "b_int", "c_int", "m", "bits"}), frozenset()),
+    "attn_value_twin": (frozenset({"heads", "head_dim", "zp_out", "m", "bits", "out_bits"}),
+                        frozenset({"mult", "shift"})),
+    "twin_gelu": (frozenset({"m", "bits"}), frozenset({"table"})),
+    "linear_twin": (frozenset({"zp_out", "out_bits", "m", "bits"}), frozenset({"weight", "bias", "mult", "shift"})),
 }
+
+#: Twin codes: the largest ``m`` (power of two between the two steps) the kernels take; the
+#: reference checks it only in the twin softmax, and ``acc << m`` stays exact in float64.
+_TWIN_MAX_M = 20
 
 
 def available() -> bool:
@@ -160,8 +183,8 @@ class _Context:
         self.weights: dict[str, tuple[str, np.ndarray]] = {}
         self._weight_consumers = weight_consumers
 
-    def wants_weights(self, name: str, mode: str) -> bool:
-        return self._weight_consumers.get(name) == mode
+    def wants_weights(self, name: str, tag) -> bool:
+        return self._weight_consumers.get(name) == tag
 
     def split(self, name: str, qkv: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
         hit = self.splits.get(name)
@@ -192,7 +215,9 @@ def _float_scale(mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.ldexp(mult.astype(np.float64), -shift.astype(np.int64))
 
 
-def _prep_linear(graph: IntGraph, op: Op) -> Callable:
+def _linear_setup(op: Op):
+    """What a linear kernel needs: ``(n, k, products, bias, scale, zp, clamp)`` with
+    ``products(rows)`` the exact float32 chunk products of float32 rows (|x| <= 128)."""
     p, a = op.params, op.attrs
     w = np.asarray(p["weight"])
     if w.ndim != 2 or w.dtype.kind not in "iu" or w.size == 0:
@@ -217,17 +242,27 @@ def _prep_linear(graph: IntGraph, op: Op) -> Callable:
     kc = -(-k // n_chunks)
     wf = w.astype(np.float32)
     chunks = [(k0, min(k, k0 + kc), np.ascontiguousarray(wf[:, k0:k0 + kc])) for k0 in range(0, k, kc)]
-    dt = _storage_dtype(*clamp)
-    lo, hi = float(clamp[0]), float(clamp[1])
 
-    def products(x2d: np.ndarray) -> np.ndarray:
-        """``x @ W.T`` of int8 rows ``[M, K]`` as float32 parts ``[n_chunks, M, N]``, each an
-        exact integer; their sum is the exact product."""
-        xf = x2d.astype(np.float32)
+    def products(xf: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` of float32 rows ``[M, K]`` holding integers of magnitude at most 128
+        as float32 parts ``[n_chunks, M, N]``, each an exact integer; their sum is the exact
+        product."""
         acc = np.empty((len(chunks), len(xf), n), np.float32)
         for c, (k0, k1, wc) in enumerate(chunks):
             np.matmul(xf[:, k0:k1] if len(chunks) > 1 else xf, wc.T, out=acc[c])
         return acc
+
+    return n, k, products, bias, scale, zp, clamp
+
+
+def _prep_linear(graph: IntGraph, op: Op) -> Callable:
+    n, k, products_f32, bias, scale, zp, clamp = _linear_setup(op)
+    dt = _storage_dtype(*clamp)
+    lo, hi = float(clamp[0]), float(clamp[1])
+
+    def products(x2d: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` of int8 rows ``[M, K]`` (see :func:`_linear_setup`)."""
+        return products_f32(x2d.astype(np.float32))
 
     def run(ctx, x, table=None):
         x = _require(x, np.int8)
@@ -249,6 +284,42 @@ def _prep_linear(graph: IntGraph, op: Op) -> Callable:
 
     run.gelu_ready = clamp == (intops.INT8_MIN, intops.INT8_MAX)
     run.products = products
+    return run
+
+
+def _twin_m_bits(a: dict) -> tuple[int, int, int]:
+    """``(m, bits, levels)`` of a twin op, within what the kernels take."""
+    m, bits = _int(a["m"], "m"), _int(a["bits"], "bits")
+    if not 0 <= m <= _TWIN_MAX_M or not 2 <= bits <= 8:
+        raise _Reference("twin m / bits")
+    return m, bits, (1 << (bits - 1)) - 1
+
+
+def _prep_linear_twin(graph: IntGraph, op: Op) -> Callable:
+    """PTQ4ViT's ``fc2`` on signed twin codes: the positive and the negative codes as two
+    exact float32 products, combined and requantized in one kernel."""
+    n, k, products, bias, scale, zp, clamp = _linear_setup(op)
+    m, _, levels = _twin_m_bits(op.attrs)
+    dt = _storage_dtype(*clamp)
+    lo, hi = float(clamp[0]), float(clamp[1])
+    scale_m = float(1 << m)
+
+    def run(ctx, x):
+        x = _require(x, np.int8)
+        if x.ndim < 1 or x.shape[-1] != k:
+            raise _Reference("input shape")
+        if x.size and (int(x.min()) < -levels or int(x.max()) > levels):
+            raise _Reference("twin code range")
+        lead = x.shape[:-1]
+        rows = int(np.prod(lead))
+        xf = x.reshape(rows, k).astype(np.float32)
+        acc_pos = products(np.maximum(xf, 0))
+        acc_neg = products(np.minimum(xf, 0, out=xf))
+        out = np.empty((rows, n), dt)
+        if _k().requantize_rows_twin(acc_pos, acc_neg, bias, scale_m, scale, zp, lo, hi, out):
+            raise _Reference("accumulator")
+        return out.reshape(*lead, n)
+
     return run
 
 
@@ -321,34 +392,175 @@ def _prep_softmax(graph: IntGraph, op: Op) -> Callable:
     return run
 
 
+def _prep_shiftmax(graph: IntGraph, op: Op) -> Callable:
+    a = op.attrs
+    x0, n, bits = _int(a["x0"], "x0"), _int(a["n"], "n"), _int(a["out_bits"], "out_bits")
+    if x0 >= 0 or not 0 <= n <= 30 or not 2 <= bits <= 16:
+        raise _Reference("Shiftmax constants")
+    dt = _storage_dtype(*_guaranteed_range(op))
+    _no_weights = np.empty((0, 0), np.float32)
+
+    def run(ctx, x):
+        x = _require(x, np.int16)
+        if x.ndim < 1 or x.shape[-1] < 1:
+            raise _Reference("input shape")
+        rows = x.reshape(-1, x.shape[-1])
+        out = np.empty(rows.shape, dt)
+        weights = np.empty(rows.shape, np.float32) if ctx.wants_weights(op.outputs[0], "wide") else _no_weights
+        bad, wmax = _k().shiftmax_rows(rows, x0, n, bits, out, weights)
+        if bad:
+            raise _Reference("Shiftmax row sum")
+        if weights.size and wmax <= _MAX_WEIGHT_ROW_SUM:
+            ctx.weights[op.outputs[0]] = ("wide", weights.reshape(x.shape))
+        return out.reshape(x.shape)
+
+    return run
+
+
+def _twin_tag(m: int, bits: int) -> tuple:
+    return ("twin", m, bits)
+
+
+def _prep_twin_softmax(graph: IntGraph, op: Op) -> Callable:
+    a = op.attrs
+    _, fb, b_int, c_int = _softmax_constants({**a, "mode": "uniform"})
+    m, bits, _ = _twin_m_bits(a)
+    tag = _twin_tag(m, bits)
+    _no_weights = np.empty((0, 0), np.float32)
+
+    def run(ctx, x):
+        x = _require(x, np.int16)
+        if x.ndim < 1 or x.shape[-1] < 1:
+            raise _Reference("input shape")
+        rows = x.reshape(-1, x.shape[-1])
+        out = np.empty(rows.shape, np.uint8)
+        weights = np.empty(rows.shape, np.float32) if ctx.wants_weights(op.outputs[0], tag) else _no_weights
+        bad, wmax = _k().twin_softmax_rows(rows, fb, b_int, c_int, m, bits, out, weights)
+        if bad:
+            raise _Reference("softmax range")
+        if weights.size and wmax <= _MAX_WEIGHT_ROW_SUM:
+            ctx.weights[op.outputs[0]] = (tag, weights.reshape(x.shape))
+        return out.reshape(x.shape)
+
+    return run
+
+
+def _weight_tag(op: Op):
+    """The kind of float32 attention weights an attention x V op reads (None: not one)."""
+    if op.kind == "attn_value":
+        return op.attrs.get("mode")
+    if op.kind == "attn_value_wide":
+        return "wide"
+    if op.kind == "attn_value_twin":
+        try:
+            return _twin_tag(*_twin_m_bits(op.attrs)[:2])
+        except (_Reference, KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
 def _prep_attn_value(graph: IntGraph, op: Op) -> Callable:
+    """Attention x V of LIS codes or uniform probabilities (``attn_value``), of Shiftmax's
+    probabilities (``attn_value_wide``) or of twin codes (``attn_value_twin``): float32
+    weights (from the softmax kernel, or made here from the codes) times the float32 V,
+    exact while ``128 * row sum of the weights < 2**24``, then requantized."""
     p, a = op.params, op.attrs
     heads, dh = _int(a["heads"], "heads"), _int(a["head_dim"], "head_dim")
-    if a["mode"] not in ("lis", "uniform") or heads < 1 or dh < 1:
-        raise _Reference("mode")
-    mode = a["mode"]
+    if heads < 1 or dh < 1:
+        raise _Reference("heads")
+    tag = _weight_tag(op)
+    twin = op.kind == "attn_value_twin"
+    if op.kind == "attn_value":
+        if tag not in ("lis", "uniform"):
+            raise _Reference("mode")
+        limit = intops.LIS_ZERO_CODE if tag == "lis" else 255
+    elif op.kind == "attn_value_wide":
+        limit = (1 << 16) - 1
+    else:
+        if tag is None:
+            raise _Reference("twin m / bits")
+        m, bits, levels = _twin_m_bits(a)
+    # codes are stored at their tensor's width: int8 holds 6-bit twin codes, for example
+    code_types = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16))
+    clamp = _guaranteed_range(op)
+    if clamp is None or clamp[0] < intops.INT8_MIN or clamp[1] > intops.INT8_MAX:
+        raise _Reference("out_bits")
+    lo, hi = float(clamp[0]), float(clamp[1])
     scale = _scalar_requant(p)
     zp = float(_int(a["zp_out"], "zp_out"))
 
+    def weights_from_codes(codes, t):
+        w = np.empty(codes.shape, np.float32)
+        if twin:
+            bad, wmax = _k().twin_weights(codes.reshape(-1, t), m, bits, w.reshape(-1, t), _NO_ROWS)
+        else:
+            bad, wmax = _k().attention_weights(codes.reshape(-1, t), tag == "lis", limit, w.reshape(-1, t))
+        if bad:
+            raise _Reference("attention codes")
+        return w, wmax
+
     def run(ctx, codes, qkv):
-        codes = _require(codes, np.uint8)
+        codes = _require_any(codes, code_types)
         f = ctx.split(op.inputs[1], qkv, heads, dh)
         b, t = qkv.shape[:2]
         if codes.shape != (b, heads, t, t):
             raise _Reference("codes shape")
-        hit = ctx.weights.get(op.inputs[0])
-        if hit is not None and hit[0] == mode:
-            w = hit[1]
-        else:
-            w = np.empty(codes.shape, np.float32)
-            bad, wmax = _k().attention_weights(codes.reshape(-1, t), mode == "lis", w.reshape(-1, t))
-            if bad or wmax > _MAX_WEIGHT_ROW_SUM:
-                raise _Reference("attention weights")
-        acc = np.matmul(w, f[2])                                 # [B, H, T, dh], exact
         out = np.empty((b, t, heads * dh), np.int8)
-        if _k().requantize_heads(acc, scale, zp, float(intops.INT8_MIN), float(intops.INT8_MAX), out):
+        hit = ctx.weights.get(op.inputs[0])
+        if hit is not None and hit[0] == tag:
+            w, wmax = hit[1], 0
+        else:
+            w, wmax = weights_from_codes(codes, t)
+        if wmax <= _MAX_WEIGHT_ROW_SUM:
+            acc = np.matmul(w, f[2])                             # [B, H, T, dh], exact
+            if _k().requantize_heads(acc, scale, zp, lo, hi, out):
+                raise _Reference("accumulator")
+            return out
+        if not twin or levels * t > _MAX_WEIGHT_ROW_SUM:
+            raise _Reference("attention weights")
+        # twin codes whose combined weights are too large for one exact product: one product
+        # per range (each row sum at most levels * T), combined in float64
+        w_hi = np.empty(codes.shape, np.float32)
+        w_lo = np.empty(codes.shape, np.float32)
+        _k().twin_weights(codes.reshape(-1, t), m, bits, w_hi.reshape(-1, t), w_lo.reshape(-1, t))
+        acc_hi = np.matmul(w_hi, f[2])
+        acc_lo = np.matmul(w_lo, f[2])
+        if _k().requantize_heads_twin(acc_hi, acc_lo, float(1 << m), scale, zp, lo, hi, out):
             raise _Reference("accumulator")
         return out
+
+    return run
+
+
+#: An empty float32 matrix: "no second output" for the kernels that take one.
+_NO_ROWS = np.empty((0, 0), np.float32)
+
+
+def _ln_affine_params(p: dict, c: int):
+    """``(mult, shift - LN_OFFSET_FRAC, offset)`` of :func:`sw.intops.ln_affine`, checked."""
+    mult = _per_channel(p["mult"], c, intops.INT16_MIN, intops.INT16_MAX, "mult")
+    shift = _per_channel(p["shift"], c, intops.LN_OFFSET_FRAC, intops.REQUANT_MAX_SHIFT, "shift")
+    offset = _per_channel(p["offset"], c, intops.INT32_MIN, intops.INT32_MAX, "offset")
+    return mult, shift - intops.LN_OFFSET_FRAC, offset
+
+
+def _prep_ilayernorm(graph: IntGraph, op: Op) -> Callable:
+    shape = graph.tensors[op.inputs[0]].shape
+    if not shape or not 1 <= shape[-1] <= intops.LN_MAX_CHANNELS:
+        raise _Reference("channels")
+    c = shape[-1]
+    mult, rshift, offset = _ln_affine_params(op.params, c)
+    steps, start = intops.ILN_SQRT_STEPS, intops.ILN_SQRT_START
+
+    def run(ctx, x):
+        x = _require_any(x, (np.dtype(np.int8), np.dtype(np.int16)))
+        if x.ndim < 1 or x.shape[-1] != c:
+            raise _Reference("input shape")
+        rows = x.reshape(-1, c)
+        out = np.empty(rows.shape, np.int8)
+        if _k().ilayernorm_rows(rows, mult, rshift, offset, steps, start, out):
+            raise _Reference("I-LayerNorm range")
+        return out.reshape(x.shape)
 
     return run
 
@@ -361,10 +573,11 @@ def _prep_layernorm(graph: IntGraph, op: Op) -> Callable:
     c = shape[-1]
     zp = _int(a["zp_in"], "zp_in")
     alpha = _per_channel(p["alpha"], c, 0, 3, "alpha")
-    mult = _per_channel(p["mult"], c, intops.INT16_MIN, intops.INT16_MAX, "mult")
-    shift = _per_channel(p["shift"], c, intops.LN_OFFSET_FRAC, intops.REQUANT_MAX_SHIFT, "shift")
-    offset = _per_channel(p["offset"], c, intops.INT32_MIN, intops.INT32_MAX, "offset")
-    rshift = shift - intops.LN_OFFSET_FRAC
+    mult, rshift, offset = _ln_affine_params(p, c)
+    clamp = _guaranteed_range(op)
+    if clamp is None or clamp[0] < intops.INT8_MIN or clamp[1] > intops.INT8_MAX:
+        raise _Reference("out_bits")
+    lo, hi = clamp
 
     def run(ctx, x):
         x = _require(x, np.int8)
@@ -372,20 +585,42 @@ def _prep_layernorm(graph: IntGraph, op: Op) -> Callable:
             raise _Reference("input shape")
         rows = x.reshape(-1, c)
         out = np.empty(rows.shape, np.int8)
-        if _k().layernorm_rows(rows, zp, alpha, mult, rshift, offset, out):
+        if _k().layernorm_rows(rows, zp, alpha, mult, rshift, offset, lo, hi, out):
             raise _Reference("layernorm range")
         return out.reshape(x.shape)
 
     return run
 
 
+def _require_any(x: np.ndarray, dtypes) -> np.ndarray:
+    """The input as a C-contiguous array of one of ``dtypes`` (else the reference runs it)."""
+    if x.dtype not in dtypes:
+        raise _Reference("input dtype")
+    return np.ascontiguousarray(x)
+
+
 def _prep_add(graph: IntGraph, op: Op) -> Callable:
+    """``add`` (int8, zero points; :func:`sw.intops.residual_add`) and I-ViT's ``add_wide``
+    (int16, symmetric, clamped to ``out_bits``; :func:`sw.intops.residual_add_wide`): the
+    same int64 steps in one kernel."""
     p, a = op.params, op.attrs
     shape = graph.tensors[op.inputs[0]].shape
     if not shape:
         raise _Reference("shape")
     d = shape[-1]
-    zp_a, zp_b, zp_out = _int(a["zp_a"], "zp_a"), _int(a["zp_b"], "zp_b"), _int(a["zp_out"], "zp_out")
+    wide = op.kind == "add_wide"
+    if wide:
+        zp_a = zp_b = zp_out = 0
+        clamp = _guaranteed_range(op)
+        if clamp is None or clamp[0] < intops.INT16_MIN or clamp[1] > intops.INT16_MAX:
+            raise _Reference("out_bits")
+        in_types, in_lo, in_hi = (np.dtype(np.int8), np.dtype(np.int16)), intops.INT16_MIN, intops.INT16_MAX
+    else:
+        zp_a, zp_b, zp_out = _int(a["zp_a"], "zp_a"), _int(a["zp_b"], "zp_b"), _int(a["zp_out"], "zp_out")
+        clamp = (intops.INT8_MIN, intops.INT8_MAX)
+        in_types, in_lo, in_hi = (np.dtype(np.int8),), intops.INT8_MIN, intops.INT8_MAX
+    lo, hi = clamp
+    out_dtype = _storage_dtype(lo, hi)
     ma = _per_channel(p["mult_a"], d, intops.INT16_MIN, intops.INT16_MAX, "mult_a")
     mb = _per_channel(p["mult_b"], d, intops.INT16_MIN, intops.INT16_MAX, "mult_b")
     shift = _per_channel(p["shift"], d, 0, intops.REQUANT_MAX_SHIFT, "shift")
@@ -394,16 +629,16 @@ def _prep_add(graph: IntGraph, op: Op) -> Callable:
     if len(op.inputs) == 1:
         cv = np.asarray(p["const"])
         if cv.dtype.kind not in "iu" or cv.shape not in (tuple(shape), (d,)) or \
-                (cv.size and (int(cv.min()) < intops.INT8_MIN or int(cv.max()) > intops.INT8_MAX)):
+                (cv.size and (int(cv.min()) < in_lo or int(cv.max()) > in_hi)):
             raise _Reference("const")
-        const = np.ascontiguousarray(cv.astype(np.int8).reshape(-1, d))
+        const = np.ascontiguousarray(cv.astype(in_types[-1]).reshape(-1, d))
 
     def run(ctx, x, y=None):
-        x = _require(x, np.int8)
+        x = _require_any(x, in_types)
         if x.ndim < 1 or x.shape[-1] != d:
             raise _Reference("input shape")
         if const is None:
-            y = _require(y, np.int8)
+            y = _require_any(y, in_types)
             if y.shape != x.shape:
                 raise _Reference("input shapes")
             other = y.reshape(-1, d)
@@ -412,15 +647,29 @@ def _prep_add(graph: IntGraph, op: Op) -> Callable:
                 raise _Reference("input shape")
             other = const
         rows = x.reshape(-1, d)
-        out = np.empty(rows.shape, np.int8)
-        _k().residual_add_rows(rows, other, zp_a, zp_b, ma, mb, half, shift, zp_out, out)
+        out = np.empty(rows.shape, out_dtype)
+        _k().residual_add_rows(rows, other, zp_a, zp_b, ma, mb, half, shift, zp_out, lo, hi, out)
         return out.reshape(x.shape)
 
     return run
 
 
 def _prep_gelu(graph: IntGraph, op: Op) -> Callable:
-    table = np.asarray(op.params["table"])
+    """A 256-entry table of the int8 input: ``gelu`` and PTQ4ViT's ``twin_gelu`` (the graph's
+    table), and I-ViT's ``shiftgelu``, a function of its int8 input alone whose table
+    :func:`sw.intops.shiftgelu` computes here from the op's constants."""
+    if op.kind == "shiftgelu":
+        a, p = op.attrs, op.params
+        for v in (p["mult"], p["shift"]):
+            if np.asarray(v).size != 1:
+                raise _Reference("per-channel ShiftGELU")
+        try:
+            table = intops.shiftgelu(np.arange(-128, 128), _int(a["x0"], "x0"), _int(a["n"], "n"),
+                                     p["mult"], p["shift"], _int(a["zp_out"], "zp_out")).reshape(256)
+        except intops.IntegerOverflowError:
+            raise _Reference("ShiftGELU range") from None
+    else:
+        table = np.asarray(op.params["table"])
     if table.shape != (256,) or table.dtype.kind not in "iu" or \
             int(table.min()) < intops.INT8_MIN or int(table.max()) > intops.INT8_MAX:
         raise _Reference("table")
@@ -439,7 +688,14 @@ def _prep_gelu(graph: IntGraph, op: Op) -> Callable:
 
 _PREPARE = {"linear": _prep_linear, "qk_scores": _prep_qk_scores, "softmax": _prep_softmax,
             "attn_value": _prep_attn_value, "layernorm": _prep_layernorm, "add": _prep_add,
-            "gelu": _prep_gelu}
+            "gelu": _prep_gelu,
+            "ilayernorm": _prep_ilayernorm, "add_wide": _prep_add, "shiftmax": _prep_shiftmax,
+            "attn_value_wide": _prep_attn_value, "shiftgelu": _prep_gelu,
+            "twin_softmax": _prep_twin_softmax, "attn_value_twin": _prep_attn_value,
+            "twin_gelu": _prep_gelu, "linear_twin": _prep_linear_twin}
+
+#: Op kinds that are a 256-entry table of an int8 input (fused into the linear layer before).
+_TABLE_KINDS = ("gelu", "twin_gelu", "shiftgelu")
 
 
 # ----------------------------------------------------------------------------------------
@@ -453,6 +709,8 @@ class FastExecutor:
     ``threads``: a batch is split into this many slices run side by side (default: the
     cores of this process); each slice runs single-threaded kernels and BLAS.
     ``fused_ops`` lists the ops that run a fast kernel; the others run the reference op.
+    ``declined`` counts, per op, the calls in which a fast kernel handed its inputs to the
+    reference op (a fault, or data outside what the kernel takes).
     """
 
     def __init__(self, graph: IntGraph, threads: int | None = None):
@@ -468,6 +726,8 @@ class FastExecutor:
             except (_Reference, KeyError, TypeError, ValueError, OverflowError):
                 pass                          # the reference runs this op (and raises if it must)
         self.fused_ops = [op.name for op in graph.ops if op.name in self._fast]
+        self.declined: Counter[str] = Counter()
+        self._declined_lock = threading.Lock()
         self._last_use: dict[str, int] = {}
         self._consumers: dict[str, list[Op]] = {}
         for i, op in enumerate(graph.ops):
@@ -477,8 +737,8 @@ class FastExecutor:
         # softmax outputs read only by an attention x V of the same mode: the softmax kernel
         # hands it the float32 weights directly
         self._weight_consumers = {
-            t: users[0].attrs.get("mode") for t, users in self._consumers.items()
-            if len(users) == 1 and users[0].kind == "attn_value" and users[0].inputs[0] == t}
+            t: _weight_tag(users[0]) for t, users in self._consumers.items()
+            if len(users) == 1 and users[0].inputs[0] == t and _weight_tag(users[0]) is not None}
 
     # -------------------------------------------------------------------- one op
     def _finish(self, op: Op, out: np.ndarray) -> np.ndarray:
@@ -495,8 +755,12 @@ class FastExecutor:
             try:
                 return self._finish(op, fn(ctx, *inputs))
             except _Reference:
-                pass
+                self._decline(op)
         return run_op(self.graph, op, *inputs)
+
+    def _decline(self, op: Op) -> None:
+        with self._declined_lock:
+            self.declined[op.name] += 1
 
     # -------------------------------------------------------------------- the graph
     def run(self, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False):
@@ -571,9 +835,9 @@ class FastExecutor:
 
     # -------------------------------------------------------------------- linear + GELU
     def _fusable_gelu(self, op: Op, nxt: Op) -> bool:
-        """A linear whose int8 output only feeds the next op, a GELU table."""
+        """A linear whose int8 output only feeds the next op, a GELU-like table."""
         out = op.outputs[0]
-        return (op.kind == "linear" and nxt.kind == "gelu" and nxt.inputs == [out]
+        return (op.kind == "linear" and nxt.kind in _TABLE_KINDS and nxt.inputs == [out]
                 and len(self._consumers.get(out, ())) == 1 and out not in self.graph.outputs
                 and getattr(self._fast.get(op.name), "gelu_ready", False)
                 and hasattr(self._fast.get(nxt.name), "table")
@@ -584,6 +848,7 @@ class FastExecutor:
         try:
             q, t = self._fast[op.name](ctx, *ins, table=self._fast[nxt.name].table)
         except _Reference:
+            self._decline(op)
             return None
         self._finish(op, q)                   # the linear output's width check
         return self._finish(nxt, t)
