@@ -1,5 +1,7 @@
 """The fast executor against the reference executor: every integer of every tensor, the same
-errors, and the fused kernels against sw.intops on their own (edge cases included)."""
+errors, and the fused kernels against sw.intops on their own (edge cases included).  Graphs
+of every method: FQ-ViT (the hand-built test graphs, random timm models, the digits ViT,
+DeiT-Tiny), I-ViT and PTQ4ViT (random timm models, the digits ViT, DeiT-Tiny)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +15,9 @@ from sw.fastexec import FAST_KINDS, FastExecutor, execute_fast
 from sw.graph import OP_SCHEMA, IntGraph, Op, Tensor
 
 
-def assert_same_tensors(graph, x, threads=(1, 2)):
-    """Every tensor (keep) and the outputs (no keep, which fuses linear + GELU) are equal."""
+def assert_same_tensors(graph, x, threads=(1, 2), all_fast=False):
+    """Every tensor (keep) and the outputs (no keep, which fuses linear + GELU) are equal.
+    ``all_fast``: also no fast kernel handed any call to the reference op."""
     ref = execute(graph, x, keep=True)
     for n in threads:
         fe = FastExecutor(graph, threads=n)
@@ -27,6 +30,8 @@ def assert_same_tensors(graph, x, threads=(1, 2)):
         assert set(out) == set(graph.outputs)
         for name in graph.outputs:
             np.testing.assert_array_equal(out[name], ref[name], err_msg=f"{name} (threads={n}, no keep)")
+        if all_fast:
+            assert not fe.declined, dict(fe.declined)
     return ref
 
 
@@ -63,7 +68,7 @@ def test_tiny_vits_bit_exact(kw):
     fe = FastExecutor(g)
     kinds = {o.kind for o in g.ops if o.name in fe.fused_ops}
     assert kinds == {o.kind for o in g.ops} & set(FAST_KINDS)     # every kernel is exercised
-    assert_same_tensors(g, _batch(g, 5))
+    assert_same_tensors(g, _batch(g, 5), all_fast=True)
 
 
 @given(seed=st.integers(0, 2 ** 16), image=st.sampled_from([8, 12, 16]), patch=st.sampled_from([2, 4]),
@@ -83,6 +88,102 @@ def test_random_graphs_bit_exact(seed, image, patch, heads, head_dim, depth, mlp
                  mlp_ratio=mlp_ratio, softmax_mode=mode, pool=pool, prefix_tokens=prefix, embed=embed,
                  pos_first=pos_first, fc_norm=fc_norm and pool == "mean")
     assert_same_tensors(g, _batch(g, batch, seed), threads=(threads,))
+
+
+# ------------------------------------------------------------------------------ every method
+#: The settings compared: (method, quantize keyword arguments).  PTQ4ViT's search runs with a
+#: small grid (its result is a graph like any other).
+METHOD_SETTINGS = {
+    "fqvit-4": ("fqvit", dict(attn_bits=4)),
+    "fqvit-8": ("fqvit", dict(attn_bits=8)),
+    "ivit": ("ivit", {}),
+    "ptq4vit-8": ("ptq4vit", dict(bits=8, eq_n=6, rounds=1, max_rows=128, max_attn_rows=64)),
+    "ptq4vit-6": ("ptq4vit", dict(bits=6, eq_n=6, rounds=1, max_rows=128, max_attn_rows=64)),
+}
+
+#: The op kinds each method's graphs must run on fast kernels.
+METHOD_KINDS = {
+    "fqvit": {"linear", "qk_scores", "softmax", "attn_value", "layernorm", "add", "gelu"},
+    "ivit": {"linear", "qk_scores", "ilayernorm", "add_wide", "shiftmax", "attn_value_wide", "shiftgelu"},
+    "ptq4vit": {"linear", "qk_scores", "layernorm", "add", "twin_softmax", "attn_value_twin", "twin_gelu",
+                "linear_twin"},
+}
+
+
+def method_graph(setting, model, calib, labels=None):
+    from sw.quantize import quantize
+    method, kw = METHOD_SETTINGS[setting]
+    if method == "ptq4vit" and labels is not None:
+        kw = {**kw, "labels": labels}
+    return quantize(model, calib, method=method, progress=False, **kw)
+
+
+def assert_method_fast(g, setting):
+    """Every op of the method's kinds has a fast kernel."""
+    method = METHOD_SETTINGS[setting][0]
+    fe = FastExecutor(g)
+    kinds = {o.kind for o in g.ops}
+    assert METHOD_KINDS[method] <= kinds
+    assert {o.kind for o in g.ops if o.name in fe.fused_ops} == kinds & set(FAST_KINDS) == METHOD_KINDS[method]
+
+
+#: Small timm models: (class name, keyword arguments).
+TIMM_VARIANTS = {
+    "vit": ("vit", {}),
+    "distilled": ("distilled", {}),
+    "avg_fc_norm": ("vit", {"global_pool": "avg"}),
+    "avg_no_cls": ("vit", {"class_token": False, "global_pool": "avg", "fc_norm": False}),
+    "reg_layerscale": ("vit", {"no_embed_class": True, "init_values": 0.1, "reg_tokens": 2}),
+    "rect_no_qkv_bias": ("vit", {"img_size": (16, 12), "qkv_bias": False}),
+    "pre_norm": ("vit", {"pre_norm": True}),
+}
+
+
+def small_timm(variant, seed, image, patch, heads, head_dim, depth, mlp_ratio):
+    import torch
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+    cls, kw = TIMM_VARIANTS[variant]
+    torch.manual_seed(seed)
+    cfg = dict(img_size=image, patch_size=patch, embed_dim=heads * head_dim, depth=depth, num_heads=heads,
+               mlp_ratio=mlp_ratio, num_classes=7)
+    cls = VisionTransformerDistilled if cls == "distilled" else VisionTransformer
+    return cls(**{**cfg, **kw}).eval()
+
+
+@given(seed=st.integers(0, 2 ** 16), setting=st.sampled_from(sorted(METHOD_SETTINGS)),
+       variant=st.sampled_from(sorted(TIMM_VARIANTS)), image=st.sampled_from([8, 16]),
+       patch=st.sampled_from([4, 8]), heads=st.sampled_from([1, 2, 3]), head_dim=st.sampled_from([4, 8, 16]),
+       depth=st.integers(1, 2), mlp_ratio=st.sampled_from([1.0, 2.0, 4.0]), batch=st.integers(1, 4),
+       threads=st.integers(1, 3))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_method_graphs_bit_exact(seed, setting, variant, image, patch, heads, head_dim, depth,
+                                        mlp_ratio, batch, threads):
+    """Random small timm models of every variant FQ-ViT takes, quantized by every method."""
+    from hypothesis import assume
+    from sw.quantize import UnsupportedModelError, quantize_input, random_images
+    if variant == "rect_no_qkv_bias":
+        patch = 4
+    model = small_timm(variant, seed, image, patch, heads, head_dim, depth, mlp_ratio)
+    images = random_images(model, 6 + batch, seed=seed)
+    try:
+        g = method_graph(setting, model, images[:6])
+    except UnsupportedModelError:
+        assume(False)                                # I-ViT takes class-token models only
+    assert_method_fast(g, setting)
+    assert_same_tensors(g, quantize_input(images[6:], g), threads=(threads,))
+
+
+def test_every_method_setting_is_drawn():
+    """I-ViT refuses some variants: the random test above still meets every method on the
+    plain ViT (so an assume() cannot hide a method)."""
+    from sw.quantize import quantize_input, random_images
+    for setting in METHOD_SETTINGS:
+        model = small_timm("vit", 1, 16, 4, 2, 8, 2, 2.0)
+        images = random_images(model, 9, seed=2)
+        g = method_graph(setting, model, images[:6])
+        assert_method_fast(g, setting)
+        assert_same_tensors(g, quantize_input(images[6:], g), all_fast=True)
 
 
 @pytest.mark.parametrize("k,wmax,parts", [(1032, 127, 1), (1033, 127, 2), (3000, 127, 3), (5000, 3, 1),
@@ -294,9 +395,9 @@ def test_lis_codes_at_every_boundary():
 
 
 @given(data=st.data(), c=st.sampled_from([1, 2, 3, 16, 64, 192, 768]), zp=st.integers(-128, 127),
-       shift=st.integers(intops.LN_OFFSET_FRAC, 40))
+       shift=st.integers(intops.LN_OFFSET_FRAC, 40), out_bits=st.sampled_from([8, 6]))
 @settings(max_examples=120, deadline=None)
-def test_layernorm_kernel_is_intops(data, c, zp, shift):
+def test_layernorm_kernel_is_intops(data, c, zp, shift, out_bits):
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
     rows = 6
     x = rng.integers(-128, 128, size=(rows, c)).astype(np.int8)
@@ -306,14 +407,15 @@ def test_layernorm_kernel_is_intops(data, c, zp, shift):
     mult = rng.integers(intops.INT16_MIN, intops.INT16_MAX + 1, size=c)
     offset = rng.integers(-(1 << 28), 1 << 28, size=c)
     shifts = np.full(c, shift)
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
     try:
-        want = intops.ptf_layernorm(x, zp, alpha, mult, shifts, offset)
+        want = intops.ptf_layernorm(x, zp, alpha, mult, shifts, offset, lo, hi)
     except intops.IntegerOverflowError:
         want = None
     out = np.empty(x.shape, np.int8)
     bad = fastkernels.layernorm_rows(x, zp, alpha.astype(np.int64), mult.astype(np.int64),
                                      (shifts - intops.LN_OFFSET_FRAC).astype(np.int64),
-                                     offset.astype(np.int64), out)
+                                     offset.astype(np.int64), lo, hi, out)
     assert (bad > 0) == (want is None)
     if want is not None:
         np.testing.assert_array_equal(out, want)
@@ -337,14 +439,217 @@ def test_digits_vit_bit_exact(digits, attn_bits, ptf):
         np.testing.assert_array_equal(FastExecutor(g).run(x)["logits"], execute(g, x)["logits"])
 
 
+@pytest.mark.parametrize("setting", ["ivit", "ptq4vit-8", "ptq4vit-6"])
+def test_digits_vit_methods_bit_exact(digits, setting):
+    from sw.quantize import quantize_input
+    model, split = digits
+    g = method_graph(setting, model, split.train_x[:64], labels=split.train_y[:64])
+    assert_method_fast(g, setting)
+    x = quantize_input(split.test_x, g)
+    assert_same_tensors(g, x[:24], all_fast=True)
+    fe = FastExecutor(g)
+    np.testing.assert_array_equal(fe.run(x)["logits"], execute(g, x)["logits"])     # the whole test split
+    assert not fe.declined
+
+
 @pytest.mark.slow
-def test_deit_tiny_bit_exact():
+@pytest.mark.parametrize("setting", ["fqvit-4", "ivit", "ptq4vit-8"])
+def test_deit_tiny_bit_exact(setting):
     import torch
-    from sw.quantize import create_model, quantize, quantize_input, random_images
+    from sw.quantize import create_model, quantize_input, random_images
     torch.manual_seed(0)
     model = create_model("deit_tiny_patch16_224")
     images = random_images(model, 4, seed=5)
-    g = quantize(model, images[:2], progress=False)
+    g = method_graph(setting, model, images[:2])
     fe = FastExecutor(g)
     assert len(fe.fused_ops) >= len(g.ops) - 3                   # all but patchify, concat, select
-    assert_same_tensors(g, quantize_input(images[1:], g), threads=(2,))
+    assert_method_fast(g, setting)
+    assert_same_tensors(g, quantize_input(images[1:], g), threads=(2,), all_fast=True)
+
+
+# ------------------------------------------------------------------------------ kernels of I-ViT and PTQ4ViT
+@given(data=st.data(), n_cols=st.integers(1, 300), x0=st.integers(-3000, -1), n=st.integers(0, 30),
+       out_bits=st.integers(2, 16), spread=st.sampled_from([3, 100, 5000, 32767]))
+@settings(max_examples=150, deadline=None)
+def test_shiftmax_kernel_is_intops(data, n_cols, x0, n, out_bits, spread):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.integers(-spread, spread + 1, size=(4, n_cols)).clip(-32768, 32767).astype(np.int16)
+    x[0, :] = x[0, 0]                                         # a row of equal scores
+    try:
+        want = intops.shiftmax(x, x0, n, out_bits)
+    except intops.IntegerOverflowError:                       # the row sum beyond 2**31 - 1
+        want = None
+    out = np.empty(x.shape, np.int32)
+    w = np.empty(x.shape, np.float32)
+    bad, wmax = fastkernels.shiftmax_rows(x, x0, n, out_bits, out, w)
+    assert (bad > 0) == (want is None)
+    if want is not None:
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(w, want)
+        assert wmax == int(want.sum(axis=1).max())
+
+
+@given(data=st.data(), c=st.sampled_from([1, 2, 3, 16, 64, 192, 768]), shift=st.integers(intops.LN_OFFSET_FRAC, 50),
+       spread=st.sampled_from([1, 40, 3000, 32767]))
+@settings(max_examples=120, deadline=None)
+def test_ilayernorm_kernel_is_intops(data, c, shift, spread):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.integers(-spread, spread + 1, size=(6, c)).clip(-32768, 32767).astype(np.int16)
+    x[0] = x[0, 0]                                           # zero variance
+    x[1] = np.where(np.arange(c) % 2, 32767, -32768)         # the largest variance
+    x[2] = 0
+    x[2, 0] = -spread                                        # one outlier, negative mean
+    mult = rng.integers(intops.INT16_MIN, intops.INT16_MAX + 1, size=c)
+    offset = rng.integers(-(1 << 28), 1 << 28, size=c)
+    shifts = np.full(c, shift)
+    try:
+        want = intops.ilayernorm(x, mult, shifts, offset)
+    except intops.IntegerOverflowError:
+        want = None
+    out = np.empty(x.shape, np.int8)
+    bad = fastkernels.ilayernorm_rows(x, mult.astype(np.int64), (shifts - intops.LN_OFFSET_FRAC).astype(np.int64),
+                                      offset.astype(np.int64), intops.ILN_SQRT_STEPS, intops.ILN_SQRT_START, out)
+    assert (bad > 0) == (want is None)
+    if want is not None:
+        np.testing.assert_array_equal(out, want)
+
+
+@given(data=st.data(), n_cols=st.integers(1, 300), frac_bits=st.integers(2, 6), m=st.integers(0, 20),
+       bits=st.integers(2, 8), spread=st.sampled_from([4, 64, 1000, 32767]))
+@settings(max_examples=150, deadline=None)
+def test_twin_softmax_kernel_is_intops(data, n_cols, frac_bits, m, bits, spread):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.integers(-spread, spread + 1, size=(4, n_cols)).clip(-32768, 32767).astype(np.int16)
+    x[0] = 7                                                  # equal scores: the largest row sum
+    b_int, c_int = intops.lis_exp_constants(frac_bits)
+    want = intops.twin_softmax(x, frac_bits, b_int, c_int, m, bits)
+    out = np.empty(x.shape, np.uint8)
+    w = np.empty(x.shape, np.float32)
+    bad, wmax = fastkernels.twin_softmax_rows(x, frac_bits, b_int, c_int, m, bits, out, w)
+    assert bad == 0
+    np.testing.assert_array_equal(out, want)
+    dec = intops.twin_decode_softmax(want, m, bits)
+    np.testing.assert_array_equal(w, dec)
+    assert wmax == int(dec.sum(axis=1).max())
+    # the split weights of the two ranges add up to the same decoding
+    hi, lo = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
+    assert fastkernels.twin_weights(want, m, bits, hi, lo)[0] == 0
+    np.testing.assert_array_equal(hi.astype(np.int64) * 2 ** m + lo.astype(np.int64), dec)
+
+
+def test_twin_softmax_rows_past_the_rounding_shift_run_the_reference():
+    """Row sums from 2**39 (many equal scores) would shift by more than 62 bits: the kernel
+    reports them instead of computing them; 2**38 still computes."""
+    b_int, c_int = intops.lis_exp_constants(6)
+    x = np.zeros((1, 300), np.int16)                          # 300 (c_int << 15) < 2**38
+    out = np.empty(x.shape, np.uint8)
+    bad, _ = fastkernels.twin_softmax_rows(x, 6, b_int, c_int, 4, 8, out, np.empty((0, 0), np.float32))
+    assert bad == 0
+    np.testing.assert_array_equal(out, intops.twin_softmax(x, 6, b_int, c_int, 4, 8))
+    x = np.zeros((1, 1500), np.int16)
+    out = np.empty(x.shape, np.uint8)
+    bad, _ = fastkernels.twin_softmax_rows(x, 6, b_int, c_int, 4, 8, out, np.empty((0, 0), np.float32))
+    assert bad == 1
+
+
+def _linear_twin_graph(rng, k, n, m, bits, bias_hi=5000):
+    levels = (1 << (bits - 1)) - 1
+    w = rng.integers(-127, 128, size=(n, k)).astype(np.int8)
+    mult, shift = intops.dyadic(rng.uniform(0.5, 2, size=n) / (levels * 128 * np.sqrt(k) * 2 ** m / 50))
+    tensors = {"x": Tensor("x", (5, k), 8, True, 1.0, 0), "y": Tensor("y", (5, n), 8, True, 1.0, 0)}
+    op = Op("fc2", "linear_twin", ["x"], ["y"], {"zp_out": 3, "out_bits": 8, "m": m, "bits": bits},
+            {"weight": w, "bias": rng.integers(-bias_hi, bias_hi, size=n).astype(np.int32),
+             "mult": mult.astype(np.int16), "shift": shift})
+    g = IntGraph(tensors, [op], ["x"], ["y"])
+    g.validate()
+    return g, levels
+
+
+@pytest.mark.parametrize("k,m,bits", [(16, 0, 8), (768, 3, 8), (3000, 2, 8), (200, 12, 6), (64, 5, 2)])
+def test_linear_twin_is_intops(k, m, bits):
+    """Two exact products (positive and negative codes), split along K where one would round."""
+    rng = np.random.default_rng(k + m)
+    g, levels = _linear_twin_graph(rng, k, 24, m, bits)
+    x = rng.integers(-levels, levels + 1, size=(4, 5, k)).astype(np.int8)
+    if m <= 3:                                     # one-signed extreme rows (fit in int32 for small m)
+        x[0] = levels
+        x[1] = -levels
+    fe = FastExecutor(g)
+    assert fe.fused_ops == ["fc2"]
+    assert_same_tensors(g, x, all_fast=True)
+
+
+def test_linear_twin_errors_are_the_reference_errors():
+    rng = np.random.default_rng(3)
+    g, levels = _linear_twin_graph(rng, 768, 16, 12, 8)
+    x = np.full((2, 5, 768), levels, np.int8)
+    g.op("fc2").params["weight"][:] = 127
+    assert "twin linear accumulator" in assert_same_error(g, x)        # (pos << m) beyond int32
+    g, levels = _linear_twin_graph(rng, 32, 16, 2, 6)
+    x = rng.integers(-levels, levels + 1, size=(2, 5, 32)).astype(np.int8)
+    x[1, 0, 0] = levels + 1                                            # not a 6-bit twin code
+    assert "twin linear input" in assert_same_error(g, x)
+
+
+def _tiny_method_graph(setting, seed=1):
+    from sw.quantize import quantize_input, random_images
+    model = small_timm("vit", seed, 16, 4, 2, 8, 2, 2.0)
+    images = random_images(model, 9, seed=2)
+    g = method_graph(setting, model, images[:6])
+    return g, quantize_input(images[6:], g)
+
+
+def test_twin_attention_with_large_m_splits_the_product(monkeypatch):
+    """With a large m the combined twin weights (mag << m) are too large for one exact
+    float32 product: one product per range, combined in float64."""
+    g, x = _tiny_method_graph("ptq4vit-8")
+    for op in g.ops:
+        if op.kind in ("twin_softmax", "attn_value_twin"):
+            op.attrs["m"] = 14
+    calls = []
+    real = fastkernels.requantize_heads_twin
+    monkeypatch.setattr(fastkernels, "requantize_heads_twin", lambda *a: calls.append(1) or real(*a))
+    assert_same_tensors(g, x, all_fast=True)
+    assert calls
+
+
+def test_attention_weights_from_codes_when_the_softmax_runs_the_reference():
+    """An attention x V whose softmax ran the reference makes its weights from the codes."""
+    for setting in ("fqvit-4", "fqvit-8", "ivit", "ptq4vit-8", "ptq4vit-6"):
+        g, x = _tiny_method_graph(setting)
+        for op in g.ops:
+            if op.kind in ("softmax", "shiftmax", "twin_softmax"):
+                op.attrs["unknown"] = 1                            # the kernel does not take it
+        fe = FastExecutor(g)
+        assert any(o.kind.startswith("attn_value") and o.name in fe.fused_ops for o in g.ops)
+        assert_same_tensors(g, x, all_fast=True)
+
+
+def test_shiftgelu_table_is_intops():
+    g, x = _tiny_method_graph("ivit")
+    fe = FastExecutor(g)
+    for op in g.ops:
+        if op.kind == "shiftgelu":
+            a, p = op.attrs, op.params
+            codes = np.arange(-128, 128)
+            want = intops.shiftgelu(codes, a["x0"], a["n"], p["mult"], p["shift"], a["zp_out"])
+            np.testing.assert_array_equal(fe._fast[op.name].table, want)
+
+
+def test_ivit_overflows_are_the_reference_errors():
+    g, x = _tiny_method_graph("ivit")
+    g.op("blocks.0.attn.softmax").attrs["n"] = 30                # row sums beyond 2**31 - 1
+    assert "Shiftmax row sum" in assert_same_error(g, x)
+    g, x = _tiny_method_graph("ivit")
+    op = g.op("blocks.0.mlp.act")
+    op.attrs.update(x0=-1000, n=30)                               # e(0) + e(0) beyond 2**31 - 1
+    assert "blocks.0.mlp.act" not in FastExecutor(g).fused_ops
+    assert "ShiftGELU sum" in assert_same_error(g, x)
+
+
+def test_twin_attention_accumulator_overflow_is_the_reference_error():
+    g, x = _tiny_method_graph("ptq4vit-8")
+    for op in g.ops:
+        if op.kind in ("twin_softmax", "attn_value_twin"):
+            op.attrs["m"] = 20                                     # (acc_hi << 20) beyond int32
+    assert "twin attention x V accumulator" in assert_same_error(g, x)
