@@ -171,3 +171,16 @@ def test_accuracy_reference_flag(monkeypatch, capsys):
     assert main(["accuracy", "--calib", "minmax"]) == 0
     assert main(["accuracy", "--calib", "minmax", "--reference"]) == 0
     assert seen == [True, False]
+
+
+def test_accuracy_method_reference_flag(monkeypatch, capsys):
+    import sw.methods.accuracy as ma
+    seen = []
+
+    def fake_table(methods, **kw):
+        seen.append((methods, kw["fast"]))
+        return ma.MethodReport(97.0, 450, 128, (0,))
+    monkeypatch.setattr(ma, "method_table", fake_table)
+    assert main(["accuracy", "--method", "ptq4vit"]) == 0
+    assert main(["accuracy", "--method", "ivit", "--reference"]) == 0
+    assert seen == [(("ptq4vit",), True), (("ivit",), False)]

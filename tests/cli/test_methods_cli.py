@@ -43,6 +43,17 @@ def test_quantize_run_and_compile_refusal(graph_file, capsys, tmp_path):
     assert not (tmp_path / "prog").exists()
 
 
+def test_run_fast_and_reference_print_the_same_classes(graph_file, capsys):
+    """vitamin run's default (fast) executor and --reference on I-ViT and PTQ4ViT graphs."""
+    _, path = graph_file
+    assert main(["run", str(path), "--seed", "4"]) == 0
+    fast = capsys.readouterr().out.strip().splitlines()
+    assert main(["run", str(path), "--seed", "4", "--reference"]) == 0
+    ref = capsys.readouterr().out.strip().splitlines()
+    assert "(fast executor)" in fast[0] and "(reference executor)" in ref[0]
+    assert fast[1:] == ref[1:] and fast[-1].startswith("image 0:")
+
+
 def test_quantize_option_errors(tmp_path, capsys):
     out = tmp_path / "x.npz"
     _one_line_error(["quantize", "--model", MODEL, "--method", "ivit", "--attn-bits", "8", "-o", str(out)],
