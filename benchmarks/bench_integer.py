@@ -7,7 +7,10 @@ and the ratios; then, for DeiT-Small, the peak resident memory of a fresh proces
 loads the integer graph and runs an integer inference (1 image with each executor, and a
 batch of 32, the ``vitamin evaluate`` default, with the fast one).
 
-    python benchmarks/bench_integer.py [--batch 8] [--repeats 5] [--rounds 3]
+    python benchmarks/bench_integer.py [--batch 8] [--repeats 5] [--rounds 3] [--method fqvit|ivit|ptq4vit]
+
+``--method`` quantizes with that integer method (PTQ4ViT with a small search grid: the
+search changes the graph's constants, not the work per image).
 
 The three models are timed in alternation (``--rounds`` rounds of ``--repeats`` runs each,
 best run of each model reported) so that a change in the machine's load hits all of them.
@@ -65,7 +68,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per round and model")
     ap.add_argument("--rounds", type=int, default=3, help="rounds alternating the models")
     ap.add_argument("--skip-reference", action="store_true", help="do not time the reference executor")
+    ap.add_argument("--method", default="fqvit", choices=("fqvit", "ivit", "ptq4vit"), help="integer method")
     args = ap.parse_args()
+    opts = {"method": args.method}
+    if args.method == "ptq4vit":
+        opts.update(eq_n=4, rounds=1, max_rows=256, max_attn_rows=64)
 
     import torch
     from sw.executor import execute
@@ -80,9 +87,10 @@ def main() -> None:
     obs = calibrate(model, calib, "minmax", progress=False)
     t_cal = time.perf_counter() - t0
     t0 = time.perf_counter()
-    graph = quantize(model, calib, observers=obs, progress=False)
+    graph = quantize(model, calib, observers=obs, progress=False, **opts)
     t_build = time.perf_counter() - t0
-    print(f"DeiT-Tiny calibration, 32 images (minmax): {t_cal:.2f} s; graph construction {t_build:.2f} s")
+    print(f"DeiT-Tiny, {args.method}: calibration, 32 images (minmax): {t_cal:.2f} s; graph construction "
+          f"{t_build:.2f} s")
 
     images = random_images(model, args.batch, seed=1)
     x = quantize_input(images, graph)
@@ -136,7 +144,7 @@ def main() -> None:
     print(f"DeiT-Tiny per image, one thread each, CPU time: FP32 timm {c['fp32'] * 1e3:.1f} ms, "
           f"fast integer {c['fast'] * 1e3:.1f} ms ({c['fast'] / c['fp32']:.2f}x FP32)")
 
-    small = quantize_timm("deit_small_patch16_224", n_calib=8, progress=False)
+    small = quantize_timm("deit_small_patch16_224", n_calib=8, progress=False, **opts)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "deit_small.npz")
         small.save(path)
