@@ -10,7 +10,7 @@ of a batch on several threads.
 Two arithmetic forms are used, both exact:
 
 * **int64**, the same operations in the same order as intops (LayerNorm, residual add, the
-  softmax row statistics).
+  softmax row statistics; I-ViT's Shiftmax and I-LayerNorm, PTQ4ViT's twin softmax codes).
 * **float64** for requantization: with ``|acc| < 2**31``, ``|mult| < 2**15`` and
   ``shift <= 52``, ``floor(acc * (mult * 2**-shift) + 1/2)`` involves only values whose
   significant bits fit in 53 (``acc * mult`` has at most 46; adding ``1/2`` spans at most
@@ -18,7 +18,9 @@ Two arithmetic forms are used, both exact:
   ``(acc * mult + 2**(shift-1)) >> shift``.  The float form vectorizes (AVX2 has no 64-bit
   integer multiply or arithmetic variable shift).  The only float flags allowed are
   ``contract`` (a fused multiply-add rounds once, and the sum is exact anyway) and the
-  no-NaN / no-infinity / no-signed-zero assumptions; never reassociation.
+  no-NaN / no-infinity / no-signed-zero assumptions; never reassociation.  The twin
+  products combine two int32 accumulators as ``hi * 2**m + lo (+ bias)`` in float64, exact
+  below ``2**53`` (``m <= 20``), and check each part and the sum against int32 as intops does.
 
 These kernels are the fast path only; :mod:`sw.intops` stays the definition.  They are
 checked against it bit for bit in ``tests/sw/test_fastexec.py``.
