@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retrain", action="store_true",
                         help="train seed 0 on this machine instead of using the shipped model "
                              "(trained models differ between machines: see docs/ACCURACY.md)")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the integer graphs on the numpy reference executor instead of the fast one")
     parser.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as markdown")
 
 
@@ -39,7 +41,7 @@ def run(args) -> int:
             raise UserError("--qat-epochs and --save-graphs go with --method")
         from sw.accuracy import accuracy_table, format_table
         report = accuracy_table(seeds=seeds, methods=tuple(dict.fromkeys(args.calib or OBSERVERS)),
-                                retrain=args.retrain)
+                                retrain=args.retrain, fast=not args.reference)
         text, md = format_table(report), format_table(report, markdown=True)
     else:
         if args.calib is not None:
@@ -50,7 +52,7 @@ def run(args) -> int:
         methods = METHODS if args.method == "all" else (args.method,)
         try:
             report = method_table(methods, seeds=seeds, qat_epochs=args.qat_epochs, retrain=args.retrain,
-                                  save_dir=args.save_graphs)
+                                  save_dir=args.save_graphs, fast=not args.reference)
         except (OSError, GraphFormatError) as exc:
             raise UserError(f"cannot write the graphs to {args.save_graphs}: {exc}") from None
         text, md = format_method_table(report), format_method_table(report, markdown=True)

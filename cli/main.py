@@ -20,6 +20,7 @@ class UserError(Exception):
 COMMANDS = {
     "quantize": ("cli.quantize", "quantize a timm ViT/DeiT into an integer graph (.npz)"),
     "run": ("cli.run", "integer inference of an integer graph; prints the top-5 classes"),
+    "evaluate": ("cli.evaluate", "top-1 / top-5 of an integer graph, its fake-quant and float model on an image folder"),
     "accuracy": ("cli.accuracy", "train a ViT on digits and print the quantization accuracy table (--method: compare methods)"),
     "verilog": ("cli.verilog", "write the Verilog of one hardware unit"),
     "compile": ("cli.compile", "compile an integer graph into an accelerator program"),

@@ -1,10 +1,11 @@
 """``vitamin quantize --model NAME [--method fqvit|ivit|ptq4vit] [--calib ...] -o model.npz``.
 
 Builds the timm model (random weights, or ``--checkpoint FILE``: a timm state dict),
-calibrates it on seeded random images (or ``--calib-images FILE.npy``) with the chosen
-integer method (FQ-ViT by default; I-ViT's ops calibrated after training; PTQ4ViT's twin
-uniform codes with its Hessian-guided search, whose labels are the float model's own
-predictions) and writes the integer graph atomically.
+calibrates it on seeded random images, on ``--n-calib`` images drawn at random (seeded) from
+an image folder (``--calib-dir DIR``, ImageFolder layout, the model's own preprocessing), or
+on ``--calib-images FILE.npy``, with the chosen integer method (FQ-ViT by default; I-ViT's
+ops calibrated after training; PTQ4ViT's twin uniform codes with its Hessian-guided search,
+whose labels are the float model's own predictions) and writes the integer graph atomically.
 """
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--float-patch-embed", action="store_true", help="keep the patch embedding in float on the host")
     parser.add_argument("--calib-images", default=None, metavar="FILE.npy",
                         help="float calibration images [N, C, H, W], normalized (default: seeded random images)")
-    parser.add_argument("--n-calib", type=int, default=DEFAULT_CALIB_IMAGES, help="number of random calibration images")
+    parser.add_argument("--calib-dir", default=None, metavar="DIR",
+                        help="calibrate on --n-calib images drawn at random (seeded by --seed) from an image "
+                             "folder DIR/<class>/<image>, preprocessed as the model expects")
+    parser.add_argument("--n-calib", type=int, default=DEFAULT_CALIB_IMAGES,
+                        help="number of calibration images (random, or from --calib-dir) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     parser.add_argument("-o", "--output", required=True, help="integer graph file to write (.npz)")
 
@@ -106,8 +111,16 @@ def run(args) -> int:
         check_supported(model)
     except (UnsupportedModelError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    if args.calib_images and args.calib_dir:
+        raise UserError("give --calib-images or --calib-dir, not both")
     if args.calib_images:
         images = load_image_file(args.calib_images).astype(np.float32)
+    elif args.calib_dir:
+        from sw.imagefolder import ImageFolderError, load_images
+        try:
+            images = load_images(args.calib_dir, model, args.n_calib, args.seed)
+        except ImageFolderError as exc:
+            raise UserError(str(exc)) from None
     else:
         images = random_images(model, args.n_calib, args.seed)
     t0 = time.perf_counter()
@@ -116,12 +129,14 @@ def run(args) -> int:
     except (UnsupportedModelError, ValueError) as exc:
         raise UserError(str(exc)) from None
     graph.info.update({"model": args.model, "checkpoint": args.checkpoint, "seed": args.seed})
+    if args.calib_dir:
+        graph.info["calibration"] = {"folder": str(args.calib_dir), "images": len(images), "seed": args.seed}
     try:
         graph.save(args.output)
     except OSError as exc:
         raise UserError(f"cannot write {args.output}: {exc}") from None
     n_params = sum(int(v.size) for o in graph.ops for v in o.params.values())
     print(f"quantized {args.model} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights'}) "
-          f"on {len(images)} images with {args.calib} in {time.perf_counter() - t0:.1f} s: "
+          f"on {len(images)} {'images of ' + str(args.calib_dir) if args.calib_dir else 'images'} with {args.calib} in {time.perf_counter() - t0:.1f} s: "
           f"{len(graph.ops)} ops, {n_params} integer parameters, {describe(graph)}; wrote {args.output}")
     return 0

@@ -1,4 +1,7 @@
-"""``vitamin run model.npz [--images FILE.npy] [--top 5]``: integer inference, top-k classes.
+"""``vitamin run model.npz [--images FILE.npy] [--top 5] [--reference]``: integer inference, top-k classes.
+
+The fast executor (:mod:`sw.fastexec`) runs the graph; ``--reference`` runs the numpy
+reference executor instead (the same integers, several times slower).
 
 Images: a ``.npy`` array of one image or a batch.  Float arrays are taken as already
 normalized model input ``[N, C, H, W]``; uint8 arrays as pixels ``[N, H, W, C]`` or
@@ -19,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", default=None, metavar="FILE.npy", help="images to classify (default: one random image)")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random image")
+    parser.add_argument("--reference", action="store_true",
+                        help="use the numpy reference executor instead of the fast one (the same integers)")
 
 
 def model_input(array: np.ndarray, graph) -> np.ndarray:
@@ -47,6 +52,7 @@ def model_input(array: np.ndarray, graph) -> np.ndarray:
 def run(args) -> int:
     from cli.quantize import load_image_file
     from sw.executor import execute
+    from sw.fastexec import available as fast_available
     from sw.graph import IntGraph
     from sw.quantize import quantize_input, random_images
     if args.top < 1:
@@ -59,12 +65,13 @@ def run(args) -> int:
         images = random_images(tuple(graph.info["image_shape"]), 1, args.seed,
                                graph.info["mean"], graph.info["std"])
         source = f"random image (seed {args.seed})"
+    fast = not args.reference and fast_available()
     t0 = time.perf_counter()
-    logits = execute(graph, quantize_input(images, graph))[graph.outputs[0]]
+    logits = execute(graph, quantize_input(images, graph), fast=fast)[graph.outputs[0]]
     dt = time.perf_counter() - t0
     scale = graph.tensors[graph.outputs[0]].scale
     print(f"{graph.info.get('model', 'model')}: {len(images)} image(s) from {source}, "
-          f"integer inference in {dt:.2f} s")
+          f"integer inference in {dt:.2f} s ({'fast' if fast else 'reference'} executor)")
     k = min(args.top, logits.shape[1])
     for i, row in enumerate(logits):
         top = np.argsort(-row, kind="stable")[:k]

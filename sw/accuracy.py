@@ -60,10 +60,12 @@ def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
 
 
 def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: bool = True,
-                   retrain: bool = False) -> AccuracyReport:
+                   retrain: bool = False, fast: bool = True) -> AccuracyReport:
     """Load (shipped or cached) or train the digits ViT of each seed and measure every
     (method, setting) pair; with several seeds every number is the mean over the seeds.
-    ``retrain``: train seed 0 on this machine instead of using the shipped model."""
+    ``retrain``: train seed 0 on this machine instead of using the shipped model.
+    ``fast``: the integer graphs run on :mod:`sw.fastexec` (the same integers as the
+    reference executor, faster); false runs :func:`sw.executor.execute`."""
     from tqdm.auto import tqdm
     from .digits import evaluate_float, load_or_train
     t0 = time.perf_counter()
@@ -81,7 +83,7 @@ def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: b
                     g = quantize(model, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
                                  progress=False, observers=obs)
                     x = quantize_input(split.test_x, g)
-                    lab_int = execute(g, x)["logits"].argmax(1)
+                    lab_int = execute(g, x, fast=fast)["logits"].argmax(1)
                     lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
                     cells.setdefault((method, label, attn_bits, ptf), []).append(
                         (_top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),

@@ -205,12 +205,17 @@ def _storage_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False):
+def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False,
+            fast: bool = False):
     """Run ``graph`` on integer inputs (batch on axis 0).
 
     ``inputs`` is the array of the single graph input or a dict by input name.  Returns the
     graph outputs as a dict of int64 arrays, or every tensor when ``keep`` is true.
+    ``fast``: compute the same integers with the fused kernels of :mod:`sw.fastexec`.
     """
+    if fast:
+        from .fastexec import execute_fast
+        return execute_fast(graph, inputs, keep)
     if not isinstance(inputs, dict):
         if len(graph.inputs) != 1:
             raise ValueError(f"graph has inputs {graph.inputs}: pass a dict")

@@ -86,9 +86,11 @@ def _settings(methods, qat_epochs: int):
 
 
 def method_table(methods=METHODS, seeds=(0,), qat_epochs: int | None = None, progress: bool = True,
-                 retrain: bool = False, save_dir: str | None = None) -> MethodReport:
+                 retrain: bool = False, save_dir: str | None = None, fast: bool = True) -> MethodReport:
     """Measure every method's rows on the digits ViT of each seed (means over the seeds).
-    ``save_dir``: also write every graph there (``digits_seed<s>_<method>_<bits>[_qat].npz``)."""
+    ``save_dir``: also write every graph there (``digits_seed<s>_<method>_<bits>[_qat].npz``).
+    ``fast``: the integer graphs run on :mod:`sw.fastexec` (the same integers as the
+    reference executor, faster); false runs the numpy reference."""
     from tqdm.auto import tqdm
     from ..digits import evaluate_float, load_or_train
     from .ivit_qat import QAT_EPOCHS, qat_ivit
@@ -119,7 +121,7 @@ def method_table(methods=METHODS, seeds=(0,), qat_epochs: int | None = None, pro
                 else:
                     g = build(model, split, calib, obs)
                 x = quantize_input(split.test_x, g)
-                lab_int = execute(g, x)["logits"].argmax(1)
+                lab_int = execute(g, x, fast=fast)["logits"].argmax(1)
                 lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
                 cells.setdefault(i, []).append((own_fp32, _top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
                                                 100.0 * float(np.mean(lab_fq == lab_int)), time.perf_counter() - t1))

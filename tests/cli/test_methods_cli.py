@@ -43,6 +43,44 @@ def test_quantize_run_and_compile_refusal(graph_file, capsys, tmp_path):
     assert not (tmp_path / "prog").exists()
 
 
+def test_run_fast_and_reference_print_the_same_classes(graph_file, capsys):
+    """vitamin run's default (fast) executor and --reference on I-ViT and PTQ4ViT graphs."""
+    _, path = graph_file
+    assert main(["run", str(path), "--seed", "4"]) == 0
+    fast = capsys.readouterr().out.strip().splitlines()
+    assert main(["run", str(path), "--seed", "4", "--reference"]) == 0
+    ref = capsys.readouterr().out.strip().splitlines()
+    assert "(fast executor)" in fast[0] and "(reference executor)" in ref[0]
+    assert fast[1:] == ref[1:] and fast[-1].startswith("image 0:")
+
+
+def test_evaluate_fast_and_reference_agree(graph_file, tmp_path, capsys):
+    """vitamin evaluate on I-ViT and PTQ4ViT graphs: the fast and the reference executor give
+    the same integer top-1 / top-5; the fake-quant model runs too."""
+    import json
+    from PIL import Image
+    from timm.data import ImageNetInfo
+    _, path = graph_file
+    rng = np.random.default_rng(0)
+    synsets = ImageNetInfo().label_names()
+    for c in range(2):
+        (tmp_path / "val" / synsets[c]).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, size=(170, 180, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / synsets[c] / f"{i}.png")
+    res = {}
+    for flag in ([], ["--reference"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        models = ["integer", "fakequant"] if not flag else ["integer"]
+        assert main(["evaluate", str(path), "--data", str(tmp_path / "val"), "--workers", "0",
+                     "--models", *models, "-o", str(out)] + flag) == 0
+        res[len(flag)] = json.loads(out.read_text())
+    assert res[0]["executor"] == "fast" and res[1]["executor"] == "reference"
+    for key in ("top1", "top5"):
+        assert res[0]["results"]["integer"][key] == res[1]["results"]["integer"][key]
+    assert res[0]["images"] == 4 and "fakequant" in res[0]["results"]
+
+
 def test_quantize_option_errors(tmp_path, capsys):
     out = tmp_path / "x.npz"
     _one_line_error(["quantize", "--model", MODEL, "--method", "ivit", "--attn-bits", "8", "-o", str(out)],
