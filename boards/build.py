@@ -203,16 +203,26 @@ def write_rtlil(config: AcceleratorConfig, path: Path) -> None:
     path.write_text(rtlil.convert(Core(config), name=TOP))
 
 
+def synth_script(il_name: str, top: str = TOP) -> str:
+    """The Yosys script: ``synth_ecp5`` with its LUT mapping done by the classic ``abc -lut
+    4`` instead of ``abc9``: Yosys 0.69's ``abc9`` fails an internal assertion on the core
+    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE)."""
+    return (f"read_rtlil {il_name}\n"
+            f"synth_ecp5 -top {top} -run begin:map_luts\n"
+            f"techmap -map +/lattice/latches_map.v\n"
+            f"abc -lut 4 -dress\n"
+            f"clean\n"
+            f"synth_ecp5 -top {top} -run map_cells: -json {top}.json\n"
+            f"tee -q -o {top}_stat.json stat -json\n")
+
+
 def synthesize(il: Path, workdir: Path, timeout: float | None = None,
                progress: Callable[[str], None] | None = None, top: str = TOP) -> tuple[dict, float]:
     """``synth_ecp5`` of RTLIL ``il`` into ``workdir/<top>.json``; returns (cell counts,
-    seconds).  ``-noabc9``: Yosys 0.69's ABC9 pass fails an internal assertion on the core
-    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE), so the classic ABC maps the logic."""
+    seconds).  The script is :func:`synth_script`."""
     from boards.synth import yosys_command
     script = workdir / f"{top}.ys"
-    script.write_text(f"read_rtlil {il.name}\n"
-                      f"synth_ecp5 -noabc9 -top {top} -json {top}.json\n"
-                      f"tee -q -o {top}_stat.json stat -json\n")
+    script.write_text(synth_script(il.name, top))
     seconds = run_tool([*yosys_command(), "-s", script.name], workdir, workdir / "yosys.log",
                        "yosys synth_ecp5", timeout, progress)
     stats = json.loads((workdir / f"{top}_stat.json").read_text())

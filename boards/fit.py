@@ -1,8 +1,8 @@
 """Fit the accelerator to a board: the fastest config whose modelled resources fit.
 
 Candidates vary the datapath width ``N`` (array shape and vector lanes), the multiplier
-mapping (``lut_mult_cols``: array columns on LUT multipliers), the scratchpad and
-accumulator sizes and the accumulation-buffer depth.  A candidate must fit the board's
+mapping (``lut_mult_cols``: array columns on LUT multipliers), the scratchpad, accumulator
+and parameter memory sizes and the accumulation-buffer depth.  A candidate must fit the board's
 budget by the resource model (:mod:`boards.resources`) and compile the model (DeiT-Tiny by
 default: its tensors must fit the on-chip memories); the fitting ones are ranked by the
 cycle model's latency (:func:`sim.machine.simulate`, timing only) at the board's clock and
@@ -40,9 +40,11 @@ MODELS = {
 
 #: Search space (fields absent from ``pinned``).
 WIDTHS = (16, 8, 4)
-SCRATCHPAD_KIB = (512, 384, 320, 256, 224, 208, 192, 160, 128)
-ACCUMULATOR_KIB = (128, 64, 32, 16)
-TILE_ROWS = (256, 128)
+SCRATCHPAD_KIB = (512, 384, 320, 256, 224, 208, 200, 192, 160, 128)
+ACCUMULATOR_KIB = (128, 64, 32, 16, 8)
+PARAM_KIB = (16, 8, 4)
+#: DeiT (197 tokens) needs at least 197 rows per tile: smaller buffers do not compile it.
+TILE_ROWS = (256,)
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,10 @@ def candidates(board: BoardProfile, pinned: dict, clock_mhz: float | None = None
     for n in widths:
         for spad in ([pinned["scratchpad_kib"]] if "scratchpad_kib" in pinned else SCRATCHPAD_KIB):
             for acc in ([pinned["accumulator_kib"]] if "accumulator_kib" in pinned else ACCUMULATOR_KIB):
-                for rows in ([pinned["max_tile_rows"]] if "max_tile_rows" in pinned else TILE_ROWS):
+                for rows, par in [(r, p) for r in ([pinned["max_tile_rows"]] if "max_tile_rows" in pinned else TILE_ROWS)
+                                  for p in ([pinned["param_kib"]] if "param_kib" in pinned else PARAM_KIB)]:
                     base = {**pinned, "array_rows": n, "scratchpad_kib": spad,
-                            "accumulator_kib": acc, "max_tile_rows": rows}
+                            "accumulator_kib": acc, "max_tile_rows": rows, "param_kib": par}
                     lut_options = ([pinned["lut_mult_cols"]] if "lut_mult_cols" in pinned
                                    else range(0, n + 1))
                     for lut in lut_options:
@@ -182,8 +185,10 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
     """The fastest config for ``board`` (module docstring).
 
     ``pinned``: config fields held fixed.  ``cycles_of``: the ranking function (default: the
-    cycle model on ``model``); ``max_ranked``: how many of the modelled-fitting candidates
-    (largest datapath and memories first) the cycle model ranks.
+    cycle model on ``model``; ``None`` when the model does not compile for the config);
+    ``max_ranked``: how many compiling candidates the cycle model ranks, at most two per
+    width, largest datapath and memories first (configs with memories no larger than one
+    that did not compile are skipped).
     """
     pinned = dict(pinned or {})
     say = progress or (lambda s: None)
@@ -201,22 +206,32 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
         raise FitError(overflow_message(probe, board) or f"no config fits {board.name}")
     # Largest datapath first, then largest memories: the candidates most likely fastest.
     fitting.sort(key=lambda c: (-c.lanes, c.lut_mult_cols, -c.scratchpad_kib,
-                                -c.accumulator_kib, -c.max_tile_rows))
+                                -c.accumulator_kib, -c.max_tile_rows, -c.param_kib))
     ranked = []
     per_width: dict[int, int] = {}
+    failed: list[AcceleratorConfig] = []
+
+    def smaller_than_failed(cfg):
+        # Memories no larger than a config that did not compile cannot compile either.
+        return any(f.lanes == cfg.lanes and f.max_tile_rows >= cfg.max_tile_rows and
+                   f.scratchpad_kib >= cfg.scratchpad_kib and f.accumulator_kib >= cfg.accumulator_kib
+                   and f.param_kib >= cfg.param_kib for f in failed)
+
     for cfg in fitting:
-        if len(ranked) >= max_ranked:
+        if sum(per_width.values()) >= max_ranked:
             break
         # At most two memory variants per width are ranked (the largest that compile).
-        if per_width.get(cfg.lanes, 0) >= 2:
+        if per_width.get(cfg.lanes, 0) >= 2 or smaller_than_failed(cfg):
             continue
         say(f"cycle model: N={cfg.lanes} lut_mult_cols={cfg.lut_mult_cols} "
             f"scratchpad {cfg.scratchpad_kib} KiB accumulator {cfg.accumulator_kib} KiB "
-            f"tile rows {cfg.max_tile_rows}, DRAM {cfg.dram_bytes} B/cycle ...")
+            f"parameters {cfg.param_kib} KiB, DRAM {cfg.dram_bytes} B/cycle ...")
         cycles = cycles_of(cfg)
         say(f"  -> {'does not compile' if cycles is None else f'{cycles:,} cycles'}")
         ranked.append((cfg, cycles))
-        if cycles is not None:
+        if cycles is None:
+            failed.append(cfg)
+        else:
             per_width[cfg.lanes] = per_width.get(cfg.lanes, 0) + 1
     ok = [(cfg, cyc) for cfg, cyc in ranked if cyc is not None]
     if not ok:

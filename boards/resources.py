@@ -13,8 +13,8 @@ multiplier blocks and block RAMs (and UltraRAMs on the Xilinx parts that have th
 * **LUTs and flip-flops**: calibrated ``a + b N + c N^2`` per kind, ``c`` being the cost of one
   processing element, plus the LUT multipliers' logic.
 
-The calibration constants come from Yosys ``synth_ecp5`` of the core at the configs listed in
-:data:`CALIBRATION` (docs/BOARDS.md reports the model's error against synthesis).  For the
+The calibration constants come from Yosys ``synth_ecp5`` runs listed at :data:`CALIBRATION`
+(docs/BOARDS.md reports the model's error against synthesis of other configs).  For the
 Xilinx parts the same logic estimate is scaled to LUT6 (:data:`LUT6_PER_LUT4`); it is an
 estimate for fitting, not a synthesis result.
 """
@@ -27,7 +27,7 @@ from hw.config import AcceleratorConfig
 from hw.core.memories import geometry
 
 __all__ = ["Resources", "MemoryShape", "estimate", "core_memories", "bram_blocks",
-           "CALIBRATION", "LUT6_PER_LUT4"]
+           "uram_blocks", "CALIBRATION", "LUT6_PER_LUT4"]
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,29 @@ class Resources:
         return sorted(out, key=lambda t: -(t[1] / max(t[2], 1)))
 
 
-#: Per-kind calibration of the logic and the units (ECP5, Yosys synth_ecp5 0.69):
-#: ``kind -> (a, b, c)`` meaning ``a + b N + c N^2``; ``dsp_units`` and ``bram_units`` are
-#: ``(a, b)`` for ``a + b N``; ``lut_mult`` the LUT4 of one shift-and-add multiplier (over
-#: the DSP version of its processing element) and ``lut_mult_ff`` its flip-flops.
-#: Fitted to the synthesis results of :data:`CALIBRATION_POINTS` (see docs/BOARDS.md).
+#: Per-kind calibration of the logic and the units (ECP5, Yosys 0.69 ``synth_ecp5`` with the
+#: classic ABC, :func:`boards.build.synth_script`).  ``lut`` counts logic cells as nextpnr
+#: does (TRELLIS_COMB: LUT4 + 2 per CCU2C carry cell), ``kind -> (a, b, c)`` meaning
+#: ``a + b N + c N^2``; ``dsp_units`` and ``bram_units`` are ``(a, b)`` for ``a + b N``;
+#: ``lut_mult`` the extra logic cells of one processing element on a shift-and-add multiplier.
+#: Sources (docs/BOARDS.md, "Resource model"):
+#:
+#: * ``c``: the systolic array alone at N = 16 (docs/HARDWARE.md): 44,549 LUT4 + 2 x 3,296
+#:   CCU2C and 18,792 FF over 256 processing elements;
+#: * ``b``: the vector units at N = 16 (the same table, array excluded) over 16 lanes;
+#: * ``a``: the whole core at N = 4 (preset ``tiny``): 19,590 LUT4, 4,861 CCU2C, 13,215 FF,
+#:   96 MULT18X18D, 103 DP16KD, minus the ``b`` and ``c`` terms;
+#: * ``dsp_units``: 80 multipliers outside the array at N = 4 (the core) and 281 at N = 16 (the
+#:   units); ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
+#: * ``lut_mult``: one processing element synthesized both ways: 321 vs 28 logic cells.
 CALIBRATION = {
-    "lut": (6000.0, 1400.0, 174.0),
-    "ff": (3000.0, 600.0, 73.0),
-    "dsp_units": (8.0, 17.0),
-    "bram_units": (0.0, 6.6),
-    "lut_mult": 110.0,
+    "lut": (11_700.0, 3_600.0, 200.0),
+    "ff": (8_070.0, 995.0, 73.0),
+    "dsp_units": (13.0, 16.75),
+    "bram_units": (11.3, 5.92),
+    "lut_mult": 293.0,
     "lut_mult_ff": 0.0,
 }
-#: The syntheses the constants above were fitted to: config overrides -> measured cells.
-CALIBRATION_POINTS: list[dict] = []
 
 #: Xilinx LUT6 per ECP5 LUT4 of the same logic (a LUT6 absorbs about 1.6 LUT4 of this
 #: kind of datapath; an estimate, not calibrated against Vivado).
