@@ -80,9 +80,10 @@ def readme(config: AcceleratorConfig, board: BoardProfile, resources: dict | Non
         "## Integration",
         "",
         f"- `m_axi`: AXI4 manager, 32-bit addresses, {8 * n}-bit data ({n} bytes), INCR bursts "
-        "of up to 256 beats that never cross 4 KiB, one ID (0), no outstanding-write "
-        "reordering needed. Tie the unused AXI4 signals at the interconnect: AxLOCK 0, "
-        "AxCACHE 0b0011, AxPROT 0, AxQOS 0 (docs/ACCELERATOR.md).",
+        "of up to 256 beats that never cross 4 KiB, one ID (0). "
+        "The rest of the AXI4 set (AxLOCK, AxCACHE, AxPROT, AxQOS, "
+        "AxREGION, *USER) is not a port: tie it to constants at the interconnect (all zero is "
+        "a normal, non-exclusive access; docs/ACCELERATOR.md, Shells).",
         "- `s_axil`: AXI4-Lite subordinate, 12-bit addresses, 32-bit data: the register map "
         "of docs/HARDWARE.md (ID 0x4D544956 at offset 0).",
         "- `irq`: level interrupt.",
