@@ -50,11 +50,34 @@ def run_layernorm(op: Op, x):
                                 *_guaranteed_range(op))
 
 
+def _windows(op: Op) -> int:
+    """The number of attention windows of an attention op (Swin; 1 for a ViT)."""
+    return int(op.attrs.get("windows", 1))
+
+
+def _per_window(x: np.ndarray, nw: int) -> np.ndarray:
+    """``[B, nW*N, ...]`` -> ``[B*nW, N, ...]``: each window an independent sequence."""
+    b, t = x.shape[:2]
+    if t % nw:
+        raise ValueError(f"{t} tokens do not split into {nw} windows")
+    return x.reshape((b * nw, t // nw) + x.shape[2:])
+
+
+def _heads_to_tokens(acc: np.ndarray, batch: int) -> np.ndarray:
+    """``[B*nW, H, N, dh]`` per-head outputs -> ``[B, nW*N, H*dh]`` (heads concatenated)."""
+    bw, h, n, dh = acc.shape
+    return acc.transpose(0, 2, 1, 3).reshape(batch, (bw // batch) * n, h * dh)
+
+
 def run_qk_scores(op: Op, qkv):
-    a = op.attrs
-    q, k, _ = _qkv_split(qkv, a["heads"], a["head_dim"])
-    acc = intops.int_matmul(q, np.swapaxes(k, -1, -2), "q @ k^T")
-    return intops.requantize(acc, op.params["mult"], op.params["shift"], 0, intops.INT16_MIN, intops.INT16_MAX)
+    a, p = op.attrs, op.params
+    nw = _windows(op)
+    q, k, _ = _qkv_split(_per_window(qkv, nw), a["heads"], a["head_dim"])
+    acc = intops.int_matmul(q, np.swapaxes(k, -1, -2), "q @ k^T")          # [B*nW, H, N, N]
+    s = intops.requantize(acc, p["mult"], p["shift"], 0, intops.INT16_MIN, intops.INT16_MAX)
+    if "bias" in p or "mask" in p:
+        s = intops.score_bias(s.reshape((qkv.shape[0], nw) + s.shape[1:]), p.get("bias"), p.get("mask"))
+    return s.reshape((qkv.shape[0], nw * a["heads"]) + s.shape[-2:])
 
 
 def run_softmax(op: Op, x):
@@ -65,16 +88,30 @@ def run_softmax(op: Op, x):
 
 def run_attn_value(op: Op, codes, qkv):
     a = op.attrs
-    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
+    nw = _windows(op)
+    _, _, v = _qkv_split(_per_window(qkv, nw), a["heads"], a["head_dim"])
     fn = intops.attn_value_lis if a["mode"] == "lis" else intops.attn_value_uniform
-    acc = fn(codes, v)                                    # [B, H, T, dh]
-    b, h, t, dh = acc.shape
-    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    acc = fn(codes.reshape(v.shape[:2] + codes.shape[-2:]), v)              # [B*nW, H, N, dh]
+    acc = _heads_to_tokens(acc, qkv.shape[0])
     return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"])
 
 
 def run_gelu(op: Op, x):
     return intops.gelu_lut(x, op.params["table"])
+
+
+def run_window_partition(op: Op, x):
+    a = op.attrs
+    return intops.window_partition(x, a["grid"], a["window"], a["shift"])
+
+
+def run_window_reverse(op: Op, x):
+    a = op.attrs
+    return intops.window_reverse(x, a["grid"], a["window"], a["shift"])
+
+
+def run_patch_merge(op: Op, x):
+    return intops.patch_merge(x, op.attrs["grid"])
 
 
 def run_select_tokens(op: Op, x):
@@ -108,10 +145,9 @@ def run_shiftmax(op: Op, x):
 
 def run_attn_value_wide(op: Op, probs, qkv):
     a = op.attrs
-    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
-    acc = intops.attn_value_wide(probs, v)                # [B, H, T, dh]
-    b, h, t, dh = acc.shape
-    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    _, _, v = _qkv_split(_per_window(qkv, _windows(op)), a["heads"], a["head_dim"])
+    acc = intops.attn_value_wide(probs.reshape(v.shape[:2] + probs.shape[-2:]), v)
+    acc = _heads_to_tokens(acc, qkv.shape[0])
     return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"])
 
 
@@ -129,10 +165,9 @@ def run_twin_softmax(op: Op, x):
 
 def run_attn_value_twin(op: Op, codes, qkv):
     a = op.attrs
-    _, _, v = _qkv_split(qkv, a["heads"], a["head_dim"])
-    acc = intops.attn_value_twin(codes, v, a["m"], a["bits"])     # [B, H, T, dh]
-    b, h, t, dh = acc.shape
-    acc = acc.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    _, _, v = _qkv_split(_per_window(qkv, _windows(op)), a["heads"], a["head_dim"])
+    acc = intops.attn_value_twin(codes.reshape(v.shape[:2] + codes.shape[-2:]), v, a["m"], a["bits"])
+    acc = _heads_to_tokens(acc, qkv.shape[0])
     return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"], *_guaranteed_range(op))
 
 
@@ -152,6 +187,8 @@ OP_RUNNERS: dict[str, Callable] = {
     "add": run_add, "layernorm": run_layernorm, "qk_scores": run_qk_scores,
     "softmax": run_softmax, "attn_value": run_attn_value, "gelu": run_gelu,
     "select_tokens": run_select_tokens, "token_mean": run_token_mean,
+    "window_partition": run_window_partition, "window_reverse": run_window_reverse,
+    "patch_merge": run_patch_merge,
     "ilayernorm": run_ilayernorm, "add_wide": run_add_wide, "shiftmax": run_shiftmax,
     "attn_value_wide": run_attn_value_wide, "shiftgelu": run_shiftgelu,
     "twin_softmax": run_twin_softmax, "attn_value_twin": run_attn_value_twin,

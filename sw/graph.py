@@ -43,6 +43,19 @@ Op kinds (inputs -> output; shapes per sample)
     ``token_mean``   x [T, D] -> [D]; params ``mult``, ``shift`` [D]; attrs ``start``,
                      ``zp_in``, ``zp_out``.
 
+Swin (windows, the cyclic shift, patch merging; tokens of a ``[H, W]`` grid in row-major order)
+    ``window_partition`` x [H W, C] -> [nW wh ww, C]; attrs ``grid`` [H, W], ``window``
+                     [wh, ww], ``shift`` [sh, sw].  Roll by ``-shift``, then windows in
+                     row-major order, tokens row-major inside each.  :func:`sw.intops.window_partition`.
+    ``window_reverse`` the inverse (roll by ``+shift``); same attrs.
+    ``patch_merge``  x [H W, C] -> [(H/2)(W/2), 4C]; attrs ``grid``.  :func:`sw.intops.patch_merge`.
+    ``qk_scores`` / ``softmax`` / ``attn_value`` take an optional attr ``windows`` (nW,
+                     default 1): qkv is [nW N, 3D], the scores [nW H, N, N] window-major,
+                     attention runs per window.  ``qk_scores`` takes optional params ``bias``
+                     int16 [H, N, N] (relative position bias at the scores' scale) and ``mask``
+                     int16 [nW, N, N] (0 or negative): :func:`sw.intops.score_bias` after the
+                     requantization.
+
     ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6) and ``layernorm`` an
     optional ``out_bits`` attr (default 8): both clamp to that signed width.
 
@@ -103,6 +116,10 @@ OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] =
     "gelu": ((1,), ("table",), ()),
     "select_tokens": ((1,), (), ("indices",)),
     "token_mean": ((1,), ("mult", "shift"), ("start", "zp_in", "zp_out")),
+    # Swin
+    "window_partition": ((1,), (), ("grid", "window", "shift")),
+    "window_reverse": ((1,), (), ("grid", "window", "shift")),
+    "patch_merge": ((1,), (), ("grid",)),
     # I-ViT
     "ilayernorm": ((1,), ("mult", "shift", "offset"), ()),
     "add_wide": ((1, 2), ("mult_a", "mult_b", "shift"), ("out_bits",)),

@@ -76,6 +76,8 @@ __all__ = [
     "ptf_layernorm", "ln_row_stats", "ln_normalize", "ln_affine", "ln_params", "lis_exp_constants",
     "int_exp", "lis_codes", "softmax_exp_rows", "lis_softmax", "uniform_softmax",
     "attn_value_lis", "attn_value_uniform", "gelu_lut", "patchify", "token_mean",
+    # Swin
+    "window_partition", "window_reverse", "patch_merge", "score_bias",
     # I-ViT
     "IVIT_DIVIDEND", "IVIT_SOFTMAX_N", "IVIT_GELU_N", "IVIT_SOFTMAX_BITS", "IVIT_SIGMOID_BITS",
     "ILN_SQRT_START", "ILN_SQRT_STEPS", "shift_exp", "shiftmax", "shift_sigmoid", "shiftgelu_n", "shiftgelu",
@@ -607,6 +609,91 @@ def token_mean(x, zp_in, mult, shift, zp_out, start: int = 0) -> np.ndarray:
     x = _as_int(_signed_bits(x, 8, "token mean input"))
     acc = (x[..., start:, :] - zp_in).sum(axis=-2)
     return requantize(acc, mult, shift, zp_out)
+
+
+# ----------------------------------------------------------------------------------------
+# Swin: windows, the cyclic shift, patch merging (data movement) and the score bias
+# ----------------------------------------------------------------------------------------
+
+def _grid_args(x, grid, window=None, shift=None):
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"expected tokens [B, T, C], got shape {x.shape}")
+    h, w = (int(v) for v in grid)
+    if x.shape[1] != h * w:
+        raise ValueError(f"{x.shape[1]} tokens do not form a {h}x{w} grid")
+    if window is None:
+        return x, h, w
+    wh, ww = (int(v) for v in window)
+    sh, sw = (int(v) for v in (shift if shift is not None else (0, 0)))
+    if wh <= 0 or ww <= 0 or h % wh or w % ww:
+        raise ValueError(f"a {h}x{w} grid is not a multiple of the {wh}x{ww} window")
+    if not (0 <= sh < wh and 0 <= sw < ww):
+        raise ValueError(f"shift ({sh}, {sw}) must lie inside the {wh}x{ww} window")
+    return x, h, w, wh, ww, sh, sw
+
+
+def window_partition(x, grid, window, shift=(0, 0)) -> np.ndarray:
+    """Swin's cyclic shift and window partition of a token grid (data movement only).
+
+    ``x`` is ``[B, H*W, C]`` with tokens in row-major grid order.  The grid is rolled by
+    ``-shift`` (``torch.roll(x, (-sh, -sw), (1, 2))``), cut into ``(H/wh)(W/ww)`` windows
+    in row-major window order, tokens row-major inside a window: ``[B, nW*wh*ww, C]``.
+    """
+    x, h, w, wh, ww, sh, sw = _grid_args(x, grid, window, shift)
+    b, _, c = x.shape
+    g = np.roll(x.reshape(b, h, w, c), (-sh, -sw), axis=(1, 2))
+    g = g.reshape(b, h // wh, wh, w // ww, ww, c).transpose(0, 1, 3, 2, 4, 5)
+    return np.ascontiguousarray(g).reshape(b, h * w, c)
+
+
+def window_reverse(x, grid, window, shift=(0, 0)) -> np.ndarray:
+    """The inverse of :func:`window_partition`: windows back to the grid, rolled by ``+shift``."""
+    x, h, w, wh, ww, sh, sw = _grid_args(x, grid, window, shift)
+    b, _, c = x.shape
+    g = x.reshape(b, h // wh, w // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+    return np.ascontiguousarray(np.roll(g, (sh, sw), axis=(1, 2))).reshape(b, h * w, c)
+
+
+def patch_merge(x, grid) -> np.ndarray:
+    """Swin's patch merging gather: ``[B, H*W, C]`` -> ``[B, (H/2)(W/2), 4C]``.
+
+    Output channel ``(2 j + i) C + c`` of merged token ``(r, s)`` is input token
+    ``(2r + i, 2s + j)`` channel ``c`` (timm's ``permute(0, 1, 3, 4, 2, 5)``: the paper's
+    ``x0 | x1 | x2 | x3`` = offsets (0,0), (1,0), (0,1), (1,1)).
+    """
+    x, h, w = _grid_args(x, grid)
+    if h % 2 or w % 2:
+        raise ValueError(f"patch merging needs an even grid, got {h}x{w}")
+    b, _, c = x.shape
+    g = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
+    return np.ascontiguousarray(g).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def score_bias(scores, bias=None, mask=None) -> np.ndarray:
+    """Add Swin's relative position bias and shifted-window mask to int16 scores, saturating.
+
+    ``scores`` is ``[B, nW, H, N, N]`` int16 (``requantize(q k^T)`` at the softmax input
+    scale), ``bias`` ``[H, N, N]`` int16 at the same scale, ``mask`` ``[nW, N, N]`` int16
+    (0 where a query may see a key, negative where the shifted window cuts it off).
+    Result: ``clip(scores + bias[h] + mask[w], INT16)``.
+    """
+    s = _as_int(_signed_bits(scores, 16, "scores"))
+    if s.ndim != 5:
+        raise ValueError(f"scores must be [B, nW, H, N, N], got shape {s.shape}")
+    if bias is not None:
+        bias = _as_int(_signed_bits(bias, 16, "score bias"))
+        if bias.shape != s.shape[2:]:
+            raise ValueError(f"score bias shape {bias.shape} does not match {s.shape[2:]}")
+        s = s + bias[None, None]
+    if mask is not None:
+        mask = _as_int(_signed_bits(mask, 16, "score mask"))
+        if mask.shape != (s.shape[1],) + s.shape[3:]:
+            raise ValueError(f"score mask shape {mask.shape} does not match {(s.shape[1],) + s.shape[3:]}")
+        if (mask > 0).any():
+            raise ValueError("score mask entries must be 0 or negative")
+        s = s + mask[None, :, None]
+    return np.clip(s, INT16_MIN, INT16_MAX)
 
 
 # ----------------------------------------------------------------------------------------
