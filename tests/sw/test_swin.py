@@ -20,6 +20,15 @@ from sw.quantize import (UnsupportedModelError, check_supported, create_model, l
 
 pytest.importorskip("timm.models.swin_transformer")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The float models are tiny: one torch thread is faster than two on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 #: Small random Swin models: (timm kwargs, quantize kwargs).
 SHAPES = {
     # 16 x 16 grid, window 4 (16 windows, shifted blocks) then 8 x 8 (4 windows, shifted)
