@@ -1,5 +1,8 @@
 """FQ-ViT post-training quantization of stock timm ViT / DeiT models into an integer graph.
 
+timm's Swin Transformer (v1) goes through the same functions: :mod:`sw.swin` supplies its
+hooks, its supported-architecture check and its walk.
+
 The float model is the unmodified ``timm`` module: calibration runs it with forward hooks
 that feed :class:`~sw.observers.Observer` objects, and :func:`quantize` then reads its
 parameters to build an :class:`~sw.graph.IntGraph`.  Nothing of the model is re-implemented.
@@ -55,7 +58,7 @@ LOGIT_HEADROOM = 2.0
 
 
 class UnsupportedModelError(ValueError):
-    """The model is not a ViT / DeiT the quantizer can turn into an integer graph."""
+    """The model is not a ViT / DeiT / Swin the quantizer can turn into an integer graph."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -512,11 +515,12 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
              ptf: bool = True, quantize_patch_embed: bool = True, progress: bool = True,
              observers: dict[str, Observer] | None = None, method: str = "fqvit",
              **method_options) -> IntGraph:
-    """Post-training quantization of a timm ViT / DeiT into an :class:`IntGraph`.
+    """Post-training quantization of a timm ViT / DeiT / Swin into an :class:`IntGraph`.
 
     Parameters
     ----------
-    model : timm VisionTransformer or VisionTransformerDistilled (float, eval mode)
+    model : timm VisionTransformer, VisionTransformerDistilled or SwinTransformer (float,
+        eval mode; Swin with FQ-ViT only)
     calib_images : float array ``[N, C, H, W]``, normalized as the model expects
     observer : ``minmax`` | ``ema`` | ``percentile`` | ``omse``
     attn_bits : 4 (Log-Int-Softmax codes) or 8 (uniform 8-bit softmax)
