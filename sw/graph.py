@@ -43,8 +43,10 @@ Op kinds (inputs -> output; shapes per sample)
     ``token_mean``   x [T, D] -> [D]; params ``mult``, ``shift`` [D]; attrs ``start``,
                      ``zp_in``, ``zp_out``.
 
-    ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6) and ``layernorm`` an
-    optional ``out_bits`` attr (default 8): both clamp to that signed width.
+    ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6; 2-4: Q-ViT) and
+    ``layernorm`` and ``attn_value`` an optional ``out_bits`` attr (default 8): they clamp to
+    that signed width.  ``linear`` may carry ``weight_bits`` (Q-ViT: 2-4): its int8 weights
+    then hold values of that signed width (range-checked by the executor).
 
 Op kinds of I-ViT (``info["method"] == "ivit"``; :mod:`sw.methods.ivit`)
     ``ilayernorm``   x int16 [..., C] (symmetric) -> int8; params ``mult``, ``shift``,
@@ -118,7 +120,7 @@ OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] =
 
 #: The quantization methods a graph can come from (``info["method"]``; files without the
 #: field are FQ-ViT graphs).
-METHODS = ("fqvit", "ivit", "ptq4vit")
+METHODS = ("fqvit", "ivit", "ptq4vit", "qvit")
 
 
 def graph_method(graph: "IntGraph") -> str:
