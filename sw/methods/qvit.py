@@ -317,17 +317,27 @@ def prepare_qvit(model, bits: int, calib_images: np.ndarray, irm: bool = True):
         a.record_scores = False
         a.forward = types.MethodType(_attn_forward, a)
     # 8-bit edges: MinMax per output channel on the weights (patch embedding, head)
-    for mod in (m.patch_embed.proj, m.head):
-        torch.nn.utils.parametrize.register_parametrization(mod, "weight", _EdgeFq())
+    m.patch_embed.proj.__class__ = _EdgeConv
+    m.head.__class__ = _EdgeLinear
     m.qvit_bits = bits
     with torch.no_grad():                       # quantizers initialise on the first batch
         m(x)
     return m
 
 
-class _EdgeFq(_torch().nn.Module):
-    def forward(self, w):
-        return _minmax_fq(w)
+class _EdgeConv(_torch().nn.Conv2d):
+    """The patch embedding with 8-bit MinMax weights (``weight`` stays the float weight)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, _minmax_fq(self.weight), self.bias)
+
+
+class _EdgeLinear(_torch().nn.Linear):
+    """The head with 8-bit MinMax weights (``weight`` stays the float weight)."""
+
+    def forward(self, x):
+        import torch.nn.functional as F
+        return F.linear(x, _minmax_fq(self.weight), self.bias)
 
 
 def _is_identity(mod) -> bool:
@@ -563,12 +573,8 @@ def export_qvit(qmodel, calib_images: np.ndarray, observer: str = "minmax", prog
     finally:
         for blk in qmodel.blocks:
             blk.attn.record_scores = False
-    # _assemble reads the edge weights through the parametrization: the float weights
-    # (its own 8-bit MinMax rule is the one the network trained with).
-    plain = copy.deepcopy(qmodel)
-    for mod in (plain.patch_embed.proj, plain.head):
-        torch.nn.utils.parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
-    g = _assemble(plain, _Builder(obs, True), obs, 4, True, True, _qvit_block, "qvit")
+    # _assemble quantizes the edge weights with the 8-bit MinMax rule the network trained with
+    g = _assemble(qmodel, _Builder(obs, True), obs, 4, True, True, _qvit_block, "qvit")
     g.info.update({"bits": int(qmodel.qvit_bits), "edge_bits": EDGE_BITS, **info})
     return g
 
