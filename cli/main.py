@@ -27,6 +27,7 @@ COMMANDS = {
     "disasm": ("cli.disasm", "disassemble a program binary"),
     "simulate": ("cli.simulate", "cycle-level simulation: latency, MAC utilization, stalls"),
     "cosim": ("cli.cosim", "run a compiled model on the accelerator's RTL (cocotb + Verilator)"),
+    "build": ("cli.build", "fit the accelerator to a board; place and route (ECP5) or write its Verilog"),
 }
 
 

@@ -30,6 +30,11 @@ def add_arguments(parser) -> None:
     src.add_argument("--graph", default=None, help="integer graph file (.npz)")
     src.add_argument("--program", default=None, help="compiled program image folder")
     add_config_arguments(parser)
+    parser.add_argument("--board", default=None, metavar="NAME",
+                        help="use that board's fitted config (vitamin build --board NAME), its "
+                             "achieved (open flow) or stated clock and its memory bandwidth")
+    parser.add_argument("--build-dir", default="build", metavar="DIR",
+                        help="with --board: where vitamin build recorded the fit (default ./build)")
     parser.add_argument("--timing-only", action="store_true",
                         help="skip the data path (fast); default: compute every output too")
     parser.add_argument("--check", action="store_true",
@@ -113,15 +118,15 @@ def run(args) -> int:
 
     graph = None
     if args.program:
-        if args.config or args.overrides:
-            raise UserError("--config/--set do not apply to a compiled --program")
+        if args.config or args.overrides or args.board:
+            raise UserError("--config/--set/--board do not apply to a compiled --program")
         try:
             image = ProgramImage.load(args.program)
         except ProgramFormatError as exc:
             raise UserError(str(exc)) from None
         source = f"program {args.program}"
     else:
-        config = config_from_args(args)
+        config = board_config(args) if args.board else config_from_args(args)
         if args.graph:
             from sw.graph import IntGraph
             graph = IntGraph.load(args.graph)
@@ -251,6 +256,37 @@ def run(args) -> int:
                                                      json.dumps(rep.to_json(), indent=1).encode()))
         print(f"wrote report {args.json}")
     return 0
+
+
+def board_config(args):
+    """The config of ``--board``: the fit ``vitamin build`` recorded (its config, at the
+    achieved or stated clock), else a fresh fit at the board's stated clock; ``--set`` pins
+    fields of a fresh fit.  The DRAM bandwidth per cycle follows from the board's bandwidth
+    and that clock."""
+    from boards.profiles import BoardError, get_profile
+    from cli.build import fit_board, pinned_fields
+    from hw.config import AcceleratorConfig
+    if args.config:
+        raise UserError("--board chooses the config; --config does not apply (use --set to pin fields)")
+    try:
+        board = get_profile(args.board)
+    except BoardError as exc:
+        raise UserError(str(exc)) from None
+    pinned = pinned_fields(args.overrides)
+    record = Path(args.build_dir) / board.name / "fitted.json"
+    if record.is_file() and not pinned:
+        data = json.loads(record.read_text())
+        cfg = AcceleratorConfig.from_dict(data["config"])
+        clock = float(data["clock_mhz"])
+        how = f"{data['clock_source']} clock, from {record}"
+    else:
+        cfg = fit_board(board, pinned, progress=lambda s: None).config
+        clock = board.clock_mhz
+        how = "stated clock (no build recorded: run vitamin build --board " + board.name + ")"
+    cfg = cfg.replace(**board.config_overrides(clock, cfg.lanes))
+    print(f"board {board.name}: {clock:g} MHz ({how}), DRAM {board.dram_mbps:g} MB/s = "
+          f"{cfg.dram_bytes} B/cycle")
+    return cfg
 
 
 def _write(path: str, write) -> None:

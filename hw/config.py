@@ -74,6 +74,12 @@ class AcceleratorConfig:
     #: Lanes of the vector units (LayerNorm, softmax, GELU, residual add, requantizer):
     #: elements each unit accepts per cycle.
     vector_lanes: int = 16
+    #: Multiplier mapping: how many of the array's columns (the last ones) compute their
+    #: 9 x 8-bit products with an explicit shift-and-add multiplier in logic (LUTs and carry
+    #: chains) instead of an inferred ``*`` that synthesis maps to DSP blocks.  Results are
+    #: identical; only the resources differ (on ECP5 every product otherwise takes a whole
+    #: MULT18X18D).  0..array_cols.
+    lut_mult_cols: int = 0
     #: Operand width of weights (int8).  The integer reference fixes it at 8.
     weight_bits: int = 8
     #: Operand width of activations (int8, zero point folded into the bias).  Fixed at 8.
@@ -129,6 +135,8 @@ class AcceleratorConfig:
         need((self.weight_bits, self.act_bits, self.acc_bits) == (8, 8, 32),
              "weight_bits/act_bits/acc_bits must be 8/8/32 (the integer reference's widths), "
              f"got {self.weight_bits}/{self.act_bits}/{self.acc_bits}")
+        need(0 <= self.lut_mult_cols <= self.array_cols,
+             f"lut_mult_cols must be in 0..array_cols ({self.array_cols}), got {self.lut_mult_cols}")
         need(self.scratchpad_kib >= 1, f"scratchpad_kib must be >= 1, got {self.scratchpad_kib}")
         need(self.accumulator_kib >= 1, f"accumulator_kib must be >= 1, got {self.accumulator_kib}")
         need(self.param_kib >= 1, f"param_kib must be >= 1, got {self.param_kib}")

@@ -26,7 +26,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["ProcessingElement", "STREAM_OPERAND", "PRODUCT_BITS", "psum_bits"]
+__all__ = ["ProcessingElement", "shift_add_product", "STREAM_OPERAND", "PRODUCT_BITS", "psum_bits"]
 
 #: One streaming operand as it travels along a PE row.
 STREAM_OPERAND = data.StructLayout({
@@ -36,6 +36,19 @@ STREAM_OPERAND = data.StructLayout({
 
 #: Width of one PE's term: a 9 x 8-bit signed product (at most 255 x -128 in magnitude).
 PRODUCT_BITS = 17
+
+
+def shift_add_product(a, b):
+    """``a * b`` for a signed ``a`` and a signed 8-bit ``b`` as a sum of shifted partial
+    products (``a << i`` where bit ``i`` of ``b`` is set, the sign bit's subtracted), so
+    that synthesis builds it from LUTs and carry chains rather than a DSP multiplier."""
+    width = len(b)
+    parts = [Mux(b[i], a.as_signed() << i, 0) for i in range(width - 1)]
+    # A balanced adder tree keeps the logic depth at log2(width) adders.
+    while len(parts) > 1:
+        parts = [parts[k] + parts[k + 1] if k + 1 < len(parts) else parts[k]
+                 for k in range(0, len(parts), 2)]
+    return parts[0] - Mux(b[width - 1], a.as_signed() << (width - 1), 0)
 
 
 def psum_bits(rows: int) -> int:
@@ -53,6 +66,9 @@ class ProcessingElement(wiring.Component):
     psum_width : int
         Width of the signed partial sums ``psum_in`` / ``psum_out`` (at least
         :data:`PRODUCT_BITS`; :func:`psum_bits` of the array's row count).
+    lut_multiplier : bool
+        Compute the product with :func:`shift_add_product` (logic only) instead of ``*``
+        (which synthesis maps to a DSP block).  The result is the same.
 
     Members
     -------
@@ -77,11 +93,12 @@ class ProcessingElement(wiring.Component):
     ``EnableInserter`` stalls the PE as a whole.
     """
 
-    def __init__(self, psum_width: int):
+    def __init__(self, psum_width: int, lut_multiplier: bool = False):
         if isinstance(psum_width, bool) or not isinstance(psum_width, int) \
                 or psum_width < PRODUCT_BITS:
             raise ValueError(f"psum_width must be an integer >= {PRODUCT_BITS}, got {psum_width!r}")
         self._psum_width = psum_width
+        self.lut_multiplier = bool(lut_multiplier)
         super().__init__({
             "act_in": In(STREAM_OPERAND),
             "act_out": Out(STREAM_OPERAND),
@@ -107,7 +124,10 @@ class ProcessingElement(wiring.Component):
             m.d.sync += shadow.eq(self.weight)
 
         term = Signal(signed(PRODUCT_BITS))
-        m.d.comb += term.eq(self.act_in.value * current)
+        if self.lut_multiplier:
+            m.d.comb += term.eq(shift_add_product(self.act_in.value, current))
+        else:
+            m.d.comb += term.eq(self.act_in.value * current)
 
         m.d.sync += [
             self.act_out.eq(self.act_in),

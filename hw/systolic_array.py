@@ -241,7 +241,7 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             act = operands[r]
             for c in range(cols):
-                pe = ProcessingElement(width)
+                pe = ProcessingElement(width, lut_multiplier=c >= cols - self._config.lut_mult_cols)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 write, row, value = weight_writes[c]
                 m.d.comb += [

@@ -97,6 +97,16 @@ def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: b
     return report
 
 
+def table_lines(head: list[str], rows: list[list[str]], markdown: bool = False) -> list[str]:
+    """A table as markdown lines, or as left-aligned text columns under a dashed rule."""
+    if markdown:
+        return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
+
+
 def format_table(report: AccuracyReport, markdown: bool = False) -> str:
     """The table as aligned text, or as a markdown table."""
     head = ["method", "W/A/Att", "PTF", "LIS", "FP32", "fake-quant", "integer", "int vs FP32", "fq/int labels agree"]
@@ -106,13 +116,7 @@ def format_table(report: AccuracyReport, markdown: bool = False) -> str:
                      "yes" if r.attn_bits == 4 else "no", f"{report.fp32_top1:.2f}",
                      f"{r.fakequant_top1:.2f}", f"{r.integer_top1:.2f}",
                      f"{r.integer_top1 - report.fp32_top1:+.2f}", f"{r.label_agreement:.2f}"])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
+    lines = table_lines(head, rows, markdown)
     lines.append("")
     lines.append(f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
                  f"training images; top-1 in %; "

@@ -210,17 +210,10 @@ def _storage_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False,
-            fast: bool = False):
-    """Run ``graph`` on integer inputs (batch on axis 0).
-
-    ``inputs`` is the array of the single graph input or a dict by input name.  Returns the
-    graph outputs as a dict of int64 arrays, or every tensor when ``keep`` is true.
-    ``fast``: compute the same integers with the fused kernels of :mod:`sw.fastexec`.
-    """
-    if fast:
-        from .fastexec import execute_fast
-        return execute_fast(graph, inputs, keep)
+def input_env(graph: IntGraph, inputs) -> dict[str, np.ndarray]:
+    """The graph inputs, checked (names, integer dtype, per-sample shape, declared range)
+    and stored at their declared width: the executors' starting environment.  ``inputs``
+    is the array of the single graph input or a dict by input name (batch on axis 0)."""
     if not isinstance(inputs, dict):
         if len(graph.inputs) != 1:
             raise ValueError(f"graph has inputs {graph.inputs}: pass a dict")
@@ -239,6 +232,21 @@ def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: b
         lo, hi = t.range
         intops.check_range(x, lo, hi, f"input {name!r}")
         env[name] = x.astype(_storage_dtype(lo, hi))
+    return env
+
+
+def execute(graph: IntGraph, inputs: np.ndarray | dict[str, np.ndarray], keep: bool = False,
+            fast: bool = False):
+    """Run ``graph`` on integer inputs (batch on axis 0).
+
+    ``inputs`` is the array of the single graph input or a dict by input name.  Returns the
+    graph outputs as a dict of int64 arrays, or every tensor when ``keep`` is true.
+    ``fast``: compute the same integers with the fused kernels of :mod:`sw.fastexec`.
+    """
+    if fast:
+        from .fastexec import execute_fast
+        return execute_fast(graph, inputs, keep)
+    env = input_env(graph, inputs)
     last_use = {}
     for i, op in enumerate(graph.ops):
         for t in op.inputs:

@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 
 from . import intops
-from .executor import _guaranteed_range, _storage_dtype, run_op
+from .executor import _guaranteed_range, _storage_dtype, input_env, run_op
 from .graph import IntGraph, Op
 
 __all__ = ["FastExecutor", "execute_fast", "available", "default_threads", "FAST_KINDS"]
@@ -767,24 +767,7 @@ class FastExecutor:
         """Run the graph on integer inputs (batch on axis 0): the graph outputs as int64
         arrays, or every tensor with ``keep``, exactly as :func:`sw.executor.execute`."""
         graph = self.graph
-        if not isinstance(inputs, dict):
-            if len(graph.inputs) != 1:
-                raise ValueError(f"graph has inputs {graph.inputs}: pass a dict")
-            inputs = {graph.inputs[0]: inputs}
-        env: dict[str, np.ndarray] = {}
-        for name in graph.inputs:
-            if name not in inputs:
-                raise ValueError(f"missing graph input {name!r}")
-            x = np.asarray(inputs[name])
-            t = graph.tensors[name]
-            if x.dtype.kind not in "iu":
-                raise TypeError(f"input {name!r} must be an integer array, got {x.dtype}")
-            if tuple(x.shape[1:]) != tuple(t.shape):
-                raise ValueError(f"input {name!r} has shape {tuple(x.shape[1:])} per sample; "
-                                 f"the model expects {tuple(t.shape)}")
-            lo, hi = t.range
-            intops.check_range(x, lo, hi, f"input {name!r}")
-            env[name] = x.astype(_storage_dtype(lo, hi))
+        env = input_env(graph, inputs)
         sizes = {len(v) for v in env.values()}
         batch = sizes.pop() if len(sizes) == 1 else 0
         n = min(self.threads, batch)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..accuracy import table_lines
 from ..executor import execute
 from ..fakequant import fakequant_execute
 from ..graph import METHODS
@@ -156,13 +157,7 @@ def format_method_table(report: MethodReport, markdown: bool = False) -> str:
     rows = [[r.label, r.bits, r.procedure, f"{r.fp32_top1:.2f}", f"{r.fakequant_top1:.2f}",
              f"{r.integer_top1:.2f}", f"{r.integer_top1 - report.fp32_top1:+.2f}", f"{r.label_agreement:.2f}"]
             for r in report.rows]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
+    lines = table_lines(head, rows, markdown)
     lines.append("")
     lines.append(f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
                  f"training images; top-1 in %; 'int vs FP32' against the original float model "

@@ -1,0 +1,79 @@
+"""One table per board: fitted config, modelled (and, after a build, placed) resources,
+clock, DeiT-Tiny / DeiT-Small latency and frames per second from the cycle model.
+
+    python benchmarks/boards_table.py [--build-dir build] [BOARD ...]
+
+The clock is the achieved Fmax of the board's last ``vitamin build`` when one is recorded in
+``BUILD/<board>/fitted.json`` (open flow), else the profile's stated clock (marked so).
+Memory bandwidth per cycle follows from the board's MB/s at that clock.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from boards.fit import fit, model_cycles
+from boards.profiles import PROFILES, get_profile
+from hw.config import AcceleratorConfig
+
+
+def board_table(name: str, build_dir: Path) -> str:
+    board = get_profile(name)
+    record = build_dir / board.name / "fitted.json"
+    built = None
+    if record.is_file():
+        data = json.loads(record.read_text())
+        cfg = AcceleratorConfig.from_dict(data["config"])
+        clock, how = float(data["clock_mhz"]), data["clock_source"]
+        if data.get("build") and (Path(data["build"]) / "build.json").is_file():
+            built = json.loads((Path(data["build"]) / "build.json").read_text())
+    else:
+        cfg = fit(board).config
+        clock, how = board.clock_mhz, "stated, not timed"
+    cfg = cfg.replace(**board.config_overrides(clock, cfg.lanes))
+    from boards.fit import resources_on
+    res = resources_on(cfg, board)
+    lines = [f"### {board.title} (`{board.name}`, {board.part})", "",
+             f"Config: N = {cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, "
+             f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB, "
+             f"accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB; clock "
+             f"{clock:.1f} MHz ({how}); memory {board.memory}, {board.dram_mbps:g} MB/s = "
+             f"{cfg.dram_bytes} B/cycle.", "",
+             "| resource | model | " + ("placed (nextpnr) | " if built else "") + "available |",
+             "| --- | ---: | " + ("---: | " if built else "") + "---: |"]
+    names = {"lut": "LUTs", "ff": "flip-flops", "dsp": "multipliers", "bram": f"block RAM ({board.bram_kbits} Kbit)",
+             "uram": "UltraRAM"}
+    for k, v in res.as_dict().items():
+        if k == "uram" and not board.urams:
+            continue
+        placed = ""
+        if built:
+            u = built["utilization"].get(k)
+            placed = f"{u[0]:,} | " if u else "- | "
+        lines.append(f"| {names[k]} | {v:,} | {placed}{board.budget[k]:,} |")
+    dsps = res.dsp or 1
+    lines += ["", f"MACs per multiplier block per cycle: {cfg.macs_per_cycle / dsps:.2f} "
+              f"({cfg.macs_per_cycle} array MACs per cycle over {res.dsp} blocks; one product per block)", "",
+              "| model | cycles | latency | frames/s |", "| --- | ---: | ---: | ---: |"]
+    for model, title in (("deit_tiny", "DeiT-Tiny"), ("deit_small", "DeiT-Small")):
+        cyc = model_cycles(cfg, model)
+        if cyc is None:
+            lines.append(f"| {title} | does not compile (on-chip memory too small) | | |")
+        else:
+            ms = cyc / (clock * 1e3)
+            lines.append(f"| {title} | {cyc:,} | {ms:.2f} ms | {1e3 / ms:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("boards", nargs="*", default=list(PROFILES))
+    ap.add_argument("--build-dir", type=Path, default=Path("build"))
+    args = ap.parse_args()
+    for name in args.boards:
+        print(board_table(name, args.build_dir), flush=True)
+
+
+if __name__ == "__main__":
+    main()

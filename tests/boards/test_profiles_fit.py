@@ -1,0 +1,183 @@
+"""Board profiles, the resource model and the fitter (synthetic budgets, no tools run)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from boards.fit import FitError, candidates, check_fits, fit, overflow_message, resources_on
+from boards.profiles import PROFILES, BoardError, BoardProfile, get_profile
+from boards.resources import MemoryShape, Resources, bram_blocks, core_memories, estimate
+from hw.config import AcceleratorConfig, ConfigError, load_config
+
+
+# ---------------------------------------------------------------------------- profiles
+
+def test_every_listed_board_is_there():
+    for name in ("ulx3s-85f", "orangecrab-85f", "zcu102", "zcu104", "kv260", "pynq-z2",
+                 "arty-a7-100t"):
+        p = get_profile(name)
+        assert p.name == name and p.sources
+    assert get_profile("ULX3S-85F").name == "ulx3s-85f"
+    assert get_profile("ulx3s-85f").open_flow and not get_profile("zcu104").open_flow
+    assert get_profile("ulx3s-85f").budget == {"lut": 83_640, "ff": 83_640, "dsp": 156,
+                                               "bram": 208, "uram": 0}
+
+
+def test_unknown_board():
+    with pytest.raises(BoardError, match="unknown board 'nope'.*ulx3s-85f"):
+        get_profile("nope")
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(name="Has Space"), "lower case"),
+    (dict(family="stratix"), "unknown family"),
+    (dict(toolchain="quartus"), "unknown toolchain"),
+    (dict(dsps=-1), "non-negative"),
+    (dict(luts=1.5), "integer"),
+    (dict(bram_kbits=20), "bram_kbits"),
+    (dict(urams=4), "UltraRAM"),
+    (dict(dram_mbps=0), "dram_mbps"),
+    (dict(platform=""), "needs platform"),
+])
+def test_profile_validation(change, match):
+    base = get_profile("ulx3s-85f")
+    with pytest.raises(BoardError, match=match):
+        dataclasses.replace(base, **change)
+
+
+def test_ecp5_toolchain_needs_ecp5():
+    with pytest.raises(BoardError, match="ECP5 parts only"):
+        dataclasses.replace(get_profile("zcu104"), toolchain="ecp5")
+
+
+def test_bytes_per_cycle():
+    b = get_profile("ulx3s-85f")            # 140 MB/s
+    assert b.bytes_per_cycle(50.0, 8) == 2       # 2.8 B/cycle -> 2
+    assert b.bytes_per_cycle(100.0, 8) == 1      # 1.4 -> 1
+    assert b.bytes_per_cycle(500.0, 8) == 1      # never below 1
+    z = get_profile("zcu102")               # 2560 MB/s
+    assert z.bytes_per_cycle(200.0, 8) == 8      # capped at the datapath width
+    assert z.config_overrides(200.0, 8)["dram_bytes_per_cycle"] == 0    # 0 = full width
+    assert z.config_overrides(200.0, 16)["dram_bytes_per_cycle"] == 8
+
+
+# ---------------------------------------------------------------------------- resource model
+
+def test_bram_blocks_shapes():
+    # 128-bit rows, byte writes: 4 bytes per DP16KD in 36-bit mode, 512 deep.
+    assert bram_blocks(MemoryShape("m", 9216, 128, 8)) == 4 * 18
+    # 512-bit rows of words.
+    assert bram_blocks(MemoryShape("m", 1536, 512, 32)) == 16 * 3
+    # Deep and narrow: 1 bit x 16384 per block.
+    assert bram_blocks(MemoryShape("m", 16384, 2, 2)) == 2
+    # Small memories are distributed RAM.
+    assert bram_blocks(MemoryShape("m", 16, 64, 64)) == 0
+    # Xilinx RAMB36: 64 data bits x 512 in 72-bit mode.
+    assert bram_blocks(MemoryShape("m", 512, 128, 8), 36) == 2
+
+
+def test_core_memories_cover_regions():
+    cfg = load_config(None)
+    names = [m.name for m in core_memories(cfg)]
+    assert set(cfg.regions) <= set(names) and "imem" in names
+    assert sum(1 for n in names if n.startswith("buffer_")) == 2
+
+
+def test_estimate_scales_and_lut_multipliers():
+    small, big = estimate(load_config("tiny")), estimate(load_config(None))
+    assert big.lut > small.lut and big.dsp > small.dsp and big.bram > small.bram
+    cfg = load_config("small")
+    lut = estimate(cfg.replace(lut_mult_cols=4))
+    assert lut.dsp == estimate(cfg).dsp - 8 * 4
+    assert lut.lut > estimate(cfg).lut
+    # UltraRAM takes the large memories when there is some.
+    u = estimate(load_config(None), "ultrascale+", 36, urams=96)
+    assert u.uram > 0 and u.bram < estimate(load_config(None), "ultrascale+", 36).bram
+
+
+def test_overflow_ordering():
+    r = Resources(lut=10, ff=10, dsp=300, bram=250)
+    over = r.overflow({"lut": 100, "ff": 100, "dsp": 156, "bram": 208, "uram": 0})
+    assert [k for k, *_ in over] == ["dsp", "bram"]
+
+
+# ---------------------------------------------------------------------------- fitting
+
+def synthetic(**budget) -> BoardProfile:
+    base = dict(luts=1_000_000, ffs=1_000_000, dsps=100_000, brams=100_000, urams=0)
+    base.update(budget)
+    return dataclasses.replace(get_profile("ulx3s-85f"), name="synthetic", **base)
+
+
+def fake_cycles(cfg: AcceleratorConfig) -> int:
+    """Faster with a wider datapath and more scratchpad; never compiles below 64 KiB."""
+    if cfg.scratchpad_kib < 64:
+        return None
+    return 10_000_000 // cfg.macs_per_cycle + 1_000_000 // cfg.scratchpad_kib
+
+
+def test_unlimited_budget_picks_widest():
+    r = fit(synthetic(), cycles_of=fake_cycles)
+    assert r.config.lanes == 16 and r.config.lut_mult_cols == 0
+    assert r.config.scratchpad_kib == 512
+
+
+def test_dsp_budget_moves_columns_to_luts():
+    board = synthetic(dsps=156)
+    r = fit(board, cycles_of=fake_cycles)
+    res = resources_on(r.config, board)
+    assert res.dsp <= 156
+    # The fewest LUT columns that fit: one fewer would overflow the multipliers.
+    if r.config.lut_mult_cols:
+        fewer = r.config.replace(lut_mult_cols=r.config.lut_mult_cols - 1)
+        assert resources_on(fewer, board).dsp > 156
+
+
+def test_block_ram_budget_limits_memories():
+    big = fit(synthetic(), cycles_of=fake_cycles).config
+    tight = fit(synthetic(brams=200), cycles_of=fake_cycles).config
+    assert estimate(tight).bram <= 200
+    assert (tight.lanes, tight.scratchpad_kib) < (big.lanes, big.scratchpad_kib)
+
+
+def test_pinned_fields_are_kept():
+    r = fit(synthetic(), {"array_rows": 8, "array_cols": 8, "vector_lanes": 8,
+                          "scratchpad_kib": 256}, cycles_of=fake_cycles)
+    assert r.config.lanes == 8 and r.config.scratchpad_kib == 256
+
+
+def test_board_decides_clock_and_bandwidth():
+    board = synthetic()
+    r = fit(board, cycles_of=fake_cycles)
+    assert r.config.clock_mhz == board.clock_mhz
+    assert r.config.dram_bytes == board.bytes_per_cycle(board.clock_mhz, r.config.lanes)
+    assert r.config.dram_latency_cycles == board.dram_latency_cycles
+
+
+def test_pinned_config_that_cannot_fit_names_the_resource():
+    board = get_profile("ulx3s-85f")
+    with pytest.raises(FitError, match=r"multiplier blocks .* of 156 \(over by"):
+        fit(board, {"array_rows": 16, "array_cols": 16, "vector_lanes": 16, "lut_mult_cols": 0,
+                    "scratchpad_kib": 512}, cycles_of=fake_cycles)
+    with pytest.raises(FitError, match=r"block RAMs [\d,]+ of 208"):
+        check_fits(load_config(None, lut_mult_cols=16), board)
+    assert overflow_message(load_config("tiny"), synthetic()) is None
+
+
+def test_nothing_fits_a_tiny_board():
+    with pytest.raises(FitError, match="does not fit"):
+        fit(synthetic(luts=1000), cycles_of=fake_cycles)
+
+
+def test_no_candidate_compiles():
+    with pytest.raises(FitError, match="compiles"):
+        fit(synthetic(), cycles_of=lambda cfg: None)
+
+
+def test_candidates_respect_pins_and_validation():
+    board = synthetic()
+    got = list(candidates(board, {"array_rows": 4, "array_cols": 4, "vector_lanes": 4}))
+    assert got and all(c.lanes == 4 for c in got)
+    with pytest.raises(ConfigError):
+        load_config(None, lut_mult_cols=17)
