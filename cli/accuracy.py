@@ -44,7 +44,7 @@ def run(args) -> int:
             raise UserError("--qvit-ablation is a table of its own: no --method or --calib")
         from sw.methods.accuracy import format_qvit_ablation, qvit_ablation
         ablation = qvit_ablation(seed=seeds[0], epochs=args.qat_epochs or None, fast=not args.reference)
-        text = md = format_qvit_ablation(ablation)
+        text, md = format_qvit_ablation(ablation), format_qvit_ablation(ablation, markdown=True)
         seconds = ablation["seconds"]
     elif args.method is None:
         if args.qat_epochs is not None or args.save_graphs is not None:

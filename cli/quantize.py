@@ -51,8 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-dir", default=None, metavar="DIR",
                         help="calibrate on --n-calib images drawn at random (seeded by --seed) from an image "
                              "folder DIR/<class>/<image>, preprocessed as the model expects")
-    parser.add_argument("--n-calib", type=int, default=DEFAULT_CALIB_IMAGES,
-                        help="number of calibration images (random, or from --calib-dir) (default: %(default)s)")
+    parser.add_argument("--n-calib", type=int, default=None,
+                        help=f"number of calibration images (random, or from --calib-dir) (default: {DEFAULT_CALIB_IMAGES}; "
+                             "Q-ViT: 256 of the digits training split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     parser.add_argument("-o", "--output", required=True, help="integer graph file to write (.npz)")
 
@@ -132,7 +133,10 @@ def describe(graph) -> str:
 
 def run(args) -> int:
     import torch
-    from sw.quantize import UnsupportedModelError, check_supported, create_model, quantize, random_images
+    from sw.quantize import (DEFAULT_CALIB_IMAGES, UnsupportedModelError, check_supported, create_model, quantize,
+                             random_images)
+    if args.n_calib is None:
+        args.n_calib = 256 if args.method == "qvit" else DEFAULT_CALIB_IMAGES
     if args.n_calib < 1:
         raise UserError("--n-calib must be at least 1")
     opts = method_options(args)
@@ -184,13 +188,15 @@ def run_qvit(args, opts: dict) -> int:
         raise UserError("Q-ViT calibrates on the digits training split; --calib-images, --calib-dir and "
                         "--checkpoint do not apply")
     from sw.digits import load_or_train
+    from sw.methods.qvit import default_calib_images
     from sw.quantize import UnsupportedModelError, quantize
     model, split = load_or_train(seed=args.seed)
     t0 = time.perf_counter()
     opts = dict(opts)
     opts.pop("method")
     try:
-        graph = quantize(model, split.train_x[:args.n_calib], observer=args.calib, method="qvit",
+        graph = quantize(model, default_calib_images(split.train_x, args.seed, args.n_calib),
+                         observer=args.calib, method="qvit",
                          train_x=split.train_x, train_y=split.train_y, **opts)
     except (UnsupportedModelError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -128,7 +128,7 @@ def method_table(methods=METHODS, seeds=(0,), qat_epochs: int | None = None, pro
                     own_fp32 = _top1(evaluate_float(res.model, split.test_x), split.test_y)
                 elif build == "qvit":
                     from .qvit import quantize_qvit
-                    g = quantize_qvit(model, calib, bits=4, seed=seed, train_x=split.train_x,
+                    g = quantize_qvit(model, bits=4, seed=seed, train_x=split.train_x,
                                       train_y=split.train_y, progress=progress).graph
                 else:
                     g = build(model, split, calib, obs)
@@ -172,40 +172,41 @@ ABLATION = (("LSQ+ baseline", False, False), ("+IRM", True, False), ("+DGD", Fal
 
 
 def qvit_ablation(bits=(4, 3, 2), seed: int = 0, epochs: int | None = None, progress: bool = True,
-                  fast: bool = True) -> dict:
+                  fast: bool = True, lam: float | None = None) -> dict:
     """Q-ViT's ablation on the digits ViT of ``seed``: integer-executor top-1 (and the
     fake-quant network's, and their label agreement) of every :data:`ABLATION` setting at
     every width.  Returns ``{"fp32": top1, "rows": [(bits, label, fq, int, agree, seconds)], ...}``."""
     from ..digits import evaluate_float, load_or_train
-    from .qvit import QVIT_EPOCHS, fakequant_logits, quantize_qvit
+    from .qvit import QVIT_EPOCHS, QVIT_LAMBDA, fakequant_logits, quantize_qvit
     epochs = QVIT_EPOCHS if epochs is None else epochs
+    lam = QVIT_LAMBDA if lam is None else lam
     t0 = time.perf_counter()
     model, split = load_or_train(seed=seed, progress=progress)
-    calib = split.train_x[:256]
     fp32 = _top1(evaluate_float(model, split.test_x), split.test_y)
     rows = []
     for b in bits:
         for label, irm, dgd in ABLATION:
             t1 = time.perf_counter()
-            res = quantize_qvit(model, calib, bits=b, irm=irm, dgd=dgd, epochs=epochs, seed=seed,
+            res = quantize_qvit(model, bits=b, irm=irm, dgd=dgd, lam=lam, epochs=epochs, seed=seed,
                                 train_x=split.train_x, train_y=split.train_y, progress=progress)
             lab_fq = fakequant_logits(res.model, split.test_x).argmax(1)
             lab_int = execute(res.graph, quantize_input(split.test_x, res.graph), fast=fast)["logits"].argmax(1)
             rows.append((b, label, _top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
                          100.0 * float(np.mean(lab_fq == lab_int)), time.perf_counter() - t1))
-    return {"fp32": fp32, "rows": rows, "seed": seed, "epochs": epochs, "test_images": len(split.test_y),
+    return {"fp32": fp32, "rows": rows, "seed": seed, "epochs": epochs, "lam": lam, "test_images": len(split.test_y),
             "seconds": time.perf_counter() - t0}
 
 
-def format_qvit_ablation(report: dict) -> str:
-    """The ablation as a markdown table."""
-    lines = ["| W/A | setting | QAT network (fake-quant) | integer executor | int vs FP32 | labels agree | seconds |",
-             "|---|---|---|---|---|---|---|",
-             f"| 32/32 | FP32 | {report['fp32']:.2f} | | | | |"]
-    for b, label, fq, integer, agree, secs in report["rows"]:
-        lines.append(f"| {b}/{b} | {label} | {fq:.2f} | {integer:.2f} | {integer - report['fp32']:+.2f} | "
-                     f"{agree:.2f} | {secs:.0f} |")
+def format_qvit_ablation(report: dict, markdown: bool = False) -> str:
+    """The ablation as aligned text, or as a markdown table."""
+    from ..accuracy import table_lines
+    head = ["W/A", "setting", "QAT network", "integer executor", "int vs FP32", "labels agree", "seconds"]
+    rows = [["32/32", "FP32", f"{report['fp32']:.2f}", "", "", "", ""]]
+    rows += [[f"{b}/{b}", label, f"{fq:.2f}", f"{integer:.2f}", f"{integer - report['fp32']:+.2f}",
+              f"{agree:.2f}", f"{secs:.0f}"] for b, label, fq, integer, agree, secs in report["rows"]]
+    lines = table_lines(head, rows, markdown)
     lines.append("")
     lines.append(f"digits test split: {report['test_images']} images; seed {report['seed']}; {report['epochs']} "
-                 f"epochs of QAT per row; top-1 in %; 'labels agree': QAT network vs integer executor.")
+                 f"epochs of QAT per row; DGD lambda {report['lam']:g}; top-1 in %; 'labels agree': QAT network "
+                 "vs integer executor.")
     return "\n".join(lines)

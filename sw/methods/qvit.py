@@ -38,7 +38,8 @@ import numpy as np
 from .. import intops
 from ..graph import IntGraph
 
-__all__ = ["LsqPlus", "Irm", "QVitModel", "prepare_qvit", "train_qvit", "export_qvit", "fold_irm",
+__all__ = ["LsqPlus", "Irm", "prepare_qvit", "train_qvit", "export_qvit", "fold_irm", "calibrate_qvit",
+           "build_graph", "default_calib_images", "save_qvit", "load_qvit",
            "quantize_qvit", "fakequant_logits", "QvitResult", "QVIT_BITS", "QVIT_EPOCHS", "QVIT_LR",
            "QVIT_BATCH", "QVIT_LAMBDA"]
 
@@ -221,28 +222,131 @@ def _lis_fq(p):
 
 
 def _attn_forward(self, x, attn_mask=None, **_):
-    """Q-ViT attention: IRM on q and k, LSQ+ on q, k, v, LIS codes, quantized proj input."""
+    """Q-ViT attention: IRM on q and k, LSQ+ on q, k, v, LIS codes, quantized proj input.
+    In the exact forward (:class:`_Exact`) q, k, v, the codes and the context take the
+    integer graph's values."""
     torch = _torch()
     b, t, c = x.shape
     h, dh = self.num_heads, self.head_dim
+    p = self.qvit_prefix
     qkv = self.qkv(x).reshape(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)                                     # [B, H, T, dh]
     if self.use_irm:
         q = self.irm_q(q.transpose(1, 2).reshape(b, t, c)).reshape(b, t, h, dh).transpose(1, 2)
         k = self.irm_k(k.transpose(1, 2).reshape(b, t, c)).reshape(b, t, h, dh).transpose(1, 2)
     q, k, v = self.quant_q(q), self.quant_k(k), self.quant_v(v)
+    exact = self.qvit_exact
+    if exact.on:
+        qe, ke, ve = exact.value(f"{p}.attn.qkv.out").reshape(b, t, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _pin(q, qe), _pin(k, ke), _pin(v, ve)
     self._qk = (q, k)
     scores = (q * self.scale) @ k.transpose(-2, -1)
     if self.record_scores:
         self.scores_absmax = max(getattr(self, "scores_absmax", 0.0), float(scores.detach().abs().max()))
     attn = _lis_fq(scores.softmax(-1))
+    if exact.on:
+        attn = _pin(attn, exact.value(f"{p}.attn.probs"))
     out = (attn @ v).transpose(1, 2).reshape(b, t, c)
+    if exact.on:
+        out = _pin(out, exact.value(f"{p}.attn.out"))
     return self.proj_drop(self.proj(out))
 
 
-class QVitModel:
-    """Helpers over a timm ViT prepared by :func:`prepare_qvit` (the model itself is the
-    fake-quant network; this just names its parts)."""
+class _Exact:
+    """The integer graph whose values the network's forward takes (``graph``; None: the
+    float fake-quant forward) and, during a forward, that graph's tensors on the batch."""
+
+    def __init__(self):
+        self.graph: IntGraph | None = None
+        self.env: dict | None = None
+        self._cache: dict = {}
+
+    @property
+    def on(self) -> bool:
+        return self.env is not None
+
+    def run(self, images) -> None:
+        """Run the graph on ``images`` (float, the network's input): the twins of
+        :func:`sw.fakequant.fakequant_execute` with the executor's integer LayerNorm and
+        softmax, bit for bit the integer executor's tensors."""
+        from ..fakequant import fakequant_execute
+        from ..quantize import quantize_input
+        x = quantize_input(images.detach().double().cpu().numpy(), self.graph)
+        self.env = fakequant_execute(self.graph, x, keep=True, integer_nonlinear=True)
+        self._cache = {}
+
+    def value(self, name: str):
+        """Tensor ``name`` of the graph as real values (attention codes as ``2**-code``)."""
+        torch = _torch()
+        if name not in self._cache:
+            codes = self.env[name].astype(np.float64)
+            t = self.graph.tensors[name]
+            if t.scale is None:                              # Log-Int-Softmax codes
+                v = np.where(codes < intops.LIS_ZERO_CODE, 2.0 ** -codes, 0.0)
+            else:
+                v = (codes - t.zero_point) * np.asarray(t.scale, np.float64)
+            self._cache[name] = torch.from_numpy(v)
+        return self._cache[name]
+
+    def clear(self) -> None:
+        self.env, self._cache = None, {}
+
+    def __deepcopy__(self, memo):
+        new = _Exact()
+        new.graph = self.graph
+        return new
+
+
+def _pin(y, v):
+    """``y`` whose value is ``v`` exactly, with ``y``'s gradient (straight-through)."""
+    return v.to(y.dtype).reshape(y.shape) + (y - y.detach())
+
+
+def _exact_out_hook(mod, _args, y):
+    ex = mod.qvit_exact
+    return _pin(y, ex.value(mod.qvit_key)) if ex.on else None
+
+
+def _qvit_forward(self, x):
+    """The network's forward; with a graph (:class:`_Exact`) every quantized tensor takes
+    that integer graph's value on this batch and the float network's gradient."""
+    ex = self.qvit_exact
+    if ex.graph is None:
+        return type(self).forward(self, x)
+    ex.run(x)
+    try:
+        return type(self).forward(self, x)
+    finally:
+        ex.clear()
+
+
+def _install_exact(m) -> None:
+    """Hooks that pin the network's tensors to the graph's (names as :class:`sw.quantize._Recorder`)."""
+    ex = _Exact()
+    m.qvit_exact = ex
+    points = [(m.pos_drop, "pos_embed.out", False)]
+    for i, blk in enumerate(m.blocks):
+        p = f"blocks.{i}"
+        blk.attn.qvit_prefix, blk.attn.qvit_exact = p, ex
+        points += [(blk.norm1, f"{p}.norm1.out", False), (blk.ls1, f"{p}.attn.proj.out", False),
+                   (blk.norm2, f"{p}.res1", True), (blk.norm2, f"{p}.norm2.out", False),
+                   (blk.mlp.fc1, f"{p}.mlp.fc1.out", False), (blk.mlp.act, f"{p}.mlp.act.out", False),
+                   (blk.ls2, f"{p}.mlp.fc2.out", False), (blk, f"{p}.res2", False)]
+    points += [(m.norm, "norm.out", False), (m.head, "logits", False)]
+    for mod, key, is_input in points:
+        mod.qvit_exact = ex
+        if is_input:
+            mod.qvit_in_key = key
+            mod.register_forward_pre_hook(_exact_in_hook_named)
+        else:
+            mod.qvit_key = key
+            mod.register_forward_hook(_exact_out_hook)
+    m.forward = types.MethodType(_qvit_forward, m)
+
+
+def _exact_in_hook_named(mod, args):
+    ex = mod.qvit_exact
+    return (_pin(args[0], ex.value(mod.qvit_in_key)),) + tuple(args[1:]) if ex.on else None
 
 
 def _get_qk(model):
@@ -278,13 +382,14 @@ def _sim(x):
 
 
 def dgd_loss(student_qk, teacher_qk):
-    """Mean over layers and heads (and batch) of the Frobenius distances of the q and k
-    similarity matrices."""
+    """Mean over layers, heads and the batch of the Frobenius distances of the q and of the
+    k similarity matrices (their sum), divided by ``sqrt(T)``: the root-mean-square distance
+    of one row, between 0 and 2 whatever the number of tokens ``T``."""
     torch = _torch()
     terms = []
     for (qs, ks), (qt, kt) in zip(student_qk, teacher_qk):
         for s_, t_ in ((qs, qt), (ks, kt)):
-            terms.append(torch.linalg.matrix_norm(_sim(s_) - _sim(t_)).mean())
+            terms.append(torch.linalg.matrix_norm(_sim(s_) - _sim(t_)).mean() / math.sqrt(s_.shape[-2]))
     return torch.stack(terms).mean() * 2
 
 
@@ -320,6 +425,8 @@ def prepare_qvit(model, bits: int, calib_images: np.ndarray, irm: bool = True):
     m.patch_embed.proj.__class__ = _EdgeConv
     m.head.__class__ = _EdgeLinear
     m.qvit_bits = bits
+    m.qvit_irm = bool(irm)
+    _install_exact(m)
     with torch.no_grad():                       # quantizers initialise on the first batch
         m(x)
     return m
@@ -353,12 +460,26 @@ class QvitResult:
     seconds: float = 0.0
 
 
+def default_calib_images(train_x: np.ndarray, seed: int = 0, n: int = 256) -> np.ndarray:
+    """The ``n`` training images (seeded draw) that initialise the quantizers and calibrate
+    the FQ-ViT parts of the graph, during training and at export."""
+    torch = _torch()
+    idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + 1))[:n].numpy()
+    return np.asarray(train_x, np.float32)[idx]
+
+
 def train_qvit(model, train_x: np.ndarray, train_y: np.ndarray, bits: int = 4, irm: bool = True,
                dgd: bool = True, lam: float = QVIT_LAMBDA, epochs: int = QVIT_EPOCHS, lr: float = QVIT_LR,
-               batch: int = QVIT_BATCH, seed: int = 0, calib: int = 256, max_steps: int | None = None,
-               progress: bool = True):
+               batch: int = QVIT_BATCH, seed: int = 0, calib_images: np.ndarray | None = None,
+               max_steps: int | None = None, observer: str = "minmax", progress: bool = True):
     """Q-ViT QAT of a copy of the float ``model``; returns ``(qmodel, losses, steps)``.
-    Deterministic per ``seed`` (one intra-op thread while training)."""
+
+    Every step runs the current integer graph (:func:`build_graph`: the network's
+    quantizers, the FQ-ViT parts calibrated at the start of the epoch) on the batch and
+    pins the network's tensors to its values (straight-through gradients): the network
+    trains on the integers it will compute.  ``qmodel`` ends with the exported graph
+    (:func:`export_qvit`) as its forward.  Deterministic per ``seed`` on one machine (one
+    intra-op thread while training)."""
     torch = _torch()
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -368,8 +489,9 @@ def train_qvit(model, train_x: np.ndarray, train_y: np.ndarray, bits: int = 4, i
         torch.manual_seed(seed)
         order = torch.Generator().manual_seed(seed)
         teacher = copy.deepcopy(model).float().eval()
-        calib_idx = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed + 1))[:calib].numpy()
-        qm = prepare_qvit(model, bits, train_x[calib_idx], irm=irm)
+        if calib_images is None:
+            calib_images = default_calib_images(train_x, seed)
+        qm = prepare_qvit(model, bits, calib_images, irm=irm)
         params = [p for p in qm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         n = len(train_y)
@@ -379,19 +501,21 @@ def train_qvit(model, train_x: np.ndarray, train_y: np.ndarray, bits: int = 4, i
         tx, ty = torch.as_tensor(np.asarray(train_x, np.float32)), torch.as_tensor(np.asarray(train_y, np.int64))
         losses: list[float] = []
         step = 0
-        qm.train()
-        for mod in qm.modules():                # no dropout / drop-path: the graph is inference
-            if isinstance(mod, torch.nn.Dropout) or type(mod).__name__ == "DropPath":
-                mod.eval()
         desc = f"Q-ViT W{bits}A{bits}" + (" IRM" if irm else "") + (" DGD" if dgd else "")
         with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
             while step < total:
+                obs = calibrate_qvit(qm, calib_images, observer)
+                qm.train()
+                for mod in qm.modules():        # no dropout / drop-path: the graph is inference
+                    if isinstance(mod, torch.nn.Dropout) or type(mod).__name__ == "DropPath":
+                        mod.eval()
                 perm = torch.randperm(n, generator=order)
                 for s in range(0, n, batch):
                     if step >= total:
                         break
                     idx = perm[s:s + batch]
                     xb, yb = tx[idx], ty[idx]
+                    qm.qvit_exact.graph = build_graph(qm, obs)
                     logits = qm(xb)
                     loss = F.cross_entropy(logits, yb)
                     if dgd:
@@ -408,13 +532,15 @@ def train_qvit(model, train_x: np.ndarray, train_y: np.ndarray, bits: int = 4, i
         qm.eval()
         for blk in qm.blocks:
             blk.attn._qk = None
+        export_qvit(qm, calib_images, observer)
         return qm, losses, step
     finally:
         torch.set_num_threads(threads)
 
 
 def fakequant_logits(qmodel, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Logits of the fake-quant network."""
+    """Logits of the QAT network (with its graph, :func:`export_qvit`: the integer graph's
+    logits in real units, bit for bit)."""
     torch = _torch()
     out = []
     with torch.no_grad():
@@ -559,23 +685,50 @@ def _qvit_block(B, p: str, blk, x: str, T: int, d: int, attn_bits: int) -> str:
     return B.add(f"{p}.add2", r1, f2, f"{p}.res2", B.stream(f"{p}.res2"), (T, d))
 
 
-def export_qvit(qmodel, calib_images: np.ndarray, observer: str = "minmax", progress: bool = False,
-                **info) -> IntGraph:
-    """The integer graph of a trained Q-ViT network: FQ-ViT's stream, LayerNorm, softmax and
-    GELU table calibrated on ``calib_images`` through the fake-quant network, the learned
-    low-bit grids everywhere else (IRM folded into the qkv requantizers)."""
-    import torch
-    from ..quantize import _assemble, _Builder, calibrate
+def calibrate_qvit(qmodel, calib_images: np.ndarray, observer: str = "minmax") -> dict:
+    """FQ-ViT's observers (residual stream with PTF, 8-bit linear outputs, logits) and the
+    score ranges, from the float fake-quant forward of ``qmodel`` (float64: the same on
+    every machine)."""
+    from ..quantize import calibrate
+    ex = qmodel.qvit_exact
+    graph, ex.graph = ex.graph, None
+    was_training = qmodel.training
     for blk in qmodel.blocks:
         blk.attn.record_scores, blk.attn.scores_absmax = True, 0.0
     try:
-        obs = calibrate(qmodel, np.asarray(calib_images, np.float32), observer, progress=progress)
+        return calibrate(qmodel, np.asarray(calib_images, np.float32), observer, progress=False)
     finally:
         for blk in qmodel.blocks:
             blk.attn.record_scores = False
+        ex.graph = graph
+        qmodel.train(was_training)
+
+
+def build_graph(qmodel, obs: dict) -> IntGraph:
+    """The integer graph of ``qmodel`` on the calibration ``obs`` (:func:`calibrate_qvit`)."""
+    from ..quantize import _assemble, _Builder
     # _assemble quantizes the edge weights with the 8-bit MinMax rule the network trained with
     g = _assemble(qmodel, _Builder(obs, True), obs, 4, True, True, _qvit_block, "qvit")
-    g.info.update({"bits": int(qmodel.qvit_bits), "edge_bits": EDGE_BITS, **info})
+    g.info.update({"bits": int(qmodel.qvit_bits), "edge_bits": EDGE_BITS})
+    return g
+
+
+def export_qvit(qmodel, calib_images: np.ndarray, observer: str = "minmax", progress: bool = False,
+                **info) -> IntGraph:
+    """The integer graph of a trained Q-ViT network: FQ-ViT's stream, LayerNorm, softmax and
+    GELU table calibrated on ``calib_images`` through the fake-quant network (float64), the
+    learned low-bit grids everywhere else (IRM folded into the qkv requantizers).  The
+    graph also becomes ``qmodel``'s forward (:func:`fakequant_logits`).  Deterministic: the
+    same network gives the same graph."""
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = build_graph(qmodel, calibrate_qvit(qmodel, calib_images, observer))
+    finally:
+        torch.set_num_threads(threads)
+    g.info.update(info)
+    qmodel.qvit_exact.graph = g
     return g
 
 
@@ -584,22 +737,85 @@ def quantize_qvit(model, calib_images: np.ndarray | None = None, bits: int = 4, 
                   seed: int = 0, train_x=None, train_y=None, max_steps: int | None = None,
                   observer: str = "minmax", progress: bool = True) -> QvitResult:
     """Train (:func:`train_qvit`) and export (:func:`export_qvit`).  Without ``train_x`` the
-    digits training split of ``seed`` is used (the only labelled data shipped)."""
+    digits training split of ``seed`` is used (the only labelled data shipped); without
+    ``calib_images``, :func:`default_calib_images`."""
     t0 = time.perf_counter()
     if train_x is None:
         from ..digits import load_digits_split
         split = load_digits_split(seed)
         train_x, train_y = split.train_x, split.train_y
-    qm, losses, steps = train_qvit(model, train_x, train_y, bits, irm, dgd, lam, epochs, lr,
-                                   seed=seed, max_steps=max_steps, progress=progress)
     if calib_images is None:
-        calib_images = train_x[:256]
-    import torch
+        calib_images = default_calib_images(train_x, seed)
+    qm, losses, steps = train_qvit(model, train_x, train_y, bits, irm, dgd, lam, epochs, lr,
+                                   seed=seed, calib_images=calib_images, max_steps=max_steps,
+                                   observer=observer, progress=progress)
+    g = qm.qvit_exact.graph
+    g.info.update(irm=bool(irm), dgd=bool(dgd), dgd_lambda=float(lam), qat_epochs=epochs, qat_steps=steps,
+                  qat_lr=lr, seed=seed)
+    return QvitResult(qm, g, losses, steps, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints (the trained network; its graph is re-exported from it, deterministically)
+# ---------------------------------------------------------------------------------------
+
+#: The shipped W4A4 Q-ViT (IRM and DGD) of the seed-0 digits ViT (``python -m
+#: sw.methods.qvit --export``): tests check its export without training.
+SHIPPED_QVIT = __import__("pathlib").Path(__file__).resolve().parent.parent / "data" / "qvit_digits_w4a4_seed0.npz"
+
+
+def save_qvit(qmodel, path, **meta) -> None:
+    """Write the trained network's state and its recipe (``meta``) as an ``.npz`` (atomically)."""
+    import io
+    import json
+    from ..graph import atomic_write_bytes
+    meta = {"bits": int(qmodel.qvit_bits), "irm": bool(qmodel.qvit_irm), **meta}
+    arrays = {f"w/{k}": v.detach().cpu().numpy() for k, v in qmodel.state_dict().items()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_qvit(path, model=None, calib_images: np.ndarray | None = None, observer: str = "minmax"):
+    """``(qmodel, graph, meta)`` of a checkpoint written by :func:`save_qvit`: the network on
+    the float ``model`` (default: the digits ViT of the checkpoint's ``base_seed``) and its
+    export on ``calib_images`` (default: :func:`default_calib_images` of the digits training
+    split of ``seed``, as training used)."""
+    import json
+    torch = _torch()
+    with np.load(path) as f:
+        meta = json.loads(bytes(f["meta"]).decode())
+        state = {k[2:]: torch.from_numpy(f[k].copy()) for k in f.files if k.startswith("w/")}
+    if model is None or calib_images is None:
+        from ..digits import load_or_train
+        base, split = load_or_train(seed=int(meta.get("base_seed", 0)), progress=False)
+        model = base if model is None else model
+        if calib_images is None:
+            calib_images = default_calib_images(split.train_x, int(meta.get("seed", 0)))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        g = export_qvit(qm, calib_images, observer, irm=bool(irm), dgd=bool(dgd), dgd_lambda=float(lam),
-                        qat_epochs=epochs, qat_steps=steps, qat_lr=lr, seed=seed)
+        qm = prepare_qvit(model, int(meta["bits"]), calib_images[:8], irm=bool(meta["irm"]))
+        qm.load_state_dict(state)
+        qm.eval()
     finally:
         torch.set_num_threads(threads)
-    return QvitResult(qm, g, losses, steps, time.perf_counter() - t0)
+    g = export_qvit(qm, calib_images, observer, **{k: v for k, v in meta.items() if k != "base_seed"})
+    return qm, g, meta
+
+
+def _main() -> None:
+    import argparse
+    ap = argparse.ArgumentParser(description="Train the shipped W4A4 Q-ViT of the seed-0 digits ViT and write it.")
+    ap.add_argument("--export", default=str(SHIPPED_QVIT), metavar="FILE.npz")
+    args = ap.parse_args()
+    from ..digits import load_or_train
+    model, split = load_or_train(seed=0)
+    res = quantize_qvit(model, bits=4, seed=0, train_x=split.train_x, train_y=split.train_y)
+    save_qvit(res.model, args.export, dgd=True, dgd_lambda=QVIT_LAMBDA, epochs=QVIT_EPOCHS, seed=0, base_seed=0)
+    print(f"wrote {args.export}")
+
+
+if __name__ == "__main__":
+    _main()
