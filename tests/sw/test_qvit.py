@@ -1,6 +1,10 @@
-"""Q-ViT (:mod:`sw.methods.qvit`): LSQ+ gradients, exact IRM folding, the integer export
-and its range checks, fake-quant vs integer agreement after a short run, and the CLI's
-error paths.  Every run here is a few training steps of the shipped digits ViT."""
+"""Q-ViT (:mod:`sw.methods.qvit`): LSQ+ gradients, exact IRM folding, the mechanics of a
+short QAT run, the integer export and its range checks, the QAT network computing the
+integer graph bit for bit, the shipped W4A4 checkpoint's export, and the CLI's error paths.
+
+Float32 training differs between machines, so nothing here asserts the accuracy of a
+network trained in the test: accuracy is checked on the shipped checkpoint, whose export is
+deterministic (float64 calibration)."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +15,8 @@ import torch
 
 from cli.main import main
 from sw.executor import execute
-from sw.methods.qvit import LsqPlus, fakequant_logits, fold_irm, prepare_qvit, quantize_qvit
+from sw.methods.qvit import (SHIPPED_QVIT, LsqPlus, fakequant_logits, fold_irm, load_qvit, prepare_qvit,
+                             quantize_qvit, save_qvit)
 from sw.quantize import quantize_input
 
 
@@ -101,19 +106,55 @@ def test_export_declares_low_bits_and_runs_with_range_checks(short_run):
         execute(bad, x)
 
 
-def test_fakequant_and_integer_agree_after_a_short_run(short_run):
+def test_short_run_mechanics(short_run):
+    res, _ = short_run
+    assert res.steps == 12 and len(res.losses) == 12
+    assert np.all(np.isfinite(res.losses))
+    assert res.graph.info["qat_steps"] == 12 and res.graph.info["irm"] and res.graph.info["dgd"]
+
+
+def _logit_codes(qm, graph, images):
+    return np.rint(fakequant_logits(qm, images) / float(np.asarray(graph.tensors["logits"].scale))).astype(np.int64)
+
+
+def test_qat_network_computes_the_integer_graph(short_run, tmp_path):
+    """The QAT network's forward is the exported integer graph bit for bit (its float64
+    twins with the integer LayerNorm and softmax), and the export is a function of the
+    network: a saved and reloaded checkpoint exports the same graph."""
     from sw.fakequant import fakequant_execute
     res, split = short_run
     g = res.graph
-    x = quantize_input(split.test_x, g)
-    lab_int = execute(g, x, fast=True)["logits"].argmax(1)
-    lab_net = fakequant_logits(res.model, split.test_x).argmax(1)
-    lab_fq = fakequant_execute(g, x)["logits"].argmax(1)
-    # measured 98.4 % (graph fake-quant) and about 98 % (QAT network) after 12 steps: the
-    # issue's 99 % is not reached yet (low-bit codes flip on the float LayerNorm / softmax)
-    assert np.mean(lab_fq == lab_int) >= 0.97
-    assert np.mean(lab_net == lab_int) >= 0.95
-    assert np.mean(lab_int == split.test_y) >= 0.85
+    x = quantize_input(split.test_x[:64], g)
+    ref = execute(g, x, keep=True)
+    assert np.array_equal(_logit_codes(res.model, g, split.test_x[:64]), ref["logits"])
+    twin = fakequant_execute(g, x, keep=True, integer_nonlinear=True)
+    for name in g.tensors:
+        if name in ref:
+            assert np.array_equal(twin[name], ref[name]), name
+    path = tmp_path / "q.npz"
+    save_qvit(res.model, path, seed=0, base_seed=0)
+    qm, g2, meta = load_qvit(path, calib_images=split.train_x[:64])       # the run's calibration images
+    assert meta["bits"] == 4 and meta["irm"]
+    for op, op2 in zip(g.ops, g2.ops):
+        assert op.name == op2.name and op.attrs == op2.attrs
+        for k, v in op.params.items():
+            assert np.array_equal(v, op2.params[k]), (op.name, k)
+    assert np.array_equal(_logit_codes(qm, g2, split.test_x[:64]), ref["logits"])
+
+
+def test_shipped_checkpoint(digits):
+    """The shipped W4A4 network (IRM and DGD): its export runs, the QAT network and the
+    integer executor agree on every digits test label, and the integer top-1 is within a
+    point of FP32 (the issue's target)."""
+    from sw.digits import evaluate_float
+    model, split = digits
+    qm, g, meta = load_qvit(SHIPPED_QVIT)
+    assert meta["bits"] == 4 and meta["irm"] and meta["dgd"] and g.info["method"] == "qvit"
+    lab_int = execute(g, quantize_input(split.test_x, g), fast=True)["logits"].argmax(1)
+    lab_net = fakequant_logits(qm, split.test_x).argmax(1)
+    assert np.mean(lab_net == lab_int) >= 0.99
+    fp32 = np.mean(evaluate_float(model, split.test_x) == split.test_y)
+    assert np.mean(lab_int == split.test_y) >= fp32 - 0.01
 
 
 def test_cli_error_paths(short_run, tmp_path, capsys):
