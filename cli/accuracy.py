@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default=None, choices=METHODS + ("all",),
                         help="compare the integer methods (all, or one) instead of FQ-ViT's observers")
     parser.add_argument("--qat-epochs", type=int, default=None, metavar="N",
-                        help="with --method: epochs of I-ViT's QAT fine-tune (default: 3; 0 skips it)")
+                        help="with --method: epochs of I-ViT's QAT fine-tune (default: 3; 0 skips it and Q-ViT); "
+                             "with --qvit-ablation: Q-ViT epochs (default: 6)")
     parser.add_argument("--save-graphs", default=None, metavar="DIR",
                         help="with --method: also write every graph there (for vitamin run / compile)")
     parser.add_argument("--retrain", action="store_true",
@@ -32,6 +33,8 @@ def add_arguments(parser) -> None:
                              "(trained models differ between machines: see docs/ACCURACY.md)")
     parser.add_argument("--reference", action="store_true",
                         help="run the integer graphs on the numpy reference executor instead of the fast one")
+    parser.add_argument("--qvit-ablation", action="store_true",
+                        help="Q-ViT's ablation (LSQ+, +IRM, +DGD, +both at W4A4, W3A3, W2A2; trains 12 models)")
     parser.add_argument("--markdown", default=None, metavar="FILE.md", help="also write the table as markdown")
 
 
@@ -39,13 +42,21 @@ def run(args) -> int:
     from sw.graph import METHODS, GraphFormatError, atomic_write_bytes
     from sw.observers import OBSERVERS
     seeds = tuple(dict.fromkeys(args.seeds))
-    if args.method is None:
+    if args.qvit_ablation:
+        if args.method is not None or args.calib is not None:
+            raise UserError("--qvit-ablation is a table of its own: no --method or --calib")
+        from sw.methods.accuracy import format_qvit_ablation, qvit_ablation
+        ablation = qvit_ablation(seed=seeds[0], epochs=args.qat_epochs or None, fast=not args.reference)
+        text, md = format_qvit_ablation(ablation), format_qvit_ablation(ablation, markdown=True)
+        seconds = ablation["seconds"]
+    elif args.method is None:
         if args.qat_epochs is not None or args.save_graphs is not None:
             raise UserError("--qat-epochs and --save-graphs go with --method")
         from sw.accuracy import accuracy_table, format_table
         report = accuracy_table(seeds=seeds, methods=tuple(dict.fromkeys(args.calib or OBSERVERS)),
                                 retrain=args.retrain, fast=not args.reference, model=args.model)
         text, md = format_table(report), format_table(report, markdown=True)
+        seconds = report.seconds
     else:
         if args.model != "vit":
             raise UserError("--method compares the integer methods on the digits ViT; Swin is quantized with FQ-ViT only")
@@ -61,8 +72,9 @@ def run(args) -> int:
         except (OSError, GraphFormatError) as exc:
             raise UserError(f"cannot write the graphs to {args.save_graphs}: {exc}") from None
         text, md = format_method_table(report), format_method_table(report, markdown=True)
+        seconds = report.seconds
     print(text)
-    print(f"({report.seconds:.1f} s)")
+    print(f"({seconds:.1f} s)")
     if args.markdown:
         try:
             atomic_write_bytes(args.markdown, (md + "\n").encode())

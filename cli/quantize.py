@@ -29,8 +29,14 @@ def add_arguments(parser) -> None:
                         help="FQ-ViT: 4: Log-Int-Softmax codes; 8: uniform 8-bit softmax (default: 4)")
     parser.add_argument("--no-ptf", action="store_true",
                         help="FQ-ViT, PTQ4ViT: per-tensor LayerNorm inputs instead of Power-of-Two Factors")
-    parser.add_argument("--bits", type=int, default=8, choices=(8, 6),
-                        help="PTQ4ViT: weight and matmul-input bits, W8A8 or W6A6 (default: %(default)s)")
+    parser.add_argument("--bits", type=int, default=None, choices=(8, 6, 4, 3, 2),
+                        help="PTQ4ViT: W8A8 or W6A6 (default 8); Q-ViT: W4A4, W3A3 or W2A2 (default 4)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help="Q-ViT: training epochs over the digits training split (default: 6)")
+    parser.add_argument("--dgd-lambda", type=float, default=None, metavar="L",
+                        help="Q-ViT: weight of the distribution-guided distillation loss (default: 1.0)")
+    parser.add_argument("--no-irm", action="store_true", help="Q-ViT: without the information rectification module")
+    parser.add_argument("--no-dgd", action="store_true", help="Q-ViT: without distribution-guided distillation")
     parser.add_argument("--search-rows", type=int, default=None, metavar="N",
                         help="PTQ4ViT: token rows per linear layer in the Hessian search (default: 2048)")
     parser.add_argument("--search-attn-rows", type=int, default=None, metavar="N",
@@ -45,8 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-dir", default=None, metavar="DIR",
                         help="calibrate on --n-calib images drawn at random (seeded by --seed) from an image "
                              "folder DIR/<class>/<image>, preprocessed as the model expects")
-    parser.add_argument("--n-calib", type=int, default=DEFAULT_CALIB_IMAGES,
-                        help="number of calibration images (random, or from --calib-dir) (default: %(default)s)")
+    parser.add_argument("--n-calib", type=int, default=None,
+                        help=f"number of calibration images (random, or from --calib-dir) (default: {DEFAULT_CALIB_IMAGES}; "
+                             "Q-ViT: 256 of the digits training split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     parser.add_argument("-o", "--output", required=True, help="integer graph file to write (.npz)")
 
@@ -74,8 +81,29 @@ def method_options(args) -> dict:
     search = {"max_rows": args.search_rows, "max_attn_rows": args.search_attn_rows,
               "rounds": args.search_rounds, "eq_n": args.search_candidates}
     given = {k: v for k, v in search.items() if v is not None}
-    if m != "ptq4vit" and (given or args.bits != 8):
-        raise UserError("--bits and --search-* apply to PTQ4ViT")
+    qvit_given = args.epochs is not None or args.dgd_lambda is not None or args.no_irm or args.no_dgd
+    if m != "qvit" and qvit_given:
+        raise UserError("--epochs, --dgd-lambda, --no-irm and --no-dgd apply to Q-ViT")
+    if m == "qvit":
+        if given:
+            raise UserError("--search-* apply to PTQ4ViT")
+        bits = 4 if args.bits is None else args.bits
+        if bits not in (2, 3, 4):
+            raise UserError(f"Q-ViT trains at 2, 3 or 4 bits, not {bits}")
+        if args.no_ptf or args.float_patch_embed:
+            raise UserError("Q-ViT graphs keep PTF and the 8-bit patch embedding")
+        if args.epochs is not None and args.epochs < 1:
+            raise UserError("--epochs must be at least 1")
+        opts = {"method": m, "bits": bits, "irm": not args.no_irm, "dgd": not args.no_dgd, "seed": args.seed}
+        if args.epochs is not None:
+            opts["epochs"] = args.epochs
+        if args.dgd_lambda is not None:
+            opts["lam"] = args.dgd_lambda
+        return opts
+    if m != "ptq4vit" and (given or args.bits is not None):
+        raise UserError("--bits applies to PTQ4ViT and Q-ViT, --search-* to PTQ4ViT")
+    if m == "ptq4vit" and args.bits not in (None, 8, 6):
+        raise UserError(f"PTQ4ViT quantizes at 8 or 6 bits, not {args.bits}")
     flags = {"max_rows": "rows", "max_attn_rows": "attn-rows", "rounds": "rounds", "eq_n": "candidates"}
     for k, v in given.items():
         if v < 1:
@@ -84,7 +112,7 @@ def method_options(args) -> dict:
     if m == "fqvit":
         opts["attn_bits"] = 4 if args.attn_bits is None else args.attn_bits
     if m == "ptq4vit":
-        opts.update(bits=args.bits, **given)
+        opts.update(bits=8 if args.bits is None else args.bits, **given)
     return opts
 
 
@@ -94,6 +122,10 @@ def describe(graph) -> str:
     m = i.get("method", "fqvit")
     if m == "ivit":
         return "I-ViT W8/A8, 16-bit residual stream, Shiftmax 16-bit"
+    if m == "qvit":
+        parts = [x for x, on in (("IRM", i.get("irm")), ("DGD", i.get("dgd"))) if on]
+        return (f"Q-ViT W{i['bits']}/A{i['bits']} ({' + '.join(parts) or 'LSQ+ only'}), 8-bit patch embedding "
+                f"and head, Log-Int-Softmax")
     if m == "ptq4vit":
         return f"PTQ4ViT W{i['bits']}/A{i['bits']}, twin-uniform softmax and GELU, PTF {'on' if i['ptf'] else 'off'}"
     return f"FQ-ViT W8/A8/attention {i['attn_bits']} bits, PTF {'on' if i['ptf'] else 'off'}"
@@ -101,11 +133,16 @@ def describe(graph) -> str:
 
 def run(args) -> int:
     import torch
-    from sw.quantize import UnsupportedModelError, check_supported, create_model, quantize, random_images
+    from sw.quantize import (DEFAULT_CALIB_IMAGES, UnsupportedModelError, check_supported, create_model, quantize,
+                             random_images)
+    if args.n_calib is None:
+        args.n_calib = 256 if args.method == "qvit" else DEFAULT_CALIB_IMAGES
     if args.n_calib < 1:
         raise UserError("--n-calib must be at least 1")
     opts = method_options(args)
     torch.manual_seed(args.seed)
+    if args.method == "qvit":
+        return run_qvit(args, opts)
     try:
         model = create_model(args.model, args.checkpoint)
         check_supported(model)
@@ -140,3 +177,42 @@ def run(args) -> int:
           f"on {len(images)} {'images of ' + str(args.calib_dir) if args.calib_dir else 'images'} with {args.calib} in {time.perf_counter() - t0:.1f} s: "
           f"{len(graph.ops)} ops, {n_params} integer parameters, {describe(graph)}; wrote {args.output}")
     return 0
+
+
+def run_qvit(args, opts: dict) -> int:
+    """Q-ViT trains on labelled images: the digits ViT of ``--seed`` and its training split."""
+    if args.model not in ("digits", parser_default_model()):
+        raise UserError("Q-ViT is quantization-aware training on labelled images: only the digits ViT "
+                        "(--model digits) ships with them")
+    if args.calib_images or args.calib_dir or args.checkpoint:
+        raise UserError("Q-ViT calibrates on the digits training split; --calib-images, --calib-dir and "
+                        "--checkpoint do not apply")
+    from sw.digits import load_or_train
+    from sw.methods.qvit import default_calib_images
+    from sw.quantize import UnsupportedModelError, quantize
+    model, split = load_or_train(seed=args.seed)
+    t0 = time.perf_counter()
+    opts = dict(opts)
+    opts.pop("method")
+    try:
+        graph = quantize(model, default_calib_images(split.train_x, args.seed, args.n_calib),
+                         observer=args.calib, method="qvit",
+                         train_x=split.train_x, train_y=split.train_y, **opts)
+    except (UnsupportedModelError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    graph.info.update({"model": "digits", "seed": args.seed})
+    try:
+        graph.save(args.output)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.output}: {exc}") from None
+    from sw.executor import execute
+    from sw.quantize import quantize_input
+    pred = execute(graph, quantize_input(split.test_x, graph), fast=True)["logits"].argmax(1)
+    print(f"trained and quantized the digits ViT (seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
+          f"{describe(graph)}; integer top-1 {100 * float(np.mean(pred == split.test_y)):.2f} % on "
+          f"{len(split.test_y)} test images; wrote {args.output}")
+    return 0
+
+
+def parser_default_model() -> str:
+    return "deit_tiny_patch16_224"

@@ -111,14 +111,19 @@ class UnsupportedOpsError(CompileError):
 
 def check_accelerator_ops(graph: IntGraph) -> None:
     """Raise :class:`UnsupportedOpsError` naming every op the accelerator cannot run yet:
-    op kinds without a unit, and 8-bit kinds asked for another output width (W6A6)."""
+    op kinds without a unit, 8-bit kinds asked for another output width (W6A6) and low-bit
+    operands (Q-ViT's 2-4 bit weights and activations: the array multiplies int8 only)."""
     bad: dict[str, list[str]] = {}
     for op in graph.ops:
         what = None
         if op.kind not in LOWERED_KINDS:
             what = op.kind
+        elif op.kind == "linear" and op.attrs.get("weight_bits", 8) != 8:
+            what = f"linear with {op.attrs['weight_bits']}-bit weights"
         elif op.kind == "linear" and op.attrs["out_bits"] not in (8, 16):
             what = f"linear with {op.attrs['out_bits']}-bit output"
+        elif op.kind == "attn_value" and op.attrs.get("out_bits", 8) != 8:
+            what = f"attn_value with {op.attrs['out_bits']}-bit output"
         elif op.kind == "layernorm" and op.attrs.get("out_bits", 8) != 8:
             what = f"layernorm with {op.attrs['out_bits']}-bit output"
         if what is not None:

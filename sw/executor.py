@@ -28,6 +28,8 @@ def run_patchify(op: Op, x):
 
 def run_linear(op: Op, x):
     p, a = op.params, op.attrs
+    if "weight_bits" in a:                   # low-bit weights (Q-ViT) stored in int8
+        intops.check_range(p["weight"], *_signed_range(a["weight_bits"]), f"{op.name} weight")
     acc = intops.linear(x, p["weight"], p["bias"])
     return intops.requantize(acc, p["mult"], p["shift"], a["zp_out"], *_guaranteed_range(op))
 
@@ -93,7 +95,8 @@ def run_attn_value(op: Op, codes, qkv):
     fn = intops.attn_value_lis if a["mode"] == "lis" else intops.attn_value_uniform
     acc = fn(codes.reshape(v.shape[:2] + codes.shape[-2:]), v)              # [B*nW, H, N, dh]
     acc = _heads_to_tokens(acc, qkv.shape[0])
-    return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"])
+    return intops.requantize(acc, op.params["mult"], op.params["shift"], a["zp_out"],
+                             *_signed_range(a.get("out_bits", 8)))
 
 
 def run_gelu(op: Op, x):
@@ -210,7 +213,9 @@ def _guaranteed_range(op: Op) -> tuple[int, int] | None:
         return (0, intops.LIS_ZERO_CODE) if op.attrs["mode"] == "lis" else (0, 255)
     if op.kind == "layernorm":
         return _signed_range(op.attrs.get("out_bits", 8))
-    if op.kind in ("add", "attn_value", "gelu", "token_mean", "ilayernorm", "attn_value_wide", "shiftgelu"):
+    if op.kind == "attn_value":
+        return _signed_range(op.attrs.get("out_bits", 8))
+    if op.kind in ("add", "gelu", "token_mean", "ilayernorm", "attn_value_wide", "shiftgelu"):
         return intops.INT8_MIN, intops.INT8_MAX
     if op.kind == "shiftmax":
         return 0, (1 << (op.attrs["out_bits"] - 1)) - 1

@@ -27,7 +27,7 @@ import torch
 from . import intops
 from .graph import IntGraph, Op
 
-__all__ = ["fakequant_execute", "fakequant_op", "EXACT_KINDS"]
+__all__ = ["fakequant_execute", "fakequant_op", "EXACT_KINDS", "INTEGER_NONLINEAR_KINDS"]
 
 #: Op kinds for which the fake-quant model and the integer executor must agree bit for bit.
 EXACT_KINDS = ("patchify", "linear", "concat_tokens", "select_tokens", "add", "qk_scores",
@@ -169,15 +169,30 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
     return twin_op(graph, op, *inputs)
 
 
-def fakequant_execute(graph: IntGraph, inputs: np.ndarray, keep: bool = False):
+#: The op kinds that :func:`fakequant_execute` with ``integer_nonlinear`` runs with the
+#: integer executor's own op (:func:`sw.executor.run_op`) instead of the float formula.
+INTEGER_NONLINEAR_KINDS = ("layernorm", "softmax")
+
+
+def fakequant_execute(graph: IntGraph, inputs: np.ndarray, keep: bool = False,
+                      integer_nonlinear: bool = False):
     """Run the fake-quant model on the graph's integer input (batch on axis 0).
 
     Returns the outputs (or every tensor with ``keep``) as int64 numpy arrays on the same
     integer grids as :func:`sw.executor.execute`, so the two compare directly.
+    ``integer_nonlinear``: the LayerNorm and softmax ops (:data:`INTEGER_NONLINEAR_KINDS`)
+    take the integer executor's arithmetic, the other ops their float64 twins here; the
+    result is then the integer graph's bit for bit (Q-ViT's QAT forward, :mod:`sw.methods.qvit`).
     """
+    from .executor import run_op
     env = {graph.inputs[0]: _f(np.asarray(inputs, dtype=np.int64))}
     with torch.no_grad():
         for op in graph.ops:
-            env[op.outputs[0]] = fakequant_op(graph, op, *(env[t] for t in op.inputs))
+            args = [env[t] for t in op.inputs]
+            if integer_nonlinear and op.kind in INTEGER_NONLINEAR_KINDS:
+                x = [a.numpy().astype(np.int64) for a in args]
+                env[op.outputs[0]] = _f(run_op(graph, op, *x).astype(np.int64))
+            else:
+                env[op.outputs[0]] = fakequant_op(graph, op, *args)
     names = graph.tensors if keep else graph.outputs
     return {n: env[n].numpy().astype(np.int64) for n in names if n in env}

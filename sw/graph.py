@@ -56,8 +56,10 @@ Swin (windows, the cyclic shift, patch merging; tokens of a ``[H, W]`` grid in r
                      int16 [nW, N, N] (0 or negative): :func:`sw.intops.score_bias` after the
                      requantization.
 
-    ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6) and ``layernorm`` an
-    optional ``out_bits`` attr (default 8): both clamp to that signed width.
+    ``linear`` may carry ``out_bits`` below 8 (6: PTQ4ViT's W6A6; 2-4: Q-ViT) and
+    ``layernorm`` and ``attn_value`` an optional ``out_bits`` attr (default 8): they clamp to
+    that signed width.  ``linear`` may carry ``weight_bits`` (Q-ViT: 2-4): its int8 weights
+    then hold values of that signed width (range-checked by the executor).
 
 Op kinds of I-ViT (``info["method"] == "ivit"``; :mod:`sw.methods.ivit`)
     ``ilayernorm``   x int16 [..., C] (symmetric) -> int8; params ``mult``, ``shift``,
@@ -135,7 +137,7 @@ OP_SCHEMA: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] =
 
 #: The quantization methods a graph can come from (``info["method"]``; files without the
 #: field are FQ-ViT graphs).
-METHODS = ("fqvit", "ivit", "ptq4vit")
+METHODS = ("fqvit", "ivit", "ptq4vit", "qvit")
 
 
 def graph_method(graph: "IntGraph") -> str:

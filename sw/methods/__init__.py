@@ -15,6 +15,8 @@ ivit       (:mod:`sw.methods.ivit`, :mod:`sw.methods.ivit_qat`) symmetric grids,
            residual stream, I-LayerNorm, Shiftmax, ShiftGELU; PTQ calibration or QAT
 ptq4vit    (:mod:`sw.methods.ptq4vit`) twin-uniform softmax and GELU codes, Hessian-guided
            scale search of every matmul's operands, W8A8 or W6A6
+qvit       (:mod:`sw.methods.qvit`) QAT at 2-4 bits (LSQ+, IRM, DGD); FQ-ViT's stream,
+           LayerNorm, Log-Int-Softmax and GELU table; low-bit tensors declared at their width
 =========  ============================================================================
 """
 from __future__ import annotations
@@ -51,6 +53,11 @@ def quantize_with_method(method: str, model, calib_images: np.ndarray, observer:
         return quantize_ptq4vit(model, calib_images, observer=observer, ptf=ptf,
                                 quantize_patch_embed=quantize_patch_embed, progress=progress,
                                 observers=observers, **options)
+    if method == "qvit":
+        from .qvit import quantize_qvit
+        options.pop("ptf", None)
+        res = quantize_qvit(model, calib_images, observer=observer, progress=progress, **options)
+        return res.graph
     raise ValueError(f"unknown quantization method {method!r}; choose from {', '.join(METHODS)}")
 
 

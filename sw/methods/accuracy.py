@@ -14,7 +14,12 @@ I-ViT              8/8      QAT: :func:`sw.methods.ivit_qat.qat_ivit` from the f
                             then calibrated; its FP32 column is the fine-tuned float model
 PTQ4ViT            8/8      PTQ: Hessian-guided search (labels of the calibration images)
 PTQ4ViT            6/6      the same at 6 bits
+Q-ViT              4/4      QAT (:mod:`sw.methods.qvit`): LSQ+, IRM and DGD from the float model;
+                            its FP32 column is the float model
 =================  =======  ====================================================================
+
+:func:`qvit_ablation` is the paper's ablation at W4A4, W3A3 and W2A2 (``vitamin accuracy
+--qvit-ablation``).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from ..fakequant import fakequant_execute
 from ..graph import METHODS
 from ..quantize import calibrate, quantize, quantize_input
 
-__all__ = ["method_table", "format_method_table", "MethodRow", "MethodReport", "CALIB_IMAGES"]
+__all__ = ["method_table", "format_method_table", "qvit_ablation", "format_qvit_ablation", "MethodRow", "MethodReport", "CALIB_IMAGES"]
 
 #: Training images used for calibration (as the FQ-ViT observer table).
 CALIB_IMAGES = 128
@@ -83,6 +88,8 @@ def _settings(methods, qat_epochs: int):
                          lambda mdl, sp, calib, obs, bits=bits: quantize(
                              mdl, calib, method="ptq4vit", bits=bits, labels=sp.train_y[:len(calib)],
                              progress=False, observers=obs)))
+    if "qvit" in methods and qat_epochs > 0:
+        rows.append(("qvit", "Q-ViT", "4/4", "QAT, LSQ+, IRM, DGD", "qvit"))
     return rows
 
 
@@ -119,6 +126,10 @@ def method_table(methods=METHODS, seeds=(0,), qat_epochs: int | None = None, pro
                                    progress=progress)
                     g = res.graph
                     own_fp32 = _top1(evaluate_float(res.model, split.test_x), split.test_y)
+                elif build == "qvit":
+                    from .qvit import quantize_qvit
+                    g = quantize_qvit(model, bits=4, seed=seed, train_x=split.train_x,
+                                      train_y=split.train_y, progress=progress).graph
                 else:
                     g = build(model, split, calib, obs)
                 x = quantize_input(split.test_x, g)
@@ -153,4 +164,49 @@ def format_method_table(report: MethodReport, markdown: bool = False) -> str:
                  f"({report.fp32_top1:.2f}); "
                  + (f"seed {report.seeds[0]}" if len(report.seeds) == 1 else
                     f"mean over training seeds {', '.join(map(str, report.seeds))}"))
+    return "\n".join(lines)
+
+
+#: The ablation's settings: (label, IRM, DGD).
+ABLATION = (("LSQ+ baseline", False, False), ("+IRM", True, False), ("+DGD", False, True), ("+IRM +DGD", True, True))
+
+
+def qvit_ablation(bits=(4, 3, 2), seed: int = 0, epochs: int | None = None, progress: bool = True,
+                  fast: bool = True, lam: float | None = None) -> dict:
+    """Q-ViT's ablation on the digits ViT of ``seed``: integer-executor top-1 (and the
+    fake-quant network's, and their label agreement) of every :data:`ABLATION` setting at
+    every width.  Returns ``{"fp32": top1, "rows": [(bits, label, fq, int, agree, seconds)], ...}``."""
+    from ..digits import evaluate_float, load_or_train
+    from .qvit import QVIT_EPOCHS, QVIT_LAMBDA, fakequant_logits, quantize_qvit
+    epochs = QVIT_EPOCHS if epochs is None else epochs
+    lam = QVIT_LAMBDA if lam is None else lam
+    t0 = time.perf_counter()
+    model, split = load_or_train(seed=seed, progress=progress)
+    fp32 = _top1(evaluate_float(model, split.test_x), split.test_y)
+    rows = []
+    for b in bits:
+        for label, irm, dgd in ABLATION:
+            t1 = time.perf_counter()
+            res = quantize_qvit(model, bits=b, irm=irm, dgd=dgd, lam=lam, epochs=epochs, seed=seed,
+                                train_x=split.train_x, train_y=split.train_y, progress=progress)
+            lab_fq = fakequant_logits(res.model, split.test_x).argmax(1)
+            lab_int = execute(res.graph, quantize_input(split.test_x, res.graph), fast=fast)["logits"].argmax(1)
+            rows.append((b, label, _top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
+                         100.0 * float(np.mean(lab_fq == lab_int)), time.perf_counter() - t1))
+    return {"fp32": fp32, "rows": rows, "seed": seed, "epochs": epochs, "lam": lam, "test_images": len(split.test_y),
+            "seconds": time.perf_counter() - t0}
+
+
+def format_qvit_ablation(report: dict, markdown: bool = False) -> str:
+    """The ablation as aligned text, or as a markdown table."""
+    from ..accuracy import table_lines
+    head = ["W/A", "setting", "QAT network", "integer executor", "int vs FP32", "labels agree", "seconds"]
+    rows = [["32/32", "FP32", f"{report['fp32']:.2f}", "", "", "", ""]]
+    rows += [[f"{b}/{b}", label, f"{fq:.2f}", f"{integer:.2f}", f"{integer - report['fp32']:+.2f}",
+              f"{agree:.2f}", f"{secs:.0f}"] for b, label, fq, integer, agree, secs in report["rows"]]
+    lines = table_lines(head, rows, markdown)
+    lines.append("")
+    lines.append(f"digits test split: {report['test_images']} images; seed {report['seed']}; {report['epochs']} "
+                 f"epochs of QAT per row; DGD lambda {report['lam']:g}; top-1 in %; 'labels agree': QAT network "
+                 "vs integer executor.")
     return "\n".join(lines)
