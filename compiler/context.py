@@ -27,12 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from hw.config import AcceleratorConfig
 from sw.graph import IntGraph, Op
 
 from .emitter import Allocator, Buffer, CompileError, Emitter
 from .isa import FORMATS, SPECS, Field, IllegalInstructionError, Mem, Opcode, Queue, Violation
-from .layout import RECORD_WORDS, DramLayout, DramTensor, PatchView, RowsView
+from .layout import RECORD_WORDS, DramLayout, DramTensor, GatherView, PatchView, RowsView
 
 __all__ = ["MAX_ROWS", "Need", "need", "field_of", "LowerCtx"]
 
@@ -49,6 +51,21 @@ def field_of(opcode: Opcode, name: str) -> Field:
 MAX_ROWS = min(f.hi for fields in FORMATS.values() for f in fields if f.name in ("rows", "m"))
 #: The most words one accumulator LOAD moves (one row of ``cols`` words).
 _MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
+
+
+def _runs(rows, limit: int | None = None):
+    """``(k, row, n)``: the runs of consecutive values of ``rows`` (``rows[k] .. rows[k] + n -
+    1`` at positions ``k ..``), each at most ``limit`` long."""
+    rows = [int(r) for r in rows]
+    out = []
+    k = 0
+    while k < len(rows):
+        n = 1
+        while k + n < len(rows) and rows[k + n] == rows[k] + n and (limit is None or n < limit):
+            n += 1
+        out.append((k, rows[k], n))
+        k += n
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,23 @@ class LowerCtx:
     def alloc(self, need: Need, what: str) -> Buffer:
         """One buffer of a working-set entry."""
         return self.allocator(need.mem).alloc(need.size, what)
+
+    def alloc_pair(self, lo: Need, hi: Need, what: str) -> tuple[Buffer, Buffer]:
+        """Buffers in two regions at the same offset from each region's base (SOFTMAX's score
+        bias planes in ``vin`` and ``vin2``): the lowest offset free in both."""
+        a, b = self.allocator(lo.mem), self.allocator(hi.mem)
+        size = max(a.aligned(lo.size), b.aligned(hi.size))
+        starts = sorted({x - a.base for x, _ in a.free_runs()} | {x - b.base for x, _ in b.free_runs()})
+        for off in starts:
+            off = -(-off // max(a.align, b.align)) * max(a.align, b.align)
+            x = a.alloc_at(a.base + off, size, what)
+            if x is None:
+                continue
+            y = b.alloc_at(b.base + off, size, what)
+            if y is not None:
+                return x, y
+            a.free(x)
+        raise CompileError(f"{what}: no offset is free for {size} bytes in both {lo.mem} and {hi.mem}")
 
     def free(self, *bufs: Buffer) -> None:
         for b in bufs:
@@ -207,8 +241,77 @@ class LowerCtx:
             for k, idx in enumerate(p.indices):
                 self._load_rect(p.base, idx, idx + 1, 0, width, dst, dst_off + k * width,
                                 dst_stride, 0)
+        elif isinstance(p, GatherView):
+            self._load_gather(p, r0, nr, dst, dst_off, dst_stride, pad, col0, ncols)
         else:
             raise CompileError(f"tensor {name!r} has no placement")
+
+    def load_row_list(self, name: str, rows, dst: Buffer, dst_off: int, dst_stride: int,
+                      pad: int = 0, col0: int = 0, ncols: int | None = None) -> None:
+        """:meth:`load_rows` of the listed rows (in that order) to consecutive destination
+        rows: one call per run of consecutive rows."""
+        for k, r, n in _runs(rows):
+            self.load_rows(name, r, n, dst, dst_off + k * dst_stride, dst_stride, pad, col0, ncols)
+
+    def store_row_list(self, out: DramTensor, rows, col0: int, src: Buffer, src_stride: int,
+                       ncols: int) -> None:
+        """:meth:`store_rows` of consecutive source rows to the listed rows of ``out``."""
+        for k, r, n in _runs(rows):
+            self.store_rows(out, r, n, col0, Buffer(src.mem, src.addr + k * src_stride, 0, src.what,
+                                                    src.written, src.accessed), src_stride, ncols)
+
+    def _load_gather(self, v: GatherView, r0: int, nr: int, dst: Buffer, dst_off: int,
+                     dst_stride: int, pad: int, col0: int, ncols: int | None) -> None:
+        """LOADs of rows ``r0 .. r0 + nr`` of a gather view: per part, the source rows in
+        arithmetic progressions (one LOAD each); where a part is whole source rows laid out
+        back to back on both sides (``dst_stride`` = the row's bytes), runs of consecutive
+        source rows become one LOAD row and runs of equal length in arithmetic progression one
+        LOAD."""
+        base, eb = v.base, v.base.elem_bytes
+        ncols = v.cols - col0 if ncols is None else ncols
+        b0, b1 = col0 * eb, (col0 + ncols) * eb
+        full = base.cols * eb
+        for index, p0, width in v.parts:
+            q0, q1 = max(b0, p0), min(b1, p0 + width)
+            if q0 >= q1:
+                continue
+            src = np.asarray(index[r0:r0 + nr], dtype=np.int64)
+            w = q1 - q0
+            last = q1 == b1
+            off = dst_off + (q0 - b0)
+            s0 = q0 - p0                       # byte offset inside the source row
+            if w == full and dst_stride == full and (pad == 0 or not last) and base.row_stride == full:
+                runs = _runs(src, max(1, _MAX_LOAD_COLS // full))
+                i = 0
+                while i < len(runs):
+                    k, r, n = runs[i]
+                    j, delta = i + 1, n
+                    if j < len(runs) and runs[j][2] == n and runs[j][1] > r:
+                        delta = runs[j][1] - r
+                        while j < len(runs) and runs[j][2] == n and \
+                                runs[j][1] - runs[j - 1][1] == delta and j - i < MAX_ROWS:
+                            j += 1
+                    piece = src[k:k + (j - i) * n]
+                    dep = self._deps(base, int(piece.min()), int(piece.max()) + 1, 0, full)
+                    self._load(dep, base.addr + r * base.row_stride, delta * base.row_stride,
+                               j - i, n * full, dst, off + k * dst_stride, n * full, 0)
+                    i = j
+                continue
+            k = 0
+            while k < len(src):
+                j = k + 1
+                step = int(src[k + 1] - src[k]) if k + 1 < len(src) else 1
+                if step <= 0:
+                    step = 1
+                    j = k + 1
+                else:
+                    while j < len(src) and src[j] - src[j - 1] == step and j - k < MAX_ROWS:
+                        j += 1
+                dep = self._deps(base, int(src[k:j].min()), int(src[k:j].max()) + 1, s0, s0 + w)
+                self._load(dep, base.addr + int(src[k]) * base.row_stride + s0,
+                           step * base.row_stride, j - k, w, dst, off + k * dst_stride, dst_stride,
+                           pad if last else 0)
+                k = j
 
     @staticmethod
     def _deps(t: DramTensor, r0: int, r1: int, b0: int, b1: int) -> Buffer:

@@ -19,7 +19,7 @@ import pytest
 from amaranth import Elaboratable, Module
 
 from amaranth_streams import run_simulation
-from compiler.isa import (RECORD_WORDS, SPECS, ArchState, Instruction, Opcode, OutType,
+from compiler.isa import (NO_SCORE_BIAS, RECORD_WORDS, SPECS, ArchState, Instruction, Opcode, OutType,
                           SoftmaxMode, Timing, encode)
 from hw.config import AcceleratorConfig
 from hw.core.memories import build_memories, geometry
@@ -235,8 +235,8 @@ class ProgramBuilder:
         dst_cols = math.ceil(cols / n) * n
         dst, dst_stride = self.pattern("codes" if mode == SoftmaxMode.LIS else "prob", rows, dst_cols)
         return dict(src_addr=src, src_stride=src_stride, dst_addr=dst, dst_stride=dst_stride,
-                    rows=rows, cols=cols, dst_cols=dst_cols, mode=int(mode), frac_bits=frac_bits,
-                    b_int=b_int, c_int=c_int, mult=int(mult), shift=int(shift))
+                    rows=rows, cols=cols, mode=int(mode), frac_bits=frac_bits,
+                    b_int=b_int, c_int=c_int, mult=int(mult), shift=int(shift), **NO_SCORE_BIAS)
 
     def channels(self) -> int:
         return self.n * self.rng.randint(1, min(self.cfg.max_channels // self.n, 4))
