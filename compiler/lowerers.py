@@ -159,15 +159,20 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
     intops.check_range(np.asarray(op.params["mult"]), intops.INT16_MIN, intops.INT16_MAX,
                        f"{op.name} mult")
 
-    def need(m, cols=C):
+    def need(m, cols=C, copies=IN_FLIGHT):
         """Per chunk of ``m`` tokens: its input rows, and per strip of ``cols`` output
-        channels the weight strip, accumulators, parameter records and output rows."""
+        channels the weight strip (``copies`` in flight: fewer than ``IN_FLIGHT`` only when
+        that many strips of a long ``K`` do not fit), accumulators, parameter records and
+        output rows."""
         return {"x": reserve("act", m * Kp),
-                "w": reserve("weight", C * Kp, IN_FLIGHT), "out": reserve("out", m * C * eb, IN_FLIGHT),
+                "w": reserve("weight", C * Kp, copies), "out": reserve("out", m * C * eb, IN_FLIGHT),
                 "records": reserve("param", cols * RECORD_WORDS, IN_FLIGHT),
                 "acc": reserve("acc", m * C, IN_FLIGHT)}
 
-    m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS))
+    copies = next((c for c in range(IN_FLIGHT, 1, -1) if ctx.fits(need(1, C, c))), 1)
+    need_ = need
+    need = lambda m, cols=C: need_(m, cols, copies)                      # noqa: E731
+    m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS, ctx.cfg.max_tile_rows))
     out = layout.tensor(group.output)
     if gelu is not None:
         ctx.at(group.index(gelu))
@@ -311,7 +316,8 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
     # Two heads in flight (the next head's loads overlap this head's work) when that still
     # leaves room for chunks of one row; then as many windows a group as fit.
     head_copies = 2 if ctx.fits(need(1, 2)) else 1
-    m = ctx.fit_chunk(qk, "attention", lambda m: need(m, head_copies), min(Nw, MAX_ROWS))
+    m = ctx.fit_chunk(qk, "attention", lambda m: need(m, head_copies),
+                      min(Nw, MAX_ROWS, ctx.cfg.max_tile_rows))
     G = 1
     while G < nW and ctx.fits(need(m, head_copies, G + 1)):
         G += 1
