@@ -192,7 +192,7 @@ def shift_mask(grid, window, shift, value: int) -> np.ndarray:
 
 def tiny_swin(seed: int = 0, image: int = 16, patch: int = 2, channels: int = 3, dim: int = 8,
               depths=(2,), heads=(2,), window: int = 4, mlp_ratio: int = 2, classes: int = 10,
-              softmax_mode: str = "lis", head_bits: int = 16, shift: bool = True,
+              softmax_mode: str = "lis", head_bits: int = 16, shift: str = "odd",
               bias: bool = True) -> IntGraph:
     """A random Swin Transformer with the op sequence of the quantized timm Swin.
 
@@ -202,8 +202,12 @@ def tiny_swin(seed: int = 0, image: int = 16, patch: int = 2, channels: int = 3,
     -> add -> layernorm -> fc1 -> gelu -> fc2 -> add``, odd blocks of a stage shifted by half
     a window (unless the window covers the grid); between stages ``patch_merge -> layernorm
     (4C) -> linear`` (no bias) to ``2C``; ``layernorm -> token_mean -> linear`` head.
-    ``window`` is capped at each stage's grid, as timm does.
+    ``window`` is capped at each stage's grid, as timm does.  ``shift``: which blocks of a
+    stage are shifted by half a window (``"odd"``, as Swin; ``"all"``; ``"none"``), never
+    when the window covers the grid.
     """
+    if shift not in ("odd", "all", "none"):
+        raise ValueError(f"shift must be odd, all or none, got {shift!r}")
     if len(depths) != len(heads):
         raise ValueError("depths and heads need one entry per stage")
     rng = np.random.default_rng(seed)
@@ -266,7 +270,8 @@ def tiny_swin(seed: int = 0, image: int = 16, patch: int = 2, channels: int = 3,
         dh = C // H
         for b in range(depth):
             p = f"layers.{s}.blocks.{b}"
-            sh = [w // 2 if shift and b % 2 and w < g else 0 for w, g in zip(win, grid)]
+            shifted = shift == "all" or (shift == "odd" and b % 2 == 1)
+            sh = [w // 2 if shifted and w < g else 0 for w, g in zip(win, grid)]
             wattrs = {"grid": list(grid), "window": list(win), "shift": sh}
             n1 = tensor(f"{p}.norm1.out", (T, C))
             layernorm(f"{p}.norm1", x, C, n1)
