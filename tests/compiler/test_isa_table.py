@@ -48,6 +48,10 @@ SAMPLES = {
         src_addr=20, src_stride=8, dst_addr=R["codes" if mode == SoftmaxMode.LIS else "prob"] + 40,
         dst_stride=8, rows=3, cols=5, mode=mode, frac_bits=4, b_int=B_INT,
         c_int=C_INT, mult=3, shift=0, **NO_SCORE_BIAS)) for mode in SoftmaxMode},
+    "softmax_bias_mask": (Opcode.SOFTMAX, dict(
+        src_addr=20, src_stride=8, dst_addr=R["codes"] + 40, dst_stride=8, rows=3, cols=5,
+        mode=SoftmaxMode.LIS, frac_bits=4, b_int=B_INT, c_int=C_INT, mult=3, shift=0, bias=1,
+        bias_addr=R["vin"] + 30, keep_lo=1, keep_hi=3, mask_value=-20000)),
     "layernorm": (Opcode.LAYERNORM, dict(src_addr=R["vin"] + 10, src_stride=10, dst_addr=R["out"] + 400,
                                          dst_stride=8, rows=3, cols=6, param_addr=200, load_params=1,
                                          zp_in=-3)),
