@@ -53,15 +53,17 @@ MAX_ROWS = min(f.hi for fields in FORMATS.values() for f in fields if f.name in 
 _MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
 
 
-def _runs(rows, limit: int | None = None):
+def _runs(rows, limit: int | None = None, period: int = 0, first: int = 0):
     """``(k, row, n)``: the runs of consecutive values of ``rows`` (``rows[k] .. rows[k] + n -
-    1`` at positions ``k ..``), each at most ``limit`` long."""
+    1`` at positions ``k ..``), each at most ``limit`` long and, with a ``period``, none
+    crossing a multiple of it (positions counted from ``first``)."""
     rows = [int(r) for r in rows]
     out = []
     k = 0
     while k < len(rows):
         n = 1
-        while k + n < len(rows) and rows[k + n] == rows[k] + n and (limit is None or n < limit):
+        while k + n < len(rows) and rows[k + n] == rows[k] + n and (limit is None or n < limit) \
+                and not (period and (first + k + n) % period == 0):
             n += 1
         out.append((k, rows[k], n))
         k += n
@@ -281,21 +283,35 @@ class LowerCtx:
             off = dst_off + (q0 - b0)
             s0 = q0 - p0                       # byte offset inside the source row
             if w == full and dst_stride == full and (pad == 0 or not last) and base.row_stride == full:
-                runs = _runs(src, max(1, _MAX_LOAD_COLS // full))
-                i = 0
-                while i < len(runs):
-                    k, r, n = runs[i]
-                    j, delta = i + 1, n
-                    if j < len(runs) and runs[j][2] == n and runs[j][1] > r:
-                        delta = runs[j][1] - r
-                        while j < len(runs) and runs[j][2] == n and \
-                                runs[j][1] - runs[j - 1][1] == delta and j - i < MAX_ROWS:
-                            j += 1
-                    piece = src[k:k + (j - i) * n]
-                    dep = self._deps(base, int(piece.min()), int(piece.max()) + 1, 0, full)
-                    self._load(dep, base.addr + r * base.row_stride, delta * base.row_stride,
-                               j - i, n * full, dst, off + k * dst_stride, n * full, 0)
-                    i = j
+                runs = _runs(src, max(1, _MAX_LOAD_COLS // full), v.period, r0)
+                used = [False] * len(runs)
+                for i, (k, r, n) in enumerate(runs):
+                    if used[i]:
+                        continue
+                    group = [i]
+                    # Runs of one piece of a window are every run, or every p-th where the
+                    # shift cuts rows (p = 2 for a window, 3 for a grid row read back).
+                    for period in range(1, min(16, len(runs) - i) + 1):
+                        g = [i]
+                        j = i + period
+                        while j < len(runs) and not used[j] and runs[j][2] == n and len(g) < MAX_ROWS:
+                            if runs[j][1] <= runs[g[-1]][1] or (len(g) > 1 and (
+                                    runs[j][1] - runs[g[-1]][1] != runs[g[1]][1] - r
+                                    or runs[j][0] - runs[g[-1]][0] != runs[g[1]][0] - k)):
+                                break
+                            g.append(j)
+                            j += period
+                        if len(g) > len(group):
+                            group = g
+                    for j in group:
+                        used[j] = True
+                    rows_src = np.concatenate([src[runs[j][0]:runs[j][0] + n] for j in group])
+                    dep = self._deps(base, int(rows_src.min()), int(rows_src.max()) + 1, 0, full)
+                    many = len(group) > 1
+                    self._load(dep, base.addr + r * base.row_stride,
+                               (runs[group[1]][1] - r) * base.row_stride if many else n * full,
+                               len(group), n * full, dst, off + k * dst_stride,
+                               (runs[group[1]][0] - k) * dst_stride if many else n * full, 0)
                 continue
             k = 0
             while k < len(src):

@@ -107,6 +107,9 @@ class GatherView:
     parts: list
     rows: int
     cols: int
+    #: Rows of one natural piece (a window; a grid row; a merged grid row): consumers chunk
+    #: by whole pieces where they can, so that each piece is gathered in few LOADs.
+    period: int = 1
 
 
 @dataclass
@@ -153,7 +156,10 @@ def _window_view(layout: "DramLayout", op: Op) -> GatherView:
     except ValueError as exc:
         raise CompileError(f"op {op.name!r}: {exc}") from None
     width = base.cols * base.elem_bytes
-    return GatherView(base, [(index, 0, width)], base.rows, base.cols)
+    h, w = (int(v) for v in a["grid"])
+    wh, ww = (int(v) for v in a["window"])
+    period = wh * ww if op.kind == "window_partition" else w
+    return GatherView(base, [(index, 0, width)], base.rows, base.cols, period)
 
 
 def _merge_view(layout: "DramLayout", op: Op) -> GatherView:
@@ -166,7 +172,8 @@ def _merge_view(layout: "DramLayout", op: Op) -> GatherView:
         raise CompileError(f"op {op.name!r}: {exc}") from None
     width = base.cols * base.elem_bytes
     parts = [(index[:, p], p * width, width) for p in range(4)]
-    return GatherView(base, parts, index.shape[0], 4 * base.cols)
+    return GatherView(base, parts, index.shape[0], 4 * base.cols,
+                      int(op.attrs["grid"][1]) // 2)
 
 
 #: Op kinds whose output is a view of their input, and how the view is made.
@@ -241,6 +248,17 @@ class DramLayout:
         if not isinstance(p, DramTensor):
             raise CompileError(f"tensor {name!r} is not materialized in DRAM")
         return p
+
+    def period(self, name: str) -> int:
+        """Rows of one natural piece of a view (1 for a tensor): chunks of whole pieces
+        gather in fewer LOADs."""
+        p = self.place.get(name)
+        return p.period if isinstance(p, GatherView) else 1
+
+    def whole_pieces(self, name: str, m: int) -> int:
+        """Chunk size ``m`` rounded down to whole pieces of ``name`` when it holds one."""
+        period = self.period(name)
+        return m - m % period if m >= period else m
 
     def dims(self, name: str) -> tuple[int, int]:
         """``(rows, columns)`` in which consumers read a placed tensor."""

@@ -172,7 +172,7 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
     copies = next((c for c in range(IN_FLIGHT, 1, -1) if ctx.fits(need(1, C, c))), 1)
     need_ = need
     need = lambda m, cols=C: need_(m, cols, copies)                      # noqa: E731
-    m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS, ctx.cfg.max_tile_rows))
+    m = layout.whole_pieces(x, ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS, ctx.cfg.max_tile_rows)))
     out = layout.tensor(group.output)
     if gelu is not None:
         ctx.at(group.index(gelu))
@@ -476,6 +476,10 @@ class RowwiseLowerer:
 
         step = max(1, min(T, VECTOR_CHUNK_BYTES // D))
         m = ctx.fit_chunk(op, op.kind, need, min(step, MAX_ROWS))
+        second_name = second[1] if second is not None and second[0] == "tensor" else None
+        for name in (x, second_name):
+            if name is not None and layout.period(name) > 1:
+                m = layout.whole_pieces(name, m)
         ws = need(m)
         records = None
         if rec_addr is not None:
