@@ -70,6 +70,24 @@ def _runs(rows, limit: int | None = None, period: int = 0, first: int = 0):
     return out
 
 
+def _progressions(rows):
+    """``(k, row, n, d)``: the listed rows cut into arithmetic progressions ``row, row + d,
+    ...`` (``n`` of them, ``d >= 1``) at positions ``k ..``, greedily."""
+    rows = [int(r) for r in rows]
+    out = []
+    k = 0
+    while k < len(rows):
+        n, d = 1, 1
+        if k + 1 < len(rows) and rows[k + 1] > rows[k]:
+            d = rows[k + 1] - rows[k]
+            n = 2
+            while k + n < len(rows) and rows[k + n] - rows[k + n - 1] == d and n < MAX_ROWS:
+                n += 1
+        out.append((k, rows[k], n, d))
+        k += n
+    return out
+
+
 @dataclass(frozen=True)
 class Need:
     """One buffer of a working set: ``size`` bytes (scratchpad regions) or words
@@ -251,16 +269,40 @@ class LowerCtx:
     def load_row_list(self, name: str, rows, dst: Buffer, dst_off: int, dst_stride: int,
                       pad: int = 0, col0: int = 0, ncols: int | None = None) -> None:
         """:meth:`load_rows` of the listed rows (in that order) to consecutive destination
-        rows: one call per run of consecutive rows."""
-        for k, r, n in _runs(rows):
-            self.load_rows(name, r, n, dst, dst_off + k * dst_stride, dst_stride, pad, col0, ncols)
+        rows: one LOAD per arithmetic progression of rows (a run of consecutive rows goes
+        through :meth:`load_rows`, a strided one is one LOAD at that DRAM stride)."""
+        p = self.layout.place.get(name)
+        for k, r, n, d in _progressions(rows):
+            if d == 1 or not isinstance(p, DramTensor):
+                for t in range(n) if d != 1 else [0]:
+                    self.load_rows(name, r + t * d, n if d == 1 else 1, dst,
+                                   dst_off + (k + t) * dst_stride, dst_stride, pad, col0, ncols)
+                continue
+            width = p.cols - col0 if ncols is None else ncols
+            b0, b1 = col0 * p.elem_bytes, (col0 + width) * p.elem_bytes
+            self._load(self._deps(p, r, r + (n - 1) * d + 1, b0, b1),
+                       p.addr + r * p.row_stride + b0, d * p.row_stride, n, b1 - b0, dst,
+                       dst_off + k * dst_stride, dst_stride, pad)
 
     def store_row_list(self, out: DramTensor, rows, col0: int, src: Buffer, src_stride: int,
                        ncols: int) -> None:
-        """:meth:`store_rows` of consecutive source rows to the listed rows of ``out``."""
-        for k, r, n in _runs(rows):
-            self.store_rows(out, r, n, col0, Buffer(src.mem, src.addr + k * src_stride, 0, src.what,
-                                                    src.written, src.accessed), src_stride, ncols)
+        """STOREs of consecutive source rows to the listed rows of ``out``: one per
+        arithmetic progression of rows."""
+        off = out.offset_rows if out.parent is not None else 0
+        for k, r, n, d in _progressions(rows):
+            part = Buffer(src.mem, src.addr + k * src_stride, 0, src.what, src.written, src.accessed)
+            if d == 1:
+                self.store_rows(out, r, n, col0, part, src_stride, ncols)
+                continue
+            self.reloc.append(len(self.em.instrs))
+            i = self.emit(Opcode.STORE, dict(
+                src_addr=part.addr, src_stride=src_stride,
+                dram_addr=out.addr + r * out.row_stride + col0 * out.elem_bytes,
+                dram_stride=d * out.row_stride, rows=n, cols=ncols * out.elem_bytes),
+                reads=[part])
+            for t in range(n):                 # one rectangle a row: they tile what is written
+                out.root.stores.append((off + r + t * d, off + r + t * d + 1, col0 * out.elem_bytes,
+                                        (col0 + ncols) * out.elem_bytes, i))
 
     def _load_gather(self, v: GatherView, r0: int, nr: int, dst: Buffer, dst_off: int,
                      dst_stride: int, pad: int, col0: int, ncols: int | None) -> None:

@@ -48,7 +48,7 @@ from hw.softmax import softmax_timing
 from sw import intops
 from sw.graph import Op
 
-from .context import MAX_ROWS, LowerCtx, need as reserve
+from .context import MAX_ROWS, LowerCtx, _progressions, need as reserve
 from .emitter import Buffer, CompileError, UnsupportedOpsError
 from .fusion import Group
 from .isa import NO_SCORE_BIAS, MatMode, Opcode, OutType, SoftmaxMode
@@ -210,7 +210,17 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
 
 
 # ---------------------------------------------------------------------- attention
-def _mask_regions(op: Op, mask: np.ndarray | None, w: int, n: int):
+def _window_width(ctx: LowerCtx, qkv: str) -> int | None:
+    """Tokens per window row of the ``window_partition`` whose linear produced ``qkv``."""
+    producer = {o.outputs[0]: o for o in ctx.graph.ops}
+    lin = producer.get(qkv)
+    part = producer.get(lin.inputs[0]) if lin is not None else None
+    if part is None or part.kind != "window_partition":
+        return None
+    return int(part.attrs["window"][1])
+
+
+def _mask_regions(op: Op, mask: np.ndarray | None, w: int, n: int, width: int | None = None):
     """The order of window ``w``'s tokens on chip and its query groups.
 
     Swin's shift mask gives each token a region; a query sees exactly the keys of its own
@@ -231,6 +241,13 @@ def _mask_regions(op: Op, mask: np.ndarray | None, w: int, n: int):
             "seeing exactly the keys of its own region, one mask value); the accelerator adds "
             "one value outside one range of keys")
     order = np.argsort(label, kind="stable")
+    if width:
+        # Inside a region, column by column when that is fewer strided LOADs / STOREs (a
+        # region cut by the vertical shift: its columns are progressions of stride width).
+        i = np.arange(n)
+        by_col = np.lexsort((i // width, i % width, label))
+        if len(_progressions(by_col)) < len(_progressions(order)):
+            order = by_col
     sorted_labels = label[order]
     groups = []
     lo = 0
@@ -286,7 +303,8 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
         intops.check_range(mask, intops.INT16_MIN, 0, f"{qk.name} mask")
     if bias is not None:
         intops.check_range(bias, intops.INT16_MIN, intops.INT16_MAX, f"{qk.name} bias")
-    regions = [_mask_regions(qk, mask, w, Nw) for w in range(nW)]
+    width = _window_width(ctx, qkv) if mask is not None else None
+    regions = [_mask_regions(qk, mask, w, Nw, width) for w in range(nW)]
     orders = {}                                  # distinct on-chip token orders -> index
     for order, _ in regions:
         orders.setdefault(tuple(order.tolist()), len(orders))
