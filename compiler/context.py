@@ -49,6 +49,10 @@ def field_of(opcode: Opcode, name: str) -> Field:
 
 #: The most rows (or streaming rows ``m``) one instruction can process.
 MAX_ROWS = min(f.hi for fields in FORMATS.values() for f in fields if f.name in ("rows", "m"))
+#: The most stored pieces of a scattered tensor (written by :meth:`LowerCtx.store_row_list`
+#: in several pieces: Swin's shifted windows, a few tokens a STORE) a load follows one LOAD
+#: each; beyond, one LOAD waits for them all.
+MAX_PIECES = 64
 #: The most words one accumulator LOAD moves (one row of ``cols`` words).
 _MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
 
@@ -289,7 +293,10 @@ class LowerCtx:
         """STOREs of consecutive source rows to the listed rows of ``out``: one per
         arithmetic progression of rows."""
         off = out.offset_rows if out.parent is not None else 0
-        for k, r, n, d in _progressions(rows):
+        progressions = _progressions(rows)
+        if len(progressions) > 1:
+            out.root.scattered = True
+        for k, r, n, d in progressions:
             part = Buffer(src.mem, src.addr + k * src_stride, 0, src.what, src.written, src.accessed)
             if d == 1:
                 self.store_rows(out, r, n, col0, part, src_stride, ncols)
@@ -394,7 +401,8 @@ class LowerCtx:
             q0, q1 = max(c0, b0), min(c1, b1)
             if p0 < p1 and q0 < q1:
                 pieces.append((p0, p1, q0, q1))
-        if len(pieces) > 1 and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
+        few = len(pieces) <= MAX_PIECES or not root.scattered
+        if len(pieces) > 1 and few and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
                 == (r1 - r0) * (b1 - b0):
             for p0, p1, q0, q1 in pieces:
                 self._load(self._deps(t, p0, p1, q0, q1), t.addr + p0 * t.row_stride + q0,

@@ -78,6 +78,8 @@ class DramTensor:
     #: STOREs into this tensor (kept on the root of an alias): ``(row0, row1, byte0, byte1,
     #: instruction)`` rectangles, disjoint since every element is written once.
     stores: list = field(default_factory=list)
+    #: Written in scattered pieces (rows out of order), see ``compiler.context.MAX_PIECES``.
+    scattered: bool = False
 
     @property
     def root(self) -> "DramTensor":
