@@ -15,7 +15,7 @@ Structure
     acc | attn_acc --> requantizer --+--------------------------------> out (int8, int16)
                                      +--> GELU table ----------------> out
                                      +--> (+ bias + mask) --> Log-Int-Softmax --> codes | prob
-    vin, vin2 (SOFTMAX) --> score bias (int16: low, high byte planes) --^
+    vin, vin2 -----> score bias (SOFTMAX: int16 low / high bytes) --^
     vin ---------------> LayerNorm ------------------------------------> out
     vin, vin2 ---------> residual add ---------------------------------> out
     vin ---------------> GELU table -----------------------------------> out
@@ -37,6 +37,13 @@ An instruction runs in two phases after its start cycle:
   output beat is ``2 N`` bytes (lane ``l`` little endian at bytes ``2l, 2l + 1``), written
   as two words in consecutive cycles (the second one skipped when the row ends with the
   first).
+
+SOFTMAX's score bias and mask (Swin): between the requantizer's output and the softmax
+unit, lane ``l`` of a beat (key column ``j``) becomes ``clip16(score + bias + (mask_value if
+j < keep_lo or j >= keep_hi))``, combinationally; the bias beat is the same row of ``vin``
+(low bytes) and ``vin2`` (high bytes), read once the cycle after the start and then in the
+cycle each beat passes to the softmax, for the next one (the read ports hold their data), so
+it always matches the beat on the requantizer's output.  No cycle is added.
 
 ``retire`` pulses in the cycle of the instruction's last write (a destination word, or the
 last table entry), and the engine takes the next instruction in that same cycle:
