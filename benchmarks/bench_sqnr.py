@@ -1,6 +1,6 @@
 """Per-layer agreement of the float timm model and the integer executor (SQNR, dB).
 
-DeiT-Tiny and DeiT-Small with random weights, calibrated on 32 seeded random images,
+DeiT-Tiny and DeiT-Small (or any supported model, e.g. swin_tiny_patch4_window7_224) with random weights, calibrated on 32 seeded random images,
 compared on 8 other random images: for each graph tensor with a float counterpart,
 ``10 log10(sum f^2 / sum (f - dequantized integer)^2)``.  Prints one markdown table per
 model (rows: blocks; columns: tensors of a block).
@@ -49,11 +49,13 @@ def main() -> None:
         print(f"\n### {name} (random weights, {what}), SQNR in dB\n")
         print("| block | " + " | ".join(COLUMNS) + " |")
         print("|---|" + "---:|" * len(COLUMNS))
-        blocks = sorted({int(m.group(1)) for k in sq for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+        # ViT blocks "blocks.i", Swin blocks "layers.s.blocks.j" (row label "s.j")
+        blocks = list(dict.fromkeys(m.group(0) for k in sq for m in [re.match(r"(layers\.\d+\.)?blocks\.\d+", k)] if m))
         for b in blocks:
-            cells = [f"{sq[f'blocks.{b}.{c}']:.1f}" if f"blocks.{b}.{c}" in sq else "" for c in COLUMNS]
-            print(f"| {b} | " + " | ".join(cells) + " |")
-        rest = {k: v for k, v in sq.items() if not k.startswith("blocks.")}
+            cells = [f"{sq[f'{b}.{c}']:.1f}" if f"{b}.{c}" in sq else "" for c in COLUMNS]
+            label = ".".join(re.findall(r"\d+", b))
+            print(f"| {label} | " + " | ".join(cells) + " |")
+        rest = {k: v for k, v in sq.items() if not re.match(r"(layers\.\d+\.)?blocks\.", k)}
         print("\n" + ", ".join(f"{k} {v:.1f}" for k, v in rest.items()))
 
 

@@ -1,4 +1,4 @@
-"""``vitamin accuracy``: a small ViT trained on scikit-learn's digits (seed 0 ships with the
+"""``vitamin accuracy [--model vit|swin]``: a small ViT (or a tiny Swin) trained on scikit-learn's digits (seed 0 ships with the
 package; other seeds are trained and cached on first use), quantize it with every observer and setting, and print FP32 / fake-quant / integer
 top-1 (:mod:`sw.accuracy`).
 
@@ -14,6 +14,9 @@ from cli.main import UserError
 def add_arguments(parser) -> None:
     from sw.graph import METHODS
     from sw.observers import OBSERVERS
+    parser.add_argument("--model", default="vit", choices=("vit", "swin"),
+                        help="the digits model: the small ViT or the tiny Swin (patch 2, window 4, shifted "
+                             "windows; seed 0 ships with the package) (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training seeds; several give the mean over them (default: 0)")
     parser.add_argument("--calib", action="append", choices=OBSERVERS, default=None,
@@ -41,9 +44,11 @@ def run(args) -> int:
             raise UserError("--qat-epochs and --save-graphs go with --method")
         from sw.accuracy import accuracy_table, format_table
         report = accuracy_table(seeds=seeds, methods=tuple(dict.fromkeys(args.calib or OBSERVERS)),
-                                retrain=args.retrain, fast=not args.reference)
+                                retrain=args.retrain, fast=not args.reference, model=args.model)
         text, md = format_table(report), format_table(report, markdown=True)
     else:
+        if args.model != "vit":
+            raise UserError("--method compares the integer methods on the digits ViT; Swin is quantized with FQ-ViT only")
         if args.calib is not None:
             raise UserError("--calib selects FQ-ViT observers; the method table calibrates with MinMax")
         if args.qat_epochs is not None and args.qat_epochs < 0:

@@ -53,6 +53,7 @@ class AccuracyReport:
     seeds: tuple[int, ...]
     rows: list[AccuracyRow] = field(default_factory=list)
     seconds: float = 0.0
+    model: str = "vit"
 
 
 def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -60,27 +61,32 @@ def _top1(labels: np.ndarray, truth: np.ndarray) -> float:
 
 
 def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: bool = True,
-                   retrain: bool = False, fast: bool = True) -> AccuracyReport:
+                   retrain: bool = False, fast: bool = True, model: str = "vit") -> AccuracyReport:
     """Load (shipped or cached) or train the digits ViT of each seed and measure every
     (method, setting) pair; with several seeds every number is the mean over the seeds.
+    ``model``: ``vit`` (:mod:`sw.digits`) or ``swin``, the tiny Swin of :mod:`sw.digits_swin`.
     ``retrain``: train seed 0 on this machine instead of using the shipped model.
     ``fast``: the integer graphs run on :mod:`sw.fastexec` (the same integers as the
     reference executor, faster); false runs :func:`sw.executor.execute`."""
     from tqdm.auto import tqdm
     from .digits import evaluate_float, load_or_train
+    if model == "swin":
+        from .digits_swin import load_or_train
+    elif model != "vit":
+        raise ValueError(f"unknown digits model {model!r} (vit or swin)")
     t0 = time.perf_counter()
     seeds = tuple(seeds)
     fp32, cells = [], {}
     with tqdm(total=len(seeds) * len(methods) * len(settings), desc="quantizing", disable=not progress,
               leave=False) as bar:
         for seed in seeds:
-            model, split = load_or_train(seed=seed, progress=progress, retrain=retrain)
+            net, split = load_or_train(seed=seed, progress=progress, retrain=retrain)
             calib = split.train_x[:CALIB_IMAGES]
-            fp32.append(_top1(evaluate_float(model, split.test_x), split.test_y))
+            fp32.append(_top1(evaluate_float(net, split.test_x), split.test_y))
             for method in methods:
-                obs = calibrate(model, calib, method, progress=False)
+                obs = calibrate(net, calib, method, progress=False)
                 for label, attn_bits, ptf in settings:
-                    g = quantize(model, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
+                    g = quantize(net, calib, observer=method, attn_bits=attn_bits, ptf=ptf,
                                  progress=False, observers=obs)
                     x = quantize_input(split.test_x, g)
                     lab_int = execute(g, x, fast=fast)["logits"].argmax(1)
@@ -89,7 +95,7 @@ def accuracy_table(seeds=(0,), methods=OBSERVERS, settings=SETTINGS, progress: b
                         (_top1(lab_fq, split.test_y), _top1(lab_int, split.test_y),
                          100.0 * float(np.mean(lab_fq == lab_int))))
                     bar.update()
-    report = AccuracyReport(float(np.mean(fp32)), len(split.test_y), len(calib), seeds)
+    report = AccuracyReport(float(np.mean(fp32)), len(split.test_y), len(calib), seeds, model=model)
     for (method, label, attn_bits, ptf), vals in cells.items():
         fq, integer, agree = np.mean(vals, axis=0)
         report.rows.append(AccuracyRow(method, label, attn_bits, ptf, float(fq), float(integer), float(agree)))
@@ -118,7 +124,7 @@ def format_table(report: AccuracyReport, markdown: bool = False) -> str:
                      f"{r.integer_top1 - report.fp32_top1:+.2f}", f"{r.label_agreement:.2f}"])
     lines = table_lines(head, rows, markdown)
     lines.append("")
-    lines.append(f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
+    lines.append(("tiny Swin, " if report.model == "swin" else "") + f"digits test split: {report.test_images} images; calibration: {report.calib_images} "
                  f"training images; top-1 in %; "
                  + (f"seed {report.seeds[0]}" if len(report.seeds) == 1 else
                     f"mean over training seeds {', '.join(map(str, report.seeds))}"))

@@ -181,8 +181,8 @@ def _learning_rate(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + float(np.cos(np.pi * progress)))
 
 
-def train_digits_vit(seed: int = 0, epochs: int | None = None,
-                     progress: bool = True) -> tuple[VisionTransformer, DigitsSplit]:
+def train_digits_vit(seed: int = 0, epochs: int | None = None, progress: bool = True,
+                     build=None, desc: str = "digits ViT") -> tuple[VisionTransformer, DigitsSplit]:
     """Train the digits ViT from scratch, deterministically.
 
     AdamW with linear warm-up and cosine decay, cross-entropy loss, mini-batches shuffled
@@ -200,6 +200,11 @@ def train_digits_vit(seed: int = 0, epochs: int | None = None,
         Passes over the training split; ``DEFAULT_EPOCHS`` when omitted.
     progress : bool
         Show a tqdm bar over epochs with the training loss and accuracy.
+    build : callable, optional
+        Builds the untrained model (default :func:`build_digits_model`; the digits Swin of
+        :mod:`sw.digits_swin` trains with the same recipe).
+    desc : str
+        Label of the progress bar.
 
     Returns
     -------
@@ -223,14 +228,14 @@ def train_digits_vit(seed: int = 0, epochs: int | None = None,
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build_digits_model()
+            model = (build or build_digits_model)()
         order = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
                                       weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _learning_rate(step, total_steps, warmup_steps))
         model.train()
-        epoch_bar = tqdm(range(epochs), desc="digits ViT", unit="epoch", disable=not progress)
+        epoch_bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
         for _ in epoch_bar:
             permutation = torch.randperm(len(train_y), generator=order)
             loss_sum, correct = 0.0, 0

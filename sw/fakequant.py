@@ -11,9 +11,10 @@ isolates that.
 The requantizing linear steps use the graph's dyadic scales (``mult * 2**-shift``), as a
 fake-quant model of a dyadic-requantizing accelerator does.  Float64 holds every product
 exactly, so these ops are bit-exact with the integer executor by design (:data:`EXACT_KINDS`):
-``linear``, ``add``, ``qk_scores``, ``attn_value``, ``token_mean``, ``gelu`` (the table is
-the float GELU rounded onto the same grid), ``patchify``, ``concat_tokens``,
-``select_tokens``.  The op kinds of the other methods (I-ViT, PTQ4ViT) have their twins in
+``linear``, ``add``, ``qk_scores`` (with Swin's windows, relative position bias and shift
+mask), ``attn_value``, ``token_mean``, ``gelu`` (the table is the float GELU rounded onto the
+same grid), ``patchify``, ``concat_tokens``, ``select_tokens``, and Swin's data movement
+``window_partition``, ``window_reverse``, ``patch_merge``.  The op kinds of the other methods (I-ViT, PTQ4ViT) have their twins in
 :mod:`sw.methods.twins`.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["fakequant_execute", "fakequant_op", "EXACT_KINDS"]
 
 #: Op kinds for which the fake-quant model and the integer executor must agree bit for bit.
 EXACT_KINDS = ("patchify", "linear", "concat_tokens", "select_tokens", "add", "qk_scores",
-               "attn_value", "token_mean", "gelu")
+               "attn_value", "token_mean", "gelu", "window_partition", "window_reverse", "patch_merge")
 
 
 def _f(x) -> torch.Tensor:
@@ -63,6 +64,17 @@ def _requant(graph: IntGraph, name: str, acc: torch.Tensor, mult, shift, zp: int
 def _qkv(x: torch.Tensor, heads: int, dh: int):
     b, t, _ = x.shape
     return x.reshape(b, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _windows(x: torch.Tensor, op: Op) -> torch.Tensor:
+    """``[B, nW*N, C]`` -> ``[B*nW, N, C]`` (Swin's windows as independent sequences)."""
+    nw = int(op.attrs.get("windows", 1))
+    b, t, c = x.shape
+    return x.reshape(b * nw, t // nw, c)
+
+
+def _data_movement(fn, x: torch.Tensor, *args) -> torch.Tensor:
+    return _f(fn(x.numpy().astype(np.int64), *args))
 
 
 def _poly_softmax(x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +119,19 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         y = (x - mu) / torch.sqrt(var + float(m["eps"])) * _f(m["gamma"]) + _f(m["beta"])
         return _quant(graph, out, y)
     if k == "qk_scores":
-        q, kk, _ = _qkv(inputs[0], a["heads"], a["head_dim"])
-        return _requant(graph, out, q @ kk.transpose(-2, -1), p["mult"], p["shift"], 0)
+        b = inputs[0].shape[0]
+        q, kk, _ = _qkv(_windows(inputs[0], op), a["heads"], a["head_dim"])
+        s = _requant(graph, out, q @ kk.transpose(-2, -1), p["mult"], p["shift"], 0)   # [B*nW, H, N, N]
+        if "bias" in p or "mask" in p:
+            nw = int(a.get("windows", 1))
+            s = s.reshape((b, nw) + s.shape[1:])
+            if "bias" in p:
+                s = s + _f(p["bias"])
+            if "mask" in p:
+                s = s + _f(p["mask"])[None, :, None]
+            lo, hi = graph.tensors[out].range
+            s = torch.clamp(s, lo, hi)
+        return s.reshape((b, -1) + s.shape[-2:])
     if k == "softmax":
         prob = _poly_softmax(_deq(graph, op.inputs[0], inputs[0]))
         if a["mode"] == "lis":
@@ -117,19 +140,28 @@ def fakequant_op(graph: IntGraph, op: Op, *inputs: torch.Tensor) -> torch.Tensor
         return torch.clamp(torch.round(prob * 256), 0, 255)
     if k == "attn_value":
         codes, qkv = inputs
-        _, _, v = _qkv(qkv, a["heads"], a["head_dim"])
+        batch = qkv.shape[0]
+        _, _, v = _qkv(_windows(qkv, op), a["heads"], a["head_dim"])
+        codes = codes.reshape(v.shape[:2] + codes.shape[-2:])
         if a["mode"] == "lis":
             w = torch.where(codes < intops.LIS_ZERO_CODE, torch.pow(2.0, intops.LIS_SHIFT_BASE - codes),
                             torch.zeros_like(codes))
         else:
             w = codes
-        acc = w @ v                                           # [B, H, T, dh]
+        acc = w @ v                                           # [B*nW, H, N, dh]
         b, h, t, dh = acc.shape
-        return _requant(graph, out, acc.transpose(1, 2).reshape(b, t, h * dh), p["mult"], p["shift"], a["zp_out"])
+        return _requant(graph, out, acc.transpose(1, 2).reshape(batch, (b // batch) * t, h * dh),
+                        p["mult"], p["shift"], a["zp_out"])
     if k == "gelu":
         x = _deq(graph, op.inputs[0], inputs[0])
         approx = m.get("approximate", "none")
         return _quant(graph, out, torch.nn.functional.gelu(x, approximate=str(approx)))
+    if k == "window_partition":
+        return _data_movement(intops.window_partition, inputs[0], a["grid"], a["window"], a["shift"])
+    if k == "window_reverse":
+        return _data_movement(intops.window_reverse, inputs[0], a["grid"], a["window"], a["shift"])
+    if k == "patch_merge":
+        return _data_movement(intops.patch_merge, inputs[0], a["grid"])
     if k == "token_mean":
         acc = (inputs[0][:, a["start"]:, :] - a["zp_in"]).sum(dim=1)
         return _requant(graph, out, acc, p["mult"], p["shift"], a["zp_out"])

@@ -30,9 +30,14 @@ single-threaded meanwhile):
   kernel expects, or whose kind, attributes or parameters this module does not know, always
   runs the reference op: new op kinds run unchanged.
 
+Swin's windowed attention (``windows``, the score ``bias`` and ``mask``) runs the same
+kernels on the windows as independent sequences (numpy views), the bias and mask added in
+int32 and saturated to int16 as :func:`sw.intops.score_bias` does; the data movement ops
+(window partition and reverse, patch merging) are the reference's numpy reshapes.
+
 Every output integer equals the reference's (``tests/sw/test_fastexec.py``: the digits ViT,
 DeiT-Tiny and random graphs of every method, FQ-ViT, I-ViT and PTQ4ViT, every tensor
-compared).
+compared; ``tests/sw/test_swin.py``: random timm Swin models and the digits Swin).
 
 :class:`FastExecutor` prepares a graph once (weights converted to float32, parameters checked
 and broadcast); it reads the graph's parameters at construction, so build a new one after
@@ -67,9 +72,9 @@ _FLOAT_MAX_SHIFT = 52
 #: An op with anything else (a kind or an attribute added later) runs the reference.
 FAST_KINDS: dict[str, tuple[frozenset, frozenset]] = {
     "linear": (frozenset({"zp_out", "out_bits"}), frozenset({"weight", "bias", "mult", "shift"})),
-    "qk_scores": (frozenset({"heads", "head_dim"}), frozenset({"mult", "shift"})),
-    "softmax": (frozenset({"mode", "frac_bits", "b_int", "c_int"}), frozenset()),
-    "attn_value": (frozenset({"heads", "head_dim", "mode", "zp_out"}), frozenset({"mult", "shift"})),
+    "qk_scores": (frozenset({"heads", "head_dim", "windows"}), frozenset({"mult", "shift", "bias", "mask"})),
+    "softmax": (frozenset({"mode", "frac_bits", "b_int", "c_int", "windows"}), frozenset()),
+    "attn_value": (frozenset({"heads", "head_dim", "mode", "zp_out", "windows"}), frozenset({"mult", "shift"})),
     "layernorm": (frozenset({"zp_in", "out_bits"}), frozenset({"alpha", "mult", "shift", "offset"})),
     "add": (frozenset({"zp_a", "zp_b", "zp_out"}), frozenset({"mult_a", "mult_b", "shift", "const"})),
     "gelu": (frozenset(), frozenset({"table"})),
@@ -188,7 +193,8 @@ class _Context:
 
     def split(self, name: str, qkv: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
         hit = self.splits.get(name)
-        if hit is not None and hit[:2] == (heads, head_dim):
+        if hit is not None and hit[:2] == (heads, head_dim) and hit[2].shape[1] == qkv.shape[0] \
+                and hit[2].shape[3] == qkv.shape[1]:
             return hit[2]
         if qkv.ndim != 3 or qkv.shape[2] != 3 * heads * head_dim:
             raise _Reference("qkv shape")
@@ -332,22 +338,66 @@ def _scalar_requant(p: dict) -> float:
     return float(_float_scale(np.array([mult]), np.array([shift]))[0])
 
 
+def _window_count(a: dict) -> int:
+    """The ``windows`` attribute of a (Swin) attention op, 1 when absent."""
+    nw = _int(a.get("windows", 1), "windows")
+    if nw < 1:
+        raise _Reference("windows")
+    return nw
+
+
+def _as_windows(qkv: np.ndarray, nw: int) -> np.ndarray:
+    """``[B, nW*N, C]`` -> ``[B*nW, N, C]`` (a view)."""
+    if qkv.ndim != 3 or qkv.shape[1] % nw:
+        raise _Reference("qkv shape")
+    return qkv.reshape(qkv.shape[0] * nw, qkv.shape[1] // nw, qkv.shape[2])
+
+
+def _score_extra(p: dict, key: str, ndim: int, upper: int):
+    """Swin's score ``bias`` / ``mask`` as int32 (None when absent), checked as intops does."""
+    if key not in p:
+        return None
+    v = np.asarray(p[key])
+    if v.dtype.kind not in "iu" or v.ndim != ndim or v.size == 0:
+        raise _Reference(key)
+    if int(v.min()) < intops.INT16_MIN or int(v.max()) > upper:
+        raise _Reference(key)
+    return v.astype(np.int32)
+
+
 def _prep_qk_scores(graph: IntGraph, op: Op) -> Callable:
     p, a = op.params, op.attrs
     heads, dh = _int(a["heads"], "heads"), _int(a["head_dim"], "head_dim")
     if heads < 1 or dh < 1 or dh * _I8_ABS * _I8_ABS >= _F32_EXACT:
         raise _Reference("head shape")
+    nw = _window_count(a)
     scale = _scalar_requant(p)
+    bias = _score_extra(p, "bias", 3, intops.INT16_MAX)
+    mask = _score_extra(p, "mask", 3, 0)
 
     def run(ctx, qkv):
+        b = qkv.shape[0]
+        qkv = _as_windows(qkv, nw)
         f = ctx.split(op.inputs[0], qkv, heads, dh)
-        b, t = qkv.shape[:2]
-        acc = np.matmul(f[0], f[1].swapaxes(-1, -2))          # [B, H, T, T], exact
-        out = np.empty((b * heads * t, t), np.int16)
-        if _k().requantize_rows(acc.reshape(1, b * heads * t, t), np.zeros(t), np.full(t, scale), 0.0,
+        bw, t = qkv.shape[:2]
+        acc = np.matmul(f[0], f[1].swapaxes(-1, -2))          # [B*nW, H, N, N], exact
+        out = np.empty((bw * heads * t, t), np.int16)
+        if _k().requantize_rows(acc.reshape(1, bw * heads * t, t), np.zeros(t), np.full(t, scale), 0.0,
                                 float(intops.INT16_MIN), float(intops.INT16_MAX), out):
             raise _Reference("accumulator")
-        return out.reshape(b, heads, t, t)
+        if bias is None and mask is None:
+            return out.reshape(b, nw * heads, t, t)
+        s = out.reshape(b, nw, heads, t, t).astype(np.int32)
+        if bias is not None:
+            if bias.shape != (heads, t, t):
+                raise _Reference("bias shape")
+            s += bias
+        if mask is not None:
+            if mask.shape != (nw, t, t):
+                raise _Reference("mask shape")
+            s += mask[:, None]
+        np.clip(s, intops.INT16_MIN, intops.INT16_MAX, out=s)
+        return s.astype(np.int16).reshape(b, nw * heads, t, t)
 
     return run
 
@@ -488,6 +538,7 @@ def _prep_attn_value(graph: IntGraph, op: Op) -> Callable:
     lo, hi = float(clamp[0]), float(clamp[1])
     scale = _scalar_requant(p)
     zp = float(_int(a["zp_out"], "zp_out"))
+    nw = _window_count(a)
 
     def weights_from_codes(codes, t):
         w = np.empty(codes.shape, np.float32)
@@ -500,15 +551,22 @@ def _prep_attn_value(graph: IntGraph, op: Op) -> Callable:
         return w, wmax
 
     def run(ctx, codes, qkv):
+        out = run_windows(ctx, codes, qkv)
+        return out.reshape(qkv.shape[0], qkv.shape[1], heads * dh)
+
+    def run_windows(ctx, codes, qkv):
         codes = _require_any(codes, code_types)
+        batch = qkv.shape[0]
+        qkv = _as_windows(qkv, nw)
         f = ctx.split(op.inputs[1], qkv, heads, dh)
         b, t = qkv.shape[:2]
-        if codes.shape != (b, heads, t, t):
+        if codes.shape != (batch, nw * heads, t, t):
             raise _Reference("codes shape")
+        codes = codes.reshape(b, heads, t, t)
         out = np.empty((b, t, heads * dh), np.int8)
         hit = ctx.weights.get(op.inputs[0])
         if hit is not None and hit[0] == tag:
-            w, wmax = hit[1], 0
+            w, wmax = hit[1].reshape(b, heads, t, t), 0
         else:
             w, wmax = weights_from_codes(codes, t)
         if wmax <= _MAX_WEIGHT_ROW_SUM:

@@ -1,5 +1,8 @@
 """FQ-ViT post-training quantization of stock timm ViT / DeiT models into an integer graph.
 
+timm's Swin Transformer (v1) goes through the same functions: :mod:`sw.swin` supplies its
+hooks, its supported-architecture check and its walk.
+
 The float model is the unmodified ``timm`` module: calibration runs it with forward hooks
 that feed :class:`~sw.observers.Observer` objects, and :func:`quantize` then reads its
 parameters to build an :class:`~sw.graph.IntGraph`.  Nothing of the model is re-implemented.
@@ -55,7 +58,7 @@ LOGIT_HEADROOM = 2.0
 
 
 class UnsupportedModelError(ValueError):
-    """The model is not a ViT / DeiT the quantizer can turn into an integer graph."""
+    """The model is not a ViT / DeiT / Swin the quantizer can turn into an integer graph."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ def _is(module, *names: str) -> bool:
 def check_supported(model) -> None:
     """Raise :class:`UnsupportedModelError` naming everything the quantizer cannot map.
 
+    Swin v1 (``SwinTransformer``): :func:`sw.swin.check_supported_swin`.
+
     Supported: timm ``VisionTransformer`` and ``VisionTransformerDistilled`` with pre-norm
     ``Block``s (``Attention`` without q/k norm or gating, ``Mlp`` with a GELU), LayerNorm
     norms, optional LayerScale, a convolutional ``PatchEmbed`` (kernel = stride = patch),
@@ -110,10 +115,13 @@ def check_supported(model) -> None:
     """
     problems: list[str] = []
     kind = type(model).__name__
+    from .swin import check_supported_swin, is_swin
+    if is_swin(model):
+        return check_supported_swin(model)
     if kind not in ("VisionTransformer", "VisionTransformerDistilled"):
         raise UnsupportedModelError(
             f"unsupported architecture {kind}: only timm VisionTransformer / "
-            f"VisionTransformerDistilled (ViT, DeiT) models are supported")
+            f"VisionTransformerDistilled (ViT, DeiT) and SwinTransformer (Swin v1) models are supported")
     pe = model.patch_embed
     if not _is(pe, "PatchEmbed"):
         problems.append(f"patch embedding {type(pe).__name__}")
@@ -191,6 +199,15 @@ def _prefix_tokens(model):
     if not parts:
         return None
     return torch.cat([p.reshape(-1, p.shape[-1]) for p in parts], 0).detach().double().numpy()
+
+
+def _recorder(model, sink, only=None, **kwargs):
+    """The forward hooks of ``model``'s family: :class:`_Recorder` (ViT, DeiT) or
+    :class:`sw.swin.SwinRecorder`."""
+    from .swin import SwinRecorder, is_swin
+    if is_swin(model):
+        return SwinRecorder(model, sink, only, **kwargs)
+    return _Recorder(model, sink, only)
 
 
 class _Recorder:
@@ -337,10 +354,10 @@ def calibrate(model, images: np.ndarray, observer: str = "minmax", batch: int = 
     dtype = next(model.parameters()).dtype
     model.to(torch.float64)
     try:
-        rec = _Recorder(model, sink)
+        rec = _recorder(model, sink)
         run(rec, "calibrating", True)
         searches = {k: PtfSearch(observers[k], PTF_K) for k in rec.stream_keys if k in observers}
-        run(_Recorder(model, lambda k, y: searches[k].observe(y), only=set(searches)),
+        run(_recorder(model, lambda k, y: searches[k].observe(y), only=set(searches)),
             "calibrating (PTF)", False)
     finally:
         model.to(dtype)
@@ -498,11 +515,12 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
              ptf: bool = True, quantize_patch_embed: bool = True, progress: bool = True,
              observers: dict[str, Observer] | None = None, method: str = "fqvit",
              **method_options) -> IntGraph:
-    """Post-training quantization of a timm ViT / DeiT into an :class:`IntGraph`.
+    """Post-training quantization of a timm ViT / DeiT / Swin into an :class:`IntGraph`.
 
     Parameters
     ----------
-    model : timm VisionTransformer or VisionTransformerDistilled (float, eval mode)
+    model : timm VisionTransformer, VisionTransformerDistilled or SwinTransformer (float,
+        eval mode; Swin with FQ-ViT only)
     calib_images : float array ``[N, C, H, W]``, normalized as the model expects
     observer : ``minmax`` | ``ema`` | ``percentile`` | ``omse``
     attn_bits : 4 (Log-Int-Softmax codes) or 8 (uniform 8-bit softmax)
@@ -512,6 +530,9 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
     method : ``fqvit`` (this module), ``ivit`` or ``ptq4vit`` (:mod:`sw.methods`, which
         takes ``method_options`` and documents which of the arguments above apply)
     """
+    from .swin import assemble_swin, is_swin
+    if is_swin(model) and method != "fqvit":
+        raise UnsupportedModelError(f"Swin models are quantized with FQ-ViT only; {method} is not supported on Swin")
     if method != "fqvit":
         from .methods import quantize_with_method
         return quantize_with_method(method, model, calib_images, observer=observer, attn_bits=attn_bits,
@@ -524,6 +545,8 @@ def quantize(model, calib_images: np.ndarray, observer: str = "minmax", attn_bit
         raise ValueError("attn_bits must be 4 (Log-Int-Softmax) or 8 (uniform softmax)")
     if observers is None:
         observers = calibrate(model, calib_images, observer, progress=progress)
+    if is_swin(model):
+        return assemble_swin(model, _Builder(observers, ptf), observers, attn_bits, ptf, quantize_patch_embed)
     return _assemble(model, _Builder(observers, ptf), observers, attn_bits, ptf, quantize_patch_embed,
                      _block, "fqvit")
 
@@ -749,7 +772,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
     from .executor import execute
     from .methods.common import dequantize       # twin codes of PTQ4ViT graphs decode too
     floats: dict[str, list[np.ndarray]] = {}
-    rec = _Recorder(model, lambda k, y: floats.setdefault(k, []).append(y))
+    rec = _recorder(model, lambda k, y: floats.setdefault(k, []).append(y), masked=np.nan)
     try:
         with torch.no_grad():
             logits = model(torch.from_numpy(np.asarray(images, np.float32))).double().numpy()
@@ -769,6 +792,7 @@ def layer_sqnr(model, graph: IntGraph, images: np.ndarray) -> list[tuple[str, fl
         if f is None or name not in env or t.scale is None or f.shape[1:] != tuple(t.shape):
             continue
         deq = dequantize(graph, name, env[name])
-        noise = float(np.sum((f - deq) ** 2))
-        result.append((name, 10 * math.log10(float(np.sum(f ** 2)) / max(noise, 1e-300))))
+        ok = np.isfinite(f)                   # Swin: scores a shifted window masks are left out
+        noise = float(np.sum((f - deq)[ok] ** 2))
+        result.append((name, 10 * math.log10(float(np.sum(f[ok] ** 2)) / max(noise, 1e-300))))
     return result

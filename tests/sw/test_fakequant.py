@@ -57,7 +57,8 @@ def test_designed_ops_bit_exact_and_others_close(quantized):
         else:
             assert op.kind == "softmax"
             assert np.mean(got == want) >= 0.9, op.name
-    assert seen == set(EXACT_KINDS) - {"token_mean"}        # the digits ViT pools the class token
+    # the digits ViT pools the class token and has no Swin data movement
+    assert seen == set(EXACT_KINDS) - {"token_mean", "window_partition", "window_reverse", "patch_merge"}
 
 
 def test_integer_top1_close_to_fp32(quantized, digits):
