@@ -11,7 +11,8 @@ Each simulation runs in a fresh child process that imports only numpy, the compi
 cycle model (not torch), so its peak resident set size is the memory the run itself needs.
 
     python benchmarks/bench_simulator.py [--model deit_small_patch16_224] [--graph g.npz]
-                                         [--random-graph] [--no-datapath] [--set FIELD=VAL]
+                                         [--random-graph [deit_small|swin_tiny]] [--no-datapath]
+                                         [--set FIELD=VAL]
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def _graph_file(args, folder: Path) -> tuple[Path, str]:
     if args.graph:
         return Path(args.graph), f"graph {args.graph}"
     path = folder / "graph.npz"
+    if args.random_graph == "swin_tiny":
+        from compiler.testgraphs import swin_tiny_shaped
+        swin_tiny_shaped().save(path)
+        return path, "random integer graph of Swin-T's shapes (compiler.testgraphs.swin_tiny_shaped)"
     if args.random_graph:
         from compiler.testgraphs import tiny_vit
         tiny_vit(image=224, patch=16, dim=384, heads=6, depth=12, mlp_ratio=4,
@@ -100,8 +105,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
     ap.add_argument("--graph", default=None, help="benchmark this integer graph file instead")
-    ap.add_argument("--random-graph", action="store_true",
-                    help="skip the quantizer: random integer graph of DeiT-Small's shapes")
+    ap.add_argument("--random-graph", nargs="?", const="deit_small", default=None,
+                    choices=("deit_small", "swin_tiny"),
+                    help="skip the quantizer: random integer graph of DeiT-Small's shapes (or "
+                         "swin_tiny: Swin-T's; add --set max_channels=1536 --set param_kib=32)")
     ap.add_argument("--config", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--no-datapath", action="store_true", help="skip the data-path run")

@@ -165,7 +165,15 @@ def core_section(config) -> str:
             f"All of them: {total_bytes} bytes ({_kib(total_bytes)}), about {total_blocks} DP16KD "
             f"of the {DEVICE}'s {DEVICE_CAPACITY['DP16KD']},",
             "before the units' own memories (parameter records, tables, row buffers: the unit",
-            "sections below).", ""]
+            "sections below).", "",
+            "### The vector engine's score path (Swin)", "",
+            "Between the requantizer and the softmax unit, SOFTMAX adds Swin's relative position",
+            "bias and shift mask to each int16 score, `clip16(score + bias + mask)`",
+            "(`sw.intops.score_bias`): per lane a 19-bit three-input adder and a clamp, the bias",
+            "lane assembled from one byte of `vin` (low) and one of `vin2` (high, signed), the",
+            "mask a compare of the key column with `keep_lo` / `keep_hi` selecting `mask_value`.",
+            "Combinational between the requantizer's output register and the softmax's input:",
+            "no cycle is added (`vector_timing` is unchanged).", ""]
     return "\n".join(out)
 
 

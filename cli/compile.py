@@ -29,6 +29,34 @@ def config_from_args(args):
     return load_config(args.config, **parse_overrides(args.overrides))
 
 
+def widen_rows(graph, config, overrides=()):
+    """``config`` with ``max_channels`` (and the parameter memory its records need) raised to
+    the widest LayerNorm / residual-add row of ``graph`` when the config's units are too
+    narrow for it (Swin-T's last patch merging normalises 1536 channels; the default units
+    hold 1024) and ``--set`` does not pin those fields; ``(config, note or None)``."""
+    from hw.config import parse_overrides
+    pinned = parse_overrides(list(overrides))
+    widest, where = 0, None
+    for op in graph.ops:
+        if op.kind in ("layernorm", "add"):
+            c = int(graph.tensors[op.inputs[0]].shape[-1])
+            if c > widest:
+                widest, where = c, op.name
+    if widest <= config.max_channels or "max_channels" in pinned:
+        return config, None
+    n = config.lanes
+    channels = -(-widest // n) * n
+    changes = {"max_channels": channels}
+    param_kib = config.param_kib
+    while param_kib * 256 < 4 * channels + 256 and "param_kib" not in pinned:
+        param_kib *= 2
+    if param_kib != config.param_kib:
+        changes["param_kib"] = param_kib
+    note = (f"config widened for this model's widest row ({where}, {widest} channels): "
+            + ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return config.replace(**changes), note
+
+
 def compile_or_explain(graph, config):
     """Compile, turning a :class:`CompileError` into a :class:`UserError`."""
     from compiler.lower import CompileError, UnsupportedOpsError, compile_graph
@@ -44,6 +72,9 @@ def run(args) -> int:
     from sw.graph import IntGraph
     config = config_from_args(args)
     graph = IntGraph.load(args.graph)
+    config, note = widen_rows(graph, config, args.overrides)
+    if note:
+        print(note)
     t0 = time.perf_counter()
     image = compile_or_explain(graph, config)
     try:

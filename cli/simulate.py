@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cli.main import UserError
-from cli.compile import add_config_arguments, compile_or_explain, config_from_args
+from cli.compile import add_config_arguments, compile_or_explain, config_from_args, widen_rows
 
 DEFAULT_MODEL = "deit_tiny_patch16_224"
 
@@ -135,12 +135,17 @@ def run(args) -> int:
             name = args.model or DEFAULT_MODEL
             graph, how = _graph_for_model(name, not args.no_cache)
             source = f"model {name} (random weights, {how})"
+        note = None
+        if not args.board:
+            config, note = widen_rows(graph, config, args.overrides)
         t0 = time.perf_counter()
         image = compile_or_explain(graph, config)
         source += f"; compiled to {len(image.instructions)} instructions in {time.perf_counter() - t0:.2f} s"
     cfg = image.config
     print(source)
     print(f"config: {_fmt_cfg(cfg)}")
+    if graph is not None and note:
+        print(note)
 
     functional = not args.timing_only
     inputs = None

@@ -27,12 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from hw.config import AcceleratorConfig
 from sw.graph import IntGraph, Op
 
 from .emitter import Allocator, Buffer, CompileError, Emitter
 from .isa import FORMATS, SPECS, Field, IllegalInstructionError, Mem, Opcode, Queue, Violation
-from .layout import RECORD_WORDS, DramLayout, DramTensor, PatchView, RowsView
+from .layout import RECORD_WORDS, DramLayout, DramTensor, GatherView, PatchView, RowsView
 
 __all__ = ["MAX_ROWS", "Need", "need", "field_of", "LowerCtx"]
 
@@ -47,8 +49,47 @@ def field_of(opcode: Opcode, name: str) -> Field:
 
 #: The most rows (or streaming rows ``m``) one instruction can process.
 MAX_ROWS = min(f.hi for fields in FORMATS.values() for f in fields if f.name in ("rows", "m"))
+#: The most stored pieces of a scattered tensor (written by :meth:`LowerCtx.store_row_list`
+#: in several pieces: Swin's shifted windows, a few tokens a STORE) a load follows one LOAD
+#: each; beyond, one LOAD waits for them all.
+MAX_PIECES = 64
 #: The most words one accumulator LOAD moves (one row of ``cols`` words).
 _MAX_LOAD_COLS = field_of(Opcode.LOAD, "cols").hi
+
+
+def _runs(rows, limit: int | None = None, period: int = 0, first: int = 0):
+    """``(k, row, n)``: the runs of consecutive values of ``rows`` (``rows[k] .. rows[k] + n -
+    1`` at positions ``k ..``), each at most ``limit`` long and, with a ``period``, none
+    crossing a multiple of it (positions counted from ``first``)."""
+    rows = [int(r) for r in rows]
+    out = []
+    k = 0
+    while k < len(rows):
+        n = 1
+        while k + n < len(rows) and rows[k + n] == rows[k] + n and (limit is None or n < limit) \
+                and not (period and (first + k + n) % period == 0):
+            n += 1
+        out.append((k, rows[k], n))
+        k += n
+    return out
+
+
+def _progressions(rows):
+    """``(k, row, n, d)``: the listed rows cut into arithmetic progressions ``row, row + d,
+    ...`` (``n`` of them, ``d >= 1``) at positions ``k ..``, greedily."""
+    rows = [int(r) for r in rows]
+    out = []
+    k = 0
+    while k < len(rows):
+        n, d = 1, 1
+        if k + 1 < len(rows) and rows[k + 1] > rows[k]:
+            d = rows[k + 1] - rows[k]
+            n = 2
+            while k + n < len(rows) and rows[k + n] - rows[k + n - 1] == d and n < MAX_ROWS:
+                n += 1
+        out.append((k, rows[k], n, d))
+        k += n
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,6 +149,23 @@ class LowerCtx:
     def alloc(self, need: Need, what: str) -> Buffer:
         """One buffer of a working-set entry."""
         return self.allocator(need.mem).alloc(need.size, what)
+
+    def alloc_pair(self, lo: Need, hi: Need, what: str) -> tuple[Buffer, Buffer]:
+        """Buffers in two regions at the same offset from each region's base (SOFTMAX's score
+        bias planes in ``vin`` and ``vin2``): the lowest offset free in both."""
+        a, b = self.allocator(lo.mem), self.allocator(hi.mem)
+        size = max(a.aligned(lo.size), b.aligned(hi.size))
+        starts = sorted({x - a.base for x, _ in a.free_runs()} | {x - b.base for x, _ in b.free_runs()})
+        for off in starts:
+            off = -(-off // max(a.align, b.align)) * max(a.align, b.align)
+            x = a.alloc_at(a.base + off, size, what)
+            if x is None:
+                continue
+            y = b.alloc_at(b.base + off, size, what)
+            if y is not None:
+                return x, y
+            a.free(x)
+        raise CompileError(f"{what}: no offset is free for {size} bytes in both {lo.mem} and {hi.mem}")
 
     def free(self, *bufs: Buffer) -> None:
         for b in bufs:
@@ -207,8 +265,118 @@ class LowerCtx:
             for k, idx in enumerate(p.indices):
                 self._load_rect(p.base, idx, idx + 1, 0, width, dst, dst_off + k * width,
                                 dst_stride, 0)
+        elif isinstance(p, GatherView):
+            self._load_gather(p, r0, nr, dst, dst_off, dst_stride, pad, col0, ncols)
         else:
             raise CompileError(f"tensor {name!r} has no placement")
+
+    def load_row_list(self, name: str, rows, dst: Buffer, dst_off: int, dst_stride: int,
+                      pad: int = 0, col0: int = 0, ncols: int | None = None) -> None:
+        """:meth:`load_rows` of the listed rows (in that order) to consecutive destination
+        rows: one LOAD per arithmetic progression of rows (a run of consecutive rows goes
+        through :meth:`load_rows`, a strided one is one LOAD at that DRAM stride)."""
+        p = self.layout.place.get(name)
+        for k, r, n, d in _progressions(rows):
+            if d == 1 or not isinstance(p, DramTensor):
+                for t in range(n) if d != 1 else [0]:
+                    self.load_rows(name, r + t * d, n if d == 1 else 1, dst,
+                                   dst_off + (k + t) * dst_stride, dst_stride, pad, col0, ncols)
+                continue
+            width = p.cols - col0 if ncols is None else ncols
+            b0, b1 = col0 * p.elem_bytes, (col0 + width) * p.elem_bytes
+            self._load(self._deps(p, r, r + (n - 1) * d + 1, b0, b1),
+                       p.addr + r * p.row_stride + b0, d * p.row_stride, n, b1 - b0, dst,
+                       dst_off + k * dst_stride, dst_stride, pad)
+
+    def store_row_list(self, out: DramTensor, rows, col0: int, src: Buffer, src_stride: int,
+                       ncols: int) -> None:
+        """STOREs of consecutive source rows to the listed rows of ``out``: one per
+        arithmetic progression of rows."""
+        off = out.offset_rows if out.parent is not None else 0
+        progressions = _progressions(rows)
+        if len(progressions) > 1:
+            out.root.scattered = True
+        for k, r, n, d in progressions:
+            part = Buffer(src.mem, src.addr + k * src_stride, 0, src.what, src.written, src.accessed)
+            if d == 1:
+                self.store_rows(out, r, n, col0, part, src_stride, ncols)
+                continue
+            self.reloc.append(len(self.em.instrs))
+            i = self.emit(Opcode.STORE, dict(
+                src_addr=part.addr, src_stride=src_stride,
+                dram_addr=out.addr + r * out.row_stride + col0 * out.elem_bytes,
+                dram_stride=d * out.row_stride, rows=n, cols=ncols * out.elem_bytes),
+                reads=[part])
+            for t in range(n):                 # one rectangle a row: they tile what is written
+                out.root.stores.append((off + r + t * d, off + r + t * d + 1, col0 * out.elem_bytes,
+                                        (col0 + ncols) * out.elem_bytes, i))
+
+    def _load_gather(self, v: GatherView, r0: int, nr: int, dst: Buffer, dst_off: int,
+                     dst_stride: int, pad: int, col0: int, ncols: int | None) -> None:
+        """LOADs of rows ``r0 .. r0 + nr`` of a gather view: per part, the source rows in
+        arithmetic progressions (one LOAD each); where a part is whole source rows laid out
+        back to back on both sides (``dst_stride`` = the row's bytes), runs of consecutive
+        source rows become one LOAD row and runs of equal length in arithmetic progression one
+        LOAD."""
+        base, eb = v.base, v.base.elem_bytes
+        ncols = v.cols - col0 if ncols is None else ncols
+        b0, b1 = col0 * eb, (col0 + ncols) * eb
+        full = base.cols * eb
+        for index, p0, width in v.parts:
+            q0, q1 = max(b0, p0), min(b1, p0 + width)
+            if q0 >= q1:
+                continue
+            src = np.asarray(index[r0:r0 + nr], dtype=np.int64)
+            w = q1 - q0
+            last = q1 == b1
+            off = dst_off + (q0 - b0)
+            s0 = q0 - p0                       # byte offset inside the source row
+            if w == full and dst_stride == full and (pad == 0 or not last) and base.row_stride == full:
+                runs = _runs(src, max(1, _MAX_LOAD_COLS // full), v.period, r0)
+                used = [False] * len(runs)
+                for i, (k, r, n) in enumerate(runs):
+                    if used[i]:
+                        continue
+                    group = [i]
+                    # Runs of one piece of a window are every run, or every p-th where the
+                    # shift cuts rows (p = 2 for a window, 3 for a grid row read back).
+                    for period in range(1, min(16, len(runs) - i) + 1):
+                        g = [i]
+                        j = i + period
+                        while j < len(runs) and not used[j] and runs[j][2] == n and len(g) < MAX_ROWS:
+                            if runs[j][1] <= runs[g[-1]][1] or (len(g) > 1 and (
+                                    runs[j][1] - runs[g[-1]][1] != runs[g[1]][1] - r
+                                    or runs[j][0] - runs[g[-1]][0] != runs[g[1]][0] - k)):
+                                break
+                            g.append(j)
+                            j += period
+                        if len(g) > len(group):
+                            group = g
+                    for j in group:
+                        used[j] = True
+                    rows_src = np.concatenate([src[runs[j][0]:runs[j][0] + n] for j in group])
+                    dep = self._deps(base, int(rows_src.min()), int(rows_src.max()) + 1, 0, full)
+                    many = len(group) > 1
+                    self._load(dep, base.addr + r * base.row_stride,
+                               (runs[group[1]][1] - r) * base.row_stride if many else n * full,
+                               len(group), n * full, dst, off + k * dst_stride,
+                               (runs[group[1]][0] - k) * dst_stride if many else n * full, 0)
+                continue
+            k = 0
+            while k < len(src):
+                j = k + 1
+                step = int(src[k + 1] - src[k]) if k + 1 < len(src) else 1
+                if step <= 0:
+                    step = 1
+                    j = k + 1
+                else:
+                    while j < len(src) and src[j] - src[j - 1] == step and j - k < MAX_ROWS:
+                        j += 1
+                dep = self._deps(base, int(src[k:j].min()), int(src[k:j].max()) + 1, s0, s0 + w)
+                self._load(dep, base.addr + int(src[k]) * base.row_stride + s0,
+                           step * base.row_stride, j - k, w, dst, off + k * dst_stride, dst_stride,
+                           pad if last else 0)
+                k = j
 
     @staticmethod
     def _deps(t: DramTensor, r0: int, r1: int, b0: int, b1: int) -> Buffer:
@@ -233,7 +401,8 @@ class LowerCtx:
             q0, q1 = max(c0, b0), min(c1, b1)
             if p0 < p1 and q0 < q1:
                 pieces.append((p0, p1, q0, q1))
-        if len(pieces) > 1 and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
+        few = len(pieces) <= MAX_PIECES or not root.scattered
+        if len(pieces) > 1 and few and sum((p1 - p0) * (q1 - q0) for p0, p1, q0, q1 in pieces) \
                 == (r1 - r0) * (b1 - b0):
             for p0, p1, q0, q1 in pieces:
                 self._load(self._deps(t, p0, p1, q0, q1), t.addr + p0 * t.row_stride + q0,

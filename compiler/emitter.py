@@ -33,6 +33,10 @@ class CompileError(ValueError):
     """A graph cannot be compiled for a config (something does not fit, or is unsupported)."""
 
 
+class UnsupportedOpsError(CompileError):
+    """The graph holds ops (or op parameters) that the accelerator does not run yet."""
+
+
 def _merge(a: list[int], b: list[int]) -> list[int]:
     return [max(x, y) for x, y in zip(a, b)]
 
@@ -137,6 +141,18 @@ class Allocator:
         buf = Buffer(self.mem, start, size, what, [NONE] * NQ, list(history))
         self.live.add(buf)
         return buf
+
+    def free_runs(self) -> list[tuple[int, int]]:
+        """``(lo, hi)`` of every maximal free run, by address."""
+        return [(lo, hi) for _, _, lo, hi in self._runs()]
+
+    def alloc_at(self, start: int, size: int, what: str) -> Buffer | None:
+        """A buffer of ``size`` at exactly ``start`` (aligned), or None if that space is not free."""
+        size = self.aligned(size)
+        for first, last, lo, hi in self._runs():
+            if lo <= start and start + size <= hi:
+                return self._take(first, last, start, size, what)
+        return None
 
     def free(self, buf: Buffer) -> None:
         self.live.discard(buf)

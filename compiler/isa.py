@@ -47,7 +47,7 @@ __all__ = [
     "SPECS", "FORMATS", "QUEUE_OF", "Instruction", "IllegalInstructionError", "ArchState",
     "encode", "decode", "encode_program", "decode_program", "check_halt", "check_instruction",
     "check_access",
-    "SPAD_ADDR", "SPAD_STRIDE", "ACC_ADDR", "ACC_STRIDE", "DRAM_ADDR", "DRAM_STRIDE", "COUNT",
+    "SPAD_ADDR", "SPAD_STRIDE", "ACC_ADDR", "ACC_STRIDE", "DRAM_ADDR", "DRAM_STRIDE", "COUNT", "KEEP", "NO_SCORE_BIAS",
 ]
 
 INSTR_BYTES = 32
@@ -149,6 +149,8 @@ class Field:
 
 
 SPAD_ADDR, SPAD_STRIDE, ACC_ADDR, ACC_STRIDE, DRAM_ADDR, DRAM_STRIDE, COUNT = 24, 16, 24, 16, 32, 32, 16
+#: Width of SOFTMAX's mask bounds ``keep_lo`` / ``keep_hi`` (key columns of a window).
+KEEP = 12
 
 
 def _f(name, bits, signed=False, enum=None) -> Field:
@@ -656,49 +658,98 @@ class Requant(OpSpec):
 
 
 class Softmax(OpSpec):
-    """Score rows of the matrix products -> int16 -> Log-Int-Softmax codes (for ATTNV) or
-    8-bit probabilities (for MATMUL), ``dst_cols = ceil(cols / N) N`` per row, the tail
-    padded with the zero-attention value."""
+    """Score rows of the matrix products -> int16 (plus Swin's score bias and shift mask,
+    saturating) -> Log-Int-Softmax codes (for ATTNV) or 8-bit probabilities (for MATMUL),
+    ``ceil(cols / N) N`` per row, the tail padded with the zero-attention value.
+
+    Score bias (``bias = 1``): an int16 matrix of ``rows x cols`` split into two byte planes,
+    the low bytes in ``vin`` at ``bias_addr`` and the high bytes (signed) in ``vin2`` at the
+    same offset from that region's base, rows ``dst_stride`` bytes apart.  Mask: column
+    ``j`` outside ``keep_lo <= j < keep_hi`` gets ``mask_value`` (0 or negative) added.
+    Both follow the score requantization: ``clip16(requant(acc) + bias + mask)``
+    (:func:`sw.intops.score_bias`)."""
     op, queue = Opcode.SOFTMAX, Queue.VECTOR
     fields = (_f("src_addr", ACC_ADDR), _f("src_stride", ACC_STRIDE),
               _f("dst_addr", SPAD_ADDR), _f("dst_stride", SPAD_STRIDE),
-              _f("rows", COUNT), _f("cols", COUNT), _f("dst_cols", COUNT),
+              _f("rows", COUNT), _f("cols", COUNT),
               _f("mode", 1, enum=SoftmaxMode), _f("frac_bits", 3), _f("b_int", 16, signed=True),
-              _f("c_int", 16), _f("mult", 16, signed=True), _f("shift", 6))
+              _f("c_int", 16), _f("mult", 16, signed=True), _f("shift", 6),
+              _f("bias", 1), _f("bias_addr", SPAD_ADDR), _f("keep_lo", KEEP),
+              _f("keep_hi", KEEP), _f("mask_value", 16, signed=True))
+
+    @staticmethod
+    def dst_cols(cfg, a):
+        """Bytes written per destination row: ``cols`` rounded up to whole ``N``-byte words."""
+        b = cfg.lanes.bit_length() - 1
+        return ((a["cols"] + cfg.lanes - 1) >> b) << b
+
+    @staticmethod
+    def bias_hi_addr(cfg, a):
+        """Address of the bias's high-byte plane in ``vin2``: ``bias_addr``'s offset in ``vin``."""
+        return a["bias_addr"] - cfg.regions["vin"].base + cfg.regions["vin2"].base
 
     def rules(self, cfg):
-        from hw.softmax import length_ok, softmax_timing
+        from hw.softmax import length_ok
+        codes, prob = cfg.regions["codes"], cfg.regions["prob"]
+        inside = lambda r, x: (x >= r.base) & (x < r.base + r.size)
         return positive("rows", "cols") + aligned("src_addr", "src_stride", "dst_addr", "dst_stride") + [
-            Rule(lambda cfg, a: a["dst_cols"] == (a["cols"] + cfg.lanes - 1) // cfg.lanes * cfg.lanes,
-                 lambda cfg, a: f"dst_cols {a['dst_cols']} must be cols {a['cols']} rounded up to "
-                                f"a multiple of {cfg.lanes}"),
             Rule(lambda cfg, a: (a["frac_bits"] >= 2) & (a["frac_bits"] <= 6),
                  lambda cfg, a: f"frac_bits {a['frac_bits']} outside 2..6"),
             Rule(lambda cfg, a: length_ok(cfg, a["cols"]),
                  lambda cfg, a: f"softmax row of {a['cols']} exceeds max_seq_len {cfg.max_seq_len} "
-                                f"by {a['cols'] - cfg.max_seq_len}")]
+                                f"by {a['cols'] - cfg.max_seq_len}"),
+            Rule(lambda cfg, a: sel(a["mode"] == SoftmaxMode.LIS, inside(prob, a["dst_addr"]) == 0,
+                                    inside(codes, a["dst_addr"]) == 0),
+                 lambda cfg, a: "LIS codes go to the codes memory, UNIFORM probabilities to prob"),
+            Rule(lambda cfg, a: a["mask_value"] <= 0,
+                 lambda cfg, a: f"mask_value {a['mask_value']} must be 0 or negative"),
+            Rule(lambda cfg, a: (a["bias"] == 0) | (a["bias_addr"] % cfg.lanes == 0),
+                 lambda cfg, a: f"bias_addr = {a['bias_addr']} is not a multiple of the datapath "
+                                f"width {cfg.lanes}")]
 
     def patterns(self, cfg):
-        src = Pattern("acc", _field("src_addr"), _field("src_stride"), _field("rows"),
-                      _field("cols"), False, "source", ("acc",))
-        dst = dict(mem="spad", addr=_field("dst_addr"), stride=_field("dst_stride"),
-                   rows=_field("rows"), width=_field("dst_cols"), write=True, what="destination")
-        return [src,
-                Pattern(**dst, regions=("codes",), when=lambda cfg, a: a["mode"] == SoftmaxMode.LIS),
-                Pattern(**dst, regions=("prob",), when=lambda cfg, a: a["mode"] == SoftmaxMode.UNIFORM)]
+        with_bias = lambda cfg, a: a["bias"] == 1
+        return [Pattern("acc", _field("src_addr"), _field("src_stride"), _field("rows"),
+                        _field("cols"), False, "source", ("acc",)),
+                Pattern("spad", _field("dst_addr"), _field("dst_stride"), _field("rows"),
+                        self.dst_cols, True, "destination", ("codes", "prob")),
+                Pattern("spad", _field("bias_addr"), _field("dst_stride"), _field("rows"),
+                        self.dst_cols, False, "score bias (low bytes)", ("vin",), with_bias),
+                Pattern("spad", self.bias_hi_addr, _field("dst_stride"), _field("rows"),
+                        self.dst_cols, False, "score bias (high bytes)", ("vin2",), with_bias)]
 
     def timing(self, cfg, a, ut) -> Timing:
         return ut.vector(self.op, a)
 
     def execute(self, st, a) -> None:
-        x = st.view("acc", a["src_addr"], a["src_stride"], a["rows"], a["cols"])
+        rows, cols = a["rows"], a["cols"]
+        x = st.view("acc", a["src_addr"], a["src_stride"], rows, cols)
         s = intops.requantize(x, a["mult"], a["shift"], 0, intops.INT16_MIN, intops.INT16_MAX)
+        bias = mask = None
+        if a["bias"]:
+            lo = st.view("spad", a["bias_addr"], a["dst_stride"], rows, cols).view(np.uint8)
+            hi = st.view("spad", self.bias_hi_addr(st.config, a), a["dst_stride"], rows, cols)
+            bias = hi.astype(np.int64) * 256 + lo                       # [B, rows, cols]
+        j = np.arange(cols)
+        if a["mask_value"] and ((j < a["keep_lo"]) | (j >= a["keep_hi"])).any():
+            mask = np.where((j < a["keep_lo"]) | (j >= a["keep_hi"]), a["mask_value"], 0)
+            mask = np.broadcast_to(mask, (1, rows, cols))
+        if bias is not None or mask is not None:
+            def biased(sc, b):
+                sc3 = sc.reshape((-1, 1, 1, rows, cols))
+                return intops.score_bias(sc3, None if b is None else b.reshape(1, rows, cols),
+                                         mask).reshape(sc.shape)
+            s = biased(s, None) if bias is None else _per_sample(biased, s, bias)
         lis = a["mode"] == SoftmaxMode.LIS
         fn = intops.lis_softmax if lis else intops.uniform_softmax
         p = fn(s, a["frac_bits"], a["b_int"], a["c_int"])
-        dst = st.view("spad", a["dst_addr"], a["dst_stride"], a["rows"], a["dst_cols"])
-        dst[..., :a["cols"]] = p.astype(np.uint8).view(np.int8)
-        dst[..., a["cols"]:] = intops.LIS_ZERO_CODE if lis else 0
+        dst = st.view("spad", a["dst_addr"], a["dst_stride"], rows, self.dst_cols(st.config, a))
+        dst[..., :cols] = p.astype(np.uint8).view(np.int8)
+        dst[..., cols:] = intops.LIS_ZERO_CODE if lis else 0
+
+
+#: SOFTMAX fields of a row without Swin's score bias and mask.
+NO_SCORE_BIAS = dict(bias=0, bias_addr=0, keep_lo=0, keep_hi=0, mask_value=0)
 
 
 class _RowWise(OpSpec):

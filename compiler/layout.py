@@ -10,10 +10,12 @@ the constants; their addresses are relative to the start of that region until
 ``concat_tokens`` (its prefix tokens are constant rows initialized in the DRAM image) and, as
 an alias into it after the prefix, the concat's input when its producer can write there
 directly (the *concat alias*: no copy); then the output of every op group in program order;
-finally a fresh buffer for each graph output that is a view.  Two op kinds are *views* and
+finally a fresh buffer for each graph output that is a view.  Five op kinds are *views* and
 own no DRAM (:data:`VIEWS`): ``patchify`` (a :class:`PatchView`: consumers gather image
-patches with strided loads) and ``select_tokens`` (a :class:`RowsView`: consumers load the
-selected rows).
+patches with strided loads), ``select_tokens`` (a :class:`RowsView`: consumers load the
+selected rows) and Swin's ``window_partition``, ``window_reverse`` and ``patch_merge`` (a
+:class:`GatherView`: the cyclic shift, the window order and the 2 x 2 merge become the
+consumer's LOAD address patterns, no copy).
 
 Every element of an activation is written once; each :class:`DramTensor` (the root of an
 alias) records its STOREs so that a consumer's LOADs wait for exactly the STOREs of the
@@ -30,7 +32,7 @@ from sw.graph import IntGraph, Op
 
 from .emitter import CompileError
 
-__all__ = ["DRAM_ALIGN", "RECORD_WORDS", "DramTensor", "PatchView", "RowsView", "VIEWS",
+__all__ = ["DRAM_ALIGN", "RECORD_WORDS", "DramTensor", "PatchView", "RowsView", "GatherView", "VIEWS",
            "ALIAS_PRODUCERS", "DramLayout", "step_layout", "ceil_to"]
 
 #: Alignment of every constant and activation buffer in DRAM, in bytes.
@@ -76,6 +78,8 @@ class DramTensor:
     #: STOREs into this tensor (kept on the root of an alias): ``(row0, row1, byte0, byte1,
     #: instruction)`` rectangles, disjoint since every element is written once.
     stores: list = field(default_factory=list)
+    #: Written in scattered pieces (rows out of order), see ``compiler.context.MAX_PIECES``.
+    scattered: bool = False
 
     @property
     def root(self) -> "DramTensor":
@@ -90,6 +94,24 @@ class PatchView:
     height: int
     width: int
     patch: int
+
+
+@dataclass
+class GatherView:
+    """A row gather of a tensor (Swin's views): row ``r`` of the view is, for each part
+    ``(index, byte0, nbytes)``, source row ``index[r]`` written at byte ``byte0`` of the row
+    (``nbytes`` = the source's row).  ``window_partition`` and ``window_reverse`` (one part:
+    the cyclic shift and the window order) and ``patch_merge`` (four parts: the 2 x 2
+    neighbourhood).  Consumers load through it with strided LOADs (one per run of source rows
+    in arithmetic progression, several rows of a window merged into one LOAD row where they
+    are contiguous on both sides)."""
+    base: DramTensor
+    parts: list
+    rows: int
+    cols: int
+    #: Rows of one natural piece (a window; a grid row; a merged grid row): consumers chunk
+    #: by whole pieces where they can, so that each piece is gathered in few LOADs.
+    period: int = 1
 
 
 @dataclass
@@ -118,8 +140,47 @@ def _rows_view(layout: "DramLayout", op: Op) -> RowsView:
     return RowsView(p, [int(i) for i in op.attrs["indices"]])
 
 
+def _gather_base(layout: "DramLayout", op: Op) -> DramTensor:
+    p = layout.place[op.inputs[0]]
+    if not isinstance(p, DramTensor):
+        raise CompileError(f"op {op.name!r}: {op.kind} of a view is not supported")
+    return p
+
+
+def _window_view(layout: "DramLayout", op: Op) -> GatherView:
+    """``window_partition`` / ``window_reverse``: the row order of :mod:`sw.intops`' own
+    functions applied to the row indices."""
+    base = _gather_base(layout, op)
+    a = op.attrs
+    fn = intops.window_partition if op.kind == "window_partition" else intops.window_reverse
+    try:
+        index = fn(np.arange(base.rows).reshape(1, -1, 1), a["grid"], a["window"], a["shift"])[0, :, 0]
+    except ValueError as exc:
+        raise CompileError(f"op {op.name!r}: {exc}") from None
+    width = base.cols * base.elem_bytes
+    h, w = (int(v) for v in a["grid"])
+    wh, ww = (int(v) for v in a["window"])
+    period = wh * ww if op.kind == "window_partition" else w
+    return GatherView(base, [(index, 0, width)], base.rows, base.cols, period)
+
+
+def _merge_view(layout: "DramLayout", op: Op) -> GatherView:
+    """``patch_merge``: part ``p`` of merged token ``(r, s)`` is token ``(2r + i, 2s + j)``
+    with ``p = 2 j + i`` (:func:`sw.intops.patch_merge`)."""
+    base = _gather_base(layout, op)
+    try:
+        index = intops.patch_merge(np.arange(base.rows).reshape(1, -1, 1), op.attrs["grid"])[0]
+    except ValueError as exc:
+        raise CompileError(f"op {op.name!r}: {exc}") from None
+    width = base.cols * base.elem_bytes
+    parts = [(index[:, p], p * width, width) for p in range(4)]
+    return GatherView(base, parts, index.shape[0], 4 * base.cols,
+                      int(op.attrs["grid"][1]) // 2)
+
+
 #: Op kinds whose output is a view of their input, and how the view is made.
-VIEWS = {"patchify": _patch_view, "select_tokens": _rows_view}
+VIEWS = {"patchify": _patch_view, "select_tokens": _rows_view, "window_partition": _window_view,
+         "window_reverse": _window_view, "patch_merge": _merge_view}
 
 
 class DramLayout:
@@ -134,7 +195,7 @@ class DramLayout:
         #: Every activation buffer, in placement order.
         self.acts: list[DramTensor] = []
         #: Where each tensor is: a DramTensor or a view.
-        self.place: dict[str, DramTensor | PatchView | RowsView] = {}
+        self.place: dict[str, DramTensor | PatchView | RowsView | GatherView] = {}
         #: Graph outputs that are views: the buffer they are copied into at the end.
         self.materialized: dict[str, DramTensor] = {}
 
@@ -190,6 +251,17 @@ class DramLayout:
             raise CompileError(f"tensor {name!r} is not materialized in DRAM")
         return p
 
+    def period(self, name: str) -> int:
+        """Rows of one natural piece of a view (1 for a tensor): chunks of whole pieces
+        gather in fewer LOADs."""
+        p = self.place.get(name)
+        return p.period if isinstance(p, GatherView) else 1
+
+    def whole_pieces(self, name: str, m: int) -> int:
+        """Chunk size ``m`` rounded down to whole pieces of ``name`` when it holds one."""
+        period = self.period(name)
+        return m - m % period if m >= period else m
+
     def dims(self, name: str) -> tuple[int, int]:
         """``(rows, columns)`` in which consumers read a placed tensor."""
         p = self.place[name]
@@ -197,6 +269,8 @@ class DramLayout:
             return p.rows, p.cols
         if isinstance(p, PatchView):
             return (p.height // p.patch) * (p.width // p.patch), p.channels * p.patch ** 2
+        if isinstance(p, GatherView):
+            return p.rows, p.cols
         return 1, p.base.cols * len(p.indices)
 
 

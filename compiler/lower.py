@@ -34,7 +34,7 @@ from hw.config import AcceleratorConfig
 from sw.graph import IntGraph
 
 from .context import LowerCtx, field_of
-from .emitter import CompileError
+from .emitter import CompileError, UnsupportedOpsError
 from .fusion import Group, step_fuse
 from .isa import Opcode
 from .layout import DRAM_ALIGN, DramLayout, DramTensor, ceil_to, step_layout
@@ -102,11 +102,8 @@ def step_finalize(ctx: LowerCtx) -> ProgramImage:
 
 #: Op kinds the accelerator runs (the others, from I-ViT and PTQ4ViT graphs, wait for their units).
 LOWERED_KINDS = ("patchify", "linear", "concat_tokens", "add", "layernorm", "qk_scores", "softmax",
-                 "attn_value", "gelu", "select_tokens", "token_mean")
-
-
-class UnsupportedOpsError(CompileError):
-    """The graph holds ops that the accelerator does not run yet."""
+                 "attn_value", "gelu", "select_tokens", "token_mean", "window_partition",
+                 "window_reverse", "patch_merge")
 
 
 def check_accelerator_ops(graph: IntGraph) -> None:

@@ -48,10 +48,10 @@ from hw.softmax import softmax_timing
 from sw import intops
 from sw.graph import Op
 
-from .context import MAX_ROWS, LowerCtx, need as reserve
-from .emitter import Buffer, CompileError
+from .context import MAX_ROWS, LowerCtx, _progressions, need as reserve
+from .emitter import Buffer, CompileError, UnsupportedOpsError
 from .fusion import Group
-from .isa import MatMode, Opcode, OutType, SoftmaxMode
+from .isa import NO_SCORE_BIAS, MatMode, Opcode, OutType, SoftmaxMode
 from .layout import RECORD_WORDS, DramTensor, ceil_to
 
 __all__ = ["LOWERERS", "lowerer", "RowwiseLowerer", "VECTOR_CHUNK_BYTES"]
@@ -79,7 +79,7 @@ def lowerer(*kinds: str):
 
 
 # ---------------------------------------------------------------------- views and copies
-@lowerer("patchify", "select_tokens")
+@lowerer("patchify", "select_tokens", "window_partition", "window_reverse", "patch_merge")
 def lower_view(group: Group, ctx: LowerCtx) -> None:
     """No instruction: :func:`compiler.layout.step_layout` made the output a view."""
 
@@ -159,15 +159,20 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
     intops.check_range(np.asarray(op.params["mult"]), intops.INT16_MIN, intops.INT16_MAX,
                        f"{op.name} mult")
 
-    def need(m, cols=C):
+    def need(m, cols=C, copies=IN_FLIGHT):
         """Per chunk of ``m`` tokens: its input rows, and per strip of ``cols`` output
-        channels the weight strip, accumulators, parameter records and output rows."""
+        channels the weight strip (``copies`` in flight: fewer than ``IN_FLIGHT`` only when
+        that many strips of a long ``K`` do not fit), accumulators, parameter records and
+        output rows."""
         return {"x": reserve("act", m * Kp),
-                "w": reserve("weight", C * Kp, IN_FLIGHT), "out": reserve("out", m * C * eb, IN_FLIGHT),
+                "w": reserve("weight", C * Kp, copies), "out": reserve("out", m * C * eb, IN_FLIGHT),
                 "records": reserve("param", cols * RECORD_WORDS, IN_FLIGHT),
                 "acc": reserve("acc", m * C, IN_FLIGHT)}
 
-    m = ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS))
+    copies = next((c for c in range(IN_FLIGHT, 1, -1) if ctx.fits(need(1, C, c))), 1)
+    need_ = need
+    need = lambda m, cols=C: need_(m, cols, copies)                      # noqa: E731
+    m = layout.whole_pieces(x, ctx.fit_chunk(op, "linear", need, min(T, MAX_ROWS, ctx.cfg.max_tile_rows)))
     out = layout.tensor(group.output)
     if gelu is not None:
         ctx.at(group.index(gelu))
@@ -205,6 +210,56 @@ def lower_linear(group: Group, ctx: LowerCtx) -> None:
 
 
 # ---------------------------------------------------------------------- attention
+def _window_width(ctx: LowerCtx, qkv: str) -> int | None:
+    """Tokens per window row of the ``window_partition`` whose linear produced ``qkv``."""
+    producer = {o.outputs[0]: o for o in ctx.graph.ops}
+    lin = producer.get(qkv)
+    part = producer.get(lin.inputs[0]) if lin is not None else None
+    if part is None or part.kind != "window_partition":
+        return None
+    return int(part.attrs["window"][1])
+
+
+def _mask_regions(op: Op, mask: np.ndarray | None, w: int, n: int, width: int | None = None):
+    """The order of window ``w``'s tokens on chip and its query groups.
+
+    Swin's shift mask gives each token a region; a query sees exactly the keys of its own
+    region.  With the tokens of a window sorted by region (stable), the keys a query sees
+    are one contiguous range, so SOFTMAX adds ``mask_value`` outside ``keep_lo .. keep_hi``.
+    Returns ``(order, groups)``: ``order[i]`` the window token at on-chip position ``i``;
+    ``groups``: ``(lo, hi, keep_lo, keep_hi, mask_value)`` per run of query positions.  A
+    mask of another form is refused."""
+    if mask is None or not mask[w].any():
+        return np.arange(n), [(0, n, 0, 0, 0)]
+    m = np.asarray(mask[w], dtype=np.int64)
+    label = np.array([int(np.flatnonzero(m[i] == 0)[0]) if (m[i] == 0).any() else -1 for i in range(n)])
+    values = np.unique(m[m != 0])
+    same = label[:, None] == label[None, :]
+    if (label < 0).any() or values.size != 1 or not np.array_equal(m == 0, same):
+        raise UnsupportedOpsError(
+            f"op {op.name!r}: the score mask of window {w} is not a shift mask (each query "
+            "seeing exactly the keys of its own region, one mask value); the accelerator adds "
+            "one value outside one range of keys")
+    order = np.argsort(label, kind="stable")
+    if width:
+        # Inside a region, column by column when that is fewer strided LOADs / STOREs (a
+        # region cut by the vertical shift: its columns are progressions of stride width).
+        i = np.arange(n)
+        by_col = np.lexsort((i // width, i % width, label))
+        if len(_progressions(by_col)) < len(_progressions(order)):
+            order = by_col
+    sorted_labels = label[order]
+    groups = []
+    lo = 0
+    while lo < n:
+        hi = lo
+        while hi < n and sorted_labels[hi] == sorted_labels[lo]:
+            hi += 1
+        groups.append((lo, hi, lo, hi, int(values[0])))
+        lo = hi
+    return order, groups
+
+
 @lowerer("attention")
 def lower_attention(group: Group, ctx: LowerCtx) -> None:
     qk, sm, av = group.ops
@@ -215,95 +270,175 @@ def lower_attention(group: Group, ctx: LowerCtx) -> None:
     qkv = qk.inputs[0]
     ctx.check_int8_input(qk, qkv)
     H, dh = int(qk.attrs["heads"]), int(qk.attrs["head_dim"])
+    nW = int(qk.attrs.get("windows", 1))
+    for o in (sm, av):
+        if int(o.attrs.get("windows", nW)) != nW:
+            raise CompileError(f"op {o.name!r}: {o.attrs.get('windows')} windows, "
+                               f"{qk.name!r} has {nW}")
     T, threeD = layout.dims(qkv)
     D = H * dh
     if threeD != 3 * D:
         raise CompileError(f"op {qk.name!r}: qkv has {threeD} columns, expected 3 x {D}")
-    ctx.unit_check(sm, "softmax unit", f"rows of {T} tokens", softmax_timing, T, sm.attrs["mode"])
+    if T % nW:
+        raise CompileError(f"op {qk.name!r}: {T} tokens do not split into {nW} windows")
+    Nw = T // nW                                # tokens of one window (a ViT: one window)
+    ctx.unit_check(sm, "softmax unit", f"rows of {Nw} tokens", softmax_timing, Nw, sm.attrs["mode"])
     lis = sm.attrs["mode"] == "lis"
     dhR, dhC = ceil_to(dh, R), ceil_to(dh, C)
-    TC, TR = ceil_to(T, C), ceil_to(T, R)
+    TC, TR = ceil_to(Nw, C), ceil_to(Nw, R)
     ctx.check_field(qk, Opcode.SOFTMAX, "dst_stride", TR, "code row stride")
     ctx.check_field(qk, Opcode.MATMUL, "w_stride", dhC, "value row stride")
     ctx.check_field(qk, Opcode.MATMUL, "acc_stride", TC, "score row stride")
+    bias = qk.params.get("bias")
+    mask = qk.params.get("mask")
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.int64)
+        if bias.shape != (H, Nw, Nw):
+            raise CompileError(f"op {qk.name!r}: score bias of shape {bias.shape}, expected {(H, Nw, Nw)}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=np.int64)
+        if mask.shape != (nW, Nw, Nw):
+            raise CompileError(f"op {qk.name!r}: score mask of shape {mask.shape}, expected {(nW, Nw, Nw)}")
+        ctx.check_field(qk, Opcode.SOFTMAX, "keep_hi", Nw, "window of tokens")
+        intops.check_range(mask, intops.INT16_MIN, 0, f"{qk.name} mask")
+    if bias is not None:
+        intops.check_range(bias, intops.INT16_MIN, intops.INT16_MAX, f"{qk.name} bias")
+    width = _window_width(ctx, qkv) if mask is not None else None
+    regions = [_mask_regions(qk, mask, w, Nw, width) for w in range(nW)]
+    orders = {}                                  # distinct on-chip token orders -> index
+    for order, _ in regions:
+        orders.setdefault(tuple(order.tolist()), len(orders))
+    n_orders = len(orders) if bias is not None else 0
 
     dhN = ceil_to(dh, ctx.N)                   # output rows start on whole scratchpad words
     v_region, p_region, av_region = ("value", "codes", "attn_acc") if lis else ("weight", "prob", "acc")
 
-    def need(m, head_copies):
-        """Per head: q, k (rows padded to the array) and v, ``head_copies`` heads in flight;
-        per chunk of ``m`` query rows: scores, codes (or probabilities), attention-times-value
-        accumulators and output rows; the one requantizer record."""
-        return {"q": reserve("act", T * dhR, head_copies), "k": reserve("weight", TC * dhR, head_copies),
-                "v": reserve(v_region, TR * dhC, head_copies),
-                "scores": reserve("acc", m * TC, IN_FLIGHT), "codes": reserve(p_region, m * TR, IN_FLIGHT),
-                "acc": reserve(av_region, m * dhC, IN_FLIGHT), "out": reserve("out", m * dhN, IN_FLIGHT),
-                "record": reserve("param", RECORD_WORDS)}
+    def need(m, head_copies, g=1):
+        """Per head and group of ``g`` windows: q, k (rows padded to the array) and v,
+        ``head_copies`` in flight (the last window's k and v padded to whole tiles); the
+        score bias of the head (two byte planes, one per token order); per chunk of ``m``
+        query rows: scores, codes (or probabilities), attention-times-value accumulators and
+        output rows; the one requantizer record."""
+        rows = (g - 1) * Nw
+        ws = {"q": reserve("act", g * Nw * dhR, head_copies),
+              "k": reserve("weight", (rows + TC) * dhR, head_copies),
+              "v": reserve(v_region, (rows + TR) * dhC, head_copies),
+              "scores": reserve("acc", m * TC, IN_FLIGHT), "codes": reserve(p_region, m * TR, IN_FLIGHT),
+              "acc": reserve(av_region, m * dhC, IN_FLIGHT), "out": reserve("out", m * dhN, IN_FLIGHT),
+              "record": reserve("param", RECORD_WORDS)}
+        if n_orders:
+            ws["bias_lo"] = reserve("vin", Nw * TR, n_orders)
+            ws["bias_hi"] = reserve("vin2", Nw * TR, n_orders)
+        return ws
 
     # Two heads in flight (the next head's loads overlap this head's work) when that still
-    # leaves room for chunks of one row.
+    # leaves room for chunks of one row; then as many windows a group as fit.
     head_copies = 2 if ctx.fits(need(1, 2)) else 1
-    m = ctx.fit_chunk(qk, "attention", lambda m: need(m, head_copies), min(T, MAX_ROWS))
-    ws = need(m, head_copies)
+    m = ctx.fit_chunk(qk, "attention", lambda m: need(m, head_copies),
+                      min(Nw, MAX_ROWS, ctx.cfg.max_tile_rows))
+    G = 1
+    while G < nW and ctx.fits(need(m, head_copies, G + 1)):
+        G += 1
+    ws = need(m, head_copies, G)
     mult, shift = int(np.ravel(qk.params["mult"])[0]), int(np.ravel(qk.params["shift"])[0])
     out = layout.tensor(group.output)
     rec_addr = layout.const_records(
         [[0], av.params["mult"].ravel()[:1], av.params["shift"].ravel()[:1],
          [int(av.attrs["zp_out"])]], 1)
+    bias_addr = {}
+    if bias is not None:
+        for order, idx in orders.items():
+            o = np.asarray(order)
+            for h in range(H):
+                b = np.zeros((Nw, TR), dtype=np.int64)
+                b[:, :Nw] = bias[h][np.ix_(o, o)]
+                lo = layout.const((b & 0xFF).astype(np.uint8))
+                hi = layout.const((b >> 8).astype(np.int8))
+                bias_addr[idx, h] = (lo, hi)
     i_qk, i_sm, i_av = group.indices
     ctx.at(i_av)
     records = ctx.alloc(ws["record"], f"{av.name} record")
     ctx.load_records(records, rec_addr, 1)
     first_requant = True
     for h in range(H):
-        ctx.at(i_qk)
-        qb = ctx.alloc(ws["q"], f"{qk.name} q{h}")
-        ctx.load_rows(qkv, 0, T, qb, 0, dhR, pad=dhR - dh, col0=h * dh, ncols=dh)
-        kb = ctx.alloc(ws["k"], f"{qk.name} k{h}")
-        ctx.load_rows(qkv, 0, T, kb, 0, dhR, pad=dhR - dh, col0=D + h * dh, ncols=dh)
-        ctx.at(i_av)
-        vb = ctx.alloc(ws["v"], f"{av.name} v{h}")
-        ctx.load_rows(qkv, 0, T, vb, 0, dhC, col0=2 * D + h * dh, ncols=dh)
-        for t0 in range(0, T, m):
-            mc = min(m, T - t0)
-            cw = need(mc, head_copies)
+        planes = {}
+        if bias is not None:
             ctx.at(i_qk)
-            sb = ctx.alloc(cw["scores"], f"{qk.name} scores")
-            ctx.emit(Opcode.MATMUL, dict(
-                mode=MatMode.INT8, transpose=1, m=mc, n_tiles=TC // C,
-                k_tiles=dhR // R, a_addr=qb.addr + t0 * dhR, a_stride=dhR, w_addr=kb.addr,
-                w_stride=dhR, acc_addr=sb.addr, acc_stride=TC),
-                reads=[qb, kb], writes=[sb], macs=mc * T * dh)
-            ctx.at(i_sm)
-            cb = ctx.alloc(cw["codes"], f"{sm.name} codes")
-            ctx.emit(Opcode.SOFTMAX, dict(
-                src_addr=sb.addr, src_stride=TC, dst_addr=cb.addr, dst_stride=TR, rows=mc,
-                cols=T, dst_cols=TR, mode=SoftmaxMode.LIS if lis else SoftmaxMode.UNIFORM,
-                frac_bits=int(sm.attrs["frac_bits"]), b_int=int(sm.attrs["b_int"]),
-                c_int=int(sm.attrs["c_int"]), mult=mult, shift=shift),
-                reads=[sb], writes=[cb])
-            ctx.free(sb)
+            for idx in range(n_orders):
+                lo_b, hi_b = ctx.alloc_pair(ws["bias_lo"], ws["bias_hi"], f"{qk.name} bias{h}.{idx}")
+                lo_a, hi_a = bias_addr[idx, h]
+                ctx.load_const(lo_a, Nw, TR, TR, lo_b, TR)
+                ctx.load_const(hi_a, Nw, TR, TR, hi_b, TR)
+                planes[idx] = (lo_b, hi_b)
+        for w0 in range(0, nW, G):
+            wins = range(w0, min(nW, w0 + G))
+            rows = [w * Nw + int(i) for w in wins for i in regions[w][0]]
+            g = len(wins)
+            gw = need(m, head_copies, g)
+            ctx.at(i_qk)
+            qb = ctx.alloc(gw["q"], f"{qk.name} q{h}")
+            ctx.load_row_list(qkv, rows, qb, 0, dhR, pad=dhR - dh, col0=h * dh, ncols=dh)
+            kb = ctx.alloc(gw["k"], f"{qk.name} k{h}")
+            ctx.load_row_list(qkv, rows, kb, 0, dhR, pad=dhR - dh, col0=D + h * dh, ncols=dh)
             ctx.at(i_av)
-            ob = ctx.alloc(cw["acc"], f"{av.name} acc")
-            tiles = dict(m=mc, n_tiles=dhC // C, k_tiles=TR // R, a_addr=cb.addr, a_stride=TR,
-                         w_addr=vb.addr, w_stride=dhC, acc_addr=ob.addr, acc_stride=dhC)
-            if lis:
-                ctx.emit(Opcode.ATTNV, tiles, reads=[cb, vb], writes=[ob], macs=mc * T * dh)
-            else:
-                ctx.emit(Opcode.MATMUL, dict(mode=MatMode.UINT8, transpose=0, **tiles),
-                         reads=[cb, vb], writes=[ob], macs=mc * T * dh)
-            ctx.free(cb)
-            yb = ctx.alloc(cw["out"], f"{av.name} out")
-            ctx.emit(Opcode.REQUANT, dict(
-                src_addr=ob.addr, src_stride=dhC, dst_addr=yb.addr, dst_stride=dhN, rows=mc,
-                cols=dh, param_addr=records.addr, load_params=int(first_requant),
-                per_channel=0, out_type=OutType.INT8, gelu=0),
-                reads=[ob, records], writes=[yb])
-            first_requant = False
-            ctx.free(ob)
-            ctx.store_rows(out, t0, mc, h * dh, yb, dhN, dh)
-            ctx.free(yb)
-        ctx.free(qb, kb, vb)
+            vb = ctx.alloc(gw["v"], f"{av.name} v{h}")
+            ctx.load_row_list(qkv, rows, vb, 0, dhC, col0=2 * D + h * dh, ncols=dh)
+            for wi, w in enumerate(wins):
+                order, groups = regions[w]
+                plane = planes.get(orders[tuple(order.tolist())]) if bias is not None else None
+                for lo, hi, keep_lo, keep_hi, mask_value in groups:
+                    for t0 in range(lo, hi, m):
+                        mc = min(m, hi - t0)
+                        cw = need(mc, head_copies)
+                        ctx.at(i_qk)
+                        sb = ctx.alloc(cw["scores"], f"{qk.name} scores")
+                        ctx.emit(Opcode.MATMUL, dict(
+                            mode=MatMode.INT8, transpose=1, m=mc, n_tiles=TC // C,
+                            k_tiles=dhR // R, a_addr=qb.addr + (wi * Nw + t0) * dhR, a_stride=dhR,
+                            w_addr=kb.addr + wi * Nw * dhR, w_stride=dhR, acc_addr=sb.addr,
+                            acc_stride=TC),
+                            reads=[qb, kb], writes=[sb], macs=mc * Nw * dh)
+                        ctx.at(i_sm)
+                        cb = ctx.alloc(cw["codes"], f"{sm.name} codes")
+                        extra = dict(NO_SCORE_BIAS, keep_lo=keep_lo, keep_hi=keep_hi,
+                                     mask_value=mask_value)
+                        reads = [sb]
+                        if plane is not None:
+                            extra.update(bias=1, bias_addr=plane[0].addr + t0 * TR)
+                            reads += list(plane)
+                        ctx.emit(Opcode.SOFTMAX, dict(
+                            src_addr=sb.addr, src_stride=TC, dst_addr=cb.addr, dst_stride=TR,
+                            rows=mc, cols=Nw, mode=SoftmaxMode.LIS if lis else SoftmaxMode.UNIFORM,
+                            frac_bits=int(sm.attrs["frac_bits"]), b_int=int(sm.attrs["b_int"]),
+                            c_int=int(sm.attrs["c_int"]), mult=mult, shift=shift, **extra),
+                            reads=reads, writes=[cb])
+                        ctx.free(sb)
+                        ctx.at(i_av)
+                        ob = ctx.alloc(cw["acc"], f"{av.name} acc")
+                        tiles = dict(m=mc, n_tiles=dhC // C, k_tiles=TR // R, a_addr=cb.addr,
+                                     a_stride=TR, w_addr=vb.addr + wi * Nw * dhC, w_stride=dhC,
+                                     acc_addr=ob.addr, acc_stride=dhC)
+                        if lis:
+                            ctx.emit(Opcode.ATTNV, tiles, reads=[cb, vb], writes=[ob], macs=mc * Nw * dh)
+                        else:
+                            ctx.emit(Opcode.MATMUL, dict(mode=MatMode.UINT8, transpose=0, **tiles),
+                                     reads=[cb, vb], writes=[ob], macs=mc * Nw * dh)
+                        ctx.free(cb)
+                        yb = ctx.alloc(cw["out"], f"{av.name} out")
+                        ctx.emit(Opcode.REQUANT, dict(
+                            src_addr=ob.addr, src_stride=dhC, dst_addr=yb.addr, dst_stride=dhN,
+                            rows=mc, cols=dh, param_addr=records.addr,
+                            load_params=int(first_requant), per_channel=0, out_type=OutType.INT8,
+                            gelu=0),
+                            reads=[ob, records], writes=[yb])
+                        first_requant = False
+                        ctx.free(ob)
+                        ctx.store_row_list(out, [w * Nw + int(i) for i in order[t0:t0 + mc]],
+                                           h * dh, yb, dhN, dh)
+                        ctx.free(yb)
+            ctx.free(qb, kb, vb)
+        for pair in planes.values():
+            ctx.free(*pair)
     ctx.free(records)
 
 
@@ -359,6 +494,10 @@ class RowwiseLowerer:
 
         step = max(1, min(T, VECTOR_CHUNK_BYTES // D))
         m = ctx.fit_chunk(op, op.kind, need, min(step, MAX_ROWS))
+        second_name = second[1] if second is not None and second[0] == "tensor" else None
+        for name in (x, second_name):
+            if name is not None and layout.period(name) > 1:
+                m = layout.whole_pieces(name, m)
         ws = need(m)
         records = None
         if rec_addr is not None:

@@ -32,7 +32,7 @@ from .isa import IllegalInstructionError, Instruction, decode_program, encode_pr
 __all__ = ["TensorPlacement", "ProgramImage", "ProgramFormatError", "IMAGE_FORMAT", "IMAGE_VERSION"]
 
 IMAGE_FORMAT = "vitamin-program"
-IMAGE_VERSION = 2
+IMAGE_VERSION = 3
 
 
 class ProgramFormatError(ValueError):

@@ -25,13 +25,20 @@ from hw.units import UnitTimings
 
 __all__ = ["Report", "build_report", "layer_of", "write_trace", "plot_block"]
 
-_BLOCK = re.compile(r"^(blocks\.\d+)\.")
+_BLOCK = re.compile(r"^((?:layers\.\d+\.)?blocks\.\d+)\.")
 
 
 def layer_of(op_name: str) -> str:
-    """``blocks.3.attn.qkv`` -> ``blocks.3``; ``patch_embed.proj`` -> ``patch_embed``."""
+    """``blocks.3.attn.qkv`` -> ``blocks.3``; Swin's ``layers.2.blocks.1.attn.qkv`` ->
+    ``layers.2.blocks.1`` and ``layers.1.downsample.norm`` -> ``layers.1.downsample``;
+    ``patch_embed.proj`` -> ``patch_embed``."""
     m = _BLOCK.match(op_name)
-    return m.group(1) if m else op_name.split(".")[0]
+    if m:
+        return m.group(1)
+    parts = op_name.split(".")
+    if parts[0] == "layers" and len(parts) > 2:
+        return ".".join(parts[:3])
+    return parts[0]
 
 
 @dataclass
@@ -186,7 +193,8 @@ def build_report(image: ProgramImage, res: SimResult, timings: UnitTimings | Non
         lay["span"] = lay["end"] - lay["start"]
         lay["mac_utilization"] = lay["macs"] / (pe * lay["span"]) if lay["span"] else 0.0
     array, bound = array_breakdown(image, res, timings)
-    blocks = sorted((k for k in by_layer if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
+    blocks = sorted((k for k in by_layer if _BLOCK.match(k + ".")),
+                    key=lambda k: [int(p) for p in k.split(".") if p.isdigit()])
     attn = [image.instr_macs[i] for i in range(n) if instrs[i].op == Opcode.ATTNV]
     return Report(res.cycles, cfg.clock_mhz, int(sum(image.instr_macs)) - int(sum(attn)), pe,
                   array, bound, by_class, by_queue, by_op, by_layer, blocks, int(sum(attn)))

@@ -26,7 +26,7 @@ __all__ = ["Reg", "REGISTERS", "CORE_ID", "CORE_VERSION", "Registers", "CTRL_STA
 #: ``ID``: "VITM" read as a little-endian word.
 CORE_ID = 0x4D544956
 #: ``VERSION``: the instruction set / program image version.
-CORE_VERSION = 2
+CORE_VERSION = 3
 
 CTRL_START, CTRL_IRQ_ENABLE, CTRL_CLEAR = 1, 2, 4
 STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 1, 2, 4

@@ -14,7 +14,8 @@ Structure
 
     acc | attn_acc --> requantizer --+--------------------------------> out (int8, int16)
                                      +--> GELU table ----------------> out
-                                     +--> Log-Int-Softmax -----------> codes | prob
+                                     +--> (+ bias + mask) --> Log-Int-Softmax --> codes | prob
+    vin, vin2 -----> score bias (SOFTMAX: int16 low / high bytes) --^
     vin ---------------> LayerNorm ------------------------------------> out
     vin, vin2 ---------> residual add ---------------------------------> out
     vin ---------------> GELU table -----------------------------------> out
@@ -36,6 +37,13 @@ An instruction runs in two phases after its start cycle:
   output beat is ``2 N`` bytes (lane ``l`` little endian at bytes ``2l, 2l + 1``), written
   as two words in consecutive cycles (the second one skipped when the row ends with the
   first).
+
+SOFTMAX's score bias and mask (Swin): between the requantizer's output and the softmax
+unit, lane ``l`` of a beat (key column ``j``) becomes ``clip16(score + bias + (mask_value if
+j < keep_lo or j >= keep_hi))``, combinationally; the bias beat is the same row of ``vin``
+(low bytes) and ``vin2`` (high bytes), read once the cycle after the start and then in the
+cycle each beat passes to the softmax, for the next one (the read ports hold their data), so
+it always matches the beat on the requantizer's output.  No cycle is added.
 
 ``retire`` pulses in the cycle of the instruction's last write (a destination word, or the
 last table entry), and the engine takes the next instruction in that same cycle:
@@ -59,7 +67,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 from amaranth.utils import exact_log2
@@ -379,15 +387,37 @@ class VectorEngine(wiring.Component):
         table_read = Signal()
         m.d.comb += table_read.eq(slot & is_tbl & (r.setup_index[:lane_bits] == 0))
         src_addr = r.rd_row + r.rd_beat
+        # SOFTMAX's score bias: the beat of the two byte planes (vin: low bytes, vin2: high
+        # bytes, the same row of each) that matches the requantizer's output beat on the port.
+        # A bias beat is read once at the start (b_prime) and then in the cycle each score
+        # beat passes to the softmax, for the next one; the ports hold their data in between.
+        sm_take = Signal()
+        b_last = Signal()
+        b_next_row = Signal.like(r.b_row)
+        b_next_beat = Signal.like(r.b_beat)
+        b_read = Signal()
+        m.d.comb += [
+            sm_take.eq(is_sm & rq.o.valid & sm.i.ready),
+            b_last.eq(r.b_beat == r.beats_m1),
+            b_next_row.eq(Mux(b_last, r.b_row + r.wr_stride, r.b_row)),
+            b_next_beat.eq(Mux(b_last, 0, r.b_beat + 1)),
+            b_read.eq(is_sm & r.bias_on & (r.b_prime | sm_take)),
+        ]
+        b_addr = Mux(r.b_prime, r.b_row + r.b_beat, b_next_row + b_next_beat)
+        with m.If(sm_take):
+            m.d.sync += [r.b_row.eq(b_next_row), r.b_beat.eq(b_next_beat)]
+        with m.If(r.b_prime):
+            m.d.sync += r.b_prime.eq(0)
         m.d.comb += [
             self.acc.en.eq(issue & (is_rq | is_sm) & ~r.from_attn),
             self.acc.addr.eq(src_addr),
             self.attn_acc.en.eq(issue & is_rq & r.from_attn),
             self.attn_acc.addr.eq(src_addr),
-            self.vin.en.eq((issue & (is_ln | is_add | is_gelu)) | table_read),
-            self.vin.addr.eq(Mux(is_tbl, r.rd_row + (r.setup_index >> lane_bits), src_addr)),
-            self.vin2.en.eq(issue & is_add),
-            self.vin2.addr.eq(r.rd2_row + r.rd_beat),
+            self.vin.en.eq((issue & (is_ln | is_add | is_gelu)) | table_read | b_read),
+            self.vin.addr.eq(Mux(is_sm, b_addr,
+                                 Mux(is_tbl, r.rd_row + (r.setup_index >> lane_bits), src_addr))),
+            self.vin2.en.eq((issue & is_add) | b_read),
+            self.vin2.addr.eq(Mux(is_sm, b_addr, r.rd2_row + r.rd_beat)),
         ]
 
         # ------------------------------------------------------------------ unit chain
@@ -404,7 +434,6 @@ class VectorEngine(wiring.Component):
             rq.o.ready.eq(Mux(is_sm, sm.i.ready, Mux(r.gelu_chain, gelu.i.ready, 1))),
 
             sm.i.valid.eq(rq.o.valid & is_sm),
-            sm.i.payload.eq(rq.o.payload),
             sm.length.eq(sm_fields.cols),
             sm.frac_bits.eq(sm_fields.frac_bits),
             sm.b_int.eq(sm_fields.b_int),
@@ -428,6 +457,20 @@ class VectorEngine(wiring.Component):
             add.b.payload.eq(self.vin2.data),
             add.o.ready.eq(1),
         ]
+
+        # Score bias and mask: clip16(score + bias + (mask_value outside keep_lo..keep_hi)),
+        # lane l of the beat being key column b_beat N + l (sw.intops.score_bias).
+        biased = []
+        for lane in range(n):
+            score = rq.o.payload[16 * lane:16 * lane + 16].as_signed()
+            bias = Mux(r.bias_on, Cat(self.vin.data[8 * lane:8 * lane + 8],
+                                      self.vin2.data[8 * lane:8 * lane + 8]).as_signed(), 0)
+            col = Cat(Const(lane, lane_bits), r.b_beat)
+            masked = (col < sm_fields.keep_lo) | (col >= sm_fields.keep_hi)
+            total = Signal(signed(19), name=f"score_{lane}")
+            m.d.comb += total.eq(score + bias + Mux(masked, sm_fields.mask_value.as_signed(), 0))
+            biased.append(Mux(total > 32767, 32767, Mux(total < -32768, -32768, total))[:16])
+        m.d.comb += sm.i.payload.eq(Cat(*biased))
 
         # ------------------------------------------------------------------ writer
         wr_valid = Signal()
@@ -546,6 +589,8 @@ class VectorEngine(wiring.Component):
         if op == Opcode.SOFTMAX:
             lis = a.mode == SoftmaxMode.LIS
             sync += [
+                r.bias_on.eq(a.bias), r.b_prime.eq(a.bias),
+                r.b_row.eq(row_of(a.bias_addr, "vin")),
                 r.int16.eq(1),
                 r.setup_left.eq(n), r.rd_go.eq(0),
                 r.last_mask.eq(full),
@@ -604,10 +649,16 @@ class _Registers:
         self.param_byte = Signal(28)    # parameter memory byte address of the next slot
         self.record_index = Signal(24)  # channel of the next record written into the unit
         self.add_config = Signal()      # ADD: write the residual add's tensor config
+        # SOFTMAX's score bias planes (rows dst_stride apart, the writer's wr_stride).
+        self.bias_on = Signal()
+        self.b_prime = Signal()         # read the first bias beat (the cycle after the start)
+        self.b_row = Signal(24)         # vin / vin2 row of the current score row's bias
+        self.b_beat = Signal(16)        # beat of the score row the softmax takes next
 
     def cleared(self) -> list[Signal]:
         """Registers every start resets before its opcode's loads."""
         return [*self.flags.values(), self.per_channel, self.int16, self.wide,
                 self.gelu_chain, self.from_attn, self.to_out, self.to_prob, self.to_codes,
                 self.rd_go, self.rd_rows, self.rd_beat, self.wr_rows, self.wr_word,
-                self.setup_left, self.setup_index, self.record_index, self.add_config]
+                self.setup_left, self.setup_index, self.record_index, self.add_config,
+                self.bias_on, self.b_prime, self.b_beat]

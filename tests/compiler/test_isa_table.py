@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compiler import isa
-from compiler.isa import (SPECS, ArchState, MatMode, Mem, Opcode, OutType, Queue, SoftmaxMode,
+from compiler.isa import (NO_SCORE_BIAS, SPECS, ArchState, MatMode, Mem, Opcode, OutType, Queue, SoftmaxMode,
                           Violation)
 from hw.config import AcceleratorConfig
 from hw.softmax import SoftmaxMode as HwSoftmaxMode
@@ -46,8 +46,12 @@ SAMPLES = {
                                            out_type=1, gelu=0)),
     **{f"softmax_{mode.name.lower()}": (Opcode.SOFTMAX, dict(
         src_addr=20, src_stride=8, dst_addr=R["codes" if mode == SoftmaxMode.LIS else "prob"] + 40,
-        dst_stride=8, rows=3, cols=5, dst_cols=6, mode=mode, frac_bits=4, b_int=B_INT,
-        c_int=C_INT, mult=3, shift=0)) for mode in SoftmaxMode},
+        dst_stride=8, rows=3, cols=5, mode=mode, frac_bits=4, b_int=B_INT,
+        c_int=C_INT, mult=3, shift=0, **NO_SCORE_BIAS)) for mode in SoftmaxMode},
+    "softmax_bias_mask": (Opcode.SOFTMAX, dict(
+        src_addr=20, src_stride=8, dst_addr=R["codes"] + 40, dst_stride=8, rows=3, cols=5,
+        mode=SoftmaxMode.LIS, frac_bits=4, b_int=B_INT, c_int=C_INT, mult=3, shift=0, bias=1,
+        bias_addr=R["vin"] + 30, keep_lo=1, keep_hi=3, mask_value=-20000)),
     "layernorm": (Opcode.LAYERNORM, dict(src_addr=R["vin"] + 10, src_stride=10, dst_addr=R["out"] + 400,
                                          dst_stride=8, rows=3, cols=6, param_addr=200, load_params=1,
                                          zp_in=-3)),
@@ -156,8 +160,8 @@ def test_mode_enums_are_the_hardware_units():
 @pytest.mark.parametrize("op,args,match", [
     (Opcode.LAYERNORM, dict(SAMPLES["layernorm"][1], cols=5), r"LayerNorm: channels must be a multiple of vector_lanes \(2\)"),
     (Opcode.ADD, dict(SAMPLES["add"][1], cols=18), r"residual add: .*2\.\.16 \(max_channels\)"),
-    (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], cols=300, dst_cols=300), "exceeds max_seq_len 256 by 44"),
-    (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], dst_cols=8), "dst_cols 8 must be cols 5 rounded up"),
+    (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], cols=300), "exceeds max_seq_len 256 by 44"),
+    (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], mask_value=3), "mask_value 3 must be 0 or negative"),
     (Opcode.REQUANT, dict(SAMPLES["requant_int16"][1], gelu=1), "GELU applies to int8 outputs only"),
     (Opcode.MATMUL, dict(SAMPLES["matmul_int8_t0_act"][1], m=0), "m must be at least 1"),
     (Opcode.MATMUL, dict(SAMPLES["matmul_int8_t0_act"][1], a_stride=7), "a_stride = 7 is not a multiple"),

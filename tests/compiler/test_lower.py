@@ -69,8 +69,8 @@ def test_placements_do_not_overlap():
 def test_scratchpad_too_small_says_by_how_much():
     g = tiny_vit(image=16, dim=64, heads=2)
     with pytest.raises(CompileError, match=r"op 'patch_embed.proj' \(linear\) does not fit even one "
-                                           r"row at a time: the weight memory needs 2304 bytes, the "
-                                           r"config has 192 \(short by 2112 bytes\)"):
+                                           r"row at a time: the weight memory needs 768 bytes, the "
+                                           r"config has 192 \(short by 576 bytes\)"):
         compile_graph(g, _cfg(n=16, spad_kib=1))
 
 

@@ -159,12 +159,17 @@ def test_fit_chunk_error_names_op_memories_and_shortfall():
 
 
 def test_tight_scratchpad_error_counts_alignment():
-    """patch_embed.proj (K = 48, 16 outputs) on an 8 x 8 array: three weight strips of 8 x 48
-    (1152 bytes) in a 768-byte weight memory."""
+    """patch_embed.proj (K = 48, 16 outputs) on an 8 x 8 array: one weight strip of 8 x 48
+    (384 bytes, the fewest in flight) in a 192-byte weight memory."""
     with pytest.raises(CompileError, match=r"op 'patch_embed.proj' \(linear\) does not fit even "
-                                           r"one row.*the weight memory needs 1152 bytes, the "
-                                           r"config has 768 \(short by 384 bytes\)"):
-        compile_graph(tiny_vit(), _cfg(n=8, spad_kib=4, acc_kib=1))
+                                           r"one row.*the weight memory needs 384 bytes, the "
+                                           r"config has 192 \(short by 192 bytes\)"):
+        compile_graph(tiny_vit(), _cfg(n=8, spad_kib=1, acc_kib=1))
+
+
+def test_long_k_keeps_fewer_weight_strips_in_flight():
+    """Three weight strips of 8 x 48 do not fit a 768-byte weight memory; two do."""
+    compile_graph(tiny_vit(), _cfg(n=8, spad_kib=4, acc_kib=1))
 
 
 # ---------------------------------------------------------------------- checks

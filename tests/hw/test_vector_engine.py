@@ -19,7 +19,7 @@ import pytest
 from amaranth import Elaboratable, Module
 
 from amaranth_streams import run_simulation
-from compiler.isa import (RECORD_WORDS, SPECS, ArchState, Instruction, Opcode, OutType,
+from compiler.isa import (NO_SCORE_BIAS, RECORD_WORDS, SPECS, ArchState, Instruction, Opcode, OutType,
                           SoftmaxMode, Timing, encode)
 from hw.config import AcceleratorConfig
 from hw.core.memories import build_memories, geometry
@@ -132,6 +132,19 @@ class ProgramBuilder:
         acc, attn = regions["acc"], regions["attn_acc"]
         st.acc[0, acc.base:acc.end] = self.np_rng.integers(-(1 << 15), 1 << 15, acc.size)
         st.acc[0, attn.base:attn.end] = self.np_rng.integers(-(1 << 22), 1 << 22, attn.size)
+        # Swin's score bias: int16 values, low bytes in vin and high bytes in vin2 at the same
+        # offsets, in the upper half of the offsets both regions have.
+        common = min(regions["vin"].size, regions["vin2"].size)
+        self.bias_area = (common // 2 // self.n * self.n, common)
+        lo, hi = self.bias_area
+        # (their own generators: the other instructions' draws stay as they were)
+        self.bias_rng = random.Random(seed + 1)
+        g = np.random.default_rng(seed + 1)
+        values = g.integers(-300, 301, hi - lo)
+        values[g.random(hi - lo) < 0.1] = g.choice([-32768, 32767, -20000, 25000])
+        st.spad[0, regions["vin"].base + lo:regions["vin"].base + hi] = \
+            (values & 0xFF).astype(np.uint8).view(np.int8)
+        st.spad[0, regions["vin2"].base + lo:regions["vin2"].base + hi] = (values >> 8).astype(np.int8)
         # Two GELU tables at the start of vin (their bytes are inputs of other ops too).
         self.tables = [regions["vin"].base, regions["vin"].base + 256]
         for base in self.tables:
@@ -221,7 +234,7 @@ class ProgramBuilder:
                     rows=rows, cols=cols, param_addr=param_addr, load_params=int(load),
                     per_channel=int(per_channel), out_type=int(out_type), gelu=int(gelu))
 
-    def softmax(self, cols=None, rows=None, mode=None) -> dict:
+    def softmax(self, cols=None, rows=None, mode=None, bias=None, mask=None) -> dict:
         rng, n = self.rng, self.n
         cols = cols or rng.randint(1, min(self.cfg.max_seq_len, 4 * n))
         rows = rows or rng.randint(1, 4)
@@ -234,9 +247,24 @@ class ProgramBuilder:
                               rng.choice([3, 6, 12]) << frac_bits)
         dst_cols = math.ceil(cols / n) * n
         dst, dst_stride = self.pattern("codes" if mode == SoftmaxMode.LIS else "prob", rows, dst_cols)
+        extra = dict(NO_SCORE_BIAS)
+        bias = self.bias_rng.random() < 0.5 if bias is None else bias
+        mask = self.bias_rng.random() < 0.5 if mask is None else mask
+        if bias:
+            # Swin's score bias, from the bias area (int16: low bytes in vin, high in vin2).
+            vin = self.cfg.regions["vin"]
+            extent = (rows - 1) * dst_stride + dst_cols
+            lo, hi = self.bias_area
+            slots = (hi - lo - extent) // n + 1
+            if slots >= 1:
+                extra.update(bias=1, bias_addr=vin.base + lo + n * self.bias_rng.randrange(slots))
+        if mask:
+            lo = self.bias_rng.randint(0, cols)
+            extra.update(keep_lo=lo, keep_hi=self.bias_rng.randint(lo, cols + 2),
+                         mask_value=self.bias_rng.choice([-1, -300, -20000, -32768]))
         return dict(src_addr=src, src_stride=src_stride, dst_addr=dst, dst_stride=dst_stride,
-                    rows=rows, cols=cols, dst_cols=dst_cols, mode=int(mode), frac_bits=frac_bits,
-                    b_int=b_int, c_int=c_int, mult=int(mult), shift=int(shift))
+                    rows=rows, cols=cols, mode=int(mode), frac_bits=frac_bits,
+                    b_int=b_int, c_int=c_int, mult=int(mult), shift=int(shift), **extra)
 
     def channels(self) -> int:
         return self.n * self.rng.randint(1, min(self.cfg.max_channels // self.n, 4))
@@ -472,7 +500,7 @@ def test_random_sequences(n, seed):
 def mode_grid(builder: ProgramBuilder) -> None:
     """Every opcode in every mode: rows back to back and single, records loaded and reused,
     int16 rows ending in either word of their last beat, both softmax modes up to
-    ``max_seq_len``, LayerNorm rows short and long (around ``B = 18`` where its interval
+    ``max_seq_len``, with and without the score bias and mask, LayerNorm rows short and long (around ``B = 18`` where its interval
     becomes ``B``), broadcast ADD."""
     cfg, n = builder.cfg, builder.n
     emit = builder.emit
@@ -491,6 +519,9 @@ def mode_grid(builder: ProgramBuilder) -> None:
     for mode in SoftmaxMode:
         for rows, cols in ((1, 1), (2, n + 1), (5, 2 * n), (3, cfg.max_seq_len)):
             emit(Opcode.SOFTMAX, gap=rows % 2, mode=mode, rows=rows, cols=cols)
+        # Swin's score bias (saturating int16) and shift mask, alone and together.
+        for bias, mask in ((True, False), (False, True), (True, True)):
+            emit(Opcode.SOFTMAX, mode=mode, rows=3, cols=2 * n + 1, bias=bias, mask=mask)
     for beats in (1, 2, 17, 18, 19):
         if beats * n <= cfg.max_channels:
             emit(Opcode.LAYERNORM, cols=beats * n, rows=1 + beats % 3, load=True)

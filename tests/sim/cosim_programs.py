@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.isa import (FORMATS, Instruction, MatMode, Mem, Opcode, OutType, Queue,
+from compiler.isa import (NO_SCORE_BIAS, FORMATS, Instruction, MatMode, Mem, Opcode, OutType, Queue,
                           SoftmaxMode)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
@@ -153,9 +153,9 @@ def _matrix(cfg, seed) -> ProgramImage:
     b.add(Opcode.REQUANT, src_addr=acc + m * w, src_stride=w, dst_addr=out + m * w,
           dst_stride=2 * w, rows=m, cols=w, param_addr=0, load_params=0, per_channel=1,
           out_type=OutType.INT16)
-    soft = dict(frac_bits=4, b_int=62, c_int=1487, mult=26214, shift=17)
+    soft = dict(frac_bits=4, b_int=62, c_int=1487, mult=26214, shift=17, **NO_SCORE_BIAS)
     b.add(Opcode.SOFTMAX, signal=[M], src_addr=acc, src_stride=w, dst_addr=prob, dst_stride=w,
-          rows=m, cols=w, dst_cols=w, mode=SoftmaxMode.UNIFORM, **soft)
+          rows=m, cols=w, mode=SoftmaxMode.UNIFORM, **soft)
     # Probabilities (uint8) times the first weight block.
     b.add(Opcode.MATMUL, wait=[V], signal=[V], mode=MatMode.UINT8, transpose=0, m=m,
           n_tiles=w // n, k_tiles=w // n, a_addr=prob, a_stride=w, w_addr=weight, w_stride=w,
@@ -167,7 +167,7 @@ def _matrix(cfg, seed) -> ProgramImage:
           per_channel=0, out_type=OutType.INT8)
     # Log-Int-Softmax codes of the transposed product, times v on the ATTN engine.
     b.add(Opcode.SOFTMAX, signal=[A], src_addr=acc + m * w, src_stride=w, dst_addr=codes,
-          dst_stride=w, rows=m, cols=w, dst_cols=w, mode=SoftmaxMode.LIS, **soft)
+          dst_stride=w, rows=m, cols=w, mode=SoftmaxMode.LIS, **soft)
     b.add(Opcode.LOAD, signal=[A], mem=Mem.SPAD, dram_addr=1000, dram_stride=n, dst_addr=value,
           dst_stride=n, rows=w, cols=n, pad=0)
     b.add(Opcode.ATTNV, wait=[V, L], signal=[V], m=m, n_tiles=1, k_tiles=w // n, a_addr=codes,

@@ -31,3 +31,33 @@ def test_timing_only_program(tmp_path, capsys):
     assert main(["simulate", "--program", str(tmp_path / "p"), "--timing-only"]) == 0
     assert "timing only" in capsys.readouterr().out
     assert main(["simulate", "--program", str(tmp_path / "p"), "--set", "array_rows=2"]) == 2
+
+
+def test_simulate_swin_graph(tmp_path, capsys):
+    """A tiny Swin: Swin's block names in the report, bit-exact, and the config widened for
+    the patch merging's 4C-channel LayerNorm when the units are narrower (unless pinned)."""
+    from compiler.testgraphs import tiny_swin
+    graph = tmp_path / "s.npz"
+    tiny_swin(image=16, patch=2, dim=8, depths=(2, 2), heads=(2, 4), window=4).save(graph)
+    argv = ["simulate", "--graph", str(graph), "--config", "tiny", "--check",
+            "--set", "max_channels=16"]
+    assert main(argv) == 2                       # pinned: the 32-channel LayerNorm cannot run
+    assert "max_channels" in capsys.readouterr().err
+    argv = ["simulate", "--graph", str(graph), "--config", "tiny", "--check"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for text in ("one transformer block (layers.1.blocks.0)", "bit-exact with sw.executor",
+                 "layers.1.downsample"):
+        assert text in out, text
+
+
+def test_widen_rows():
+    from cli.compile import widen_rows
+    from compiler.testgraphs import tiny_swin
+    from hw.config import AcceleratorConfig
+    g = tiny_swin(image=16, patch=2, dim=8, depths=(1, 1), heads=(2, 2), window=4)
+    cfg = AcceleratorConfig(array_rows=4, array_cols=4, vector_lanes=4, max_channels=16)
+    wide, note = widen_rows(g, cfg)
+    assert wide.max_channels == 32 and "layers.1.downsample.norm, 32 channels" in note
+    assert widen_rows(g, cfg, ["max_channels=16"]) == (cfg, None)
+    assert widen_rows(g, wide) == (wide, None)

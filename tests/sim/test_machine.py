@@ -243,7 +243,8 @@ def test_missing_halt(unit_timings):
     (MATMUL.format(w="-", s="-", m=300, n=1), "m = 300 streaming rows exceed max_tile_rows 256",
      ErrorCode.CONSTRAINT),
     ("SOFTMAX wait=- signal=- src_addr=0 src_stride=300 dst_addr=1088 dst_stride=300 rows=1 cols=300 "
-     "dst_cols=300 mode=LIS frac_bits=4 b_int=0 c_int=0 mult=1 shift=0\n", "max_seq_len",
+     "mode=LIS frac_bits=4 b_int=0 c_int=0 mult=1 shift=0 bias=0 bias_addr=0 keep_lo=0 keep_hi=0 "
+     "mask_value=0\n", "max_seq_len",
      ErrorCode.CONSTRAINT),
     (f"LAYERNORM wait=- signal=- src_addr={VIN} src_stride=4 dst_addr={OUT} dst_stride=4 rows=1 cols=3 "
      "param_addr=0 load_params=0 zp_in=0\n", "multiple of vector_lanes", ErrorCode.CONSTRAINT),
