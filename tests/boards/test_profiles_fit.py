@@ -212,3 +212,14 @@ def test_size_regions_for_the_model():
     assert sum(r.size for r in sized.regions.values() if r.space == "spad") <= 128 * 1024
     compile_graph(model_graph("deit_tiny"), sized)
     assert size_regions(load_config(None, array_rows=8, scratchpad_kib=8), "deit_tiny") is None
+
+
+def test_fitter_leaves_a_block_ram_margin_on_open_flow_boards():
+    from boards.fit import BRAM_MARGIN, fit_budget
+    ulx = get_profile("ulx3s-85f")
+    assert fit_budget(ulx)["bram"] == int(208 * (1 - BRAM_MARGIN)) < ulx.budget["bram"]
+    assert fit_budget(ulx)["dsp"] == ulx.budget["dsp"]
+    zcu = get_profile("zcu104")
+    assert fit_budget(zcu) == zcu.budget
+    r = fit(synthetic(brams=200), cycles_of=fake_cycles)
+    assert estimate(r.config).bram <= int(200 * (1 - BRAM_MARGIN))
