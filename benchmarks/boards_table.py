@@ -36,8 +36,9 @@ def board_table(name: str, build_dir: Path) -> str:
     res = resources_on(cfg, board)
     lines = [f"### {board.title} (`{board.name}`, {board.part})", "",
              f"Config: N = {cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, "
-             f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB, "
-             f"accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB; clock "
+             f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB"
+             + (f" (region shares `{cfg.spad_shares}`, sized for DeiT-Tiny)" if cfg.spad_shares else "")
+             + f", accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB; clock "
              f"{clock:.1f} MHz ({how}); memory {board.memory}, {board.dram_mbps:g} MB/s = "
              f"{cfg.dram_bytes} B/cycle.", "",
              "| resource | model | " + ("placed (nextpnr) | " if built else "") + "available |",
@@ -58,11 +59,19 @@ def board_table(name: str, build_dir: Path) -> str:
               "| model | cycles | latency | frames/s |", "| --- | ---: | ---: | ---: |"]
     for model, title in (("deit_tiny", "DeiT-Tiny"), ("deit_small", "DeiT-Small")):
         cyc = model_cycles(cfg, model)
+        note = ""
+        if cyc is None:
+            # The same scratchpad with its shares sized for this model (same block RAMs).
+            from boards.fit import size_regions
+            sized = size_regions(cfg, model)
+            if sized is not None and not resources_on(sized, board).overflow(board.budget):
+                cyc = model_cycles(sized, model)
+                note = f" (shares `{sized.spad_shares}`)"
         if cyc is None:
             lines.append(f"| {title} | does not compile (on-chip memory too small) | | |")
         else:
             ms = cyc / (clock * 1e3)
-            lines.append(f"| {title} | {cyc:,} | {ms:.2f} ms | {1e3 / ms:.2f} |")
+            lines.append(f"| {title}{note} | {cyc:,} | {ms:.2f} ms | {1e3 / ms:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -67,8 +67,10 @@ def fit_board(board, pinned: dict, model: str = "deit_tiny", clock_mhz: float | 
 
 def describe(cfg) -> str:
     return (f"N={cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
-            f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB, "
-            f"accumulator {cfg.accumulator_kib} KiB, tile rows {cfg.max_tile_rows}, "
+            f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB"
+            + (f" (shares {cfg.spad_shares})" if cfg.spad_shares else "")
+            + f", accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB, "
+            f"tile rows {cfg.max_tile_rows}, "
             f"DRAM {cfg.dram_bytes} B/cycle at {cfg.clock_mhz:g} MHz")
 
 

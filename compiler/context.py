@@ -199,8 +199,13 @@ class LowerCtx:
                 also = f" = {4 * short} bytes" if words else ""
                 parts.append(f"the {mem} memory needs {a.need(sizes)} {unit}, {have} "
                              f"(short by {short} {unit}{also})")
-            raise CompileError(f"op {op.name!r} ({what}) does not fit even one row at a time: "
+            err = CompileError(f"op {op.name!r} ({what}) does not fit even one row at a time: "
                                + "; ".join(parts))
+            #: memory -> the space one row of the working set needs there (its units).
+            err.short = {mem: self.allocators[mem].need(self._sizes(ws, mem))
+                         for mem in dict.fromkeys(n.mem for n in ws.values())
+                         if not self.allocators[mem].fits(self._sizes(ws, mem))}
+            raise err
         lo, hi = 1, max(1, upper)
         while lo < hi:
             mid = (lo + hi + 1) // 2

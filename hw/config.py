@@ -89,6 +89,10 @@ class AcceleratorConfig:
     #: Capacity of the on-chip int8 scratchpad, in KiB, split into the regions of
     #: :data:`SPAD_REGIONS` (each a separate memory).
     scratchpad_kib: int = 512
+    #: Scratchpad shares chosen per model: ``"name=share,..."`` (32nds of
+    #: ``scratchpad_kib``) replacing the shares of :data:`SPAD_REGIONS` for the regions
+    #: named; the shares in all at most 32.  Empty: the default shares.
+    spad_shares: str = ""
     #: Capacity of the on-chip int32 accumulator memories, in KiB (:data:`ACC_REGIONS`).
     accumulator_kib: int = 128
     #: Capacity of the parameter-record memory (requantizer, LayerNorm and residual-add
@@ -124,6 +128,9 @@ class AcceleratorConfig:
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in STRING_FIELDS:
+                need(isinstance(v, str), f"{f.name} must be a string, got {v!r}")
+                continue
             want = float if f.type in ("float", float) else int
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and not isinstance(v, int)):
                 raise ConfigError(f"{f.name} must be {'a number' if want is float else 'an integer'}, got {v!r}")
@@ -137,6 +144,9 @@ class AcceleratorConfig:
              f"got {self.weight_bits}/{self.act_bits}/{self.acc_bits}")
         need(0 <= self.lut_mult_cols <= self.array_cols,
              f"lut_mult_cols must be in 0..array_cols ({self.array_cols}), got {self.lut_mult_cols}")
+        shares = _parse_shares(self.spad_shares)
+        need(sum(v[0] for v in shares.values()) <= 32,
+             f"spad_shares: the shares add up to {sum(v[0] for v in shares.values())} 32nds, more than 32")
         need(self.scratchpad_kib >= 1, f"scratchpad_kib must be >= 1, got {self.scratchpad_kib}")
         need(self.accumulator_kib >= 1, f"accumulator_kib must be >= 1, got {self.accumulator_kib}")
         need(self.param_kib >= 1, f"param_kib must be >= 1, got {self.param_kib}")
@@ -214,6 +224,28 @@ class AcceleratorConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
 
+#: Config fields that are strings.
+STRING_FIELDS = ("spad_shares",)
+
+
+def _parse_shares(text: str) -> dict[str, tuple[int, str]]:
+    """:data:`SPAD_REGIONS` with the shares of ``spad_shares`` (``"name=share,..."``)."""
+    shares = dict(SPAD_REGIONS)
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in SPAD_REGIONS or not value.strip().isdigit():
+            raise ConfigError(f"spad_shares: bad item {item!r} (expected REGION=SHARE with a region "
+                              f"of {', '.join(SPAD_REGIONS)} and a share in 32nds)")
+        shares[name] = (int(value), SPAD_REGIONS[name][1])
+    return shares
+
+
+def format_shares(shares: dict[str, int]) -> str:
+    """``spad_shares`` text of the shares that differ from :data:`SPAD_REGIONS`."""
+    return ",".join(f"{k}={v}" for k, v in shares.items() if v != SPAD_REGIONS[k][0])
+
+
 def _split(total: int, shares: dict[str, tuple[int, str]], parts: int, row: int, space: str,
            base: int = 0) -> list[Region]:
     out = []
@@ -226,7 +258,7 @@ def _split(total: int, shares: dict[str, tuple[int, str]], parts: int, row: int,
 
 def _regions(cfg: AcceleratorConfig) -> dict[str, Region]:
     n = cfg.lanes
-    spad = _split(cfg.scratchpad_bytes, SPAD_REGIONS, 32, n, "spad")
+    spad = _split(cfg.scratchpad_bytes, _parse_shares(cfg.spad_shares), 32, n, "spad")
     acc = _split(cfg.accumulator_words, ACC_REGIONS, 4, n, "acc")
     param = [Region("param", "param", 0, cfg.param_words)]
     return {r.name: r for r in spad + acc + param}
@@ -291,7 +323,10 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or key not in types:
             raise ConfigError(f"bad config override {item!r} (expected FIELD=VALUE with a known field)")
         try:
-            out[key] = float(val) if types[key] in ("float", float) else int(val)
+            if key in STRING_FIELDS:
+                out[key] = val
+            else:
+                out[key] = float(val) if types[key] in ("float", float) else int(val)
         except ValueError:
             raise ConfigError(f"bad value in {item!r}") from None
     return out

@@ -71,8 +71,9 @@ _FINISH_STATES = 3
 #: radicand accepted by the square root (inclusive), when the square root is free.
 _FINISH_CYCLES = _STATS_PIPELINE + _FINISH_STATES
 #: Cycles from reading a beat of the row memory to its output beat being valid (memory
-#: read, ``xs C F - S F``, ``>> r``, ``* mult``, offset and clamp).
-_NORMALIZE_PIPELINE = 5
+#: read, the read data registered, ``xs C F - S F``, ``>> r``, ``* mult``, the shift and
+#: offset, the clamp).
+_NORMALIZE_PIPELINE = 7
 
 
 def channels_ok(config: AcceleratorConfig, channels):
@@ -104,7 +105,7 @@ def layernorm_timing(config: AcceleratorConfig, channels: int) -> UnitTiming:
     With ``B = C / L`` beats per row, ``R = 10`` and ``V = 18`` the latencies of the square
     root and of the divider (:func:`integer_sqrt_timing`, :func:`integer_divider_timing`)::
 
-        latency  = 2 B + R + V + 9          = 2 B + 37
+        latency  = 2 B + R + V + 11         = 2 B + 39
         interval = max(B, 6, R, V)          = max(B, 18)
 
     ``latency``: cycles from the row's first input beat accepted to its last output beat
@@ -176,7 +177,7 @@ class PtfLayerNorm(wiring.Component):
     Notes
     -----
     With ``B = C / L``:
-    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 37``.
+    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 39``.
     THROUGHPUT: one row every ``max(B, 18)`` cycles, i.e. one beat per cycle once
     ``B >= 18``.  Both are :func:`layernorm_timing`.
     """
@@ -428,6 +429,14 @@ class PtfLayerNorm(wiring.Component):
         read_cf = Signal(unsigned(_CF_BITS))
         read_sf = Signal(signed(_SF_BITS))
         read_r = Signal.like(out_r)
+        # Stage 1b: the row memory's data and the row's constants registered.
+        x_valid = Signal()
+        x_data = Signal.like(row_rd.data)
+        x_cf = Signal.like(read_cf)
+        x_sf = Signal.like(read_sf)
+        x_r = Signal.like(out_r)
+        x_half = Signal(_R_BASE + 8)
+        x_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
         # Stage 2: p1 = xs C F - S F + 2**(r-1), and the channels' affine parameters.
         p1_valid = Signal()
         p1 = Signal(data.ArrayLayout(signed(_P1_BITS), lanes))
@@ -441,6 +450,10 @@ class PtfLayerNorm(wiring.Component):
         prod_valid = Signal()
         prod = Signal(data.ArrayLayout(signed(_AFFINE_BITS), lanes))
         prod_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        # Stage 5: (n * mult >> (shift - frac)) + offset + rounding, before the final shift.
+        sum_valid = Signal()
+        summed_regs = [Signal(signed(max(_AFFINE_BITS, 32) + 2), name=f"summed_{lane}")
+                       for lane in range(lanes)]
         half = (Const(1, 1) << (read_r - 1).as_unsigned()[:len(read_r)])[:_R_BASE + 8]
         with m.If(advance):
             m.d.sync += [
@@ -448,26 +461,35 @@ class PtfLayerNorm(wiring.Component):
                 read_cf.eq(out_cf),
                 read_sf.eq(out_sf),
                 read_r.eq(out_r),
-                p1_valid.eq(read_valid),
-                p1_r.eq(read_r),
-                p1_params.eq(requant_rd.data),
+                x_valid.eq(read_valid),
+                x_data.eq(row_rd.data),
+                x_cf.eq(read_cf),
+                x_sf.eq(read_sf),
+                x_r.eq(read_r),
+                x_half.eq(half),
+                x_params.eq(requant_rd.data),
+                p1_valid.eq(x_valid),
+                p1_r.eq(x_r),
+                p1_params.eq(x_params),
                 norm_valid.eq(p1_valid),
                 norm_params.eq(p1_params),
                 prod_valid.eq(norm_valid),
                 prod_params.eq(norm_params),
-                self.o.valid.eq(prod_valid),
+                sum_valid.eq(prod_valid),
+                self.o.valid.eq(sum_valid),
             ]
             for lane in range(lanes):
                 params = prod_params[lane]
                 scaled = prod[lane] >> (params.shift - intops.LN_OFFSET_FRAC)[:6]
-                summed = scaled + params.offset + (1 << (intops.LN_OFFSET_FRAC - 1))
-                rounded = summed >> intops.LN_OFFSET_FRAC
+                rounded = summed_regs[lane] >> intops.LN_OFFSET_FRAC
                 clamped = Mux(rounded > intops.INT8_MAX, intops.INT8_MAX,
                               Mux(rounded < intops.INT8_MIN, intops.INT8_MIN, rounded))
                 m.d.sync += [
-                    p1[lane].eq(row_rd.data[lane] * read_cf - read_sf + half),
+                    p1[lane].eq(x_data[lane] * x_cf - x_sf + x_half),
                     norm[lane].eq(p1[lane] >> p1_r),
                     prod[lane].eq(norm[lane] * norm_params[lane].mult),
+                    summed_regs[lane].eq(scaled + params.offset
+                                         + (1 << (intops.LN_OFFSET_FRAC - 1))),
                     self.o.payload[8 * lane:8 * lane + 8].eq(clamped),
                 ]
         return m

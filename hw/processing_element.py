@@ -6,9 +6,10 @@ the current tile streams.  Each cycle it takes one streaming operand from its le
 neighbour and one partial sum from the PE above, and registers
 
 * ``act_out = act_in`` (to the PE on its right),
-* ``psum_out = psum_in + term`` (to the PE below),
+* ``product = value * w``, and one cycle later ``psum_out = psum_in + product`` (to the PE
+  below),
 
-where ``term = value * w`` is a 9 x 8-bit signed product (``value`` is the int8 operand
+where ``value * w`` is a 9 x 8-bit signed product (``value`` is the int8 operand
 sign-extended or the uint8 operand zero-extended, as the array chooses per tile).  The
 Log-Int-Softmax attention's shifts run on their own unit (:mod:`hw.lis_attention`), so the
 PE is one multiplier and one adder.
@@ -79,7 +80,8 @@ class ProcessingElement(wiring.Component):
     psum_in : ``In(signed(psum_width))``
         Partial sum from the PE above (0 for the top row).
     psum_out : ``Out(signed(psum_width))``
-        ``psum_in + term`` registered, to the PE below.
+        ``psum_in + product`` registered, to the PE below, ``product`` being the registered
+        product of the previous cycle's operand.
     weight_write : ``In(1)``
         Write ``weight`` into the shadow register at the end of this cycle.  A write in the
         cycle of a ``swap`` does not affect that swap (the swap copies the old shadow value).
@@ -88,8 +90,10 @@ class ProcessingElement(wiring.Component):
 
     Notes
     -----
-    LATENCY: 1 cycle (both outputs are registers).  THROUGHPUT: one streaming operand per
-    cycle.  Every register has the ``sync`` domain's enable, so an enclosing
+    LATENCY: 1 cycle for ``act_out``; 2 cycles from an operand to the partial sum that
+    holds its product (the product is registered, so a DSP block's product is not in the
+    same cycle as the adder; every PE of the array shifts by the same cycle, so the
+    partial sums from above line up).  THROUGHPUT: one streaming operand per cycle.  Every register has the ``sync`` domain's enable, so an enclosing
     ``EnableInserter`` stalls the PE as a whole.
     """
 
@@ -129,8 +133,10 @@ class ProcessingElement(wiring.Component):
         else:
             m.d.comb += term.eq(self.act_in.value * current)
 
+        product = Signal(signed(PRODUCT_BITS))
         m.d.sync += [
             self.act_out.eq(self.act_in),
-            self.psum_out.eq(self.psum_in + term),
+            product.eq(term),
+            self.psum_out.eq(self.psum_in + product),
         ]
         return m

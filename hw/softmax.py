@@ -20,7 +20,7 @@ from hw.timing import UnitTiming
 from sw.intops import (INT16_MIN, LIS_CODE_BITS, LIS_EXP_N, LIS_SQRT2_Q16, LIS_ZERO_CODE,
                        UNIFORM_RECIP_BITS)
 
-__all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "length_ok", "SOFTMAX_MAX_ROW"]
+__all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "fill_max_delay", "length_ok", "SOFTMAX_MAX_ROW"]
 
 #: Width of one input score (int16).
 SCORE_BITS = 16
@@ -46,8 +46,29 @@ UNIFORM_SHIFT = UNIFORM_RECIP_BITS - OUT_BITS
 #: Largest ``frac_bits`` the exponential supports (its clip point is ``-(LIS_EXP_N << frac_bits)``).
 MAX_FRAC_BITS = 6
 
+#: Most compare levels of the row-max tree between two registers.
+MAX_TREE_STAGES = 4
+
+
+def _tree_stages(lanes: int) -> list[int]:
+    """Compare levels of each registered stage of the row-max tree over ``lanes`` lanes:
+    one level a stage, or evenly grouped into ``MAX_TREE_STAGES`` stages for wider beats."""
+    levels = (lanes - 1).bit_length()
+    if levels == 0:
+        return []
+    stages = min(levels, MAX_TREE_STAGES)
+    return [levels // stages + (1 if k < levels % stages else 0) for k in range(stages)]
+
+
+def fill_max_delay(lanes: int) -> int:
+    """Cycles from a row's last accepted beat to its row max being usable by the exponential
+    pass, beyond the one the unpipelined max took: the masked-beat register, the tree's
+    stages and the running-max register, less that one cycle."""
+    return len(_tree_stages(lanes)) + 1
+
+
 #: Cycles from the cycle after a row's last exponential read to the cycle its sum is visible.
-EXP_SUM_DELAY = 4
+EXP_SUM_DELAY = 6
 #: Quotient bits per cycle of the row reciprocal's divider.
 RECIP_STEPS_PER_CYCLE = 2
 #: Cycles from a row's sum being visible to the row being ready to drain, per mode: one
@@ -56,7 +77,7 @@ RECIP_STEPS_PER_CYCLE = 2
 LIS_PREPARE_CYCLES = 1
 UNIFORM_PREPARE_CYCLES = integer_divider_timing(INV_BITS, RECIP_STEPS_PER_CYCLE).latency + 1
 #: Cycles from a drain read to its output beat being valid.
-DRAIN_DELAY = 3
+DRAIN_DELAY = 6
 
 
 class SoftmaxMode(enum.IntEnum, shape=1):
@@ -176,21 +197,27 @@ class LisSoftmax(wiring.Component):
     Latency and throughput
     ----------------------
     For rows of ``B = ceil(N / L)`` beats, input beats back to back and the output never
-    stalled, a row's passes take: fill ``B`` cycles; exponential ``B`` reads, its sum
-    visible ``EXP_SUM_DELAY = 4`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
+    stalled, a row's passes take: fill ``B`` cycles, its row max usable ``D`` cycles later
+    than the cycle after the last beat (``D = fill_max_delay(L)``: the masked beat's
+    register, one register per stage of the max tree (one compare level a stage, at most
+    ``MAX_TREE_STAGES = 4`` stages) and the running max's: ``D = 3`` for ``L = 4``, ``5``
+    for ``L = 16``); exponential ``B`` reads, its sum
+    visible ``EXP_SUM_DELAY = 6`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
     or ``R = 27`` (``UNIFORM``: 25 divider cycles, the operand and the result cycles);
-    drain ``B`` reads, each output beat ``DRAIN_DELAY = 3`` cycles after its read.  With
-    ``G = 4 + R`` (5 or 31):
+    drain ``B`` reads, each output beat ``DRAIN_DELAY = 6`` cycles after its read.  With
+    ``G = 6 + R`` (7 or 33):
 
     * LATENCY (first input beat to last output beat, both cycles counted):
-      ``3 B + G + 3``, i.e. ``3 B + 8`` (``LIS``) and ``3 B + 34`` (``UNIFORM``);
-    * interval between rows: ``max(B + ceil(G / 2), R)``, i.e. ``B + 3`` (``LIS``) and
-      ``max(B + 16, 27)`` (``UNIFORM``).  THROUGHPUT ``L * B / interval`` elements per
-      cycle (``L N / (B + 3)`` in ``LIS`` mode).
+      ``3 B + G + 6 + D``, i.e. ``3 B + 13 + D`` (``LIS``) and ``3 B + 39 + D`` (``UNIFORM``);
+    * interval between rows: ``max(B + ceil(G / 2), R)``, i.e. ``B + 4`` (``LIS``) and
+      ``max(B + 17, 27)`` (``UNIFORM``).  THROUGHPUT ``L * B / interval`` elements per
+      cycle (``L N / (B + 4)`` in ``LIS`` mode).
 
     The interval is set by the two-bank exponential buffer: a row holds its bank from the
     first read of its exponential pass to the last read of its drain, ``2 B + G`` cycles,
-    so two rows cannot take less than ``2 B + G``.  Left free, the schedule would alternate
+    so two rows cannot take less than ``2 B + G``.  (The row max's delay ``D`` does not
+    change the interval: a later row's fill ends ``2 (interval - B) >= 8`` cycles before its
+    exponential pass is due, and ``D <= 5``.)  Left free, the schedule would alternate
     intervals of ``B`` and ``B + G``; instead the exponential pass starts a row at most
     every ``max(B + ceil(G / 2), R)`` cycles, which spreads the cost evenly: row ``k``'s
     last output beat comes exactly ``latency + k * interval - 1`` cycles after row 0's
@@ -277,6 +304,8 @@ class LisSoftmax(wiring.Component):
         })
         score_rows = [Signal(score_row_layout, name=f"score_row_{b}") for b in range(2)]
         score_full = [Signal(name=f"score_full_{b}") for b in range(2)]
+        # The bank's row max is written (FILL_MAX_DELAY cycles after score_full).
+        score_maxed = [Signal(name=f"score_maxed_{b}") for b in range(2)]
         exp_rows = [Signal(exp_row_layout, name=f"exp_row_{b}") for b in range(2)]
         exp_state = [Signal(_BankState, name=f"exp_state_{b}") for b in range(2)]
 
@@ -295,26 +324,44 @@ class LisSoftmax(wiring.Component):
         fill_mask = wire(lanes, lane_mask(fill_length, fill_last), "fill_mask")
         accept = self.i.valid & self.i.ready
 
-        candidates = [Mux(fill_mask[lane],
-                          self.i.payload.word_select(lane, SCORE_BITS).as_signed(), INT16_MIN)
-                      for lane in range(lanes)]
-        level = 0
-        while len(candidates) > 1:
-            candidates = [wire(signed(SCORE_BITS), Mux(a > b, a, b), f"max_l{level}_{n}")
-                          for n, (a, b) in enumerate(zip(candidates[::2], candidates[1::2]))]
-            level += 1
-        beat_max = Signal(signed(SCORE_BITS))
+        # The row max is pipelined (FILL_MAX_DELAY cycles after a row's last accepted beat):
+        # the masked beat is registered, the lanes are reduced by a tree with a register
+        # after each of its stages, and the running row max is one compare a cycle.
+        masked = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "bank": 1,
+            "x": data.ArrayLayout(signed(SCORE_BITS), lanes),
+        }))
+        m.d.sync += [masked.valid.eq(accept), masked.first.eq(fill_first),
+                     masked.last.eq(fill_last), masked.bank.eq(fill_bank)]
+        for lane in range(lanes):
+            m.d.sync += masked.x[lane].eq(
+                Mux(fill_mask[lane], self.i.payload.word_select(lane, SCORE_BITS).as_signed(),
+                    INT16_MIN))
+        flags = {"valid": masked.valid, "first": masked.first, "last": masked.last,
+                 "bank": masked.bank}
+        candidates = [masked.x[lane] for lane in range(lanes)]
+        for stage, levels in enumerate(_tree_stages(lanes)):
+            for level in range(levels):
+                candidates = [wire(signed(SCORE_BITS), Mux(a > b, a, b), f"max_s{stage}_{level}_{n}")
+                              for n, (a, b) in enumerate(zip(candidates[::2], candidates[1::2]))]
+            regs = [Signal(signed(SCORE_BITS), name=f"max_r{stage}_{n}")
+                    for n in range(len(candidates))]
+            m.d.sync += [r.eq(c) for r, c in zip(regs, candidates)]
+            new_flags = {k: Signal(name=f"max_r{stage}_{k}") for k in flags}
+            m.d.sync += [new_flags[k].eq(v) for k, v in flags.items()]
+            candidates, flags = regs, new_flags
+        beat_max = candidates[0]
         row_max = Signal(signed(SCORE_BITS))
         m.d.comb += [
-            beat_max.eq(candidates[0]),
-            row_max.eq(Mux(fill_first | (beat_max > fill_max), beat_max, fill_max)),
+            row_max.eq(Mux(flags["first"] | (beat_max > fill_max), beat_max, fill_max)),
             self.i.ready.eq(~Mux(fill_bank, score_full[1], score_full[0])),
             x_write.addr.eq(Cat(fill_beat, fill_bank)),
             x_write.data.eq(self.i.payload),
             x_write.en.eq(accept),
         ]
-        with m.If(accept):
+        with m.If(flags["valid"]):
             m.d.sync += fill_max.eq(row_max)
+        with m.If(accept):
             with m.If(fill_last):
                 m.d.sync += [fill_beat.eq(0), fill_bank.eq(~fill_bank)]
             with m.Else():
@@ -330,7 +377,9 @@ class LisSoftmax(wiring.Component):
                         score_rows[bank].mode.eq(self.mode),
                     ]
                 with m.If(fill_last):
-                    m.d.sync += [score_rows[bank].max.eq(row_max), score_full[bank].eq(1)]
+                    m.d.sync += score_full[bank].eq(1)
+            with m.If(flags["valid"] & flags["last"] & (flags["bank"] == bank)):
+                m.d.sync += [score_rows[bank].max.eq(row_max), score_maxed[bank].eq(1)]
 
         # ------------------------------------------------------------ pass 2: exp + row sum
         exp_bank = Signal()
@@ -338,7 +387,7 @@ class LisSoftmax(wiring.Component):
         max_interval = max(_row_interval(self.max_beats, mode) for mode in SoftmaxMode)
         exp_gap = Signal(range(max_interval))
         exp_row = _pick(m, exp_bank, score_rows, "exp_row")
-        exp_start = wire(1, (exp_beat == 0) & Mux(exp_bank, score_full[1], score_full[0])
+        exp_start = wire(1, (exp_beat == 0) & Mux(exp_bank, score_maxed[1], score_maxed[0])
                      & (state_of(exp_bank) == _BankState.FREE) & (exp_gap == 0), "exp_start")
         exp_issue = wire(1, exp_start | (exp_beat != 0), "exp_issue")
         exp_last = wire(1, exp_beat == beats_of(exp_row.length), "exp_last")
@@ -362,7 +411,7 @@ class LisSoftmax(wiring.Component):
                 m.d.sync += exp_beat.eq(exp_beat + 1)
         for bank in range(2):
             with m.If(exp_issue & exp_last & (exp_bank == bank)):
-                m.d.sync += score_full[bank].eq(0)
+                m.d.sync += [score_full[bank].eq(0), score_maxed[bank].eq(0)]
             with m.If(exp_start & (exp_bank == bank)):
                 m.d.sync += [
                     exp_state[bank].eq(_BankState.FILLING),
@@ -384,6 +433,23 @@ class LisSoftmax(wiring.Component):
             read_stage.b_int.eq(exp_row.b_int), read_stage.c_int.eq(exp_row.c_int),
         ]
 
+        # Stage "load": the score word registered (the block RAM's output is slow), the row's
+        # parameters along with it.
+        load_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+            "max": signed(SCORE_BITS), "frac_bits": self.frac_bits.shape(),
+            "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
+            "x": unsigned(SCORE_BITS * lanes),
+        }))
+        m.d.sync += [
+            load_stage.valid.eq(read_stage.valid), load_stage.last.eq(read_stage.last),
+            load_stage.bank.eq(read_stage.bank), load_stage.beat.eq(read_stage.beat),
+            load_stage.mask.eq(read_stage.mask), load_stage.max.eq(read_stage.max),
+            load_stage.frac_bits.eq(read_stage.frac_bits),
+            load_stage.b_int.eq(read_stage.b_int), load_stage.c_int.eq(read_stage.c_int),
+            load_stage.x.eq(x_read.data),
+        ]
+
         # Stage "split": x - max = -(q * 2**frac_bits + r_mag), clipped at -(15 << frac_bits).
         mag_shape = unsigned((LIS_EXP_N << MAX_FRAC_BITS).bit_length())
         split_stage = Signal(data.StructLayout({
@@ -393,24 +459,24 @@ class LisSoftmax(wiring.Component):
             "r_mag": data.ArrayLayout(unsigned(MAX_FRAC_BITS), lanes),
         }))
         clip = Signal(mag_shape)
-        m.d.comb += clip.eq(Const(LIS_EXP_N, 4) << read_stage.frac_bits)
+        m.d.comb += clip.eq(Const(LIS_EXP_N, 4) << load_stage.frac_bits)
         m.d.sync += [
-            split_stage.valid.eq(read_stage.valid), split_stage.last.eq(read_stage.last),
-            split_stage.bank.eq(read_stage.bank), split_stage.beat.eq(read_stage.beat),
-            split_stage.mask.eq(read_stage.mask),
-            split_stage.b_int.eq(read_stage.b_int), split_stage.c_int.eq(read_stage.c_int),
+            split_stage.valid.eq(load_stage.valid), split_stage.last.eq(load_stage.last),
+            split_stage.bank.eq(load_stage.bank), split_stage.beat.eq(load_stage.beat),
+            split_stage.mask.eq(load_stage.mask),
+            split_stage.b_int.eq(load_stage.b_int), split_stage.c_int.eq(load_stage.c_int),
         ]
         for lane in range(lanes):
-            x = x_read.data.word_select(lane, SCORE_BITS).as_signed()
+            x = load_stage.x.word_select(lane, SCORE_BITS).as_signed()
             below_max = Signal(unsigned(SCORE_BITS + 1), name=f"below_max_{lane}")
             mag = Signal(mag_shape, name=f"exp_mag_{lane}")
             m.d.comb += [
-                below_max.eq(read_stage.max - x),
+                below_max.eq(load_stage.max - x),
                 mag.eq(Mux(below_max > clip, clip, below_max)),
             ]
             m.d.sync += [
-                split_stage.q[lane].eq(mag >> read_stage.frac_bits),
-                split_stage.r_mag[lane].eq(mag & ((Const(1, 1) << read_stage.frac_bits) - 1)),
+                split_stage.q[lane].eq(mag >> load_stage.frac_bits),
+                split_stage.r_mag[lane].eq(mag & ((Const(1, 1) << load_stage.frac_bits) - 1)),
             ]
 
         # Stage "poly": (r + b_int) * r + c_int = c_int - r_mag * (b_int - r_mag).
@@ -443,19 +509,27 @@ class LisSoftmax(wiring.Component):
             m.d.sync += exp_stage.e[lane].eq(
                 Mux(poly_stage.mask[lane], poly_stage.poly[lane] << shift, 0))
 
-        # Write e to the exponential buffer and accumulate the row sum.
+        # Write e to the exponential buffer; the beat's sum is registered ("sum" stage), then
+        # accumulated into the row sum.
+        sum_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat_sum": unsigned(EXP_BITS + lane_bits)}))
+        m.d.sync += [
+            sum_stage.valid.eq(exp_stage.valid), sum_stage.last.eq(exp_stage.last),
+            sum_stage.bank.eq(exp_stage.bank),
+            sum_stage.beat_sum.eq(sum(exp_stage.e[lane] for lane in range(lanes))),
+        ]
         sum_acc = Signal(SUM_BITS)
         row_sum = Signal(SUM_BITS)
         m.d.comb += [
             e_write.addr.eq(Cat(exp_stage.beat, exp_stage.bank)),
             e_write.data.eq(exp_stage.e.as_value()),
             e_write.en.eq(exp_stage.valid),
-            row_sum.eq(sum_acc + sum(exp_stage.e[lane] for lane in range(lanes))),
+            row_sum.eq(sum_acc + sum_stage.beat_sum),
         ]
-        with m.If(exp_stage.valid):
-            m.d.sync += sum_acc.eq(Mux(exp_stage.last, 0, row_sum))
+        with m.If(sum_stage.valid):
+            m.d.sync += sum_acc.eq(Mux(sum_stage.last, 0, row_sum))
         for bank in range(2):
-            with m.If(exp_stage.valid & exp_stage.last & (exp_stage.bank == bank)):
+            with m.If(sum_stage.valid & sum_stage.last & (sum_stage.bank == bank)):
                 m.d.sync += [exp_rows[bank].sum.eq(row_sum),
                              exp_state[bank].eq(_BankState.SUMMED)]
 
@@ -509,13 +583,34 @@ class LisSoftmax(wiring.Component):
             with m.If(drain_issue & drain_last & (drain_bank == bank)):
                 m.d.sync += exp_state[bank].eq(_BankState.FREE)
 
+        # The drain pipeline, every stage held while the output is refused: "fetch" (the
+        # exponential word arrives), "scale" (e registered), "mult" (es = e * sqrt2 >> 16
+        # and e * inv), "bits" (bit_length(es), the rounded probability), "shift"
+        # (diff = sum_bits - bit_length(es), es << diff), then the output register.
         row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
                          "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS)}
         fetch_stage = Signal(data.StructLayout({"valid": 1, **row_constants}))
         scale_stage = Signal(data.StructLayout({
-            "valid": 1, **row_constants,
+            "valid": 1, **row_constants, "e": data.ArrayLayout(unsigned(EXP_BITS), lanes)}))
+        mult_stage = Signal(data.StructLayout({
+            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "sum_bits": range(SUM_BITS + 1),
             "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
             "product": data.ArrayLayout(unsigned(UNIFORM_PRODUCT_BITS), lanes),
+        }))
+        bits_stage = Signal(data.StructLayout({
+            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "sum_bits": range(SUM_BITS + 1),
+            "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
+            "es_bits": data.ArrayLayout(range(ES_BITS + 1), lanes),
+            "prob": data.ArrayLayout(unsigned(OUT_BITS), lanes),
+        }))
+        shift_stage = Signal(data.StructLayout({
+            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "zero": lanes, "negative": lanes,
+            "diff": data.ArrayLayout(unsigned(LIS_CODE_BITS), lanes),
+            "shifted": data.ArrayLayout(unsigned(ES_BITS + (1 << LIS_CODE_BITS) - 1), lanes),
+            "prob": data.ArrayLayout(unsigned(OUT_BITS), lanes),
         }))
         with m.If(advance):
             m.d.sync += [
@@ -523,35 +618,50 @@ class LisSoftmax(wiring.Component):
                 fetch_stage.sum.eq(drain_row.sum), fetch_stage.sum_bits.eq(drain_row.sum_bits),
                 fetch_stage.inv.eq(drain_row.inv),
                 scale_stage.valid.eq(fetch_stage.valid), scale_stage.mode.eq(fetch_stage.mode),
-                scale_stage.sum.eq(fetch_stage.sum),
+                scale_stage.sum.eq(fetch_stage.sum), scale_stage.inv.eq(fetch_stage.inv),
                 scale_stage.sum_bits.eq(fetch_stage.sum_bits),
-                self.o.valid.eq(scale_stage.valid),
+                mult_stage.valid.eq(scale_stage.valid), mult_stage.mode.eq(scale_stage.mode),
+                mult_stage.sum.eq(scale_stage.sum), mult_stage.sum_bits.eq(scale_stage.sum_bits),
+                bits_stage.valid.eq(mult_stage.valid), bits_stage.mode.eq(mult_stage.mode),
+                bits_stage.sum.eq(mult_stage.sum), bits_stage.sum_bits.eq(mult_stage.sum_bits),
+                bits_stage.es.eq(mult_stage.es),
+                shift_stage.valid.eq(bits_stage.valid), shift_stage.mode.eq(bits_stage.mode),
+                shift_stage.sum.eq(bits_stage.sum), shift_stage.prob.eq(bits_stage.prob),
+                self.o.valid.eq(shift_stage.valid),
             ]
             for lane in range(lanes):
-                e = e_read.data.word_select(lane, EXP_BITS)
+                e = scale_stage.e[lane]
                 m.d.sync += [
-                    scale_stage.es[lane].eq((e * LIS_SQRT2_Q16) >> 16),
-                    scale_stage.product[lane].eq(e * fetch_stage.inv),
+                    scale_stage.e[lane].eq(e_read.data.word_select(lane, EXP_BITS)),
+                    mult_stage.es[lane].eq((e * LIS_SQRT2_Q16) >> 16),
+                    mult_stage.product[lane].eq(e * scale_stage.inv),
                 ]
 
         for lane in range(lanes):
-            es = scale_stage.es[lane]
+            es = mult_stage.es[lane]
             es_bits = _bit_length(m, es, ES_BITS, f"es_{lane}")
-            diff = Signal(signed(8), name=f"code_diff_{lane}")
-            code = Signal(LIS_CODE_BITS, name=f"code_{lane}")
             rounded = Signal(UNIFORM_PRODUCT_BITS - UNIFORM_SHIFT, name=f"prob_{lane}")
-            m.d.comb += [
-                diff.eq(scale_stage.sum_bits - es_bits),
-                code.eq(Mux((es == 0) | (diff >= LIS_ZERO_CODE), LIS_ZERO_CODE,
-                            Mux(diff < 0, 0, diff[:LIS_CODE_BITS]
-                                + ((es << diff[:LIS_CODE_BITS]) <= scale_stage.sum)))),
-                rounded.eq((scale_stage.product[lane] + (1 << (UNIFORM_SHIFT - 1)))
-                           >> UNIFORM_SHIFT),
-            ]
+            m.d.comb += rounded.eq((mult_stage.product[lane] + (1 << (UNIFORM_SHIFT - 1)))
+                                   >> UNIFORM_SHIFT)
+            diff = Signal(signed(8), name=f"code_diff_{lane}")
+            m.d.comb += diff.eq(bits_stage.sum_bits - bits_stage.es_bits[lane])
+            code = Signal(LIS_CODE_BITS, name=f"code_{lane}")
+            m.d.comb += code.eq(Mux(shift_stage.zero[lane], LIS_ZERO_CODE,
+                                    Mux(shift_stage.negative[lane], 0,
+                                        shift_stage.diff[lane]
+                                        + (shift_stage.shifted[lane] <= shift_stage.sum))))
             with m.If(advance):
-                m.d.sync += self.o.payload.word_select(lane, OUT_BITS).eq(
-                    Mux(scale_stage.mode == SoftmaxMode.LIS, code,
-                        Mux(rounded > 255, 255, rounded)))
+                m.d.sync += [
+                    bits_stage.es_bits[lane].eq(es_bits),
+                    bits_stage.prob[lane].eq(Mux(rounded > 255, 255, rounded)),
+                    shift_stage.zero[lane].eq((bits_stage.es[lane] == 0)
+                                              | (diff >= LIS_ZERO_CODE)),
+                    shift_stage.negative[lane].eq(diff < 0),
+                    shift_stage.diff[lane].eq(diff[:LIS_CODE_BITS]),
+                    shift_stage.shifted[lane].eq(bits_stage.es[lane] << diff[:LIS_CODE_BITS]),
+                    self.o.payload.word_select(lane, OUT_BITS).eq(
+                        Mux(shift_stage.mode == SoftmaxMode.LIS, code, shift_stage.prob[lane])),
+                ]
         return m
 
 
@@ -566,9 +676,10 @@ def softmax_timing(config: AcceleratorConfig, length: int,
     """Timing of one softmax row of ``length`` elements on :class:`LisSoftmax`.
 
     With ``B = ceil(length / L)`` beats, ``R = 1`` (``LIS``) or ``R = 27`` (``UNIFORM``)
-    prepare cycles and ``G = 4 + R``: LATENCY ``3 B + G + 3`` cycles (first input beat to
-    last output beat, both counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 8`` and
-    ``B + 3`` (``LIS``), ``3 B + 34`` and ``max(B + 16, 27)`` (``UNIFORM``).  ``mode`` is a
+    prepare cycles, ``G = 6 + R`` and the row max's delay ``D = fill_max_delay(L)``:
+    LATENCY ``3 B + G + 6 + D`` cycles (first input beat to last output beat, both
+    counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 13 + D`` and ``B + 4`` (``LIS``),
+    ``3 B + 39 + D`` and ``max(B + 17, 27)`` (``UNIFORM``).  ``mode`` is a
     :class:`SoftmaxMode` or ``"lis"`` / ``"uniform"``.
     """
     config = _check_config(config)
@@ -584,5 +695,5 @@ def softmax_timing(config: AcceleratorConfig, length: int,
         raise ValueError(f"length must be an integer in 1..{config.max_seq_len}, got {length!r}")
     beats = math.ceil(length / config.vector_lanes)
     prepare = _prepare_cycles(mode)
-    latency = 3 * beats + EXP_SUM_DELAY + prepare + DRAIN_DELAY
+    latency = 3 * beats + EXP_SUM_DELAY + prepare + DRAIN_DELAY + fill_max_delay(config.vector_lanes)
     return UnitTiming(latency=latency, interval=_row_interval(beats, mode))

@@ -77,13 +77,14 @@ def matmul_timing(config: AcceleratorConfig, m: int) -> UnitTiming:
 
     With ``R = config.array_rows`` and ``C = config.array_cols``::
 
-        latency  = R + m + R + C = m + 2 R + C
+        latency  = R + m + R + C + 1 = m + 2 R + C + 1
         interval = max(m, R)
 
     ``latency`` counts, both ends included, the cycles from the tile's first weight beat
     accepted to its last result beat valid, results never stalled and inputs never starved:
-    ``R`` weight beats, then ``m`` streaming rows, each leaving ``R + C`` cycles after it is
-    accepted (the streaming part alone, first row in to last result out, is ``m + R + C``).
+    ``R`` weight beats, then ``m`` streaming rows, each leaving ``R + C + 1`` cycles after it
+    is accepted (the processing elements' registered products add the 1; the streaming part
+    alone, first row in to last result out, is ``m + R + C + 1``).
     ``interval``: a tile's weight beats start in the cycle the previous tile's first row is
     accepted, so tile starts are ``max(m, R)`` apart and ``J`` tiles back to back take
     ``latency + (J - 1) * interval`` cycles.
@@ -92,7 +93,7 @@ def matmul_timing(config: AcceleratorConfig, m: int) -> UnitTiming:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m (streaming rows of a tile) must be a positive integer, got {m!r}")
     rows, cols = config.array_rows, config.array_cols
-    return UnitTiming(latency=m + 2 * rows + cols, interval=max(m, rows))
+    return UnitTiming(latency=m + 2 * rows + cols + 1, interval=max(m, rows))
 
 
 class SystolicArray(wiring.Component):
@@ -123,8 +124,8 @@ class SystolicArray(wiring.Component):
     Notes
     -----
     LATENCY: a streaming row accepted in cycle ``t`` gives its result beat in cycle
-    ``t + R + C`` (results not stalled); a tile's first weight beat to its last result beat
-    is ``m + 2 R + C`` cycles, both ends counted.  THROUGHPUT: one streaming row per cycle;
+    ``t + R + C + 1`` (results not stalled); a tile's first weight beat to its last result
+    beat is ``m + 2 R + C + 1`` cycles, both ends counted.  THROUGHPUT: one streaming row per cycle;
     tiles start every ``max(m, R)`` cycles (the next tile's ``R`` weight beats hide behind
     the current tile's rows).  Both are :func:`matmul_timing`.  Any ``R, C >= 2`` build.
     """
@@ -254,7 +255,8 @@ class SystolicArray(wiring.Component):
                 psums[c] = pe.psum_out
 
         # ------------------------------------------------------------------ output de-skew
-        # Column c's sum leaves the last PE row in t + R + 1 + c; delay it C - 1 - c cycles.
+        # Column c's sum leaves the last PE row in t + R + 2 + c (the PEs' registered products
+        # add one cycle); delay it C - 1 - c cycles.
         for c in range(cols):
             column = psums[c]
             for stage in range(cols - 1 - c):
@@ -263,9 +265,9 @@ class SystolicArray(wiring.Component):
                 column = delayed
             m.d.comb += self.results.payload.data[RESULT_BITS * c:RESULT_BITS * (c + 1)].eq(column)
 
-        # valid and last of each accepted row, delayed R + C cycles.
+        # valid and last of each accepted row, delayed R + C + 1 cycles.
         valid, last = accept_act, self.activations.payload.last
-        for stage in range(rows + cols):
+        for stage in range(rows + cols + 1):
             d_valid = Signal(name=f"valid_delay_{stage}")
             d_last = Signal(name=f"last_delay_{stage}")
             m.d.sync += [d_valid.eq(valid), d_last.eq(last)]

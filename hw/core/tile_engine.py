@@ -49,7 +49,7 @@ Timing
 ------
 Events of tile ``j`` (0-based over the instruction) of an instruction started in cycle
 ``s``, with ``S = s + 1 + j I`` its slot's first cycle and ``Lu`` the unit's row latency
-(``R + C = 2 N`` for the array, :func:`hw.lis_attention.row_latency` for the LIS unit):
+(``R + C + 1 = 2 N + 1`` for the array, :func:`hw.lis_attention.row_latency` for the LIS unit):
 
 =====================================  ========================  ==================
 event                                  matrix                    attn
@@ -88,7 +88,7 @@ KINDS = {
     "attn": (Opcode.ATTNV, ("codes",), "value", "attn_acc"),
 }
 #: Entries of each tile-descriptor FIFO.  Tiles start ``I >= N`` cycles apart; a descriptor
-#: waits ``2 N`` cycles for its row reader (matrix), then at most ``m + 2 N`` for its last
+#: waits ``2 N`` cycles for its row reader (matrix), then at most ``m + 2 N + 1`` for its last
 #: result, so neither FIFO ever holds more than 3 tiles when a 4th arrives.
 TILE_FIFO_DEPTH = 4
 #: Cycles from the start to the first slot (the instruction register) and from a result to
@@ -114,7 +114,7 @@ def tile_timing(config: AcceleratorConfig, args: Mapping, kind: str | None = Non
     and ``I = max(m, N)``::
 
         busy = J I
-        done = (J - 1) I + L + N + 2      matrix, L = matmul_timing(config, m).latency = m + 3 N
+        done = (J - 1) I + L + N + 2      matrix, L = matmul_timing(config, m).latency = m + 3 N + 1
         done = (J - 1) I + L + 2          attn,   L = lis_attention_timing(config, m).latency
 
     ``busy``: cycles from the start (the ``instr`` handshake) until the engine takes the next

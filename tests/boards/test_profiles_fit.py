@@ -181,3 +181,45 @@ def test_candidates_respect_pins_and_validation():
     assert got and all(c.lanes == 4 for c in got)
     with pytest.raises(ConfigError):
         load_config(None, lut_mult_cols=17)
+
+
+def test_spad_shares_field():
+    base = load_config(None, array_rows=8, scratchpad_kib=128)
+    cfg = base.replace(spad_shares="value=4,act=7")
+    assert cfg.regions["value"].size == 128 * 1024 * 4 // 32
+    assert cfg.regions["act"].size == 128 * 1024 * 7 // 32
+    assert cfg.regions["weight"].size == base.regions["weight"].size
+    assert AcceleratorConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ("value=40", "nothing=3", "value", "value=x"):
+        with pytest.raises(ConfigError, match="spad_shares"):
+            base.replace(spad_shares=bad)
+    from hw.config import parse_overrides
+    assert parse_overrides(["spad_shares=value=4"]) == {"spad_shares": "value=4"}
+
+
+def test_size_regions_for_the_model():
+    """N = 8 with 128 KiB: DeiT-Tiny's v of one head (197 x 64 bytes) does not fit the default
+    value region (4/32 = 8 KiB); the sized shares hold it and the model compiles."""
+    from boards.fit import size_regions
+    from compiler.lower import CompileError, compile_graph
+    from boards.fit import model_graph
+    cfg = load_config(None, array_rows=8, scratchpad_kib=128, accumulator_kib=8, param_kib=4)
+    with pytest.raises(CompileError) as err:
+        compile_graph(model_graph("deit_tiny"), cfg)
+    assert err.value.short == {"value": 12800}
+    sized = size_regions(cfg, "deit_tiny")
+    assert sized is not None and sized.regions["value"].size >= 12800
+    assert sum(r.size for r in sized.regions.values() if r.space == "spad") <= 128 * 1024
+    compile_graph(model_graph("deit_tiny"), sized)
+    assert size_regions(load_config(None, array_rows=8, scratchpad_kib=8), "deit_tiny") is None
+
+
+def test_fitter_leaves_a_block_ram_margin_on_open_flow_boards():
+    from boards.fit import BRAM_MARGIN, fit_budget
+    ulx = get_profile("ulx3s-85f")
+    assert fit_budget(ulx)["bram"] == int(208 * (1 - BRAM_MARGIN)) < ulx.budget["bram"]
+    assert fit_budget(ulx)["dsp"] == ulx.budget["dsp"]
+    zcu = get_profile("zcu104")
+    assert fit_budget(zcu) == zcu.budget
+    r = fit(synthetic(brams=200), cycles_of=fake_cycles)
+    assert estimate(r.config).bram <= int(200 * (1 - BRAM_MARGIN))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from amaranth_streams import expect_no_beats, run_simulation, wait_accepted
 from hw.config import AcceleratorConfig
-from hw.softmax import LisSoftmax, SoftmaxMode, softmax_timing
+from hw.softmax import LisSoftmax, SoftmaxMode, fill_max_delay, softmax_timing
 from lane_packing import pack, unpack
 from sim.cocotb_runner import run_cocotb
 from sw.intops import (INT16_MAX, INT16_MIN, LIS_SQRT2_Q16, LIS_ZERO_CODE, bit_length,
@@ -247,11 +247,12 @@ def test_timing_formulas():
     config = AcceleratorConfig(max_seq_len=256)
     assert softmax_timing(config, 197) == softmax_timing(config, 197, "lis")
     beats = 13
-    assert softmax_timing(config, 197, "lis").latency == 3 * beats + 8
-    assert softmax_timing(config, 197, "lis").interval == beats + 3
-    assert softmax_timing(config, 197, "uniform").latency == 3 * beats + 34
-    assert softmax_timing(config, 197, "uniform").interval == max(beats + 16, 27)
-    assert softmax_timing(config, 256, "uniform").interval == 32
+    assert fill_max_delay(16) == 5 and fill_max_delay(4) == 3 and fill_max_delay(64) == 5
+    assert softmax_timing(config, 197, "lis").latency == 3 * beats + 13 + 5
+    assert softmax_timing(config, 197, "lis").interval == beats + 4
+    assert softmax_timing(config, 197, "uniform").latency == 3 * beats + 39 + 5
+    assert softmax_timing(config, 197, "uniform").interval == max(beats + 17, 27)
+    assert softmax_timing(config, 256, "uniform").interval == 33
 
 
 # ---------------------------------------------------------------------------- parameters

@@ -301,13 +301,13 @@ def test_timing_matches_matmul_timing(rows, cols):
         starts = edges["first_row"]
         assert [b - a for a, b in zip(starts, starts[1:])] == [timing.interval] * (jobs - 1)
         streaming = edges["last_result"][0] - edges["first_row"][0] + 1
-        assert streaming == m + rows + cols
+        assert streaming == m + rows + cols + 1
 
 
 def test_timing_formulas():
     config = config_of(16, 16)
-    assert matmul_timing(config, 40) == UnitTiming(latency=40 + 32 + 16, interval=40)
-    assert matmul_timing(config, 5).latency == 5 + 2 * 16 + 16
+    assert matmul_timing(config, 40) == UnitTiming(latency=40 + 32 + 16 + 1, interval=40)
+    assert matmul_timing(config, 5).latency == 5 + 2 * 16 + 16 + 1
     assert matmul_timing(config, 5).interval == 16
     for bad in (0, -1, 2.0, True, None):
         with pytest.raises(ValueError):

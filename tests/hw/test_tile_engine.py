@@ -393,7 +393,7 @@ def test_tile_timing_formulas():
     config = config_of(16)
     args = {"m": 40, "n_tiles": 2, "k_tiles": 3, "transpose": 1, "mode": 0}
     unit = matmul_timing(config, 40)
-    assert unit.latency == 40 + 48
+    assert unit.latency == 40 + 48 + 1
     assert tile_timing(config, args) == tile_timing(config, args, "matrix")
     assert tile_timing(config, args).busy == 6 * 40
     assert tile_timing(config, args).done == 5 * 40 + unit.latency + 16 + 2
@@ -401,9 +401,9 @@ def test_tile_timing_formulas():
     assert tile_timing(config, attn).busy == 16
     assert tile_timing(config, attn).done == lis_attention_timing(config, 5).latency + 2 == 28
     # One tile of m rows on the matrix engine: start, decode, read, N through the transpose
-    # stage, N beats, m rows, 2N through the array, one write.
+    # stage, N beats, m rows, 2N + 1 through the array, one write.
     assert tile_timing(config_of(4), {"m": 3, "n_tiles": 1, "k_tiles": 1, "transpose": 0}).done \
-        == 1 + 1 + 4 + 4 + 3 - 1 + 8 + 1
+        == 1 + 1 + 4 + 4 + 3 - 1 + 8 + 1 + 1
     for bad in ({"m": 0, "n_tiles": 1, "k_tiles": 1}, {"m": 1, "n_tiles": True, "k_tiles": 1},
                 {"m": 1, "n_tiles": 1, "k_tiles": 1.0}):
         with pytest.raises(ValueError):

@@ -585,12 +585,13 @@ def test_timing_formulas():
     # GELU chained: one more cycle; one per-tensor record.
     assert done(Opcode.REQUANT, **{**rq, "gelu": 1, "per_channel": 0, "load_params": 1},
                 rows=2, cols=4) == 1 + 4 + 7 + 1
-    # Softmax rows of B = 3: requantizer 8 chained to 3 B + 8 (LIS) / 3 B + 34 (UNIFORM).
+    # Softmax rows of B = 3: requantizer 8 chained to 3 B + 13 + 3 (LIS) / 3 B + 39 + 3
+    # (UNIFORM), intervals B + 4 and 27.
     sm = dict(rows=3, cols=9, mode=SoftmaxMode.LIS)
-    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (8 + 17 - 3) + 2 * 6
-    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (8 + 43 - 3) + 2 * 27
-    # LayerNorm B = 2: its latency 2 B + 37 plus the end cycle its formula does not count.
-    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (41 + 1) + 18
+    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (8 + 25 - 3) + 2 * 7
+    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (8 + 51 - 3) + 2 * 27
+    # LayerNorm B = 2: its latency 2 B + 39 plus the end cycle its formula does not count.
+    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (43 + 1) + 18
     assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 6 + 2 * 2
     assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 2
     assert done(Opcode.GELU_TABLE) == 257

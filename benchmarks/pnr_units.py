@@ -1,0 +1,86 @@
+"""Place and route single units of the accelerator out of context on an ECP5 part.
+
+Each unit (a component of :mod:`hw.units`, or an engine of the core: ``vector_engine``,
+``tile_engine``, ``dma``, ``sequencer``) is converted to RTLIL, synthesized with the build
+flow's script (:func:`boards.build.synth_script`) and placed and routed by nextpnr-ecp5
+``--out-of-context --freq F --report``, one thread.  Prints the achieved Fmax and the start
+and end of the critical path, and writes ``<out>/<unit>/report.json``.  Minutes a unit,
+where the whole core takes an hour: this is how the core's slow paths are found.
+
+    python benchmarks/pnr_units.py softmax vector_engine --config tiny --out build/units
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from amaranth.back import rtlil  # noqa: E402
+
+from boards.build import nextpnr_command, parse_report, run_tool, synthesize  # noqa: E402
+from boards.profiles import get_profile  # noqa: E402
+from hw.config import load_config  # noqa: E402
+
+
+def build_component(name: str, config):
+    if name == "vector_engine":
+        from hw.core.vector_engine import VectorEngine
+        return VectorEngine(config)
+    if name == "tile_engine":
+        from hw.core.tile_engine import TileEngine
+        return TileEngine(config)
+    if name == "sequencer":
+        from hw.core.sequencer import Sequencer
+        return Sequencer(config)
+    if name in ("load_engine", "store_engine"):
+        from hw.core import dma
+        return getattr(dma, "LoadEngine" if name == "load_engine" else "StoreEngine")(config)
+    from hw.units import build_unit
+    return build_unit(name, config)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("units", nargs="+")
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--board", default="ulx3s-85f")
+    ap.add_argument("--freq", type=float, default=125.0)
+    ap.add_argument("--out", type=Path, default=Path("build/units"))
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        k, v = item.split("=", 1)
+        overrides[k] = int(v) if v.lstrip("-").isdigit() else v
+    config = load_config(args.config, **overrides)
+    board = get_profile(args.board)
+    for name in args.units:
+        work = args.out / name
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "top.il").write_text(rtlil.convert(build_component(name, config), name="top"))
+        cells, t_syn = synthesize(work / "top.il", work, top="top")
+        cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", "top.json", "--out-of-context",
+               "--freq", f"{args.freq:g}", "--report", "report.json", "--threads", "1",
+               "--timing-allow-fail"]
+        t_pnr = run_tool(cmd, work, work / "nextpnr.log", "nextpnr-ecp5", None)
+        rep = parse_report(work / "report.json", board.name, board.part)
+        path = rep.critical_path
+        crit = sum(s[2] for s in path)
+        logic = sum(s[2] for s in path if s[3] != "routing")
+        print(f"{name}: {rep.achieved_mhz:.2f} MHz; LUT4 {cells.get('LUT4', 0)}, "
+              f"FF {cells.get('TRELLIS_FF', 0)}, MULT18X18D {cells.get('MULT18X18D', 0)}, "
+              f"DP16KD {cells.get('DP16KD', 0)}; yosys {t_syn:.0f} s, nextpnr {t_pnr:.0f} s")
+        if path:
+            print(f"  critical path {crit:.2f} ns ({logic:.2f} logic), {len(path)} steps: "
+                  f"{path[0][0]} -> {path[-1][1]}")
+        (work / "summary.json").write_text(json.dumps(
+            {"unit": name, "fmax": rep.achieved_mhz, "cells": cells, "critical_path": path,
+             "yosys_s": t_syn, "nextpnr_s": t_pnr}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
