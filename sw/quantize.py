@@ -65,6 +65,15 @@ class UnsupportedModelError(ValueError):
 # Model creation and the supported-architecture check
 # ----------------------------------------------------------------------------------------
 
+def softmax_input_frac_bits(score_absmax: float) -> int:
+    """The softmax input scale ``ln 2 / 2**P``: ``P`` the largest of 6..2 for which the
+    calibrated score magnitude fits 90 % of the int16 range."""
+    frac = 6
+    while frac > 2 and score_absmax * 2 ** frac / math.log(2.0) > 32767 * 0.9:
+        frac -= 1
+    return frac
+
+
 def create_model(name: str, checkpoint: str | None = None, **kwargs):
     """``timm.create_model(name)`` with random weights, or weights from a timm state dict.
 
@@ -669,9 +678,7 @@ def _block(B: _Builder, p: str, blk, x: str, T: int, d: int, attn_bits: int) -> 
 
     # scores at ln2 / 2**P, P as large as the calibrated range allows
     smax = max(abs(v) for v in B.obs[f"{p}.attn.scores"].range())
-    frac = 6
-    while frac > 2 and smax * 2 ** frac / math.log(2.0) > 32767 * 0.9:
-        frac -= 1
+    frac = softmax_input_frac_bits(smax)
     s_scores = math.log(2.0) / 2 ** frac
     m_, s_ = intops.dyadic(sq * sk * float(attn.scale) / s_scores)
     sc = B.tensor(f"{p}.attn.scores", (h, T, T), _Q(s_scores, 0), bits=16)

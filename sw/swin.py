@@ -304,7 +304,7 @@ def assemble_swin(model, B, observers, attn_bits: int, ptf: bool, quantize_patch
 
 
 def _swin_block(B, p: str, blk, x: str, grid, d: int, attn_bits: int) -> str:
-    from .quantize import _Q, _bias, _gelu, _scalar, _t, UnsupportedModelError
+    from .quantize import _Q, _bias, _gelu, _scalar, _t, UnsupportedModelError, softmax_input_frac_bits
     attn = blk.attn
     h = attn.num_heads
     adim = attn.proj.in_features
@@ -325,9 +325,7 @@ def _swin_block(B, p: str, blk, x: str, grid, d: int, attn_bits: int) -> str:
 
     # scores (after bias and mask, masked entries left out) at ln2 / 2**P
     smax = max(abs(v) for v in B.obs[f"{p}.attn.scores"].range())
-    frac = 6
-    while frac > 2 and smax * 2 ** frac / math.log(2.0) > 32767 * 0.9:
-        frac -= 1
+    frac = softmax_input_frac_bits(smax)
     s_scores = math.log(2.0) / 2 ** frac
     m_, s_ = intops.dyadic(sq * sk * float(attn.scale) / s_scores)
     bias_f = _t(attn._get_rel_pos_bias()).reshape(h, n, n)

@@ -34,7 +34,7 @@ from .. import intops
 from ..graph import IntGraph
 from ..observers import Observer
 from ..quantize import (UnsupportedModelError, _Builder, _Q, _assemble, _bias, _is, _layerscale, _scalar,
-                        _t, calibrate, check_supported)
+                        _t, calibrate, check_supported, softmax_input_frac_bits)
 
 __all__ = ["quantize_ptq4vit", "hessian_search", "SearchResult", "EQ_ALPHA", "EQ_BETA", "EQ_N",
            "SEARCH_ROUNDS", "SPLIT_CANDIDATES", "GELU_MIN", "BITS", "MAX_ROWS", "MAX_ATTN_ROWS"]
@@ -509,9 +509,7 @@ def _block(B: _PtqBuilder, p: str, blk, x: str, T: int, d: int, attn_bits: int) 
                    _Q(np.repeat([sq, sk, sv], d), 0), (T, 3 * d))
 
     smax = max(abs(v) for v in B.obs[f"{p}.attn.scores"].range())
-    frac = 6
-    while frac > 2 and smax * 2 ** frac / math.log(2.0) > 32767 * 0.9:
-        frac -= 1
+    frac = softmax_input_frac_bits(smax)
     s_scores = math.log(2.0) / 2 ** frac
     m_, s_ = intops.dyadic(sq * sk * float(attn.scale) / s_scores)
     sc = B.tensor(f"{p}.attn.scores", (h, T, T), _Q(s_scores, 0), bits=16)

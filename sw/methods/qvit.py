@@ -622,7 +622,7 @@ def _lowbit_linear(B, name: str, x: str, lin, out: str, out_q, shape, out_bits: 
 
 def _qvit_block(B, p: str, blk, x: str, T: int, d: int, attn_bits: int) -> str:
     import torch
-    from ..quantize import _Q, _layerscale, _scalar
+    from ..quantize import _Q, _layerscale, _scalar, softmax_input_frac_bits
     attn = blk.attn
     bits = attn.qkv.w_q.bits
     h, dh = attn.num_heads, attn.head_dim
@@ -645,9 +645,7 @@ def _qvit_block(B, p: str, blk, x: str, T: int, d: int, attn_bits: int) -> str:
     qkv = _lowbit_linear(B, f"{p}.attn.qkv", n1, attn.qkv, f"{p}.attn.qkv.out", qkv_q, (T, 3 * d), bits, a, c)
 
     smax = float(getattr(attn, "scores_absmax", 0.0)) or 64.0
-    frac = 6
-    while frac > 2 and smax * 2 ** frac / math.log(2.0) > 32767 * 0.9:
-        frac -= 1
+    frac = softmax_input_frac_bits(smax)
     s_scores = math.log(2.0) / 2 ** frac
     m_, s_ = intops.dyadic(sq * sk * float(attn.scale) / s_scores)
     sc = B.tensor(f"{p}.attn.scores", (h, T, T), _Q(s_scores, 0), bits=16)
