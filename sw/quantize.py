@@ -111,6 +111,18 @@ def _is(module, *names: str) -> bool:
     return type(module).__name__ in names
 
 
+def _mlp_problems(mlp, where: str) -> list[str]:
+    """What the integer graph cannot take in a block's MLP (timm ``Mlp``: Linear, GELU, Linear)."""
+    if not _is(mlp, "Mlp") or not _is(mlp.fc1, "Linear") or not _is(mlp.fc2, "Linear"):
+        return [f"{where}.mlp: {type(mlp).__name__}"]
+    problems = []
+    if "GELU" not in type(mlp.act).__name__:
+        problems.append(f"{where}.mlp.act: {type(mlp.act).__name__} (GELU only)")
+    if not _is(mlp.norm, "Identity"):
+        problems.append(f"{where}.mlp.norm: {type(mlp.norm).__name__}")
+    return problems
+
+
 def check_supported(model) -> None:
     """Raise :class:`UnsupportedModelError` naming everything the quantizer cannot map.
 
@@ -184,14 +196,7 @@ def check_supported(model) -> None:
                     problems.append(f"{where}.attn.{nm}: {type(sub).__name__}")
             if getattr(attn, "gate", None) is not None:
                 problems.append(f"{where}.attn: gated attention")
-        mlp = blk.mlp
-        if not _is(mlp, "Mlp") or not _is(mlp.fc1, "Linear") or not _is(mlp.fc2, "Linear"):
-            problems.append(f"{where}.mlp: {type(mlp).__name__}")
-        else:
-            if "GELU" not in type(mlp.act).__name__:
-                problems.append(f"{where}.mlp.act: {type(mlp.act).__name__} (GELU only)")
-            if not _is(mlp.norm, "Identity"):
-                problems.append(f"{where}.mlp.norm: {type(mlp.norm).__name__}")
+        problems += _mlp_problems(blk.mlp, where)
     if problems:
         raise UnsupportedModelError("unsupported model: " + "; ".join(dict.fromkeys(problems)))
 

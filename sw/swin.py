@@ -60,7 +60,7 @@ def check_supported_swin(model) -> None:
     (timm pads otherwise) and even where it is merged, a fixed image size (the precomputed
     shift masks), the final LayerNorm, average pooling and a linear head.
     """
-    from .quantize import UnsupportedModelError
+    from .quantize import UnsupportedModelError, _mlp_problems
     problems: list[str] = []
     m = model
     pe = m.patch_embed
@@ -107,14 +107,7 @@ def check_supported_swin(model) -> None:
                     problems.append(f"{where}.{nm}: {type(getattr(blk, nm)).__name__}")
             if not _is(blk.attn, "WindowAttention"):
                 problems.append(f"{where}.attn: {type(blk.attn).__name__}")
-            mlp = blk.mlp
-            if not _is(mlp, "Mlp") or not _is(mlp.fc1, "Linear") or not _is(mlp.fc2, "Linear"):
-                problems.append(f"{where}.mlp: {type(mlp).__name__}")
-            else:
-                if "GELU" not in type(mlp.act).__name__:
-                    problems.append(f"{where}.mlp.act: {type(mlp.act).__name__} (GELU only)")
-                if not _is(mlp.norm, "Identity"):
-                    problems.append(f"{where}.mlp.norm: {type(mlp.norm).__name__}")
+            problems += _mlp_problems(blk.mlp, where)
     if not _is(m.norm, "LayerNorm"):
         problems.append(f"final norm {type(m.norm).__name__}")
     head = m.head
