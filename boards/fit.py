@@ -3,8 +3,9 @@
 Candidates vary the datapath width ``N`` (array shape and vector lanes), the multiplier
 mapping (``lut_mult_cols``: array columns on LUT multipliers), the scratchpad, accumulator
 and parameter memory sizes and the accumulation-buffer depth.  A candidate must fit the board's
-budget by the resource model (:mod:`boards.resources`) and compile the model (DeiT-Tiny by
-default: its tensors must fit the on-chip memories); the fitting ones are ranked by the
+budget by the resource model (:mod:`boards.resources`) and compile the ranking model
+(DeiT-Tiny by default) and every model of :data:`TABLE_MODELS` with one set of scratchpad
+region shares (their tensors must fit the on-chip memories); the fitting ones are ranked by the
 cycle model's latency (:func:`sim.machine.simulate`, timing only) at the board's clock and
 bandwidth.  Fields the user pins (``--set``) are held fixed; a pinned config that cannot fit
 is refused with :class:`FitError` naming the resource that overflows and by how much, before
@@ -24,7 +25,7 @@ from boards.resources import Resources, estimate
 from hw.config import AcceleratorConfig, ConfigError, load_config
 
 __all__ = ["FitError", "Candidate", "FitResult", "fit", "check_fits", "overflow_message",
-           "MODELS", "model_graph", "model_cycles"]
+           "MODELS", "TABLE_MODELS", "model_graph", "model_cycles", "size_regions"]
 
 
 class FitError(ValueError):
@@ -37,6 +38,11 @@ MODELS = {
     "deit_tiny": dict(image=224, patch=16, dim=192, heads=3, depth=12, mlp_ratio=4, classes=1000),
     "deit_small": dict(image=224, patch=16, dim=384, heads=6, depth=12, mlp_ratio=4, classes=1000),
 }
+
+#: Models every fitted config must compile (the board tables give the latency of each): the
+#: scratchpad's region shares are part of the hardware (the decoder's bound checks and the
+#: vector engine's addressing), so one bitstream must hold them all.
+TABLE_MODELS = ("deit_tiny", "deit_small")
 
 #: Search space (fields absent from ``pinned``).
 WIDTHS = (16, 8, 4)
@@ -193,34 +199,40 @@ def model_cycles(config: AcceleratorConfig, model: str = "deit_tiny", cache: boo
     return cycles
 
 
-def size_regions(config: AcceleratorConfig, model: str = "deit_tiny",
-                 attempts: int = 16) -> AcceleratorConfig | None:
-    """``config`` with scratchpad shares (``spad_shares``) sized for ``model``: compiled with
-    the current shares, a region too small for one row of some op's working set gets the
-    share that holds it, taken one 32nd at a time from the region with the largest share
-    that was not raised.  ``config`` itself when it compiles as it is; ``None`` when no
-    reshuffle of the scratchpad holds the model."""
+def size_regions(config: AcceleratorConfig, models="deit_tiny",
+                 attempts: int = 24) -> AcceleratorConfig | None:
+    """``config`` with scratchpad shares (``spad_shares``) sized for ``models`` (one name or
+    several; one set of shares must hold them all): compiled with the current shares, a
+    region too small for one row of some op's working set gets the share that holds it, taken
+    one 32nd at a time from the region with the largest share that was not raised.
+    ``config`` itself when every model compiles as it is; ``None`` when no reshuffle of the
+    scratchpad holds them (or a model needs more than the scratchpad, e.g. parameter
+    records)."""
     from compiler.lower import CompileError, compile_graph
     from hw.config import SPAD_REGIONS, _parse_shares, format_shares
+    models = (models,) if isinstance(models, str) else tuple(models)
     shares = {k: v[0] for k, v in _parse_shares(config.spad_shares).items()}
     raised: set[str] = set()
-    graph = model_graph(model)
-    slot = config.scratchpad_bytes // 32
+    graphs = [model_graph(m) for m in models]
     for _ in range(attempts):
         cfg = config.replace(spad_shares=format_shares(shares))
-        try:
-            compile_graph(graph, cfg)
+        short = None
+        for graph in graphs:
+            try:
+                compile_graph(graph, cfg)
+            except CompileError as exc:
+                short = {k: v for k, v in getattr(exc, "short", {}).items() if k in SPAD_REGIONS}
+                if not short:
+                    return None
+                break
+        if short is None:
             return cfg
-        except CompileError as exc:
-            short = {k: v for k, v in getattr(exc, "short", {}).items() if k in SPAD_REGIONS}
-            if not short:
-                return None
         for mem, need in short.items():
             # A region gets total * share // 32 rounded down to whole rows.
             share = shares[mem]
             while share <= 32 and config.scratchpad_bytes * share // 32 // config.lanes * config.lanes < need:
                 share += 1
-            if share > 32 or slot == 0:
+            if share > 32:
                 return None
             shares[mem] = share
             raised.add(mem)
@@ -236,14 +248,16 @@ def size_regions(config: AcceleratorConfig, model: str = "deit_tiny",
 def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny",
         clock_mhz: float | None = None, progress: Callable[[str], None] | None = None,
         cycles_of: Callable[[AcceleratorConfig], int | None] | None = None,
-        max_ranked: int = 6) -> FitResult:
+        max_ranked: int = 6, require: tuple = TABLE_MODELS) -> FitResult:
     """The fastest config for ``board`` (module docstring).
 
     ``pinned``: config fields held fixed.  ``cycles_of``: the ranking function (default: the
     cycle model on ``model``; ``None`` when the model does not compile for the config);
     ``max_ranked``: how many compiling candidates the cycle model ranks, at most two per
     width, largest datapath and memories first (configs with memories no larger than one
-    that did not compile are skipped).
+    that did not compile are skipped).  ``require``: with the cycle model ranking, models
+    that must compile on the chosen config too (the scratchpad shares are sized for all of
+    them and ``model`` together).
     """
     pinned = dict(pinned or {})
     say = progress or (lambda s: None)
@@ -251,8 +265,20 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
     # the shares are not pinned.
     size_model = cycles_of is None and "spad_shares" not in pinned
     if cycles_of is None:
+        others = tuple(m for m in require if m != model)
+        for m in others:
+            if m not in MODELS:
+                raise FitError(f"unknown model {m!r} (known: {', '.join(MODELS)})")
+
         def cycles_of(cfg):
-            return model_cycles(cfg, model)
+            # Ranked by ``model``; a config that does not compile every required model
+            # does not count as compiling.
+            cycles = model_cycles(cfg, model)
+            if cycles is None or any(model_cycles(cfg, m) is None for m in others):
+                return None
+            return cycles
+    else:
+        others = ()
     cands = list(candidates(board, pinned, clock_mhz))
     fitting = [c for c in cands if not resources_on(c, board).overflow(fit_budget(board))]
     if not fitting:
@@ -286,9 +312,10 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
             f"parameters {cfg.param_kib} KiB, DRAM {cfg.dram_bytes} B/cycle ...")
         cycles = cycles_of(cfg)
         if cycles is None and size_model:
-            sized = size_regions(cfg, model)
+            sized = size_regions(cfg, (model, *others))
             if sized is not None and sized != cfg and not resources_on(sized, board).overflow(fit_budget(board)):
-                say(f"  -> does not compile with the default region shares; sized for {model}: "
+                say(f"  -> does not compile with the default region shares; sized for "
+                    f"{', '.join((model, *others))}: "
                     f"spad_shares {sized.spad_shares} ...")
                 cfg = sized
                 cycles = cycles_of(cfg)
@@ -300,7 +327,7 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
             per_width[cfg.lanes] = per_width.get(cfg.lanes, 0) + 1
     ok = [(cfg, cyc) for cfg, cyc in ranked if cyc is not None]
     if not ok:
-        raise FitError(f"no config that fits {board.name} compiles {model} "
+        raise FitError(f"no config that fits {board.name} compiles {', '.join((model, *others))} "
                        f"(its tensors need more on-chip memory than fits)")
     best, cycles = min(ok, key=lambda t: (t[1] / t[0].clock_mhz, -t[0].lanes))
     return FitResult(best, resources_on(best, board), cycles, tuple(ranked))

@@ -223,3 +223,39 @@ def test_fitter_leaves_a_block_ram_margin_on_open_flow_boards():
     assert fit_budget(zcu) == zcu.budget
     r = fit(synthetic(brams=200), cycles_of=fake_cycles)
     assert estimate(r.config).bram <= int(200 * (1 - BRAM_MARGIN))
+
+
+def test_every_table_model_must_compile_on_the_fitted_config(monkeypatch):
+    """A config the ranking model compiles on but another board-table model does not (here:
+    DeiT-Small needs 8 KiB of parameter records) is not chosen, even when faster."""
+    import boards.fit
+    seen = []
+
+    def cycles(cfg, model="deit_tiny", cache=True):
+        seen.append(model)
+        if model == "deit_small" and cfg.param_kib < 8:
+            return None
+        return 10_000_000 // cfg.macs_per_cycle + 100 * cfg.param_kib   # smaller params faster
+    monkeypatch.setattr(boards.fit, "model_cycles", cycles)
+    board = synthetic(dsps=156, brams=208)
+    r = fit(board, {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "spad_shares": ""})
+    assert r.config.param_kib >= 8 and "deit_small" in seen
+    # Without the requirement the faster 4 KiB config wins.
+    r = fit(board, {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "spad_shares": ""},
+            require=("deit_tiny",))
+    assert r.config.param_kib == 4
+    with pytest.raises(FitError, match="unknown model 'vit_huge'"):
+        fit(board, require=("vit_huge",))
+
+
+def test_size_regions_for_two_models_at_once():
+    """One set of shares for DeiT-Tiny and DeiT-Small (the hardware has one); ``None`` when no
+    share holds a model (DeiT-Small's 1,536 parameter words do not fit 4 KiB)."""
+    from boards.fit import model_graph, size_regions
+    from compiler.lower import compile_graph
+    cfg = load_config(None, array_rows=8, scratchpad_kib=160, accumulator_kib=32, param_kib=8)
+    sized = size_regions(cfg, ("deit_tiny", "deit_small"))
+    assert sized is not None
+    for m in ("deit_tiny", "deit_small"):
+        compile_graph(model_graph(m), sized)
+    assert size_regions(cfg.replace(param_kib=4), ("deit_tiny", "deit_small")) is None
