@@ -9,8 +9,9 @@ square root (:class:`hw.integer_sqrt.IntegerSqrt`) and divider
 (:class:`hw.integer_divider.IntegerDivider`) give the row factor
 ``F = (2**34 - 1) // isqrt(Vn)``.  The *normalize pass* reads the row back and computes
 ``n = (xs (C F) - S F + 2**(r-1)) >> r``, which is ``((C xs - S) F + 2**(r-1)) >> r``, with
-the two row products ``C F`` and ``S F`` formed once per row, then applies the per-channel
-affine with one rounding: ``y = clamp((((n mult) >> (shift - 16)) + K + 2**15) >> 16)``.
+the row constants ``C F`` and ``2**(r-1) - S F`` registered ahead of the row's beats, then
+applies the per-channel affine with one rounding:
+``y = clamp((((n mult) >> (shift - 16)) + K + 2**15) >> 16)``.
 
 Rows overlap: the row memory has :data:`ROW_SLOTS` row slots, so while one row is being
 normalized, the next waits for (or is in) its square root and division and the one after
@@ -404,8 +405,8 @@ class PtfLayerNorm(wiring.Component):
         out_beat = Signal(range(depth))
         out_slot = Signal(range(ROW_SLOTS))
         next_out_slot = Signal(range(ROW_SLOTS))
-        out_cf = Signal(unsigned(_CF_BITS))              # C F
-        out_sf = Signal(signed(_SF_BITS))                # S F
+        out_factor = Signal(unsigned(_FACTOR_BITS))      # F
+        out_sum = Signal(signed(_SUM_BITS))              # S
         out_r = Signal(range(_R_BASE + 8))               # r = 20 - e
         issue = out_active & advance
         issue_last = issue & (out_beat == last_beat)
@@ -419,8 +420,8 @@ class PtfLayerNorm(wiring.Component):
                 out_active.eq(1),
                 out_slot.eq(next_out_slot),
                 next_out_slot.eq(next_out_slot + 1),
-                out_cf.eq(self.channels * factor),
-                out_sf.eq(row_sums[next_out_slot] * factor),
+                out_factor.eq(factor),
+                out_sum.eq(row_sums[next_out_slot]),
                 out_r.eq(_R_BASE - row_exps[next_out_slot]),
             ]
 
@@ -434,7 +435,7 @@ class PtfLayerNorm(wiring.Component):
             requant_rd.en.eq(advance),
         ]
 
-        # Stage 1 (memory read in flight): the row's constants.
+        # Stage 1 (memory read in flight): the row's constants C F and S F.
         read_valid = Signal()
         read_cf = Signal(unsigned(_CF_BITS))
         read_sf = Signal(signed(_SF_BITS))
@@ -443,9 +444,8 @@ class PtfLayerNorm(wiring.Component):
         x_valid = Signal()
         x_data = Signal.like(row_rd.data)
         x_cf = Signal.like(read_cf)
-        x_sf = Signal.like(read_sf)
+        x_const = Signal(signed(max(_SF_BITS, _R_BASE + 8) + 1))    # 2**(r-1) - S F
         x_r = Signal.like(out_r)
-        x_half = Signal(_R_BASE + 8)
         x_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
         # Stage 2: p1 = xs C F - S F + 2**(r-1), and the channels' affine parameters.
         p1_valid = Signal()
@@ -468,15 +468,14 @@ class PtfLayerNorm(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 read_valid.eq(issue),
-                read_cf.eq(out_cf),
-                read_sf.eq(out_sf),
+                read_cf.eq(self.channels * out_factor),
+                read_sf.eq(out_sum * out_factor),
                 read_r.eq(out_r),
                 x_valid.eq(read_valid),
                 x_data.eq(row_rd.data),
                 x_cf.eq(read_cf),
-                x_sf.eq(read_sf),
+                x_const.eq(half - read_sf),
                 x_r.eq(read_r),
-                x_half.eq(half),
                 x_params.eq(requant_rd.data),
                 p1_valid.eq(x_valid),
                 p1_r.eq(x_r),
@@ -495,7 +494,7 @@ class PtfLayerNorm(wiring.Component):
                 clamped = Mux(rounded > intops.INT8_MAX, intops.INT8_MAX,
                               Mux(rounded < intops.INT8_MIN, intops.INT8_MIN, rounded))
                 m.d.sync += [
-                    p1[lane].eq(x_data[lane] * x_cf - x_sf + x_half),
+                    p1[lane].eq(x_data[lane] * x_cf + x_const),
                     norm[lane].eq(p1[lane] >> p1_r),
                     prod[lane].eq(norm[lane] * norm_params[lane].mult),
                     summed_regs[lane].eq(scaled + params.offset
