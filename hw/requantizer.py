@@ -36,8 +36,8 @@ from sw import intops
 __all__ = ["Requantizer", "requant_timing", "REQUANT_RECORD", "PIPELINE_STAGES"]
 
 #: Register stages from an accepted beat to its output beat: parameter read, the read
-#: records registered, bias add, multiply, rounding add, shift, offset and clamp.
-PIPELINE_STAGES = 7
+#: records registered, bias add, multiply, rounding add, shift, offset add, clamp.
+PIPELINE_STAGES = 8
 
 #: Bits of one input lane (int32 accumulator) and one output lane (int16, int8 sign-extended).
 ACC_BITS = 32
@@ -73,10 +73,10 @@ def requant_timing(config: AcceleratorConfig, n: int, lanes: int | None = None) 
 
     With ``L = lanes`` (default ``config.array_cols``) and ``B = ceil(n / L)`` beats::
 
-        latency  = B + 7        (first input beat accepted to last output beat, both counted)
+        latency  = B + 8        (first input beat accepted to last output beat, both counted)
         interval = B
 
-    i.e. one beat per cycle with a 7-stage pipeline (:data:`PIPELINE_STAGES`); rows follow
+    i.e. one beat per cycle with an 8-stage pipeline (:data:`PIPELINE_STAGES`); rows follow
     each other without a gap.
     """
     lanes = _lanes_of(config, lanes)
@@ -129,8 +129,8 @@ class Requantizer(wiring.Component):
 
     Notes
     -----
-    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 7``; a row of ``n``
-    accumulators takes ``ceil(n / L) + 7`` cycles, both ends counted.  THROUGHPUT: one beat
+    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 8``; a row of ``n``
+    accumulators takes ``ceil(n / L) + 8`` cycles, both ends counted.  THROUGHPUT: one beat
     (``L`` accumulators) per cycle.  Both are :func:`requant_timing`.  A held output beat
     (``o.valid & ~o.ready``) stops the whole pipeline (one global enable) and ``i.ready``
     is low meanwhile.
@@ -232,7 +232,11 @@ class Requantizer(wiring.Component):
         s5_rounded = stage("s5_rounded", signed(_ROUNDED_BITS))
         s5_offset = stage("s5_offset", signed(ACC_BITS))
         s5_int16 = Signal()
-        # Stage 6 (output register): offset added and clamped.
+        # Stage 6: offset added.
+        s6_valid = Signal()
+        s6_sum = stage("s6_sum", signed(_ROUNDED_BITS + 1))
+        s6_int16 = Signal()
+        # Stage 7 (output register): clamped.
         out_valid = Signal()
         out_lanes = stage("out", signed(OUT_BITS))
 
@@ -253,16 +257,18 @@ class Requantizer(wiring.Component):
                 s4_int16.eq(s3_int16),
                 s5_valid.eq(s4_valid),
                 s5_int16.eq(s4_int16),
-                out_valid.eq(s5_valid),
+                s6_valid.eq(s5_valid),
+                s6_int16.eq(s5_int16),
+                out_valid.eq(s6_valid),
             ]
-            lo = Mux(s5_int16, intops.INT16_MIN, intops.INT8_MIN)
-            hi = Mux(s5_int16, intops.INT16_MAX, intops.INT8_MAX)
+            lo = Mux(s6_int16, intops.INT16_MIN, intops.INT8_MIN)
+            hi = Mux(s6_int16, intops.INT16_MAX, intops.INT8_MAX)
             for lane in range(lanes):
                 record = Mux(s1b_per_tensor, s1b_records[0], s1b_records[lane])
                 record = REQUANT_RECORD(record)
                 shift = Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
                             s2_record[lane].shift)
-                y = s5_rounded[lane] + s5_offset[lane]
+                y = s6_sum[lane]
                 m.d.sync += [
                     s1_acc[lane].eq(self.i.payload.data[ACC_BITS * lane:ACC_BITS * (lane + 1)]),
                     s1b_acc[lane].eq(s1_acc[lane]),
@@ -277,6 +283,7 @@ class Requantizer(wiring.Component):
                     s4_offset[lane].eq(s3_offset[lane]),
                     s5_rounded[lane].eq(s4_rounding[lane] >> s4_shift[lane]),
                     s5_offset[lane].eq(s4_offset[lane]),
+                    s6_sum[lane].eq(s5_rounded[lane] + s5_offset[lane]),
                     out_lanes[lane].eq(Mux(y < lo, lo, Mux(y > hi, hi, y))),
                 ]
 
