@@ -329,8 +329,14 @@ class PtfLayerNorm(wiring.Component):
         # ------------------------------------------------------------------ finish stage
         fin_sum = Signal(signed(_SUM_BITS))
         fin_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS))
-        fin_c_squares = Signal(unsigned(_VAR_BITS + 1))      # C sum xs**2
-        fin_s_squared = Signal(unsigned(2 * _SUM_BITS - 1))  # S**2
+        # Partial products of V, each one multiplier: with sum xs**2 = h 2**18 + l and
+        # S = a 2**12 + b (b unsigned), C sum xs**2 = (C h) 2**18 + C l and
+        # S**2 = a**2 2**24 + (a b) 2**13 + b**2.
+        fin_ch = Signal(unsigned(_CHANNEL_BITS + _SUM_SQUARES_BITS - 18))
+        fin_cl = Signal(unsigned(_CHANNEL_BITS + 18))
+        fin_aa = Signal(unsigned(2 * (_SUM_BITS - 12) - 1))
+        fin_ab = Signal(signed(_SUM_BITS))
+        fin_bb = Signal(unsigned(24))
         fin_var = Signal(unsigned(_VAR_BITS))
         fin_pairs = Signal(range(_PAIRS + 1))
         fin_slot = Signal(range(ROW_SLOTS))
@@ -363,13 +369,17 @@ class PtfLayerNorm(wiring.Component):
                     m.next = "PRODUCTS"
             with m.State("PRODUCTS"):
                 m.d.sync += [
-                    fin_c_squares.eq(self.channels * fin_sum_squares),
-                    fin_s_squared.eq(fin_sum * fin_sum),
+                    fin_ch.eq(self.channels * fin_sum_squares[18:]),
+                    fin_cl.eq(self.channels * fin_sum_squares[:18]),
+                    fin_aa.eq(fin_sum[12:].as_signed() * fin_sum[12:].as_signed()),
+                    fin_ab.eq(fin_sum[12:].as_signed() * fin_sum[:12]),
+                    fin_bb.eq(fin_sum[:12] * fin_sum[:12]),
                     row_sums[fin_slot].eq(fin_sum),
                 ]
                 m.next = "VAR"
             with m.State("VAR"):
-                m.d.sync += fin_var.eq(fin_c_squares - fin_s_squared)
+                m.d.sync += fin_var.eq((fin_ch << 18) + fin_cl - Cat(fin_bb, fin_aa)
+                                       - (fin_ab << 13))
                 m.next = "EXP"
             with m.State("EXP"):
                 m.d.sync += fin_pairs.eq(leading_pairs)
