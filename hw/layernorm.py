@@ -9,8 +9,9 @@ square root (:class:`hw.integer_sqrt.IntegerSqrt`) and divider
 (:class:`hw.integer_divider.IntegerDivider`) give the row factor
 ``F = (2**34 - 1) // isqrt(Vn)``.  The *normalize pass* reads the row back and computes
 ``n = (xs (C F) - S F + 2**(r-1)) >> r``, which is ``((C xs - S) F + 2**(r-1)) >> r``, with
-the two row products ``C F`` and ``S F`` formed once per row, then applies the per-channel
-affine with one rounding: ``y = clamp((((n mult) >> (shift - 16)) + K + 2**15) >> 16)``.
+the row constants ``C F`` and ``2**(r-1) - S F`` registered ahead of the row's beats, then
+applies the per-channel affine with one rounding:
+``y = clamp((((n mult) >> (shift - 16)) + K + 2**15) >> 16)``.
 
 Rows overlap: the row memory has :data:`ROW_SLOTS` row slots, so while one row is being
 normalized, the next waits for (or is in) its square root and division and the one after
@@ -19,7 +20,7 @@ it streams in.  Four slots are what it takes for the slot reuse never to be the 
 """
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -48,6 +49,7 @@ _SUM_SQUARES_BITS = 35                                   # sum xs**2 <= 4096 * 2
 _CHANNEL_BITS = ceil_log2(MAX_CHANNELS_LIMIT + 1)        # C, unsigned
 _VAR_BITS = 47                                           # V = C sum xs**2 - S**2, unsigned
 _RADICAND_BITS = 2 * intops.LN_ROOT_BITS                 # Vn, V shifted by an even amount
+_PAIRS = (_VAR_BITS + 1) // 2                            # bit pairs of V
 _ROOT_BITS = intops.LN_ROOT_BITS                         # k = isqrt(Vn) >= 2**17 when V > 0
 _DIVIDEND_BITS = intops.LN_FACTOR_BITS + intops.LN_ROOT_BITS   # 2**34 - 1
 _FACTOR_BITS = intops.LN_FACTOR_BITS + 1                 # F < 2**17
@@ -65,8 +67,9 @@ SQRT_STEPS_PER_CYCLE = 2
 DIVIDER_STEPS_PER_CYCLE = 2
 #: Cycles from accepting a beat to its row sums being accumulated (xs, lane sums, accumulate).
 _STATS_PIPELINE = 3
-#: States of the finish stage per row: latch the sums, V, normalised radicand, hand-over.
-_FINISH_STATES = 3
+#: States of the finish stage per row after the sums are latched: the two products of V,
+#: V, its normalising shift, the hand-over of the shifted radicand.
+_FINISH_STATES = 4
 #: Cycles the finish stage is claimed per row, from the row's last beat accepted to its
 #: radicand accepted by the square root (inclusive), when the square root is free.
 _FINISH_CYCLES = _STATS_PIPELINE + _FINISH_STATES
@@ -105,13 +108,13 @@ def layernorm_timing(config: AcceleratorConfig, channels: int) -> UnitTiming:
     With ``B = C / L`` beats per row, ``R = 10`` and ``V = 18`` the latencies of the square
     root and of the divider (:func:`integer_sqrt_timing`, :func:`integer_divider_timing`)::
 
-        latency  = 2 B + R + V + 11         = 2 B + 39
-        interval = max(B, 6, R, V)          = max(B, 18)
+        latency  = 2 B + R + V + 12         = 2 B + 40
+        interval = max(B, 7, R, V)          = max(B, 18)
 
     ``latency``: cycles from the row's first input beat accepted to its last output beat
     valid (input never starved, output never stalled).  ``interval``: cycles between the
-    first beats of back-to-back rows in steady state; ``6`` is the finish stage's occupancy.
-    The row-slot reuse never binds: a slot is held ``2 B + R + V + 7`` cycles, at most
+    first beats of back-to-back rows in steady state; ``7`` is the finish stage's occupancy.
+    The row-slot reuse never binds: a slot is held ``2 B + R + V + 8`` cycles, at most
     ``ROW_SLOTS * interval`` for every ``B``.  ``n`` rows streamed back to back take exactly
     ``latency + (n - 1) * interval`` cycles from the first input beat to the last output beat
     (the input may run ahead by a few rows at the start; the total is unchanged).
@@ -177,7 +180,7 @@ class PtfLayerNorm(wiring.Component):
     Notes
     -----
     With ``B = C / L``:
-    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 39``.
+    LATENCY (first input beat accepted -> last output beat valid, no stalls): ``2 B + 40``.
     THROUGHPUT: one row every ``max(B, 18)`` cycles, i.e. one beat per cycle once
     ``B >= 18``.  Both are :func:`layernorm_timing`.
     """
@@ -326,25 +329,36 @@ class PtfLayerNorm(wiring.Component):
         # ------------------------------------------------------------------ finish stage
         fin_sum = Signal(signed(_SUM_BITS))
         fin_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS))
+        # Partial products of V, each one multiplier: with sum xs**2 = h 2**18 + l and
+        # S = a 2**12 + b (b unsigned), C sum xs**2 = (C h) 2**18 + C l and
+        # S**2 = a**2 2**24 + (a b) 2**13 + b**2.
+        fin_ch = Signal(unsigned(_CHANNEL_BITS + _SUM_SQUARES_BITS - 18))
+        fin_cl = Signal(unsigned(_CHANNEL_BITS + 18))
+        fin_aa = Signal(unsigned(2 * (_SUM_BITS - 12) - 1))
+        fin_ab = Signal(signed(_SUM_BITS))
+        fin_bb = Signal(unsigned(24))
         fin_var = Signal(unsigned(_VAR_BITS))
+        fin_pairs = Signal(range(_PAIRS + 1))
         fin_slot = Signal(range(ROW_SLOTS))
-        radicand = Signal(_RADICAND_BITS)
         row_sums = Array(Signal(signed(_SUM_BITS), name=f"row_sum_{slot}")
                          for slot in range(ROW_SLOTS))
         row_exps = Array(Signal(signed(_EXP_BITS), name=f"row_exp_{slot}")
                          for slot in range(ROW_SLOTS))
 
-        # Leading-one detector of V and the even normalising shift e = (36 - bit_length) // 2.
-        var_bits = Signal(range(_VAR_BITS + 1))
-        for bit in range(_VAR_BITS):
-            var_bits = Mux(fin_var[bit], bit + 1, var_bits)
-        norm_exp = Signal(signed(_EXP_BITS))
-        m.d.comb += norm_exp.eq((Const(_RADICAND_BITS, signed(8)) - var_bits) >> 1)
-        left = (fin_var << (norm_exp[:5] << 1))[:_RADICAND_BITS]
-        right = (fin_var >> ((-norm_exp)[:4] << 1))[:_RADICAND_BITS]
+        # The even normalising shift e = (36 - bit_length(V)) // 2 is 18 - p, with p the number
+        # of bit pairs of V up to its leading nonzero pair (0 for V = 0): the shifted radicand
+        # is V << 2e for e >= 0 and V >> -2e otherwise, i.e. (V << 36) >> 2p.
+        pair_any = [fin_var[2 * pair:2 * pair + 2].any() for pair in range(_PAIRS)]
+        leading_pairs = Signal(range(_PAIRS + 1))
+        leading = [pair_any[pair] & ~Cat(*pair_any[pair + 1:]).any() if pair + 1 < _PAIRS
+                   else pair_any[pair] for pair in range(_PAIRS)]
+        m.d.comb += leading_pairs.eq(
+            Cat(*(Cat(*(leading[pair] for pair in range(_PAIRS) if (pair + 1) >> bit & 1)).any()
+                  for bit in range(len(leading_pairs)))))
+        shifted_var = Cat(Const(0, _RADICAND_BITS), fin_var) >> (fin_pairs << 1)
 
         m.submodules.sqrt = sqrt = IntegerSqrt(_RADICAND_BITS, SQRT_STEPS_PER_CYCLE)
-        m.d.comb += sqrt.i.payload.eq(radicand)
+        m.d.comb += sqrt.i.payload.eq(shifted_var[:_RADICAND_BITS])
         with m.FSM(name="finish"):
             with m.State("IDLE"):
                 with m.If(beat_valid & beat_last):
@@ -352,21 +366,28 @@ class PtfLayerNorm(wiring.Component):
                         fin_sum.eq(row_sum_next),
                         fin_sum_squares.eq(row_sum_squares_next),
                     ]
-                    m.next = "VAR"
-            with m.State("VAR"):
+                    m.next = "PRODUCTS"
+            with m.State("PRODUCTS"):
                 m.d.sync += [
-                    fin_var.eq(self.channels * fin_sum_squares - fin_sum * fin_sum),
+                    fin_ch.eq(self.channels * fin_sum_squares[18:]),
+                    fin_cl.eq(self.channels * fin_sum_squares[:18]),
+                    fin_aa.eq(fin_sum[12:].as_signed() * fin_sum[12:].as_signed()),
+                    fin_ab.eq(fin_sum[12:].as_signed() * fin_sum[:12]),
+                    fin_bb.eq(fin_sum[:12] * fin_sum[:12]),
                     row_sums[fin_slot].eq(fin_sum),
                 ]
-                m.next = "NORMALISE"
-            with m.State("NORMALISE"):
-                m.d.sync += [
-                    radicand.eq(Mux(norm_exp >= 0, left, right)),
-                    row_exps[fin_slot].eq(norm_exp),
-                ]
+                m.next = "VAR"
+            with m.State("VAR"):
+                m.d.sync += fin_var.eq((fin_ch << 18) + fin_cl - Cat(fin_bb, fin_aa)
+                                       - (fin_ab << 13))
+                m.next = "EXP"
+            with m.State("EXP"):
+                m.d.sync += fin_pairs.eq(leading_pairs)
                 m.next = "OFFER"
             with m.State("OFFER"):
+                # The square root registers the shifted radicand when it accepts it.
                 m.d.comb += sqrt.i.valid.eq(1)
+                m.d.sync += row_exps[fin_slot].eq(_RADICAND_BITS // 2 - fin_pairs)
                 with m.If(sqrt.i.ready):
                     m.d.sync += [
                         finish_claimed.eq(0),
@@ -394,8 +415,8 @@ class PtfLayerNorm(wiring.Component):
         out_beat = Signal(range(depth))
         out_slot = Signal(range(ROW_SLOTS))
         next_out_slot = Signal(range(ROW_SLOTS))
-        out_cf = Signal(unsigned(_CF_BITS))              # C F
-        out_sf = Signal(signed(_SF_BITS))                # S F
+        out_factor = Signal(unsigned(_FACTOR_BITS))      # F
+        out_sum = Signal(signed(_SUM_BITS))              # S
         out_r = Signal(range(_R_BASE + 8))               # r = 20 - e
         issue = out_active & advance
         issue_last = issue & (out_beat == last_beat)
@@ -409,8 +430,8 @@ class PtfLayerNorm(wiring.Component):
                 out_active.eq(1),
                 out_slot.eq(next_out_slot),
                 next_out_slot.eq(next_out_slot + 1),
-                out_cf.eq(self.channels * factor),
-                out_sf.eq(row_sums[next_out_slot] * factor),
+                out_factor.eq(factor),
+                out_sum.eq(row_sums[next_out_slot]),
                 out_r.eq(_R_BASE - row_exps[next_out_slot]),
             ]
 
@@ -424,7 +445,7 @@ class PtfLayerNorm(wiring.Component):
             requant_rd.en.eq(advance),
         ]
 
-        # Stage 1 (memory read in flight): the row's constants.
+        # Stage 1 (memory read in flight): the row's constants C F and S F.
         read_valid = Signal()
         read_cf = Signal(unsigned(_CF_BITS))
         read_sf = Signal(signed(_SF_BITS))
@@ -433,9 +454,8 @@ class PtfLayerNorm(wiring.Component):
         x_valid = Signal()
         x_data = Signal.like(row_rd.data)
         x_cf = Signal.like(read_cf)
-        x_sf = Signal.like(read_sf)
+        x_const = Signal(signed(max(_SF_BITS, _R_BASE + 8) + 1))    # 2**(r-1) - S F
         x_r = Signal.like(out_r)
-        x_half = Signal(_R_BASE + 8)
         x_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
         # Stage 2: p1 = xs C F - S F + 2**(r-1), and the channels' affine parameters.
         p1_valid = Signal()
@@ -458,15 +478,14 @@ class PtfLayerNorm(wiring.Component):
         with m.If(advance):
             m.d.sync += [
                 read_valid.eq(issue),
-                read_cf.eq(out_cf),
-                read_sf.eq(out_sf),
+                read_cf.eq(self.channels * out_factor),
+                read_sf.eq(out_sum * out_factor),
                 read_r.eq(out_r),
                 x_valid.eq(read_valid),
                 x_data.eq(row_rd.data),
                 x_cf.eq(read_cf),
-                x_sf.eq(read_sf),
+                x_const.eq(half - read_sf),
                 x_r.eq(read_r),
-                x_half.eq(half),
                 x_params.eq(requant_rd.data),
                 p1_valid.eq(x_valid),
                 p1_r.eq(x_r),
@@ -485,7 +504,7 @@ class PtfLayerNorm(wiring.Component):
                 clamped = Mux(rounded > intops.INT8_MAX, intops.INT8_MAX,
                               Mux(rounded < intops.INT8_MIN, intops.INT8_MIN, rounded))
                 m.d.sync += [
-                    p1[lane].eq(x_data[lane] * x_cf - x_sf + x_half),
+                    p1[lane].eq(x_data[lane] * x_cf + x_const),
                     norm[lane].eq(p1[lane] >> p1_r),
                     prod[lane].eq(norm[lane] * norm_params[lane].mult),
                     summed_regs[lane].eq(scaled + params.offset

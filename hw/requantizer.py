@@ -35,9 +35,9 @@ from sw import intops
 
 __all__ = ["Requantizer", "requant_timing", "REQUANT_RECORD", "PIPELINE_STAGES"]
 
-#: Register stages from an accepted beat to its output beat: parameter read, bias add,
-#: multiply, round and shift, offset and clamp.
-PIPELINE_STAGES = 5
+#: Register stages from an accepted beat to its output beat: parameter read, the read
+#: records registered, bias add, multiply, rounding add, shift, offset add, clamp.
+PIPELINE_STAGES = 8
 
 #: Bits of one input lane (int32 accumulator) and one output lane (int16, int8 sign-extended).
 ACC_BITS = 32
@@ -73,10 +73,10 @@ def requant_timing(config: AcceleratorConfig, n: int, lanes: int | None = None) 
 
     With ``L = lanes`` (default ``config.array_cols``) and ``B = ceil(n / L)`` beats::
 
-        latency  = B + 5        (first input beat accepted to last output beat, both counted)
+        latency  = B + 8        (first input beat accepted to last output beat, both counted)
         interval = B
 
-    i.e. one beat per cycle with a 5-stage pipeline (:data:`PIPELINE_STAGES`); rows follow
+    i.e. one beat per cycle with an 8-stage pipeline (:data:`PIPELINE_STAGES`); rows follow
     each other without a gap.
     """
     lanes = _lanes_of(config, lanes)
@@ -129,8 +129,8 @@ class Requantizer(wiring.Component):
 
     Notes
     -----
-    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 5``; a row of ``n``
-    accumulators takes ``ceil(n / L) + 5`` cycles, both ends counted.  THROUGHPUT: one beat
+    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 8``; a row of ``n``
+    accumulators takes ``ceil(n / L) + 8`` cycles, both ends counted.  THROUGHPUT: one beat
     (``L`` accumulators) per cycle.  Both are :func:`requant_timing`.  A held output beat
     (``o.valid & ~o.ready``) stops the whole pipeline (one global enable) and ``i.ready``
     is low meanwhile.
@@ -203,60 +203,87 @@ class Requantizer(wiring.Component):
         s1_acc = stage("s1_acc", signed(ACC_BITS))
         s1_int16 = Signal()
         s1_per_tensor = Signal()
+        # Stage 1b: the records registered.
+        s1b_valid = Signal()
+        s1b_acc = stage("s1b_acc", signed(ACC_BITS))
+        s1b_records = Signal.like(record_read.data)
+        s1b_int16 = Signal()
+        s1b_per_tensor = Signal()
         # Stage 2: bias added.
         s2_valid = Signal()
         s2_biased = stage("s2_biased", signed(_BIASED_BITS))
         s2_record = stage("s2_record", REQUANT_RECORD)
         s2_int16 = Signal()
-        # Stage 3: multiplied.
+        # Stage 3: multiplied; the rounding term 2**(shift-1) (0 for shift 0) decoded.
         s3_valid = Signal()
         s3_product = stage("s3_product", signed(_PRODUCT_BITS))
+        s3_half = stage("s3_half", unsigned(_SHIFT_CLIP))
         s3_shift = stage("s3_shift", range(_SHIFT_CLIP + 1))
         s3_offset = stage("s3_offset", signed(ACC_BITS))
         s3_int16 = Signal()
-        # Stage 4: rounded and shifted.
+        # Stage 4: rounding term added (round half up).
         s4_valid = Signal()
-        s4_rounded = stage("s4_rounded", signed(_ROUNDED_BITS))
+        s4_rounding = stage("s4_rounding", signed(_ROUNDED_BITS))
+        s4_shift = stage("s4_shift", range(_SHIFT_CLIP + 1))
         s4_offset = stage("s4_offset", signed(ACC_BITS))
         s4_int16 = Signal()
-        # Stage 5 (output register): offset added and clamped.
+        # Stage 5: arithmetic shift.
+        s5_valid = Signal()
+        s5_rounded = stage("s5_rounded", signed(_ROUNDED_BITS))
+        s5_offset = stage("s5_offset", signed(ACC_BITS))
+        s5_int16 = Signal()
+        # Stage 6: offset added.
+        s6_valid = Signal()
+        s6_sum = stage("s6_sum", signed(_ROUNDED_BITS + 1))
+        s6_int16 = Signal()
+        # Stage 7 (output register): clamped.
         out_valid = Signal()
         out_lanes = stage("out", signed(OUT_BITS))
-
-        # Round half up: add 2**(shift-1) (nothing for shift 0) before the arithmetic shift.
-        s3_rounding = stage("s3_rounding", signed(_ROUNDED_BITS))
-        for lane in range(lanes):
-            m.d.comb += s3_rounding[lane].eq(s3_product[lane] + ((1 << s3_shift[lane]) >> 1))
 
         with m.If(advance):
             m.d.sync += [
                 s1_valid.eq(self.i.valid),
                 s1_int16.eq(self.i.payload.int16),
                 s1_per_tensor.eq(self.i.payload.per_tensor),
-                s2_valid.eq(s1_valid),
-                s2_int16.eq(s1_int16),
+                s1b_valid.eq(s1_valid),
+                s1b_int16.eq(s1_int16),
+                s1b_per_tensor.eq(s1_per_tensor),
+                s1b_records.eq(record_read.data),
+                s2_valid.eq(s1b_valid),
+                s2_int16.eq(s1b_int16),
                 s3_valid.eq(s2_valid),
                 s3_int16.eq(s2_int16),
                 s4_valid.eq(s3_valid),
                 s4_int16.eq(s3_int16),
-                out_valid.eq(s4_valid),
+                s5_valid.eq(s4_valid),
+                s5_int16.eq(s4_int16),
+                s6_valid.eq(s5_valid),
+                s6_int16.eq(s5_int16),
+                out_valid.eq(s6_valid),
             ]
-            lo = Mux(s4_int16, intops.INT16_MIN, intops.INT8_MIN)
-            hi = Mux(s4_int16, intops.INT16_MAX, intops.INT8_MAX)
+            lo = Mux(s6_int16, intops.INT16_MIN, intops.INT8_MIN)
+            hi = Mux(s6_int16, intops.INT16_MAX, intops.INT8_MAX)
             for lane in range(lanes):
-                record = Mux(s1_per_tensor, record_read.data[0], record_read.data[lane])
+                record = Mux(s1b_per_tensor, s1b_records[0], s1b_records[lane])
                 record = REQUANT_RECORD(record)
-                y = s4_rounded[lane] + s4_offset[lane]
+                shift = Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
+                            s2_record[lane].shift)
+                y = s6_sum[lane]
                 m.d.sync += [
                     s1_acc[lane].eq(self.i.payload.data[ACC_BITS * lane:ACC_BITS * (lane + 1)]),
-                    s2_biased[lane].eq(s1_acc[lane] + record.bias),
+                    s1b_acc[lane].eq(s1_acc[lane]),
+                    s2_biased[lane].eq(s1b_acc[lane] + record.bias),
                     s2_record[lane].eq(record),
                     s3_product[lane].eq(s2_biased[lane] * s2_record[lane].mult),
-                    s3_shift[lane].eq(Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
-                                          s2_record[lane].shift)),
+                    s3_half[lane].eq(((1 << shift) >> 1)[:_SHIFT_CLIP]),
+                    s3_shift[lane].eq(shift),
                     s3_offset[lane].eq(s2_record[lane].offset),
-                    s4_rounded[lane].eq(s3_rounding[lane] >> s3_shift[lane]),
+                    s4_rounding[lane].eq(s3_product[lane] + s3_half[lane]),
+                    s4_shift[lane].eq(s3_shift[lane]),
                     s4_offset[lane].eq(s3_offset[lane]),
+                    s5_rounded[lane].eq(s4_rounding[lane] >> s4_shift[lane]),
+                    s5_offset[lane].eq(s4_offset[lane]),
+                    s6_sum[lane].eq(s5_rounded[lane] + s5_offset[lane]),
                     out_lanes[lane].eq(Mux(y < lo, lo, Mux(y > hi, hi, y))),
                 ]
 

@@ -14,7 +14,7 @@ from cocotb_streams import StreamSink, StreamSource, StreamTB
 from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import load_vectors
 
-PIPELINE_STAGES = 5
+PIPELINE_STAGES = 8
 
 
 class TB(StreamTB):

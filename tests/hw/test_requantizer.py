@@ -294,9 +294,9 @@ def test_timing_matches_requant_timing(lanes):
 
 def test_timing_formulas():
     config = AcceleratorConfig(array_cols=16)
-    assert requant_timing(config, 16) == UnitTiming(latency=1 + 5, interval=1)
-    assert requant_timing(config, 100) == UnitTiming(latency=7 + 5, interval=7)
-    assert requant_timing(config, 100, lanes=8) == UnitTiming(latency=13 + 5, interval=13)
+    assert requant_timing(config, 16) == UnitTiming(latency=1 + 8, interval=1)
+    assert requant_timing(config, 100) == UnitTiming(latency=7 + 8, interval=7)
+    assert requant_timing(config, 100, lanes=8) == UnitTiming(latency=13 + 8, interval=13)
     for bad in (0, -3, 1.5, True):
         with pytest.raises(ValueError):
             requant_timing(config, bad)

@@ -576,22 +576,22 @@ def test_timing_formulas():
         return t.done
 
     rq = dict(load_params=0, per_channel=1, out_type=0, gelu=0)
-    # B = 2 beats, requantizer 2 + 5 then 2 a row; 6 records of 4 reads.
-    assert done(Opcode.REQUANT, **{**rq, "load_params": 1}, rows=3, cols=6) == 1 + 24 + 7 + 2 * 2
-    # int16: a beat every 2 cycles, first output 6 cycles after its input; cols 6 ends a row
+    # B = 2 beats, requantizer 2 + 8 then 2 a row; 6 records of 4 reads.
+    assert done(Opcode.REQUANT, **{**rq, "load_params": 1}, rows=3, cols=6) == 1 + 24 + 10 + 2 * 2
+    # int16: a beat every 2 cycles, first output 9 cycles after its input; cols 6 ends a row
     # with a first word (4 bytes of the last beat), cols 7 with a second one.
-    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=6) == 1 + 6 + 2 * 5
-    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=7) == 1 + 6 + 2 * 5 + 1
+    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=6) == 1 + 9 + 2 * 5
+    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=7) == 1 + 9 + 2 * 5 + 1
     # GELU chained: one more cycle; one per-tensor record.
     assert done(Opcode.REQUANT, **{**rq, "gelu": 1, "per_channel": 0, "load_params": 1},
-                rows=2, cols=4) == 1 + 4 + 7 + 1
-    # Softmax rows of B = 3: requantizer 8 chained to 3 B + 13 + 3 (LIS) / 3 B + 39 + 3
+                rows=2, cols=4) == 1 + 4 + 10 + 1
+    # Softmax rows of B = 3: requantizer 11 chained to 3 B + 13 + 3 (LIS) / 3 B + 39 + 3
     # (UNIFORM), intervals B + 4 and 27.
     sm = dict(rows=3, cols=9, mode=SoftmaxMode.LIS)
-    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (8 + 25 - 3) + 2 * 7
-    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (8 + 51 - 3) + 2 * 27
-    # LayerNorm B = 2: its latency 2 B + 39 plus the end cycle its formula does not count.
-    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (43 + 1) + 18
+    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (11 + 25 - 3) + 2 * 7
+    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (11 + 51 - 3) + 2 * 27
+    # LayerNorm B = 2: its latency 2 B + 40 plus the end cycle its formula does not count.
+    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (44 + 1) + 18
     assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 6 + 2 * 2
     assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 2
     assert done(Opcode.GELU_TABLE) == 257
