@@ -1,11 +1,13 @@
 """Place and route single units of the accelerator out of context on an ECP5 part.
 
 Each unit (a component of :mod:`hw.units`, or an engine of the core: ``vector_engine``,
-``tile_engine``, ``dma``, ``sequencer``) is converted to RTLIL, synthesized with the build
-flow's script (:func:`boards.build.synth_script`) and placed and routed by nextpnr-ecp5
-``--out-of-context --freq F --report``, one thread.  Prints the achieved Fmax and the start
-and end of the critical path, and writes ``<out>/<unit>/report.json``.  Minutes a unit,
-where the whole core takes an hour: this is how the core's slow paths are found.
+``tile_engine`` (the MATMUL engine), ``tile_engine_attn`` (the ATTNV engine),
+``load_engine``, ``store_engine``, ``sequencer``) is converted to RTLIL, synthesized with
+the build flow's script (:func:`boards.build.synth_script`) and placed and routed by
+nextpnr-ecp5 ``--out-of-context --freq F --report``, one thread.  Prints the achieved Fmax
+and the start and end of the critical path, and writes ``<out>/<unit>/report.json``.
+Minutes a unit, where the whole core takes an hour: this is how the core's slow paths are
+found.
 
     python benchmarks/pnr_units.py softmax vector_engine --config tiny --out build/units
 """
@@ -29,9 +31,9 @@ def build_component(name: str, config):
     if name == "vector_engine":
         from hw.core.vector_engine import VectorEngine
         return VectorEngine(config)
-    if name == "tile_engine":
+    if name in ("tile_engine", "tile_engine_attn"):
         from hw.core.tile_engine import TileEngine
-        return TileEngine(config)
+        return TileEngine(config, "attn" if name == "tile_engine_attn" else "matrix")
     if name == "sequencer":
         from hw.core.sequencer import Sequencer
         return Sequencer(config)

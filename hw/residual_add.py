@@ -22,7 +22,7 @@ __all__ = ["ResidualAdd", "residual_add_timing", "residual_add_param_load_timing
            "RESIDUAL_ADD_PIPELINE_DEPTH"]
 
 #: Register stages between an accepted input beat and its output beat.
-RESIDUAL_ADD_PIPELINE_DEPTH = 4
+RESIDUAL_ADD_PIPELINE_DEPTH = 5
 #: Width of the shift field (0..63, :data:`sw.intops.REQUANT_MAX_SHIFT`).
 SHIFT_BITS = 6
 #: ``(q - zp) * mult``: 9-bit difference times 16-bit multiplier.
@@ -92,9 +92,10 @@ class ResidualAdd(wiring.Component):
     Latency and throughput
     ----------------------
     One beat per cycle while ``o`` is not stalled; the output of the beat accepted in cycle
-    ``t`` is valid in cycle ``t + 4`` (``RESIDUAL_ADD_PIPELINE_DEPTH = 4``: parameter read,
-    multiply, add and shift, round and clamp).  A job of ``n`` elements is
-    ``B = ceil(n / L)`` beats: LATENCY ``B + 4`` cycles, THROUGHPUT ``L`` elements per cycle
+    ``t`` is valid in cycle ``t + 5`` (``RESIDUAL_ADD_PIPELINE_DEPTH = 5``: parameter read,
+    parameters and zero-point-subtracted operands registered, multiply, add and shift,
+    round and clamp).  A job of ``n`` elements is ``B = ceil(n / L)`` beats: LATENCY
+    ``B + 5`` cycles, THROUGHPUT ``L`` elements per cycle
     (interval ``B``).  Loading ``C`` channels of parameters takes ``C`` cycles.  A stalled
     output holds the whole pipeline, ``a.ready`` and ``b.ready`` included.
     """
@@ -201,6 +202,9 @@ class ResidualAdd(wiring.Component):
         for lane in range(lanes):
             a1 = Signal(signed(8), name=f"a1_{lane}")
             b1 = Signal(signed(8), name=f"b1_{lane}")
+            a2 = Signal(signed(9), name=f"a2_{lane}")
+            b2 = Signal(signed(9), name=f"b2_{lane}")
+            params2 = Signal(CHANNEL_PARAMS_LAYOUT, name=f"params2_{lane}")
             prod_a = Signal(signed(PRODUCT_BITS), name=f"prod_a_{lane}")
             prod_b = Signal(signed(PRODUCT_BITS), name=f"prod_b_{lane}")
             shift2 = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift2_{lane}")
@@ -221,14 +225,19 @@ class ResidualAdd(wiring.Component):
                     # Stage 1: operands (the parameters arrive from the memory's read port).
                     a1.eq(self.a.payload.word_select(lane, 8)),
                     b1.eq(self.b.payload.word_select(lane, 8)),
-                    # Stage 2: the two multiplies.
-                    prod_a.eq((a1 - zp_a) * lane_params.mult_a),
-                    prod_b.eq((b1 - zp_b) * lane_params.mult_b),
-                    shift2.eq(lane_params.shift),
-                    # Stage 3: add, shift right by shift - 1 (the rounding bit stays).
+                    # Stage 2: the parameters registered after the block RAM, the zero
+                    # points subtracted (the multipliers' inputs come from registers).
+                    a2.eq(a1 - zp_a),
+                    b2.eq(b1 - zp_b),
+                    params2.eq(lane_params),
+                    # Stage 3: the two multiplies.
+                    prod_a.eq(a2 * params2.mult_a),
+                    prod_b.eq(b2 * params2.mult_b),
+                    shift2.eq(params2.shift),
+                    # Stage 4: add, shift right by shift - 1 (the rounding bit stays).
                     shifted.eq(Mux(shift2 == 0, total, total >> shift_less_one)),
                     rounds.eq(shift2 != 0),
-                    # Stage 4: drop the rounding bit, add the output zero point, clamp.
+                    # Stage 5: drop the rounding bit, add the output zero point, clamp.
                     out.eq(Mux(rounded > INT8_MAX, INT8_MAX,
                                Mux(rounded < INT8_MIN, INT8_MIN, rounded))),
                 ]
@@ -238,7 +247,7 @@ class ResidualAdd(wiring.Component):
 def residual_add_timing(config: AcceleratorConfig, n: int) -> UnitTiming:
     """Timing of a residual add of ``n`` elements on :class:`ResidualAdd`.
 
-    With ``B = ceil(n / L)`` beats: LATENCY ``B + 4`` cycles (first input handshake to last
+    With ``B = ceil(n / L)`` beats: LATENCY ``B + 5`` cycles (first input handshake to last
     output handshake, both cycles counted), interval ``B`` cycles (THROUGHPUT ``L`` elements
     per cycle).
     """

@@ -293,13 +293,19 @@ class LisSoftmax(wiring.Component):
         e_write = e_mem.write_port()
         e_read = e_mem.read_port()
 
+        # A row's last beat index and its exponential pass's interval less one (``gap``) are
+        # computed from the length and mode when its first beat is accepted, so the
+        # exponential pass loads its interval counter from a register.
+        max_interval = max(_row_interval(self.max_beats, mode) for mode in SoftmaxMode)
         score_row_layout = data.StructLayout({
             "length": self.length.shape(), "frac_bits": self.frac_bits.shape(),
             "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
             "mode": SoftmaxMode, "max": signed(SCORE_BITS),
+            "last_beat": beat_shape, "gap": range(max_interval),
         })
         exp_row_layout = data.StructLayout({
-            "length": self.length.shape(), "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "length": self.length.shape(), "last_beat": beat_shape,
+            "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS),
         })
         score_rows = [Signal(score_row_layout, name=f"score_row_{b}") for b in range(2)]
@@ -311,6 +317,13 @@ class LisSoftmax(wiring.Component):
 
         def state_of(bank):
             return Mux(bank, exp_state[1].as_value(), exp_state[0].as_value())
+
+        # _row_interval in hardware for a row of self.length; the LIS floor (1 cycle) never
+        # binds.
+        in_row_beats = beats_of(self.length) + 1
+        lis_interval = in_row_beats + _interval_overhead(SoftmaxMode.LIS)
+        uniform_interval = in_row_beats + _interval_overhead(SoftmaxMode.UNIFORM)
+        uniform_floor = _prepare_cycles(SoftmaxMode.UNIFORM)
 
         # ------------------------------------------------------------ pass 1: fill + row max
         fill_bank = Signal()
@@ -375,6 +388,11 @@ class LisSoftmax(wiring.Component):
                         score_rows[bank].b_int.eq(self.b_int),
                         score_rows[bank].c_int.eq(self.c_int),
                         score_rows[bank].mode.eq(self.mode),
+                        score_rows[bank].last_beat.eq(beats_of(self.length)),
+                        score_rows[bank].gap.eq(Mux(
+                            self.mode == SoftmaxMode.LIS, lis_interval,
+                            Mux(uniform_interval > uniform_floor, uniform_interval,
+                                uniform_floor)) - 1),
                     ]
                 with m.If(fill_last):
                     m.d.sync += score_full[bank].eq(1)
@@ -384,24 +402,16 @@ class LisSoftmax(wiring.Component):
         # ------------------------------------------------------------ pass 2: exp + row sum
         exp_bank = Signal()
         exp_beat = Signal(beat_shape)
-        max_interval = max(_row_interval(self.max_beats, mode) for mode in SoftmaxMode)
         exp_gap = Signal(range(max_interval))
         exp_row = _pick(m, exp_bank, score_rows, "exp_row")
         exp_start = wire(1, (exp_beat == 0) & Mux(exp_bank, score_maxed[1], score_maxed[0])
                      & (state_of(exp_bank) == _BankState.FREE) & (exp_gap == 0), "exp_start")
         exp_issue = wire(1, exp_start | (exp_beat != 0), "exp_issue")
-        exp_last = wire(1, exp_beat == beats_of(exp_row.length), "exp_last")
+        exp_last = wire(1, exp_beat == exp_row.last_beat, "exp_last")
         m.d.comb += [x_read.addr.eq(Cat(exp_beat, exp_bank)), x_read.en.eq(1)]
 
-        exp_row_beats = beats_of(exp_row.length) + 1
-        # _row_interval in hardware; the LIS floor (1 cycle) never binds.
-        lis_interval = exp_row_beats + _interval_overhead(SoftmaxMode.LIS)
-        uniform_interval = exp_row_beats + _interval_overhead(SoftmaxMode.UNIFORM)
-        uniform_floor = _prepare_cycles(SoftmaxMode.UNIFORM)
         with m.If(exp_start):
-            m.d.sync += exp_gap.eq(Mux(
-                exp_row.mode == SoftmaxMode.LIS, lis_interval,
-                Mux(uniform_interval > uniform_floor, uniform_interval, uniform_floor)) - 1)
+            m.d.sync += exp_gap.eq(exp_row.gap)
         with m.Elif(exp_gap != 0):
             m.d.sync += exp_gap.eq(exp_gap - 1)
         with m.If(exp_issue):
@@ -416,6 +426,7 @@ class LisSoftmax(wiring.Component):
                 m.d.sync += [
                     exp_state[bank].eq(_BankState.FILLING),
                     exp_rows[bank].length.eq(exp_row.length),
+                    exp_rows[bank].last_beat.eq(exp_row.last_beat),
                     exp_rows[bank].mode.eq(exp_row.mode),
                 ]
 
@@ -572,7 +583,7 @@ class LisSoftmax(wiring.Component):
         drain_beat = Signal(beat_shape)
         drain_row = _pick(m, drain_bank, exp_rows, "drain_row")
         drain_issue = wire(1, advance & (state_of(drain_bank) == _BankState.READY), "drain_issue")
-        drain_last = wire(1, drain_beat == beats_of(drain_row.length), "drain_last")
+        drain_last = wire(1, drain_beat == drain_row.last_beat, "drain_last")
         m.d.comb += [e_read.addr.eq(Cat(drain_beat, drain_bank)), e_read.en.eq(advance)]
         with m.If(drain_issue):
             with m.If(drain_last):

@@ -252,9 +252,9 @@ def test_measured_timing_matches_formula(lanes):
 
 def test_timing_formulas():
     cfg = config(4)
-    assert residual_add_timing(cfg, 4) == UnitTiming(latency=5, interval=1)
-    assert residual_add_timing(cfg, 5) == UnitTiming(latency=6, interval=2)
-    assert residual_add_timing(cfg, 16) == UnitTiming(latency=8, interval=4)
+    assert residual_add_timing(cfg, 4) == UnitTiming(latency=6, interval=1)
+    assert residual_add_timing(cfg, 5) == UnitTiming(latency=7, interval=2)
+    assert residual_add_timing(cfg, 16) == UnitTiming(latency=9, interval=4)
     assert residual_add_param_load_timing(cfg, 12) == UnitTiming(latency=12, interval=12)
     for bad in (0, 6, 20):
         with pytest.raises(ValueError):
