@@ -43,7 +43,8 @@ queue head can start, and dispatch waits for a full FIFO, for the LOAD queue to 
 a fetch, or for the end (the index is the oldest instruction waiting in a queue).  On an
 error nothing more is dispatched or started; the run ends once the engines' in-flight
 instructions have retired and the fetch's outstanding beats have arrived.  An empty program
-(``prog_len = 0``) ends with ``NO_HALT`` at index 0.
+(``prog_len = 0``) ends with ``NO_HALT`` at index 0.  ``error`` is written in the cycle
+after the error is found, ``error_index`` one cycle later, never after ``done`` rises.
 """
 from __future__ import annotations
 
@@ -302,17 +303,45 @@ class Sequencer(wiring.Component):
         m.d.comb += load_idle.eq(~fifos[Queue.LOAD].r_rdy & ~in_flight[Queue.LOAD])
         stuck = Signal()                                 # nothing will ever start again
         m.d.comb += stuck.eq(~in_flight.any() & ~starts.any())
-        # The oldest instruction waiting in a queue (for DEADLOCK).
+        # The oldest instruction waiting in a queue (for DEADLOCK): a tree of compares.
         oldest = Signal(INDEX_BITS)
-        best = Const((1 << INDEX_BITS) - 1, INDEX_BITS)
-        for q in range(NQ):
-            best = Mux(fifos[q].r_rdy & (head_index[q] < best), head_index[q], best)
-        m.d.comb += oldest.eq(best)
+        level = [(fifos[q].r_rdy, head_index[q]) for q in range(NQ)]
+        while len(level) > 1:
+            nxt_level = []
+            for k in range(0, len(level) - 1, 2):
+                (va, ia), (vb, ib) = level[k], level[k + 1]
+                take_b = vb & (~va | (ib < ia))
+                nxt_level.append((va | vb, Mux(take_b, ib, ia)))
+            if len(level) % 2:
+                nxt_level.append(level[-1])
+            level = nxt_level
+        m.d.comb += oldest.eq(Mux(level[0][0], level[0][1], Const((1 << INDEX_BITS) - 1, INDEX_BITS)))
         last_beat = Signal()
         m.d.comb += last_beat.eq(fetching & axi.rvalid & (r_got == total_beats - 1))
 
-        def fail(code, index):
-            m.d.sync += [stopping.eq(1), error.eq(code), error_index.eq(index)]
+        # An error's code is written in the cycle it is found, its index one cycle later
+        # (still before ``done``): the index comes from a register, so no index arithmetic
+        # (the oldest queue head's compares, the retire and bus-error muxes) lies on the
+        # paths that find errors.  The state an index is read from is frozen while stopping
+        # (nothing is dispatched or started); the volatile ones are held from the cycle the
+        # error was found.
+        IDX_HELD, IDX_PROG_END, IDX_OLDEST, IDX_ZERO, IDX_SEG, IDX_CUR = range(6)
+        index_due = Signal()
+        index_src = Signal(range(6))
+        index_held = Signal(INDEX_BITS)                 # overflow or bus-error index
+        m.d.sync += index_held.eq(Mux(overflow, overflow_index, bus_index))
+
+        def fail(code, src):
+            m.d.sync += [stopping.eq(1), error.eq(code), index_due.eq(1), index_src.eq(src)]
+
+        with m.If(index_due):
+            m.d.sync += index_due.eq(0)
+            with m.Switch(index_src):
+                for src, value in ((IDX_HELD, index_held), (IDX_PROG_END, self.prog_len - 1),
+                                   (IDX_OLDEST, oldest), (IDX_ZERO, 0), (IDX_SEG, seg_base),
+                                   (IDX_CUR, cur_index)):
+                    with m.Case(src):
+                        m.d.sync += error_index.eq(value)
 
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
@@ -325,7 +354,8 @@ class Sequencer(wiring.Component):
                 m.d.sync += done.eq(0)
             with m.If(self.start):
                 m.d.sync += [running.eq(1), done.eq(0), stopping.eq(0), halted.eq(0),
-                             error.eq(0), error_index.eq(0), cycles.eq(0), seg_base.eq(0),
+                             error.eq(0), error_index.eq(0), index_due.eq(0), cycles.eq(0),
+                             seg_base.eq(0),
                              nxt.eq(0), phase.eq(FETCH_WAIT), pending.eq(0), fetching.eq(0)]
                 m.d.sync += [self.busy_count[q].eq(0) for q in range(NQ)]
                 for s in range(NQ):
@@ -338,22 +368,22 @@ class Sequencer(wiring.Component):
                 m.d.sync += [running.eq(0), done.eq(1), fetching.eq(0)]
         with m.Else():
             with m.If(overflow):
-                fail(int(ErrorCode.SEMAPHORE), overflow_index)
+                fail(int(ErrorCode.SEMAPHORE), IDX_HELD)
             with m.Elif(self.bus_error.any()):
-                fail(int(ErrorCode.BUS), bus_index)
+                fail(int(ErrorCode.BUS), IDX_HELD)
             with m.Elif(halted):
                 with m.If(empty):
                     with m.If(tokens_left):
-                        fail(int(ErrorCode.TOKENS), self.prog_len - 1)
+                        fail(int(ErrorCode.TOKENS), IDX_PROG_END)
                     with m.Else():
                         m.d.sync += [running.eq(0), done.eq(1)]
                 with m.Elif(stuck):
-                    fail(int(ErrorCode.DEADLOCK), oldest)
+                    fail(int(ErrorCode.DEADLOCK), IDX_OLDEST)
             with m.Else():
                 with m.Switch(phase):
                     with m.Case(FETCH_WAIT):
                         with m.If(self.prog_len == 0):
-                            fail(int(ErrorCode.NO_HALT), 0)
+                            fail(int(ErrorCode.NO_HALT), IDX_ZERO)
                         with m.Elif(load_idle):
                             count = Mux(self.prog_len - seg_base > seg_len, seg_len,
                                         self.prog_len - seg_base)
@@ -362,11 +392,11 @@ class Sequencer(wiring.Component):
                                          ar_sent.eq(0), r_got.eq(0), fetch_error.eq(0),
                                          beat_in_row.eq(0)]
                         with m.Elif(stuck):
-                            fail(int(ErrorCode.DEADLOCK), oldest)
+                            fail(int(ErrorCode.DEADLOCK), IDX_OLDEST)
                     with m.Case(FETCH):
                         with m.If(last_beat):
                             with m.If(fetch_error | (axi.rresp != 0)):
-                                fail(int(ErrorCode.BUS), seg_base)
+                                fail(int(ErrorCode.BUS), IDX_SEG)
                             with m.Else():
                                 m.d.sync += [fetching.eq(0), phase.eq(READ)]
                     with m.Case(READ):
@@ -378,7 +408,7 @@ class Sequencer(wiring.Component):
                         with m.If(take_first):
                             m.d.comb += take.eq(1)
                         with m.If(dec.valid & (dec.error != 0)):
-                            fail(dec.error, cur_index)
+                            fail(dec.error, IDX_CUR)
                         with m.Elif(dec.valid & (dec.queue == NQ)):
                             m.d.sync += halted.eq(1)
                         with m.Elif(want_push):
@@ -394,5 +424,5 @@ class Sequencer(wiring.Component):
                             with m.Else():
                                 m.d.sync += [pending.eq(1), pend_queue.eq(push_queue)]
                                 with m.If(stuck):
-                                    fail(int(ErrorCode.DEADLOCK), oldest)
+                                    fail(int(ErrorCode.DEADLOCK), IDX_OLDEST)
         return m
