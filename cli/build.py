@@ -118,7 +118,8 @@ def run(args) -> int:
     say(resource_lines(result.resources, board))
     say(f"  MACs per DSP per cycle: {macs_per_dsp(cfg, result.resources):.2f} "
         f"({cfg.macs_per_cycle} array MACs over {result.resources.dsp:,} multiplier blocks, "
-        f"{products_per_dsp(cfg, board.family)} array product(s) per block)")
+        + ("two array products per DSP48E2)" if products_per_dsp(cfg, board.family) == 2
+           else "one product per block)"))
     if args.fit_only:
         return 0
     root = Path(args.build_dir)
