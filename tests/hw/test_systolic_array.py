@@ -490,3 +490,11 @@ def cocotb_vectors(rows: int, cols: int, seed: int) -> dict:
 def test_cocotb(rows, cols, tmp_path):
     run_cocotb(SystolicArray(config_of(rows, cols)), "systolic_array", "cocotb_systolic_array",
                tmp_path, vectors=cocotb_vectors(rows, cols, seed=rows * 100 + cols))
+
+
+@pytest.mark.cocotb
+def test_cocotb_packed(tmp_path):
+    """The packed array (``dsp_pack = 2``) through the Verilog simulator, same vectors and
+    same cycle counts as the unpacked one."""
+    run_cocotb(SystolicArray(config_of(4, 4, dsp_pack=2)), "systolic_array",
+               "cocotb_systolic_array", tmp_path, vectors=cocotb_vectors(4, 4, seed=404))
