@@ -15,6 +15,7 @@ from pathlib import Path
 
 from boards.fit import fit, model_cycles
 from boards.profiles import PROFILES, get_profile
+from boards.resources import macs_per_dsp, products_per_dsp
 from hw.config import AcceleratorConfig
 
 
@@ -36,7 +37,9 @@ def board_table(name: str, build_dir: Path) -> str:
     res = resources_on(cfg, board)
     lines = [f"### {board.title} (`{board.name}`, {board.part})", "",
              f"Config: N = {cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, "
-             f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB"
+             f"{cfg.lut_mult_cols} columns on LUT multipliers"
+             + (", two products per DSP48E2" if cfg.dsp_pack == 2 else "")
+             + f"), scratchpad {cfg.scratchpad_kib} KiB"
              + (f" (region shares `{cfg.spad_shares}`)" if cfg.spad_shares else "")
              + f", accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB; clock "
              f"{clock:.1f} MHz ({how}); memory {board.memory}, {board.dram_mbps:g} MB/s = "
@@ -53,9 +56,11 @@ def board_table(name: str, build_dir: Path) -> str:
             u = built["utilization"].get(k)
             placed = f"{u[0]:,} | " if u else "- | "
         lines.append(f"| {names[k]} | {v:,} | {placed}{board.budget[k]:,} |")
-    dsps = res.dsp or 1
-    lines += ["", f"MACs per multiplier block per cycle: {cfg.macs_per_cycle / dsps:.2f} "
-              f"({cfg.macs_per_cycle} array MACs per cycle over {res.dsp} blocks; one product per block)", "",
+    per_block = products_per_dsp(cfg, board.family)
+    lines += ["", f"MACs per multiplier block per cycle: {macs_per_dsp(cfg, res):.2f} "
+              f"({cfg.macs_per_cycle} array MACs per cycle over {res.dsp} blocks; "
+              + ("two array products per DSP48E2 (`dsp_pack = 2`), one per block in the units)"
+                 if per_block == 2 else "one product per block)"), "",
               "| model | cycles | latency | frames/s |", "| --- | ---: | ---: | ---: |"]
     for model, title in (("deit_tiny", "DeiT-Tiny"), ("deit_small", "DeiT-Small")):
         # The hardware has one set of scratchpad region shares: no per-model resizing here

@@ -128,10 +128,11 @@ def format_report(rep: BuildReport) -> str:
 
 
 def config_hash(config: AcceleratorConfig) -> str:
-    """A short hash of the hardware fields (the clock and DRAM model do not change the RTL)."""
+    """A short hash of the hardware fields (the clock and DRAM model do not change the RTL;
+    ``dsp_pack`` enters only when 2, so configs from before the field keep their hash)."""
     hw = {k: v for k, v in config.to_dict().items()
           if k not in ("clock_mhz", "dram_bytes_per_cycle", "dram_latency_cycles",
-                       "dram_write_latency_cycles")}
+                       "dram_write_latency_cycles") and not (k == "dsp_pack" and v == 1)}
     return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 

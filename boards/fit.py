@@ -1,7 +1,8 @@
 """Fit the accelerator to a board: the fastest config whose modelled resources fit.
 
 Candidates vary the datapath width ``N`` (array shape and vector lanes), the multiplier
-mapping (``lut_mult_cols``: array columns on LUT multipliers), the scratchpad, accumulator
+mapping (``lut_mult_cols``: array columns on LUT multipliers; ``dsp_pack`` is the board's,
+:attr:`boards.profiles.BoardProfile.dsp_pack`, unless pinned), the scratchpad, accumulator
 and parameter memory sizes and the accumulation-buffer depth.  A candidate must fit the board's
 budget by the resource model (:mod:`boards.resources`) and compile the ranking model
 (DeiT-Tiny by default) and every model of :data:`TABLE_MODELS` with one set of scratchpad
@@ -104,7 +105,7 @@ def overflow_message(config: AcceleratorConfig, board: BoardProfile) -> str | No
         return None
     parts = [f"{_NAMES[k]} {need:,} of {have:,} (over by {need - have:,}, {100 * need / max(have, 1):.0f}%)"
              for k, need, have in over]
-    return (f"N={config.lanes}, lut_mult_cols={config.lut_mult_cols}, "
+    return (f"N={config.lanes}, lut_mult_cols={config.lut_mult_cols}, dsp_pack={config.dsp_pack}, "
             f"scratchpad {config.scratchpad_kib} KiB, accumulator {config.accumulator_kib} KiB "
             f"does not fit {board.name} by the resource model: " + "; ".join(parts))
 
@@ -130,10 +131,16 @@ def candidates(board: BoardProfile, pinned: dict, clock_mhz: float | None = None
             for acc in ([pinned["accumulator_kib"]] if "accumulator_kib" in pinned else ACCUMULATOR_KIB):
                 for rows, par in [(r, p) for r in ([pinned["max_tile_rows"]] if "max_tile_rows" in pinned else TILE_ROWS)
                                   for p in ([pinned["param_kib"]] if "param_kib" in pinned else PARAM_KIB)]:
+                    # The board's packing, unless pinned (or an odd pinned lut_mult_cols
+                    # splits a pair: then unpacked).
+                    pack = pinned.get("dsp_pack", board.dsp_pack
+                                      if pinned.get("lut_mult_cols", 0) % 2 == 0 else 1)
                     base = {**pinned, "array_rows": n, "scratchpad_kib": spad,
-                            "accumulator_kib": acc, "max_tile_rows": rows, "param_kib": par}
+                            "accumulator_kib": acc, "max_tile_rows": rows, "param_kib": par,
+                            "dsp_pack": pack}
+                    # LUT columns are whole packed pairs when dsp_pack = 2.
                     lut_options = ([pinned["lut_mult_cols"]] if "lut_mult_cols" in pinned
-                                   else range(0, n + 1))
+                                   else range(0, n + 1, pack))
                     for lut in lut_options:
                         try:
                             cfg = _with_board(load_config(None, **{**base, "lut_mult_cols": lut}),

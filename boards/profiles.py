@@ -120,6 +120,13 @@ class BoardProfile:
             b *= 2
         return b
 
+    @property
+    def dsp_pack(self) -> int:
+        """The array's ``dsp_pack`` on this board: 2 on UltraScale+ (two int8 products per
+        DSP48E2, whose 27 x 18 multiplier holds the 27-bit packed weight), 1 elsewhere (a
+        DSP48E1's 25-bit port and an ECP5 MULT18X18D are too narrow for it)."""
+        return 2 if self.family == "ultrascale+" else 1
+
     def config_overrides(self, clock_mhz: float, lanes: int) -> dict:
         """The config fields this board decides at ``clock_mhz`` for an ``lanes`` datapath."""
         b = self.bytes_per_cycle(clock_mhz, lanes)

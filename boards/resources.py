@@ -9,7 +9,9 @@ multiplier blocks and block RAMs (and UltraRAMs on the Xilinx parts that have th
   part's block RAM (the cheapest of its width x depth shapes, 8 data bits in every 9 when
   writes are byte-wide), plus the units' own buffers and tables (calibrated).
 * **Multipliers**: one per processing element of the array whose column is not mapped to
-  LUT multipliers (``lut_mult_cols``), plus the vector units' (calibrated: a + b N).
+  LUT multipliers (``lut_mult_cols``), plus the vector units' (calibrated: a + b N).  With
+  ``dsp_pack = 2`` a packed pair of columns takes one DSP48E2 per PE row on UltraScale+
+  (:func:`products_per_dsp`); elsewhere its 27 x 9-bit product takes two blocks.
 * **LUTs and flip-flops**: calibrated ``a + b N + c N^2`` per kind, ``c`` being the cost of one
   processing element, plus the LUT multipliers' logic.
 
@@ -27,7 +29,7 @@ from hw.config import AcceleratorConfig
 from hw.core.memories import geometry
 
 __all__ = ["Resources", "MemoryShape", "estimate", "core_memories", "bram_blocks",
-           "uram_blocks", "CALIBRATION", "LUT6_PER_LUT4"]
+           "uram_blocks", "products_per_dsp", "macs_per_dsp", "CALIBRATION", "LUT6_PER_LUT4"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class Resources:
 #: * ``dsp_units``: 80 multipliers outside the array at N = 4 (the core) and 281 at N = 16 (the
 #:   units); ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
 #: * ``lut_mult``: one processing element synthesized both ways: 321 vs 28 logic cells.
+#: * ``pack_lut``, ``pack_ff``: the extra logic and flip-flops of one packed pair of PEs
+#:   (``dsp_pack = 2``): the 8 x 8 array synthesized both ways with ``synth_xilinx -family
+#:   xcup`` (``benchmarks/synth_dsp_pack.py``): 2,353 vs 1,777 LUTs (18 LUT6 per pair, in
+#:   LUT4 here: / :data:`LUT6_PER_LUT4`) and 6,025 vs 5,181 flip-flops (26 per pair).
 CALIBRATION = {
     "lut": (11_700.0, 3_600.0, 200.0),
     "ff": (8_070.0, 995.0, 73.0),
@@ -80,6 +86,8 @@ CALIBRATION = {
     "bram_units": (11.3, 5.92),
     "lut_mult": 293.0,
     "lut_mult_ff": 0.0,
+    "pack_lut": 29.0,
+    "pack_ff": 26.0,
 }
 
 #: Xilinx LUT6 per ECP5 LUT4 of the same logic (a LUT6 absorbs about 1.6 LUT4 of this
@@ -132,6 +140,19 @@ def core_memories(config: AcceleratorConfig) -> list[MemoryShape]:
     return out
 
 
+def products_per_dsp(config: AcceleratorConfig, family: str) -> int:
+    """Array products one multiplier block computes per cycle: 2 for ``dsp_pack = 2`` on
+    UltraScale+ (the 27-bit packed weight fits a DSP48E2's 27 x 18 multiplier), else 1 (a
+    DSP48E1 is 25 x 18 and a MULT18X18D 18 x 18: the packed product would take two)."""
+    return config.dsp_pack if family == "ultrascale+" else 1
+
+
+def macs_per_dsp(config: AcceleratorConfig, resources: Resources) -> float:
+    """The whole core's array MACs per multiplier block per cycle (the vector units'
+    multipliers count in the blocks)."""
+    return config.macs_per_cycle / max(resources.dsp, 1)
+
+
 def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 18,
              urams: int = 0) -> Resources:
     """The model's resources for ``config`` on a part of ``family`` (``"ecp5"``,
@@ -140,12 +161,15 @@ def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 
     n = config.lanes
     lut_pes = n * config.lut_mult_cols
     dsp_pes = n * n - lut_pes
+    pairs = dsp_pes // 2 if config.dsp_pack == 2 else 0
     a, b, c = CALIBRATION["lut"]
-    lut = a + b * n + c * n * n + CALIBRATION["lut_mult"] * lut_pes
+    lut = (a + b * n + c * n * n + CALIBRATION["lut_mult"] * lut_pes
+           + CALIBRATION["pack_lut"] * pairs)
     a, b, c = CALIBRATION["ff"]
-    ff = a + b * n + c * n * n + CALIBRATION["lut_mult_ff"] * lut_pes
+    ff = (a + b * n + c * n * n + CALIBRATION["lut_mult_ff"] * lut_pes
+          + CALIBRATION["pack_ff"] * pairs)
     a, b = CALIBRATION["dsp_units"]
-    dsp = dsp_pes + round(a + b * n)
+    dsp = dsp_pes // products_per_dsp(config, family) + round(a + b * n)
     mems = core_memories(config)
     uram = 0
     bram = 0

@@ -71,7 +71,8 @@ def readme(config: AcceleratorConfig, board: BoardProfile, resources: dict | Non
         f"# vitamin core for {board.title}",
         "",
         f"Part {board.part}; config: N = {n} ({n}x{n} array, {n} vector lanes, "
-        f"lut_mult_cols = {config.lut_mult_cols}), scratchpad {config.scratchpad_kib} KiB"
+        f"lut_mult_cols = {config.lut_mult_cols}, dsp_pack = {config.dsp_pack}), "
+        f"scratchpad {config.scratchpad_kib} KiB"
         + (f" (region shares {config.spad_shares})" if config.spad_shares else "") + ", "
         f"accumulator {config.accumulator_kib} KiB, parameters {config.param_kib} KiB, "
         f"instruction buffer {config.instr_buffer}; full config in `config.json`.",

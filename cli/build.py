@@ -67,7 +67,9 @@ def fit_board(board, pinned: dict, model: str = "deit_tiny", clock_mhz: float | 
 
 def describe(cfg) -> str:
     return (f"N={cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
-            f"{cfg.lut_mult_cols} columns on LUT multipliers), scratchpad {cfg.scratchpad_kib} KiB"
+            f"{cfg.lut_mult_cols} columns on LUT multipliers, "
+            f"{'two products per DSP' if cfg.dsp_pack == 2 else 'one product per DSP'}), "
+            f"scratchpad {cfg.scratchpad_kib} KiB"
             + (f" (shares {cfg.spad_shares})" if cfg.spad_shares else "")
             + f", accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB, "
             f"tile rows {cfg.max_tile_rows}, "
@@ -98,6 +100,7 @@ def record_fitted(root: Path, board, cfg, clock_mhz: float, source: str, build: 
 def run(args) -> int:
     from boards.build import BuildError, build_core, build_dir, format_report
     from boards.profiles import BoardError, get_profile
+    from boards.resources import macs_per_dsp, products_per_dsp
     from boards.verilog import synth_xilinx_counts, write_verilog_folder
 
     try:
@@ -113,6 +116,10 @@ def run(args) -> int:
         f"at {cfg.clock_mhz:g} MHz (cycle model)")
     say(f"  {'resource (model)':<24}{'need':>9}{'available':>11}{'share':>8}")
     say(resource_lines(result.resources, board))
+    say(f"  MACs per DSP per cycle: {macs_per_dsp(cfg, result.resources):.2f} "
+        f"({cfg.macs_per_cycle} array MACs over {result.resources.dsp:,} multiplier blocks, "
+        + ("two array products per DSP48E2)" if products_per_dsp(cfg, board.family) == 2
+           else "one product per block)"))
     if args.fit_only:
         return 0
     root = Path(args.build_dir)

@@ -80,6 +80,13 @@ class AcceleratorConfig:
     #: identical; only the resources differ (on ECP5 every product otherwise takes a whole
     #: MULT18X18D).  0..array_cols.
     lut_mult_cols: int = 0
+    #: Products per DSP block in the array: 1, or 2 to pack two neighbouring columns' int8
+    #: products into one multiplier (``a * ((w1 << 18) + w2)``, a 27 x 9-bit product that
+    #: fits one Xilinx DSP48E2; :class:`hw.processing_element.PackedPair`).  Results,
+    #: latency and throughput are identical; with 2, ``array_cols`` and ``lut_mult_cols``
+    #: are even, so the LUT-multiplier columns are whole pairs (unpacked, two multipliers
+    #: in logic each).
+    dsp_pack: int = 1
     #: Operand width of weights (int8).  The integer reference fixes it at 8.
     weight_bits: int = 8
     #: Operand width of activations (int8, zero point folded into the bias).  Fixed at 8.
@@ -144,6 +151,9 @@ class AcceleratorConfig:
              f"got {self.weight_bits}/{self.act_bits}/{self.acc_bits}")
         need(0 <= self.lut_mult_cols <= self.array_cols,
              f"lut_mult_cols must be in 0..array_cols ({self.array_cols}), got {self.lut_mult_cols}")
+        need(self.dsp_pack in (1, 2) and (self.dsp_pack == 1 or self.lut_mult_cols % 2 == 0),
+             f"dsp_pack must be 1 or 2, and with 2 lut_mult_cols even (whole column pairs), "
+             f"got dsp_pack={self.dsp_pack}, lut_mult_cols={self.lut_mult_cols}")
         shares = _parse_shares(self.spad_shares)
         need(sum(v[0] for v in shares.values()) <= 32,
              f"spad_shares: the shares add up to {sum(v[0] for v in shares.values())} 32nds, more than 32")

@@ -27,7 +27,9 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["ProcessingElement", "shift_add_product", "STREAM_OPERAND", "PRODUCT_BITS", "psum_bits"]
+__all__ = ["ProcessingElement", "PackedPair", "shift_add_product", "pack_weights",
+           "split_packed_product", "STREAM_OPERAND", "PRODUCT_BITS", "PACK_SHIFT",
+           "PACKED_WEIGHT_BITS", "psum_bits"]
 
 #: One streaming operand as it travels along a PE row.
 STREAM_OPERAND = data.StructLayout({
@@ -50,6 +52,29 @@ def shift_add_product(a, b):
         parts = [parts[k] + parts[k + 1] if k + 1 < len(parts) else parts[k]
                  for k in range(0, len(parts), 2)]
     return parts[0] - Mux(b[width - 1], a.as_signed() << (width - 1), 0)
+
+
+#: Bit position of the upper product in a packed pair (:class:`PackedPair`): the lower
+#: product is the signed 18-bit field below it (a 9 x 8-bit product needs 17).
+PACK_SHIFT = 18
+#: Width of a packed weight ``(w_hi << 18) + w_lo``, signed: 27 bits, a DSP48E2's A port
+#: (pre-adder) width; a DSP48E1's is 25, too narrow.
+PACKED_WEIGHT_BITS = 27
+
+
+def pack_weights(w_hi, w_lo):
+    """``(w_hi << PACK_SHIFT) + w_lo`` for two signed 8-bit weights (27 bits signed)."""
+    return (w_hi.as_signed() << PACK_SHIFT) + w_lo.as_signed()
+
+
+def split_packed_product(p):
+    """``(hi, lo)`` of ``p = a * ((w_hi << 18) + w_lo)``: ``lo = a * w_lo`` is bits 0..17
+    read as signed, ``hi = a * w_hi`` the bits above plus bit 17 (the lower field's sign,
+    which borrowed one from the upper field).  Exact whenever ``a * w_lo`` fits a signed
+    18-bit field, i.e. for every 9-bit signed ``a`` and 8-bit signed ``w_lo``."""
+    lo = p[:PACK_SHIFT].as_signed()
+    hi = p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]
+    return hi, lo
 
 
 def psum_bits(rows: int) -> int:
@@ -138,5 +163,95 @@ class ProcessingElement(wiring.Component):
             self.act_out.eq(self.act_in),
             product.eq(term),
             self.psum_out.eq(self.psum_in + product),
+        ]
+        return m
+
+
+class PackedPair(wiring.Component):
+    """Two horizontally neighbouring processing elements, columns ``j`` and ``j + 1`` of a
+    PE row, on one multiplier: ``value * ((w_{j+1} << 18) + w_j)``, a 9 x 27-bit product
+    that fits one DSP48E2 (``config.dsp_pack = 2``).
+
+    In the unpacked row PE ``j + 1`` multiplies the same streaming operand one cycle after
+    PE ``j``.  The pair multiplies once, in PE ``j``'s cycle: column ``j`` takes the lower
+    product field at once, column ``j + 1`` takes the upper field one cycle later (one more
+    register), which is the term PE ``j + 1`` would have produced.  Column ``j + 1``'s
+    double-buffered weight runs one cycle early to match: its swap is the operand's swap
+    as it enters the pair (the swap PE ``j + 1`` would see one cycle later) and its shadow
+    writes come one cycle before PE ``j + 1``'s (the array gives its weights one skew
+    register fewer), i.e. in the same cycle as column ``j``'s.  So both columns' shadow
+    and stationary weights live in one packed 27-bit register each.
+
+    Members
+    -------
+    act_in, act_out :
+        As :class:`ProcessingElement`'s; ``act_out`` is ``act_in`` delayed 2 cycles (the
+        two PEs' registers).
+    psum_in_0, psum_in_1 : ``In(signed(psum_width))``
+        Partial sums from above for columns ``j`` and ``j + 1``.
+    psum_out_0, psum_out_1 : ``Out(signed(psum_width))``
+        The two columns' partial sums, each in the cycle the unpacked PE gives it.
+    weight_write : ``In(1)``
+        Write ``weight_0`` and ``weight_1`` into the packed shadow register (column
+        ``j``'s write cycle; column ``j + 1``'s write one cycle early).
+    weight_0, weight_1 : ``In(signed(8))``
+        Next tile's elements of columns ``j`` and ``j + 1``.
+
+    Notes
+    -----
+    LATENCY and THROUGHPUT are those of two :class:`ProcessingElement` in a row: column
+    ``j``'s sum 2 cycles after the operand enters, column ``j + 1``'s 3 cycles after (2
+    after the unpacked PE ``j + 1`` would receive it), ``act_out`` 2 cycles; one operand
+    per cycle.  Bit-exact and cycle-exact with the unpacked pair, stalls included (every
+    register has the ``sync`` domain's enable).
+    """
+
+    def __init__(self, psum_width: int):
+        if isinstance(psum_width, bool) or not isinstance(psum_width, int) \
+                or psum_width < PRODUCT_BITS:
+            raise ValueError(f"psum_width must be an integer >= {PRODUCT_BITS}, got {psum_width!r}")
+        self._psum_width = psum_width
+        super().__init__({
+            "act_in": In(STREAM_OPERAND),
+            "act_out": Out(STREAM_OPERAND),
+            "psum_in_0": In(signed(psum_width)),
+            "psum_in_1": In(signed(psum_width)),
+            "psum_out_0": Out(signed(psum_width)),
+            "psum_out_1": Out(signed(psum_width)),
+            "weight_write": In(1),
+            "weight_0": In(signed(8)),
+            "weight_1": In(signed(8)),
+        })
+
+    @property
+    def psum_width(self) -> int:
+        return self._psum_width
+
+    def elaborate(self, platform):
+        m = Module()
+
+        shadow = Signal(signed(PACKED_WEIGHT_BITS))
+        stationary = Signal(signed(PACKED_WEIGHT_BITS))
+        current = Signal(signed(PACKED_WEIGHT_BITS))
+        m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
+        m.d.sync += stationary.eq(current)
+        with m.If(self.weight_write):
+            m.d.sync += shadow.eq(pack_weights(self.weight_1, self.weight_0))
+
+        packed = Signal(signed(PACKED_WEIGHT_BITS + 9))
+        act_mid = Signal(STREAM_OPERAND)
+        m.d.sync += [
+            packed.eq(self.act_in.value * current),
+            act_mid.eq(self.act_in),
+            self.act_out.eq(act_mid),
+        ]
+        hi, lo = split_packed_product(packed)
+        lo_term = Signal(signed(PRODUCT_BITS))
+        hi_term = Signal(signed(PRODUCT_BITS))
+        m.d.comb += lo_term.eq(lo)
+        m.d.sync += [
+            hi_term.eq(hi),
+            self.psum_out_0.eq(self.psum_in_0 + lo_term),
+            self.psum_out_1.eq(self.psum_in_1 + hi_term),
         ]
         return m

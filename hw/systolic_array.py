@@ -51,7 +51,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AcceleratorConfig
-from hw.processing_element import STREAM_OPERAND, ProcessingElement, psum_bits
+from hw.processing_element import STREAM_OPERAND, PackedPair, ProcessingElement, psum_bits
 from hw.timing import UnitTiming
 
 __all__ = ["SystolicArray", "StreamMode", "matmul_timing"]
@@ -128,6 +128,9 @@ class SystolicArray(wiring.Component):
     beat is ``m + 2 R + C + 1`` cycles, both ends counted.  THROUGHPUT: one streaming row per cycle;
     tiles start every ``max(m, R)`` cycles (the next tile's ``R`` weight beats hide behind
     the current tile's rows).  Both are :func:`matmul_timing`.  Any ``R, C >= 2`` build.
+    With ``config.dsp_pack == 2`` each pair of DSP columns ``(2k, 2k + 1)`` is a
+    :class:`hw.processing_element.PackedPair` (one multiplier per pair and PE row); results,
+    latency and throughput are unchanged, cycle for cycle.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -219,6 +222,10 @@ class SystolicArray(wiring.Component):
         # accepted in cycle t writes the shadow registers of column c at the end of t + 1 + c.
         # (No earlier than the current tile's swap there, which is at t0 + 1 + r + c with
         # t0 <= t - r for the beat of row r.)
+        # With dsp_pack = 2 the second column of a packed pair gets one skew stage fewer:
+        # its weight runs one cycle early inside the PackedPair.
+        dsp_cols = cols - self._config.lut_mult_cols
+        packed = self._config.dsp_pack == 2
         weight_writes = []
         for c in range(cols):
             write = Signal(name=f"weight_write_{c}")
@@ -229,7 +236,7 @@ class SystolicArray(wiring.Component):
                 row.eq(weight_row),
                 value.eq(self.weights.payload.data[8 * c:8 * c + 8]),
             ]
-            for stage in range(c):
+            for stage in range(c - 1 if packed and c < dsp_cols and c % 2 else c):
                 d_write = Signal(name=f"weight_write_{c}_skew_{stage}")
                 d_row = Signal(range(rows), name=f"weight_row_{c}_skew_{stage}")
                 d_value = Signal(signed(8), name=f"weight_{c}_skew_{stage}")
@@ -242,7 +249,24 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             act = operands[r]
             for c in range(cols):
-                pe = ProcessingElement(width, lut_multiplier=c >= cols - self._config.lut_mult_cols)
+                if packed and c < dsp_cols:
+                    if c % 2:
+                        continue
+                    pair = PackedPair(width)
+                    m.submodules[f"pe_{r}_{c}_{c + 1}"] = pair
+                    write, row, value = weight_writes[c]
+                    m.d.comb += [
+                        pair.act_in.eq(act),
+                        pair.psum_in_0.eq(psums[c]),
+                        pair.psum_in_1.eq(psums[c + 1]),
+                        pair.weight_write.eq(write & (row == r)),
+                        pair.weight_0.eq(value),
+                        pair.weight_1.eq(weight_writes[c + 1][2]),
+                    ]
+                    act = pair.act_out
+                    psums[c], psums[c + 1] = pair.psum_out_0, pair.psum_out_1
+                    continue
+                pe = ProcessingElement(width, lut_multiplier=c >= dsp_cols)
                 m.submodules[f"pe_{r}_{c}"] = pe
                 write, row, value = weight_writes[c]
                 m.d.comb += [

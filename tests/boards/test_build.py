@@ -2,6 +2,7 @@
 folder discipline, the Verilog folder and the ``vitamin build`` command's error paths."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -94,6 +95,12 @@ def test_config_hash_ignores_clock_and_dram():
     cfg = load_config("tiny")
     assert B.config_hash(cfg) == B.config_hash(cfg.replace(clock_mhz=60.0, dram_bytes_per_cycle=1))
     assert B.config_hash(cfg) != B.config_hash(cfg.replace(lut_mult_cols=2))
+    assert B.config_hash(cfg) != B.config_hash(cfg.replace(dsp_pack=2))
+    # dsp_pack = 1 (the default) is left out: hashes from before the field are unchanged.
+    hw = {k: v for k, v in cfg.to_dict().items() if k not in (
+        "clock_mhz", "dram_bytes_per_cycle", "dram_latency_cycles", "dram_write_latency_cycles",
+        "dsp_pack")}
+    assert B.config_hash(cfg) == hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def test_verilog_only_board_has_no_open_flow(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from boards.fit import FitError, candidates, check_fits, fit, overflow_message, resources_on
 from boards.profiles import PROFILES, BoardError, BoardProfile, get_profile
-from boards.resources import MemoryShape, Resources, bram_blocks, core_memories, estimate
+from boards.resources import (MemoryShape, Resources, bram_blocks, core_memories, estimate,
+                              macs_per_dsp, products_per_dsp)
 from hw.config import AcceleratorConfig, ConfigError, load_config
 
 
@@ -94,6 +95,51 @@ def test_estimate_scales_and_lut_multipliers():
     # UltraRAM takes the large memories when there is some.
     u = estimate(load_config(None), "ultrascale+", 36, urams=96)
     assert u.uram > 0 and u.bram < estimate(load_config(None), "ultrascale+", 36).bram
+
+
+def test_dsp_pack_counts_one_dsp48e2_per_pair():
+    """dsp_pack = 2 halves the array's DSPs on UltraScale+ only (a packed product does not
+    fit a DSP48E1 or a MULT18X18D); LUT columns stay one product per PE in logic."""
+    cfg = load_config("small")                               # N = 8
+    n = cfg.lanes
+    packed = cfg.replace(dsp_pack=2)
+    plain_us, packed_us = estimate(cfg, "ultrascale+", 36), estimate(packed, "ultrascale+", 36)
+    assert packed_us.dsp == plain_us.dsp - n * n // 2
+    assert packed_us.lut > plain_us.lut and packed_us.ff > plain_us.ff
+    for family, kbits in (("7series", 36), ("ecp5", 18)):
+        assert estimate(packed, family, kbits).dsp == estimate(cfg, family, kbits).dsp
+    lut = packed.replace(lut_mult_cols=4)
+    assert estimate(lut, "ultrascale+", 36).dsp == plain_us.dsp - n * 4 - n * (n - 4) // 2
+    assert products_per_dsp(packed, "ultrascale+") == 2
+    assert products_per_dsp(packed, "7series") == products_per_dsp(cfg, "ultrascale+") == 1
+    assert macs_per_dsp(packed, packed_us) == n * n / packed_us.dsp
+    assert macs_per_dsp(packed, packed_us) > macs_per_dsp(cfg, plain_us)
+
+
+def test_boards_dsp_pack():
+    assert {name: p.dsp_pack for name, p in PROFILES.items()} == {
+        name: 2 if p.family == "ultrascale+" else 1 for name, p in PROFILES.items()}
+    assert get_profile("zcu104").dsp_pack == 2 and get_profile("pynq-z2").dsp_pack == 1
+    assert get_profile("ulx3s-85f").dsp_pack == 1
+
+
+def test_fit_packs_dsps_on_ultrascale():
+    board = dataclasses.replace(get_profile("zcu104"), dsps=200)
+    r = fit(board, cycles_of=fake_cycles)
+    assert r.config.dsp_pack == 2 and r.config.lut_mult_cols % 2 == 0
+    assert r.resources.dsp <= 200
+    # The fewest LUT columns (whole pairs) that fit.
+    if r.config.lut_mult_cols:
+        fewer = r.config.replace(lut_mult_cols=r.config.lut_mult_cols - 2)
+        assert resources_on(fewer, board).dsp > 200
+    plain = fit(board, {"dsp_pack": 1}, cycles_of=fake_cycles)
+    assert plain.config.dsp_pack == 1
+    odd = fit(synthetic(), {"lut_mult_cols": 1}, cycles_of=fake_cycles)
+    assert odd.config.dsp_pack == 1
+    odd = fit(dataclasses.replace(get_profile("zcu104"), dsps=100_000), {"lut_mult_cols": 1},
+              cycles_of=fake_cycles)
+    assert (odd.config.dsp_pack, odd.config.lut_mult_cols) == (1, 1)
+    assert fit(get_profile("pynq-z2"), cycles_of=fake_cycles).config.dsp_pack == 1
 
 
 def test_overflow_ordering():

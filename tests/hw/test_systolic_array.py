@@ -5,12 +5,12 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
+from amaranth.hdl import Const, Fragment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amaranth_streams import expect_no_beats, run_simulation, wait_accepted
-from hw.config import AcceleratorConfig
+from hw.config import AcceleratorConfig, ConfigError
 from hw.processing_element import PRODUCT_BITS, ProcessingElement, psum_bits
 from hw.systolic_array import StreamMode, SystolicArray, matmul_timing
 from hw.timing import UnitTiming
@@ -21,9 +21,9 @@ from sw import intops
 SIZES = [(2, 2), (4, 4)]
 
 
-def config_of(rows: int, cols: int, lut_mult_cols: int = 0) -> AcceleratorConfig:
+def config_of(rows: int, cols: int, lut_mult_cols: int = 0, dsp_pack: int = 1) -> AcceleratorConfig:
     return AcceleratorConfig(array_rows=rows, array_cols=cols, vector_lanes=rows,
-                             lut_mult_cols=lut_mult_cols)
+                             lut_mult_cols=lut_mult_cols, dsp_pack=dsp_pack)
 
 
 class Tile:
@@ -59,10 +59,10 @@ def random_tile(rng: np.random.Generator, rows: int, cols: int, mode: StreamMode
 
 
 def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap=0.0,
-             out_stall=0.0, seed=0, out_pattern=None, lut_mult_cols=0):
+             out_stall=0.0, seed=0, out_pattern=None, lut_mult_cols=0, dsp_pack=1):
     """Run ``tiles`` back to back.  Returns ``(results per tile, edges)`` where ``edges`` has
     the clock edges of each tile's first weight beat, first streaming row and last result."""
-    dut = SystolicArray(config_of(rows, cols, lut_mult_cols))
+    dut = SystolicArray(config_of(rows, cols, lut_mult_cols, dsp_pack))
     results: list[list[list[int]]] = []
     edges = {"first_weight": [], "first_row": [], "last_result": []}
 
@@ -257,6 +257,117 @@ def test_shift_add_product_exhaustive():
     assert not bad, bad[:5]
 
 
+# ---------------------------------------------------------------------------- DSP packing
+
+@pytest.mark.parametrize("rows,cols,lut", [(2, 2, 0), (4, 4, 0), (4, 4, 2), (8, 8, 2)])
+def test_packed_pairs(rows, cols, lut):
+    """``dsp_pack = 2`` (two columns' products on one multiplier) gives the reference's
+    results: extreme operands of every mode back to back (one-row tiles swap the packed
+    weights every cycle), distinct entries with stalls, and the same timing."""
+    tiles = [
+        constant_tile(rows, cols, StreamMode.INT8, -128, -128, rows),
+        constant_tile(rows, cols, StreamMode.INT8, 127, -128, 2),
+        constant_tile(rows, cols, StreamMode.INT8, -128, 127, 1),
+        constant_tile(rows, cols, StreamMode.UINT8, -128, 255, rows),
+        constant_tile(rows, cols, StreamMode.UINT8, 127, 255, 1),
+        constant_tile(rows, cols, StreamMode.UINT8, -1, 255, 1),
+        constant_tile(rows, cols, StreamMode.INT8, -1, -128, 1),
+    ]
+    check(rows, cols, tiles, lut_mult_cols=lut, dsp_pack=2)
+    rng = np.random.default_rng(rows + lut + 100)
+    tiles = [random_tile(rng, rows, cols, mode, m) for mode, m in (
+        (StreamMode.INT8, rows + 2), (StreamMode.UINT8, 1), (StreamMode.INT8, 1),
+        (StreamMode.UINT8, 3), (StreamMode.UINT8, rows))]
+    check(rows, cols, tiles, weight_gap=0.2, act_gap=0.2, out_stall=0.3, seed=3,
+          lut_mult_cols=lut, dsp_pack=2)
+    tiles = [random_tile(rng, rows, cols, mode, m) for mode, m in (
+        (StreamMode.INT8, rows), (StreamMode.UINT8, rows), (StreamMode.INT8, 1), (StreamMode.UINT8, 2))]
+    packed = check(rows, cols, tiles, lut_mult_cols=lut, dsp_pack=2)
+    assert packed == check(rows, cols, tiles, lut_mult_cols=lut)
+
+
+@pytest.mark.parametrize("rows,cols,lut", [(2, 2, 0), (4, 4, 0), (4, 4, 2)])
+def test_packed_array_cycle_exact(rows, cols, lut):
+    """The packed and the unpacked array side by side on the same random inputs every
+    cycle (valid, data, mode, last and results.ready drawn afresh each cycle, so tiles of
+    every length, swaps back to back and stalls): every output is equal in every cycle."""
+    from amaranth import Module
+    from amaranth.sim import Simulator
+    top = Module()
+    top.submodules.plain = plain = SystolicArray(config_of(rows, cols, lut))
+    top.submodules.packed = packed = SystolicArray(config_of(rows, cols, lut, dsp_pack=2))
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    seen = {"results": 0}
+
+    async def bench(ctx):
+        rng = random.Random(rows * 10 + lut)
+        for cycle in range(1500):
+            inputs = [
+                (lambda d: d.weights.valid, rng.random() < 0.7),
+                (lambda d: d.weights.payload, {"data": rng.getrandbits(8 * cols),
+                                               "mode": rng.choice(list(StreamMode))}),
+                (lambda d: d.activations.valid, rng.random() < 0.8),
+                (lambda d: d.activations.payload, {"data": rng.getrandbits(8 * rows),
+                                                   "last": rng.random() < 0.3}),
+                (lambda d: d.results.ready, rng.random() < 0.8),
+            ]
+            for port, value in inputs:
+                ctx.set(port(plain), value)
+                ctx.set(port(packed), value)
+            for port in (lambda d: d.weights.ready, lambda d: d.activations.ready,
+                         lambda d: d.results.valid, lambda d: d.results.payload.data,
+                         lambda d: d.results.payload.last):
+                assert ctx.get(port(plain)) == ctx.get(port(packed)), f"cycle {cycle}"
+            seen["results"] += ctx.get(plain.results.valid)
+            await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["results"] > 200
+
+
+def test_packed_product_fields():
+    """``split_packed_product`` of ``a * pack_weights(w_hi, w_lo)`` is ``(a * w_hi, a * w_lo)``
+    for every 9-bit ``a`` and edge and spread values of both 8-bit weights."""
+    from amaranth import Module, Signal, signed
+    from amaranth.sim import Simulator
+    from hw.processing_element import PACKED_WEIGHT_BITS, pack_weights, split_packed_product
+    values = (-128, -127, -65, -64, -2, -1, 0, 1, 2, 63, 64, 85, 126, 127, -100, -37, 29)
+    m = Module()
+    a = Signal(signed(9))
+    lanes = []
+    for w_hi in values:
+        for w_lo in values:
+            packed = Signal(signed(PACKED_WEIGHT_BITS))
+            hi, lo = Signal(signed(PRODUCT_BITS)), Signal(signed(PRODUCT_BITS))
+            m.d.comb += packed.eq(pack_weights(Const(w_hi, signed(8)), Const(w_lo, signed(8))))
+            p_hi, p_lo = split_packed_product(a * packed)
+            m.d.comb += [hi.eq(p_hi), lo.eq(p_lo)]
+            lanes.append((w_hi, w_lo, hi, lo))
+    sim = Simulator(m)
+    bad = []
+
+    async def bench(ctx):
+        for x in range(-256, 256):
+            ctx.set(a, x)
+            for w_hi, w_lo, hi, lo in lanes:
+                if (ctx.get(hi), ctx.get(lo)) != (x * w_hi, x * w_lo):
+                    bad.append((x, w_hi, w_lo, ctx.get(hi), ctx.get(lo)))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, bad[:5]
+
+
+def test_dsp_pack_config():
+    with pytest.raises(ConfigError, match="dsp_pack"):
+        config_of(4, 4, dsp_pack=3)
+    with pytest.raises(ConfigError, match="lut_mult_cols even"):
+        config_of(4, 4, lut_mult_cols=1, dsp_pack=2)
+    assert config_of(4, 4, lut_mult_cols=1).dsp_pack == 1
+
+
 # ---------------------------------------------------------------------------- random tiles
 
 @st.composite
@@ -279,6 +390,16 @@ def test_random_tiles(stream, weight_gap, act_gap, out_stall, seed):
     rows, cols, tiles = stream
     check(rows, cols, tiles, weight_gap=weight_gap, act_gap=act_gap, out_stall=out_stall,
           seed=seed)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=tile_streams(), weight_gap=st.sampled_from([0.0, 0.5]),
+       act_gap=st.sampled_from([0.0, 0.5]), out_stall=st.sampled_from([0.0, 0.5]),
+       seed=st.integers(0, 1000))
+def test_packed_random_tiles(stream, weight_gap, act_gap, out_stall, seed):
+    rows, cols, tiles = stream
+    check(rows, cols, tiles, weight_gap=weight_gap, act_gap=act_gap, out_stall=out_stall,
+          seed=seed, dsp_pack=2)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -369,3 +490,11 @@ def cocotb_vectors(rows: int, cols: int, seed: int) -> dict:
 def test_cocotb(rows, cols, tmp_path):
     run_cocotb(SystolicArray(config_of(rows, cols)), "systolic_array", "cocotb_systolic_array",
                tmp_path, vectors=cocotb_vectors(rows, cols, seed=rows * 100 + cols))
+
+
+@pytest.mark.cocotb
+def test_cocotb_packed(tmp_path):
+    """The packed array (``dsp_pack = 2``) through the Verilog simulator, same vectors and
+    same cycle counts as the unpacked one."""
+    run_cocotb(SystolicArray(config_of(4, 4, dsp_pack=2)), "systolic_array",
+               "cocotb_systolic_array", tmp_path, vectors=cocotb_vectors(4, 4, seed=404))
