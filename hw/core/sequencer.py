@@ -303,19 +303,21 @@ class Sequencer(wiring.Component):
         m.d.comb += load_idle.eq(~fifos[Queue.LOAD].r_rdy & ~in_flight[Queue.LOAD])
         stuck = Signal()                                 # nothing will ever start again
         m.d.comb += stuck.eq(~in_flight.any() & ~starts.any())
-        # The oldest instruction waiting in a queue (for DEADLOCK): a tree of compares.
+        # The oldest instruction waiting in a queue (for DEADLOCK's index): from the queue
+        # heads registered the cycle before (the cycle the deadlock was found: the heads do
+        # not change while stopping), every pair compared at once and the one head older
+        # than every other valid one selected (indices are distinct).
         oldest = Signal(INDEX_BITS)
-        level = [(fifos[q].r_rdy, head_index[q]) for q in range(NQ)]
-        while len(level) > 1:
-            nxt_level = []
-            for k in range(0, len(level) - 1, 2):
-                (va, ia), (vb, ib) = level[k], level[k + 1]
-                take_b = vb & (~va | (ib < ia))
-                nxt_level.append((va | vb, Mux(take_b, ib, ia)))
-            if len(level) % 2:
-                nxt_level.append(level[-1])
-            level = nxt_level
-        m.d.comb += oldest.eq(Mux(level[0][0], level[0][1], Const((1 << INDEX_BITS) - 1, INDEX_BITS)))
+        heads_r = [Signal(INDEX_BITS, name=f"head_r_{q}") for q in range(NQ)]
+        valid_r = Signal(NQ)
+        m.d.sync += [h.eq(head_index[q]) for q, h in enumerate(heads_r)]
+        m.d.sync += valid_r.eq(Cat(*[fifos[q].r_rdy for q in range(NQ)]))
+        is_oldest = [Cat(valid_r[q], *[~valid_r[p] | (heads_r[q] < heads_r[p])
+                                       for p in range(NQ) if p != q]).all() for q in range(NQ)]
+        picked = Const(0, INDEX_BITS)
+        for q in range(NQ):
+            picked = picked | Mux(is_oldest[q], heads_r[q], 0)
+        m.d.comb += oldest.eq(Mux(valid_r.any(), picked, (1 << INDEX_BITS) - 1))
         last_beat = Signal()
         m.d.comb += last_beat.eq(fetching & axi.rvalid & (r_got == total_beats - 1))
 
@@ -325,7 +327,7 @@ class Sequencer(wiring.Component):
         # paths that find errors.  The state an index is read from is frozen while stopping
         # (nothing is dispatched or started); the volatile ones are held from the cycle the
         # error was found.
-        IDX_HELD, IDX_PROG_END, IDX_OLDEST, IDX_ZERO, IDX_SEG, IDX_CUR = range(6)
+        IDX_HELD, IDX_PROG_END, IDX_OLDEST, IDX_ZERO, IDX_SEG, IDX_CUR = range(6)    # noqa: N806
         index_due = Signal()
         index_src = Signal(range(6))
         index_held = Signal(INDEX_BITS)                 # overflow or bus-error index
