@@ -152,6 +152,11 @@ def _tool(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+#: nextpnr's router (router2; router1, nextpnr-ecp5's default, is far slower on the N = 8
+#: core's 271,488 arcs: docs/BOARDS.md).
+ROUTER = "router2"
+
+
 def nextpnr_command() -> list[str]:
     return _tool("nextpnr-ecp5")
 
@@ -238,7 +243,8 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
     ``report.json`` and ``<top>_routed.json``."""
     cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
            "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--report", "report.json",
-           "--seed", str(seed), "--timing-allow-fail", "--write", f"{top}_routed.json"]
+           "--seed", str(seed), "--timing-allow-fail", "--router", ROUTER,
+           "--write", f"{top}_routed.json"]
     return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress)
 
 
