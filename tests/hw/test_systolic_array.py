@@ -382,24 +382,16 @@ def tile_streams(draw):
     return rows, cols, tiles
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("dsp_pack", [1, 2])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=tile_streams(), weight_gap=st.sampled_from([0.0, 0.5]),
        act_gap=st.sampled_from([0.0, 0.5]), out_stall=st.sampled_from([0.0, 0.5]),
        seed=st.integers(0, 1000))
-def test_random_tiles(stream, weight_gap, act_gap, out_stall, seed):
+def test_random_tiles(dsp_pack, stream, weight_gap, act_gap, out_stall, seed):
+    """Random tile streams, one product per PE and two per packed pair."""
     rows, cols, tiles = stream
     check(rows, cols, tiles, weight_gap=weight_gap, act_gap=act_gap, out_stall=out_stall,
-          seed=seed)
-
-
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=tile_streams(), weight_gap=st.sampled_from([0.0, 0.5]),
-       act_gap=st.sampled_from([0.0, 0.5]), out_stall=st.sampled_from([0.0, 0.5]),
-       seed=st.integers(0, 1000))
-def test_packed_random_tiles(stream, weight_gap, act_gap, out_stall, seed):
-    rows, cols, tiles = stream
-    check(rows, cols, tiles, weight_gap=weight_gap, act_gap=act_gap, out_stall=out_stall,
-          seed=seed, dsp_pack=2)
+          seed=seed, dsp_pack=dsp_pack)
 
 
 # ---------------------------------------------------------------------------- timing
