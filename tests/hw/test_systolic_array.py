@@ -209,19 +209,23 @@ def test_larger_arrays(rows, cols):
     assert total == matmul_timing(config_of(rows, cols), rows).total(len(tiles))
 
 
-@pytest.mark.parametrize("rows,cols,lut", [(2, 2, 1), (4, 4, 4), (8, 8, 6)])
-def test_lut_multiplier_columns(rows, cols, lut):
-    """Columns mapped to shift-and-add LUT multipliers (``lut_mult_cols``) give the same
-    results as the inferred ones: extreme operands of every mode, distinct entries, stalls,
-    and the same timing."""
-    tiles = [
+def extreme_tiles(rows: int, cols: int) -> list[Tile]:
+    """The extreme operands of every mode, as full, two-row and one-row tiles."""
+    return [
         constant_tile(rows, cols, StreamMode.INT8, -128, -128, rows),
         constant_tile(rows, cols, StreamMode.INT8, 127, -128, 2),
         constant_tile(rows, cols, StreamMode.INT8, -128, 127, 1),
         constant_tile(rows, cols, StreamMode.UINT8, -128, 255, rows),
         constant_tile(rows, cols, StreamMode.UINT8, 127, 255, 1),
     ]
-    check(rows, cols, tiles, lut_mult_cols=lut)
+
+
+@pytest.mark.parametrize("rows,cols,lut", [(2, 2, 1), (4, 4, 4), (8, 8, 6)])
+def test_lut_multiplier_columns(rows, cols, lut):
+    """Columns mapped to shift-and-add LUT multipliers (``lut_mult_cols``) give the same
+    results as the inferred ones: extreme operands of every mode, distinct entries, stalls,
+    and the same timing."""
+    check(rows, cols, extreme_tiles(rows, cols), lut_mult_cols=lut)
     rng = np.random.default_rng(rows + lut)
     tiles = [random_tile(rng, rows, cols, mode, m) for mode, m in (
         (StreamMode.INT8, rows + 2), (StreamMode.UINT8, 3), (StreamMode.UINT8, rows))]
@@ -265,11 +269,7 @@ def test_packed_pairs(rows, cols, lut):
     results: extreme operands of every mode back to back (one-row tiles swap the packed
     weights every cycle), distinct entries with stalls, and the same timing."""
     tiles = [
-        constant_tile(rows, cols, StreamMode.INT8, -128, -128, rows),
-        constant_tile(rows, cols, StreamMode.INT8, 127, -128, 2),
-        constant_tile(rows, cols, StreamMode.INT8, -128, 127, 1),
-        constant_tile(rows, cols, StreamMode.UINT8, -128, 255, rows),
-        constant_tile(rows, cols, StreamMode.UINT8, 127, 255, 1),
+        *extreme_tiles(rows, cols),
         constant_tile(rows, cols, StreamMode.UINT8, -1, 255, 1),
         constant_tile(rows, cols, StreamMode.INT8, -1, -128, 1),
     ]
