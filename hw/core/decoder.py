@@ -18,7 +18,9 @@ priority:
 Timing: the word is taken in the cycle ``start`` is high; the verdict (``error``, ``queue``)
 is valid in the cycle ``valid`` is high, :data:`DECODE_LATENCY` cycles later.  One decode at
 a time (``start`` again once ``valid`` was high, at the earliest in that same cycle).
-Patterns are checked one per cycle through one shared multiplier (``(rows - 1) * stride``).
+Patterns are checked one per cycle through one shared multiplier (``(rows - 1) * stride``),
+in three stages: select the pattern's operands from the word (registered), multiply
+(registered), compare.
 """
 from __future__ import annotations
 
@@ -36,9 +38,10 @@ __all__ = ["Decoder", "DECODE_LATENCY", "MAX_PATTERNS", "ERROR_BITS"]
 #: Most memory patterns of any opcode (checked one per cycle).
 MAX_PATTERNS = max(len(_patterns_of(spec, AcceleratorConfig())) for spec in SPECS.values())
 #: Cycles from ``start`` to ``valid``: the word is registered, then the rules and the first
-#: pattern's multiply, one cycle per further pattern (multiply the next, compare the last),
-#: the last compare, and the registered verdict.
-DECODE_LATENCY = MAX_PATTERNS + 2
+#: pattern's operand select, one cycle per further pattern (select the next, multiply the
+#: one before, compare the one before that), the last multiply, the last compare, and the
+#: registered verdict.
+DECODE_LATENCY = MAX_PATTERNS + 3
 #: Width of an error code.
 ERROR_BITS = max(int(c) for c in ErrorCode).bit_length()
 
@@ -140,14 +143,15 @@ class Decoder(wiring.Component):
         m.d.comb += not_halt_last.eq(last & (opcode != int(Opcode.HALT)))
 
         # ---------------------------------------------------------------- pattern pipeline
-        step = Signal(range(MAX_PATTERNS + 3))
+        step = Signal(range(MAX_PATTERNS + 4))
         running = Signal()
         error = Signal(ERROR_BITS)
         valid = Signal()
         m.d.sync += valid.eq(0)
         m.d.comb += [self.valid.eq(valid), self.error.eq(error), self.busy.eq(running)]
 
-        # Multiply stage (pattern k in step k) -> registers -> compare stage (step k + 1).
+        # Select stage (pattern k in step k) -> registers -> multiply stage (step k + 1) ->
+        # registers -> compare stage (step k + 2).
         names = list(cfg.regions)
         mask_bits = len(names) + 1                      # + DRAM
         mul_a = Signal(16)
@@ -157,13 +161,20 @@ class Decoder(wiring.Component):
         p_mask = Signal(mask_bits)
         p_apply = Signal()
         p_overlap = Signal()
+        s_a = Signal(16)
+        s_b = Signal(32)
+        s_addr = Signal(32)
+        s_width = Signal(_HI_BITS)
+        s_mask = Signal(mask_bits)
+        s_apply = Signal()
+        s_overlap = Signal()
         r_prod = Signal(_HI_BITS)
         r_addr = Signal(32)
         r_width = Signal(_HI_BITS)
         r_mask = Signal(mask_bits)
         r_apply = Signal()
         r_overlap = Signal()
-        k = Signal(range(MAX_PATTERNS + 3))
+        k = Signal(range(MAX_PATTERNS + 4))
         m.d.comb += k.eq(step)
         with m.Switch(opcode):
             for op in Opcode:
@@ -190,8 +201,10 @@ class Decoder(wiring.Component):
                                     p_mask.eq(mask), p_apply.eq(when),
                                     p_overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
                                 ]
-        m.d.sync += [r_prod.eq(mul_a * mul_b), r_addr.eq(p_addr), r_width.eq(p_width),
-                     r_mask.eq(p_mask), r_apply.eq(p_apply), r_overlap.eq(p_overlap)]
+        m.d.sync += [s_a.eq(mul_a), s_b.eq(mul_b), s_addr.eq(p_addr), s_width.eq(p_width),
+                     s_mask.eq(p_mask), s_apply.eq(p_apply), s_overlap.eq(p_overlap)]
+        m.d.sync += [r_prod.eq(s_a * s_b), r_addr.eq(s_addr), r_width.eq(s_width),
+                     r_mask.eq(s_mask), r_apply.eq(s_apply), r_overlap.eq(s_overlap)]
 
         hi = Signal(_HI_BITS + 1)
         inside = Signal()
@@ -216,14 +229,15 @@ class Decoder(wiring.Component):
                 with m.Else():
                     m.d.sync += error.eq(rule_code)
                 m.d.sync += self.queue.eq(queue)
-            with m.Else():
-                # Compare pattern step - 1 (multiplied in the previous cycle).
+            with m.Elif(step >= 2):
+                # Compare pattern step - 2 (selected two cycles ago, multiplied in the
+                # previous cycle).
                 with m.If((error == 0) & r_apply):
                     with m.If(~inside):
                         m.d.sync += error.eq(int(ErrorCode.RANGE))
                     with m.Elif(r_overlap):
                         m.d.sync += error.eq(int(ErrorCode.CONSTRAINT))
-            with m.If(step == MAX_PATTERNS):
+            with m.If(step == MAX_PATTERNS + 1):
                 m.d.sync += [running.eq(0), valid.eq(1)]
         return m
 
