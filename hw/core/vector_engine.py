@@ -99,6 +99,8 @@ RECORD_BYTES = 4 * RECORD_WORDS
 #: Cycles from the start (the instruction handshake) to the first setup slot or source read:
 #: the fields are registered in the start cycle.
 DECODE_CYCLES = 1
+#: Registers between SOFTMAX's score bias / key mask and the softmax's input.
+SOFTMAX_INPUT_STAGES = 1
 
 
 def record_reads(config: AcceleratorConfig) -> int:
@@ -144,8 +146,8 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
         REQUANT int16    done = 1 + K + requant_timing(1).latency + 2 (rows B - 1) + h
                                 (h = 1 when the last beat's second word holds bytes of the
                                 row, 2 v > N for v = cols - (B - 1) N; else 0)
-        SOFTMAX          done = 1 + N + total(rows) of requant_timing(cols) chained to
-                                softmax_timing(cols, mode)
+        SOFTMAX          done = 1 + N + total(rows) of requant_timing(cols), its latency
+                                + SOFTMAX_INPUT_STAGES, chained to softmax_timing(cols, mode)
         LAYERNORM        done = 1 + K + 1 + total(rows) of layernorm_timing(cols)
                                 (its latency does not count both end cycles)
         ADD              done = 1 + K + total(rows) of residual_add_timing(cols)
@@ -176,8 +178,9 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
         if args["gelu"]:
             row = chain(row, gelu_timing(config, cols), beats)
     elif op == Opcode.SOFTMAX:
-        row = chain(requant_timing(config, cols),
-                    softmax_timing(config, cols, SoftmaxMode(args["mode"])), beats)
+        rq = requant_timing(config, cols)
+        rq = UnitTiming(latency=rq.latency + SOFTMAX_INPUT_STAGES, interval=rq.interval)
+        row = chain(rq, softmax_timing(config, cols, SoftmaxMode(args["mode"])), beats)
     elif op == Opcode.LAYERNORM:
         row = _both_ends(layernorm_timing(config, cols))
     elif op == Opcode.ADD:
@@ -391,13 +394,19 @@ class VectorEngine(wiring.Component):
         # bytes, the same row of each) that matches the requantizer's output beat on the port.
         # A bias beat is read once at the start (b_prime) and then in the cycle each score
         # beat passes to the softmax, for the next one; the ports hold their data in between.
+        # SOFTMAX's biased and masked scores pass a register on their way into the softmax
+        # (SOFTMAX_INPUT_STAGES): a beat leaves the requantizer when that register is empty
+        # or the softmax takes its beat in the same cycle.
         sm_take = Signal()
+        sm_in_ready = Signal()
+        sm_pipe_valid = Signal()
+        sm_pipe_data = Signal(16 * n)
         b_last = Signal()
         b_next_row = Signal.like(r.b_row)
         b_next_beat = Signal.like(r.b_beat)
         b_read = Signal()
         m.d.comb += [
-            sm_take.eq(is_sm & rq.o.valid & sm.i.ready),
+            sm_take.eq(is_sm & rq.o.valid & sm_in_ready),
             b_last.eq(r.b_beat == r.beats_m1),
             b_next_row.eq(Mux(b_last, r.b_row + r.wr_stride, r.b_row)),
             b_next_beat.eq(Mux(b_last, 0, r.b_beat + 1)),
@@ -431,9 +440,10 @@ class VectorEngine(wiring.Component):
             rq.i.payload.group.eq(Mux(is_sm, spare_group, src_beat)),
             rq.i.payload.int16.eq(r.int16),
             rq.i.payload.per_tensor.eq(is_rq & ~r.per_channel),
-            rq.o.ready.eq(Mux(is_sm, sm.i.ready, Mux(r.gelu_chain, gelu.i.ready, 1))),
+            rq.o.ready.eq(Mux(is_sm, sm_in_ready, Mux(r.gelu_chain, gelu.i.ready, 1))),
 
-            sm.i.valid.eq(rq.o.valid & is_sm),
+            sm_in_ready.eq(~sm_pipe_valid | sm.i.ready),
+            sm.i.valid.eq(sm_pipe_valid),
             sm.length.eq(sm_fields.cols),
             sm.frac_bits.eq(sm_fields.frac_bits),
             sm.b_int.eq(sm_fields.b_int),
@@ -470,7 +480,11 @@ class VectorEngine(wiring.Component):
             total = Signal(signed(19), name=f"score_{lane}")
             m.d.comb += total.eq(score + bias + Mux(masked, sm_fields.mask_value.as_signed(), 0))
             biased.append(Mux(total > 32767, 32767, Mux(total < -32768, -32768, total))[:16])
-        m.d.comb += sm.i.payload.eq(Cat(*biased))
+        m.d.comb += sm.i.payload.eq(sm_pipe_data)
+        with m.If(sm_take):
+            m.d.sync += [sm_pipe_valid.eq(1), sm_pipe_data.eq(Cat(*biased))]
+        with m.Elif(sm.i.ready):
+            m.d.sync += sm_pipe_valid.eq(0)
 
         # ------------------------------------------------------------------ writer
         wr_valid = Signal()
