@@ -13,6 +13,7 @@ from compiler.isa import (NO_SCORE_BIAS, SPECS, ArchState, MatMode, Mem, Opcode,
 from hw.config import AcceleratorConfig
 from hw.softmax import SoftmaxMode as HwSoftmaxMode
 from hw.systolic_array import StreamMode
+from hw.timing import UnitTiming
 from hw.units import UnitTimings
 from sw import intops
 
@@ -192,8 +193,10 @@ def test_timing_is_the_engines():
             assert t == vector_timing(CFG, op, a)
         checked.add(op)
     assert checked >= set(Opcode) - {Opcode.HALT}
-    # A softmax row goes through the requantizer into the softmax unit, after one decode
-    # cycle and the N slots that set the requantizer's multiplier.
+    # A softmax row goes through the requantizer and one register (after the score bias
+    # and mask) into the softmax unit, after one decode cycle and the N slots that set the
+    # requantizer's multiplier.
     a = {k: int(v) for k, v in SAMPLES["softmax_lis"][1].items()}
-    row = ut.chain(ut.requantizer(5), ut.softmax(5, SoftmaxMode.LIS), 5)
+    rq = ut.requantizer(5)
+    row = ut.chain(UnitTiming(rq.latency + 1, rq.interval), ut.softmax(5, SoftmaxMode.LIS), 5)
     assert SPECS[Opcode.SOFTMAX].timing(CFG, a, ut).done == 1 + CFG.lanes + row.total(3)
