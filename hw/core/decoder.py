@@ -154,26 +154,13 @@ class Decoder(wiring.Component):
         # registers -> compare stage (step k + 2).
         names = list(cfg.regions)
         mask_bits = len(names) + 1                      # + DRAM
-        mul_a = Signal(16)
-        mul_b = Signal(32)
-        p_addr = Signal(32)
-        p_width = Signal(_HI_BITS)
-        p_mask = Signal(mask_bits)
-        p_apply = Signal()
-        p_overlap = Signal()
-        s_a = Signal(16)
-        s_b = Signal(32)
-        s_addr = Signal(32)
-        s_width = Signal(_HI_BITS)
-        s_mask = Signal(mask_bits)
-        s_apply = Signal()
-        s_overlap = Signal()
+        # One pattern's check, as it passes the stages (``a``, ``b``: the multiply's operands).
+        pattern = data.StructLayout({"a": 16, "b": 32, "addr": 32, "width": _HI_BITS,
+                                     "mask": mask_bits, "apply": 1, "overlap": 1})
+        sel = Signal(pattern)                           # select (comb)
+        s_pat = Signal(pattern)                         # registered select -> multiply
+        r_pat = Signal(pattern)                         # registered multiply -> compare
         r_prod = Signal(_HI_BITS)
-        r_addr = Signal(32)
-        r_width = Signal(_HI_BITS)
-        r_mask = Signal(mask_bits)
-        r_apply = Signal()
-        r_overlap = Signal()
         k = Signal(range(MAX_PATTERNS + 4))
         m.d.comb += k.eq(step)
         with m.Switch(opcode):
@@ -196,24 +183,21 @@ class Decoder(wiring.Component):
                                 mask |= 1 << len(names)
                             with m.Case(i):
                                 m.d.comb += [
-                                    mul_a.eq(rows - 1), mul_b.eq(stride),
-                                    p_addr.eq(_value(p.addr(cfg, a), 32)), p_width.eq(width),
-                                    p_mask.eq(mask), p_apply.eq(when),
-                                    p_overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
+                                    sel.a.eq(rows - 1), sel.b.eq(stride),
+                                    sel.addr.eq(_value(p.addr(cfg, a), 32)), sel.width.eq(width),
+                                    sel.mask.eq(mask), sel.apply.eq(when),
+                                    sel.overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
                                 ]
-        m.d.sync += [s_a.eq(mul_a), s_b.eq(mul_b), s_addr.eq(p_addr), s_width.eq(p_width),
-                     s_mask.eq(p_mask), s_apply.eq(p_apply), s_overlap.eq(p_overlap)]
-        m.d.sync += [r_prod.eq(s_a * s_b), r_addr.eq(s_addr), r_width.eq(s_width),
-                     r_mask.eq(s_mask), r_apply.eq(s_apply), r_overlap.eq(s_overlap)]
+        m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b)]
 
         hi = Signal(_HI_BITS + 1)
         inside = Signal()
-        m.d.comb += hi.eq(r_addr + r_prod + r_width)
+        m.d.comb += hi.eq(r_pat.addr + r_prod + r_pat.width)
         fits = []
         for bit, name in enumerate(names):
             reg = cfg.regions[name]
-            fits.append(r_mask[bit] & (r_addr >= reg.base) & (hi <= reg.end))
-        fits.append(r_mask[len(names)] & (hi <= self.dram_size))
+            fits.append(r_pat.mask[bit] & (r_pat.addr >= reg.base) & (hi <= reg.end))
+        fits.append(r_pat.mask[len(names)] & (hi <= self.dram_size))
         m.d.comb += inside.eq(_any(fits))
 
         with m.If(self.start):
@@ -232,10 +216,10 @@ class Decoder(wiring.Component):
             with m.Elif(step >= 2):
                 # Compare pattern step - 2 (selected two cycles ago, multiplied in the
                 # previous cycle).
-                with m.If((error == 0) & r_apply):
+                with m.If((error == 0) & r_pat.apply):
                     with m.If(~inside):
                         m.d.sync += error.eq(int(ErrorCode.RANGE))
-                    with m.Elif(r_overlap):
+                    with m.Elif(r_pat.overlap):
                         m.d.sync += error.eq(int(ErrorCode.CONSTRAINT))
             with m.If(step == MAX_PATTERNS + 1):
                 m.d.sync += [running.eq(0), valid.eq(1)]
