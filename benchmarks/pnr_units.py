@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--router", default="router1", choices=("router1", "router2"),
                     help="router1 (nextpnr-ecp5's default, as the unit numbers in docs/BOARDS.md) or router2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr's seed (the build flow's: 1)")
     ap.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
                     help="one more nextpnr argument (repeatable)")
     ap.add_argument("--progress", action="store_true", help="print the tools' last log line every 30 s")
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         cells, t_syn = synthesize(work / "top.il", work, top="top", progress=say)
         cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", "top.json", "--out-of-context",
                "--freq", f"{args.freq:g}", "--report", "report.json", "--threads", str(args.threads),
-               "--timing-allow-fail", "--router", args.router, *args.nextpnr_arg]
+               "--seed", str(args.seed), "--timing-allow-fail", "--router", args.router, *args.nextpnr_arg]
         t_pnr = run_tool(cmd, work, work / "nextpnr.log", "nextpnr-ecp5", None, progress=say)
         rep = parse_report(work / "report.json", board.name, board.part)
         path = rep.critical_path
