@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from compiler.isa import NQ, SPECS, Opcode, Queue, QUEUE_OF
+from compiler.isa import SPECS, Opcode, Queue, QUEUE_OF
 from compiler.program import ProgramImage
 from sw.graph import atomic_write_bytes
 

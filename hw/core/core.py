@@ -15,7 +15,7 @@ engines' own timing functions, which the cycle model combines (:mod:`sim.schedul
 """
 from __future__ import annotations
 
-from amaranth import Module, ResetInserter, Signal
+from amaranth import Module, ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

@@ -28,7 +28,7 @@ from amaranth import Cat, Const, Module, Signal, Value, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.isa import (FORMATS, HEADER_BITS, INSTR_BITS, NQ, OPCODE_BITS, QUEUE_OF, SPECS,
+from compiler.isa import (FORMATS, HEADER_BITS, INSTR_BITS, NQ, QUEUE_OF, SPECS,
                           ErrorCode, Opcode, _patterns_of, _rules_of)
 from hw.config import AcceleratorConfig
 from hw.core.isa_layout import fields_of, header_layout

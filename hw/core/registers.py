@@ -13,7 +13,7 @@ import enum
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out, flipped
+from amaranth.lib.wiring import In, Out
 
 from compiler.isa import NQ, Queue
 from hw.axi import AxiResp, axi4_lite_signature

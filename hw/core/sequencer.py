@@ -54,10 +54,10 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from compiler.isa import INSTR_BITS, INSTR_BYTES, NQ, ErrorCode, Opcode, Queue
+from compiler.isa import INSTR_BITS, INSTR_BYTES, NQ, ErrorCode, Queue
 from hw.axi import AXI_BOUNDARY, AXI_BURST_MAX_BEATS, AxiBurst, axi4_read_signature
 from hw.config import AcceleratorConfig
-from hw.core.decoder import DECODE_LATENCY, ERROR_BITS, Decoder
+from hw.core.decoder import ERROR_BITS, Decoder
 from hw.core.signatures import engine_signature
 
 __all__ = ["Sequencer", "QUEUE_DEPTH", "MAX_IN_FLIGHT", "TOKEN_BITS", "fetch_bursts"]

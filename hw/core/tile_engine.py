@@ -199,7 +199,6 @@ class TileEngine(wiring.Component):
         self._kind = kind
         op, stream_regions, stationary_region, out_region = KINDS[kind]
         self._op = op
-        n = config.lanes
         members = dict(engine_signature().members.items())
         self._read_ports: dict[str, str] = {}
         for region in (*stream_regions, stationary_region):
