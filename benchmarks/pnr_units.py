@@ -1,19 +1,19 @@
 """Place and route single units of the accelerator out of context on an ECP5 part.
 
-Each unit (a component of :mod:`hw.units`, or an engine of the core: ``vector_engine``,
+Each unit (a component of :mod:`hw.units`, an engine of the core: ``vector_engine``,
 ``tile_engine`` (the MATMUL engine), ``tile_engine_attn`` (the ATTNV engine),
-``load_engine``, ``store_engine``, ``sequencer``, or ``core``, the whole core) is converted to RTLIL, synthesized with
-the build flow's script (:func:`boards.build.synth_script`) and placed and routed by
-nextpnr-ecp5 ``--out-of-context --freq F --report``, one thread.  Prints the achieved Fmax
-and the start and end of the critical path, and writes ``<out>/<unit>/report.json``.
-Minutes a unit, where the whole core takes an hour: this is how the core's slow paths are
-found.
+``load_engine``, ``store_engine``, ``sequencer``, or ``core``, the whole core) is converted
+to RTLIL, synthesized and placed and routed by the build flow's own steps
+(:func:`boards.build.synthesize`, :func:`boards.build.place_and_route`: nextpnr-ecp5 out of
+context, seed 1), one thread by default.  Prints the achieved Fmax and the start and end of
+the critical path, and writes ``<out>/<unit>/report.json``.  Minutes a unit, where the whole
+core takes an hour: this is how the core's slow paths are found.
 
     python benchmarks/pnr_units.py softmax vector_engine --config tiny --out build/units
 
-``--router``, ``--threads`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
-``--nextpnr-arg=--placer-heap-beta=0.6``) pass placement and routing options through, for
-experiments on the whole core's routability (docs/BOARDS.md, "The full core").
+``--router``, ``--threads``, ``--seed`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
+``--nextpnr-arg=--placer=static``) are for experiments on the whole core's routability
+(docs/BOARDS.md, "The full core").
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from amaranth.back import rtlil  # noqa: E402
 
-from boards.build import nextpnr_command, parse_report, run_tool, synthesize  # noqa: E402
+from boards.build import parse_report, place_and_route, synthesize  # noqa: E402
 from boards.profiles import get_profile  # noqa: E402
 from hw.config import load_config  # noqa: E402
 
@@ -79,10 +79,9 @@ def main(argv=None) -> int:
         (work / "top.il").write_text(rtlil.convert(build_component(name, config), name="top"))
         say = (lambda line: print(line, flush=True)) if args.progress else None
         cells, t_syn = synthesize(work / "top.il", work, top="top", progress=say)
-        cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", "top.json", "--out-of-context",
-               "--freq", f"{args.freq:g}", "--report", "report.json", "--threads", str(args.threads),
-               "--seed", str(args.seed), "--timing-allow-fail", "--router", args.router, *args.nextpnr_arg]
-        t_pnr = run_tool(cmd, work, work / "nextpnr.log", "nextpnr-ecp5", None, progress=say)
+        t_pnr = place_and_route(board, work, args.freq, None, say, top="top", seed=args.seed,
+                                router=args.router, threads=args.threads,
+                                extra_args=tuple(args.nextpnr_arg))
         rep = parse_report(work / "report.json", board.name, board.part)
         path = rep.critical_path
         crit = sum(s[2] for s in path)

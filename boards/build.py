@@ -238,13 +238,16 @@ def synthesize(il: Path, workdir: Path, timeout: float | None = None,
 
 def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     timeout: float | None = None, progress: Callable[[str], None] | None = None,
-                    top: str = TOP, seed: int = 1) -> float:
+                    top: str = TOP, seed: int = 1, router: str = ROUTER,
+                    threads: int | None = None, extra_args: tuple[str, ...] = ()) -> float:
     """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
-    ``report.json`` and ``<top>_routed.json``."""
+    ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
+    (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``)."""
     cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
            "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--report", "report.json",
-           "--seed", str(seed), "--timing-allow-fail", "--router", ROUTER,
-           "--write", f"{top}_routed.json"]
+           "--seed", str(seed), "--timing-allow-fail", "--router", router,
+           "--write", f"{top}_routed.json",
+           *(["--threads", str(threads)] if threads else []), *extra_args]
     return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress)
 
 

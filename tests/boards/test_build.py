@@ -16,17 +16,10 @@ from hw.config import load_config
 
 DATA = Path(__file__).parent / "data"
 
-SMALL = """
-// The design nextpnr_small_report.json was made from (test_parse_stored_report).
-module small(input clk, input signed [8:0] a, input signed [7:0] b, output reg signed [31:0] acc);
-  reg signed [8:0] ra; reg signed [7:0] rb;
-  always @(posedge clk) begin ra <= a; rb <= b; acc <= acc + ra * rb; end
-endmodule
-"""
-
 
 def test_parse_stored_report():
-    """A report nextpnr-ecp5 wrote for the design above (LFE5U-85F, speed 6)."""
+    """A report nextpnr-ecp5 wrote for :func:`_small_component` through the flow's steps
+    (``synthesize``, ``place_and_route`` at 125 MHz; LFE5U-85F, speed 6)."""
     rep = B.parse_report(DATA / "nextpnr_small_report.json", "ulx3s-85f", "LFE5U-85F")
     assert rep.utilization["dsp"] == (1, 156)
     assert rep.utilization["lut"][1] == 83_640 and rep.utilization["bram"] == (0, 208)
@@ -46,7 +39,8 @@ def test_parse_rejects_other_json():
 
 
 def _small_component():
-    """The design above in Amaranth (ports ``clk``, ``rst``, ``a``, ``b``, ``acc``)."""
+    """A small design: ``acc += a * b`` with registered operands (one 9 x 8 product, one
+    MULT18X18D; ports ``clk``, ``rst``, ``a``, ``b``, ``acc``)."""
     from amaranth import Module, Signal, signed
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
