@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -33,11 +34,18 @@ from hw.config import AcceleratorConfig, ConfigError
 from hw.timing import UnitTiming
 from sw import intops
 
-__all__ = ["Requantizer", "requant_timing", "REQUANT_RECORD", "PIPELINE_STAGES"]
+__all__ = ["Requantizer", "requant_timing", "REQUANT_RECORD", "PIPELINE_STAGES",
+           "OUTPUT_BUFFER"]
 
 #: Register stages from an accepted beat to its output beat: parameter read, the read
-#: records registered, bias add, multiply, rounding add, shift, offset add, clamp.
+#: records registered, bias add, multiply, rounding add, shift, offset add, clamp (into the
+#: output buffer).
 PIPELINE_STAGES = 8
+
+#: Beats the unit holds at most, in the pipeline and in its output buffer together: ``i.ready``
+#: is low while this many are accepted and not taken.  At least ``PIPELINE_STAGES + 1`` so
+#: that a consumer that never stalls never sees ``i.ready`` low; 16, one LUT-RAM deep on ECP5.
+OUTPUT_BUFFER = 16
 
 #: Bits of one input lane (int32 accumulator) and one output lane (int16, int8 sign-extended).
 ACC_BITS = 32
@@ -129,11 +137,20 @@ class Requantizer(wiring.Component):
 
     Notes
     -----
-    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 8``; a row of ``n``
-    accumulators takes ``ceil(n / L) + 8`` cycles, both ends counted.  THROUGHPUT: one beat
-    (``L`` accumulators) per cycle.  Both are :func:`requant_timing`.  A held output beat
-    (``o.valid & ~o.ready``) stops the whole pipeline (one global enable) and ``i.ready``
-    is low meanwhile.
+    LATENCY: a beat accepted in cycle ``t`` leaves in cycle ``t + 8`` when ``o.ready`` is
+    high (later beats queue behind a held one); a row of ``n`` accumulators takes
+    ``ceil(n / L) + 8`` cycles, both ends counted.  THROUGHPUT: one beat (``L``
+    accumulators) per cycle.  Both are :func:`requant_timing`.
+
+    The pipeline never stops: its last stage loads the output register (``o``) when that is
+    empty or taken, and otherwise queues in an output buffer (a LUT-RAM FIFO, which then
+    feeds the output register first); ``i.ready`` is a register, high while fewer than
+    :data:`OUTPUT_BUFFER` beats are accepted and not yet taken (credits).  So ``o.ready``
+    reaches only the output register's enable and the buffer's ports, never ``i.ready`` or
+    the pipeline's registers (which have no enable).  A consumer that takes every beat as
+    it comes sees exactly the behaviour of a pipeline stalled by a held output beat; one
+    that holds beats lets up to :data:`OUTPUT_BUFFER` in before ``i.ready`` falls, and gets
+    the queued beats one per cycle afterwards.
     """
 
     def __init__(self, config: AcceleratorConfig, lanes: int | None = None):
@@ -186,14 +203,27 @@ class Requantizer(wiring.Component):
                 record_write.data[lane].offset.eq(self.param.offset),
             ]
 
-        # One enable for every pipeline register: move unless a held output beat blocks.
-        advance = Signal()
+        # Credits: beats accepted and not yet taken from the output register.  i.ready is their
+        # registered "fewer than OUTPUT_BUFFER", so it does not depend on o.ready this cycle.
+        in_flight = Signal(range(OUTPUT_BUFFER + 1))
+        ready = Signal(init=1)
+        accept = Signal()
+        take = Signal()
         m.d.comb += [
-            advance.eq(~self.o.valid | self.o.ready),
-            self.i.ready.eq(advance),
-            record_read.en.eq(advance),
+            accept.eq(self.i.valid & ready),
+            take.eq(self.o.valid & self.o.ready),
+            self.i.ready.eq(ready),
+            record_read.en.eq(1),
             record_read.addr.eq(Mux(self.i.payload.per_tensor, 0, self.i.payload.group)),
         ]
+        with m.If(accept & ~take):
+            m.d.sync += [in_flight.eq(in_flight + 1), ready.eq(in_flight < OUTPUT_BUFFER - 1)]
+        with m.Elif(take & ~accept):
+            m.d.sync += [in_flight.eq(in_flight - 1), ready.eq(1)]
+
+        # Beats that wait behind a held output beat (at most OUTPUT_BUFFER - 1 of them).
+        m.submodules.out_buffer = out_buffer = SyncFIFO(width=OUT_BITS * lanes,
+                                                        depth=OUTPUT_BUFFER)
 
         def stage(name, shape):
             return [Signal(shape, name=f"{name}_{lane}") for lane in range(lanes)]
@@ -236,58 +266,73 @@ class Requantizer(wiring.Component):
         s6_valid = Signal()
         s6_sum = stage("s6_sum", signed(_ROUNDED_BITS + 1))
         s6_int16 = Signal()
-        # Stage 7 (output register): clamped.
-        out_valid = Signal()
+        # Stage 7 (the output register, or the buffer behind it): clamped.
         out_lanes = stage("out", signed(OUT_BITS))
 
-        with m.If(advance):
-            m.d.sync += [
-                s1_valid.eq(self.i.valid),
-                s1_int16.eq(self.i.payload.int16),
-                s1_per_tensor.eq(self.i.payload.per_tensor),
-                s1b_valid.eq(s1_valid),
-                s1b_int16.eq(s1_int16),
-                s1b_per_tensor.eq(s1_per_tensor),
-                s1b_records.eq(record_read.data),
-                s2_valid.eq(s1b_valid),
-                s2_int16.eq(s1b_int16),
-                s3_valid.eq(s2_valid),
-                s3_int16.eq(s2_int16),
-                s4_valid.eq(s3_valid),
-                s4_int16.eq(s3_int16),
-                s5_valid.eq(s4_valid),
-                s5_int16.eq(s4_int16),
-                s6_valid.eq(s5_valid),
-                s6_int16.eq(s5_int16),
-                out_valid.eq(s6_valid),
-            ]
-            lo = Mux(s6_int16, intops.INT16_MIN, intops.INT8_MIN)
-            hi = Mux(s6_int16, intops.INT16_MAX, intops.INT8_MAX)
-            for lane in range(lanes):
-                record = Mux(s1b_per_tensor, s1b_records[0], s1b_records[lane])
-                record = REQUANT_RECORD(record)
-                shift = Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
-                            s2_record[lane].shift)
-                y = s6_sum[lane]
-                m.d.sync += [
-                    s1_acc[lane].eq(self.i.payload.data[ACC_BITS * lane:ACC_BITS * (lane + 1)]),
-                    s1b_acc[lane].eq(s1_acc[lane]),
-                    s2_biased[lane].eq(s1b_acc[lane] + record.bias),
-                    s2_record[lane].eq(record),
-                    s3_product[lane].eq(s2_biased[lane] * s2_record[lane].mult),
-                    s3_half[lane].eq(((1 << shift) >> 1)[:_SHIFT_CLIP]),
-                    s3_shift[lane].eq(shift),
-                    s3_offset[lane].eq(s2_record[lane].offset),
-                    s4_rounding[lane].eq(s3_product[lane] + s3_half[lane]),
-                    s4_shift[lane].eq(s3_shift[lane]),
-                    s4_offset[lane].eq(s3_offset[lane]),
-                    s5_rounded[lane].eq(s4_rounding[lane] >> s4_shift[lane]),
-                    s5_offset[lane].eq(s4_offset[lane]),
-                    s6_sum[lane].eq(s5_rounded[lane] + s5_offset[lane]),
-                    out_lanes[lane].eq(Mux(y < lo, lo, Mux(y > hi, hi, y))),
-                ]
-
-        m.d.comb += self.o.valid.eq(out_valid)
+        # Every stage moves every cycle (no enable).
+        m.d.sync += [
+            s1_valid.eq(accept),
+            s1_int16.eq(self.i.payload.int16),
+            s1_per_tensor.eq(self.i.payload.per_tensor),
+            s1b_valid.eq(s1_valid),
+            s1b_int16.eq(s1_int16),
+            s1b_per_tensor.eq(s1_per_tensor),
+            s1b_records.eq(record_read.data),
+            s2_valid.eq(s1b_valid),
+            s2_int16.eq(s1b_int16),
+            s3_valid.eq(s2_valid),
+            s3_int16.eq(s2_int16),
+            s4_valid.eq(s3_valid),
+            s4_int16.eq(s3_int16),
+            s5_valid.eq(s4_valid),
+            s5_int16.eq(s4_int16),
+            s6_valid.eq(s5_valid),
+            s6_int16.eq(s5_int16),
+        ]
+        lo = Mux(s6_int16, intops.INT16_MIN, intops.INT8_MIN)
+        hi = Mux(s6_int16, intops.INT16_MAX, intops.INT8_MAX)
         for lane in range(lanes):
-            m.d.comb += self.o.payload[OUT_BITS * lane:OUT_BITS * (lane + 1)].eq(out_lanes[lane])
+            record = Mux(s1b_per_tensor, s1b_records[0], s1b_records[lane])
+            record = REQUANT_RECORD(record)
+            shift = Mux(s2_record[lane].shift > _SHIFT_CLIP, _SHIFT_CLIP,
+                        s2_record[lane].shift)
+            y = s6_sum[lane]
+            m.d.sync += [
+                s1_acc[lane].eq(self.i.payload.data[ACC_BITS * lane:ACC_BITS * (lane + 1)]),
+                s1b_acc[lane].eq(s1_acc[lane]),
+                s2_biased[lane].eq(s1b_acc[lane] + record.bias),
+                s2_record[lane].eq(record),
+                s3_product[lane].eq(s2_biased[lane] * s2_record[lane].mult),
+                s3_half[lane].eq(((1 << shift) >> 1)[:_SHIFT_CLIP]),
+                s3_shift[lane].eq(shift),
+                s3_offset[lane].eq(s2_record[lane].offset),
+                s4_rounding[lane].eq(s3_product[lane] + s3_half[lane]),
+                s4_shift[lane].eq(s3_shift[lane]),
+                s4_offset[lane].eq(s3_offset[lane]),
+                s5_rounded[lane].eq(s4_rounding[lane] >> s4_shift[lane]),
+                s5_offset[lane].eq(s4_offset[lane]),
+                s6_sum[lane].eq(s5_rounded[lane] + s5_offset[lane]),
+            ]
+            m.d.comb += out_lanes[lane].eq(Mux(y < lo, lo, Mux(y > hi, hi, y)))
+
+        # The output register ``head`` (o) loads when empty or taken: from the buffer if it
+        # holds beats (then the clamped beat, if any, joins the buffer's tail), else the
+        # clamped beat directly.  A consumer that never stalls never uses the buffer.  The
+        # credits keep the buffer from overflowing (its w_rdy is never low when written).
+        head_valid = Signal()
+        head = Signal(OUT_BITS * lanes)
+        load = Signal()
+        m.d.comb += [
+            load.eq(~head_valid | self.o.ready),
+            out_buffer.r_en.eq(load),
+            out_buffer.w_data.eq(Cat(out_lanes)),
+            out_buffer.w_en.eq(s6_valid & (out_buffer.r_rdy | ~load)),
+            self.o.valid.eq(head_valid),
+            self.o.payload.eq(head),
+        ]
+        with m.If(load):
+            m.d.sync += [
+                head_valid.eq(out_buffer.r_rdy | s6_valid),
+                head.eq(Mux(out_buffer.r_rdy, out_buffer.r_data, Cat(out_lanes))),
+            ]
         return m

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from amaranth_streams import receive_jobs, run_simulation, tick_until, wait_accepted
 from hw.config import AcceleratorConfig, ConfigError
-from hw.requantizer import PIPELINE_STAGES, Requantizer, requant_timing
+from hw.requantizer import OUTPUT_BUFFER, PIPELINE_STAGES, Requantizer, requant_timing
 from hw.timing import UnitTiming
 from lane_packing import pack, unpack_signed
 from sim.cocotb_runner import run_cocotb
@@ -257,6 +257,67 @@ def test_records_reloaded_between_jobs_with_long_stalls(lanes):
         records = random_records(rng, slots(lanes), shift_range=(8, 30))
         jobs.append(Job(records, random_beats(rng, lanes, records, 12)))
     check(lanes, jobs, in_gap=0.2, out_pattern=lambda edge: (edge // 7) % 3 == 1)
+
+
+def test_held_output_fills_the_buffer_and_ready_is_registered():
+    """With the output held, exactly OUTPUT_BUFFER beats are accepted, then i.ready falls;
+    o.ready never changes i.ready in the same cycle (it is a register, so the consumer's
+    ready does not reach the source's handshake); after the release the queued beats come
+    one per cycle, in order and bit-exact, and i.ready rises one cycle after the first
+    take."""
+    lanes = 4
+    rng = random.Random(7)
+    records = random_records(rng, slots(lanes), (8, 30))
+    beats = random_beats(rng, lanes, records, OUTPUT_BUFFER + 6)
+    expected = Job(records, beats).expected()
+    dut = Requantizer(SETUPS[lanes], lanes)
+    log = {}
+
+    async def bench(ctx):
+        for write in records.writes():
+            ctx.set(dut.param.en, 1)
+            ctx.set(dut.param.group, write["channel"] // lanes)
+            ctx.set(dut.param.lane, write["channel"] % lanes)
+            for name in ("bias", "mult", "shift", "offset"):
+                ctx.set(getattr(dut.param, name), write[name])
+            await ctx.tick()
+        ctx.set(dut.param.en, 0)
+        sent, got, cycle, ready_falls = 0, [], 0, None
+        first_take = ready_rises = None
+        while len(got) < len(beats):
+            release = cycle >= 40
+            if sent < len(beats):
+                b = beats[sent]
+                ctx.set(dut.i.payload, {"data": pack(b.accs, 32), "group": b.group,
+                                        "int16": b.int16, "per_tensor": b.per_tensor})
+            ctx.set(dut.i.valid, sent < len(beats))
+            # o.ready toggled within the cycle: i.ready must not follow it.
+            ctx.set(dut.o.ready, 1)
+            with_ready = ctx.get(dut.i.ready)
+            ctx.set(dut.o.ready, 0)
+            assert ctx.get(dut.i.ready) == with_ready, f"cycle {cycle}: i.ready follows o.ready"
+            ctx.set(dut.o.ready, release)
+            in_ready, out_valid, payload = ctx.get(dut.i.ready), ctx.get(dut.o.valid), ctx.get(dut.o.payload)
+            if sent < len(beats) and in_ready:
+                sent += 1
+            if not in_ready and ready_falls is None:
+                ready_falls = sent
+            if in_ready and ready_falls is not None and first_take is not None and ready_rises is None:
+                ready_rises = cycle
+            if release and out_valid:
+                got.append((cycle, unpack_signed(payload, 16, lanes)))
+                first_take = cycle if first_take is None else first_take
+            await ctx.tick()
+            cycle += 1
+            assert cycle < 200
+        log.update(ready_falls=ready_falls, got=got, first_take=first_take, ready_rises=ready_rises)
+
+    run_simulation(dut, bench)
+    assert log["ready_falls"] == OUTPUT_BUFFER
+    cycles = [c for c, _ in log["got"]]
+    assert cycles == list(range(40, 40 + len(beats))), "queued beats one per cycle after release"
+    assert [v for _, v in log["got"]] == expected
+    assert log["ready_rises"] == log["first_take"] + 1
 
 
 # ---------------------------------------------------------------------------- random beats
