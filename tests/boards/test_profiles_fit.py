@@ -271,6 +271,22 @@ def test_fitter_leaves_a_block_ram_margin_on_open_flow_boards():
     assert estimate(r.config).bram <= int(200 * (1 - BRAM_MARGIN))
 
 
+def test_fitter_leaves_routing_room_in_the_luts_on_open_flow_boards():
+    """The fitter keeps the modelled logic under LUT_ROUTE_SHARE of an open-flow board's
+    LUTs (the N = 8 fit at 82 % did not route); a pinned config may use the whole device."""
+    from boards.fit import LUT_ROUTE_SHARE, fit_budget
+    ulx = get_profile("ulx3s-85f")
+    assert fit_budget(ulx)["lut"] == int(83_640 * LUT_ROUTE_SHARE) < ulx.budget["lut"]
+    assert fit_budget(get_profile("zcu104"))["lut"] == get_profile("zcu104").budget["lut"]
+    # A LUT budget the widest config fits whole but not within the share: a narrower one.
+    wide = estimate(load_config(None, array_rows=16, lut_mult_cols=0)).lut
+    board = synthetic(luts=int(wide / LUT_ROUTE_SHARE) - 1)
+    r = fit(board, cycles_of=fake_cycles)
+    assert r.config.lanes < 16 and estimate(r.config).lut <= fit_budget(board)["lut"]
+    pinned = fit(board, {"array_rows": 16, "lut_mult_cols": 0}, cycles_of=fake_cycles)
+    assert pinned.config.lanes == 16
+
+
 def test_every_table_model_must_compile_on_the_fitted_config(monkeypatch):
     """A config the ranking model compiles on but another board-table model does not (here:
     DeiT-Small needs 8 KiB of parameter records) is not chosen, even when faster."""
