@@ -40,10 +40,12 @@ An instruction runs in two phases after its start cycle:
 
 SOFTMAX's score bias and mask (Swin): between the requantizer's output and the softmax
 unit, lane ``l`` of a beat (key column ``j``) becomes ``clip16(score + bias + (mask_value if
-j < keep_lo or j >= keep_hi))``, combinationally; the bias beat is the same row of ``vin``
+j < keep_lo or j >= keep_hi))``, into a register before the softmax's input
+(``SOFTMAX_INPUT_STAGES``); the key-column mask flags of the beat are themselves computed
+a cycle ahead and registered.  The bias beat is the same row of ``vin``
 (low bytes) and ``vin2`` (high bytes), read once the cycle after the start and then in the
 cycle each beat passes to the softmax, for the next one (the read ports hold their data), so
-it always matches the beat on the requantizer's output.  No cycle is added.
+it always matches the beat on the requantizer's output.
 
 ``retire`` pulses in the cycle of the instruction's last write (a destination word, or the
 last table entry), and the engine takes the next instruction in that same cycle:
@@ -469,16 +471,28 @@ class VectorEngine(wiring.Component):
         ]
 
         # Score bias and mask: clip16(score + bias + (mask_value outside keep_lo..keep_hi)),
-        # lane l of the beat being key column b_beat N + l (sw.intops.score_bias).
+        # lane l of the beat being key column b_beat N + l (sw.intops.score_bias).  The mask
+        # flags are registered: each cycle they are computed for the beat the softmax takes
+        # next cycle (b_beat, or b_next_beat after a take), both compares from registers.
+        # Valid from the second cycle after the start (b_beat and the fields load in the
+        # start cycle); the first score beat comes N + 9 cycles after it at the earliest.
+        masked = Signal(n)
+
+        def mask_flags(beat):
+            flags = []
+            for lane in range(n):
+                col = Cat(Const(lane, lane_bits), beat)
+                flags.append((col < sm_fields.keep_lo) | (col >= sm_fields.keep_hi))
+            return Cat(*flags)
+
+        m.d.sync += masked.eq(Mux(sm_take, mask_flags(b_next_beat), mask_flags(r.b_beat)))
         biased = []
         for lane in range(n):
             score = rq.o.payload[16 * lane:16 * lane + 16].as_signed()
             bias = Mux(r.bias_on, Cat(self.vin.data[8 * lane:8 * lane + 8],
                                       self.vin2.data[8 * lane:8 * lane + 8]).as_signed(), 0)
-            col = Cat(Const(lane, lane_bits), r.b_beat)
-            masked = (col < sm_fields.keep_lo) | (col >= sm_fields.keep_hi)
             total = Signal(signed(19), name=f"score_{lane}")
-            m.d.comb += total.eq(score + bias + Mux(masked, sm_fields.mask_value.as_signed(), 0))
+            m.d.comb += total.eq(score + bias + Mux(masked[lane], sm_fields.mask_value.as_signed(), 0))
             biased.append(Mux(total > 32767, 32767, Mux(total < -32768, -32768, total))[:16])
         m.d.comb += sm.i.payload.eq(sm_pipe_data)
         with m.If(sm_take):
