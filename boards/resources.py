@@ -70,8 +70,12 @@ class Resources:
 #: * ``c``: the systolic array alone at N = 16 (docs/HARDWARE.md): 44,549 LUT4 + 2 x 3,296
 #:   CCU2C and 18,792 FF over 256 processing elements;
 #: * ``b``: the vector units at N = 16 (the same table, array excluded) over 16 lanes;
-#: * ``a``: the whole core at N = 4 (preset ``tiny``): 19,590 LUT4, 4,861 CCU2C, 13,215 FF,
+#: * ``a``: the whole core at N = 4 (preset ``tiny``): 19,590 LUT4, 4,861 CCU2C,
 #:   96 MULT18X18D, 103 DP16KD, minus the ``b`` and ``c`` terms;
+#: * ``ff``: refitted after the Fmax pipelining on two whole cores, packed by nextpnr: the
+#:   ULX3S fit at N = 4 (256 / 32 / 8 KiB) 17,050 and the N = 8 fit (7 LUT columns) 31,018
+#:   flip-flops, with ``c`` = 90 per processing element (weights, operand, product and
+#:   partial-sum registers); exact at those two points, so not checked by them;
 #: * ``dsp_units``: 80 multipliers outside the array at N = 4 (the core) and 281 at N = 16 (the
 #:   units); ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
 #: * ``lut_mult``: one processing element synthesized both ways: 321 vs 28 logic cells.
@@ -81,7 +85,7 @@ class Resources:
 #:   LUT4 here: / :data:`LUT6_PER_LUT4`) and 6,025 vs 5,181 flip-flops (26 per pair).
 CALIBRATION = {
     "lut": (11_700.0, 3_600.0, 200.0),
-    "ff": (8_070.0, 995.0, 73.0),
+    "ff": (5_962.0, 2_412.0, 90.0),
     "dsp_units": (13.0, 16.75),
     "bram_units": (11.3, 5.92),
     "lut_mult": 293.0,
