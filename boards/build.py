@@ -8,9 +8,10 @@ component of a SoC, not a top level), with one clock constraint on ``clk``.  nex
 ``--report`` JSON gives the utilization and the achieved Fmax; :func:`parse_report` turns it
 into a :class:`BuildReport`.
 
-Every build goes to ``<root>/<board>/<config hash>/``: it is written to a temporary folder
-next to it and renamed into place only when every step succeeded, so a failed run never
-replaces a good build (its folder is kept as ``<hash>.failed`` for the logs).
+Every build goes to ``<root>/<board>/<config hash>-<RTL hash>/`` (:func:`build_key`: a build
+is reused only for the same config, RTL sources and synthesis script): it is written to a
+temporary folder next to it and renamed into place only when every step succeeded, so a
+failed run never replaces a good build (its folder is kept as ``<key>.failed`` for the logs).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Callable
 from boards.profiles import BoardProfile
 from hw.config import AcceleratorConfig
 
-__all__ = ["BuildError", "BuildReport", "parse_report", "config_hash", "build_dir",
+__all__ = ["BuildError", "BuildReport", "parse_report", "config_hash", "build_key", "build_dir",
            "nextpnr_command", "run_tool", "synthesize", "place_and_route", "build_core",
            "format_report", "TOP"]
 
@@ -136,8 +137,16 @@ def config_hash(config: AcceleratorConfig) -> str:
     return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def build_key(config: AcceleratorConfig) -> str:
+    """The build folder's name: the config's hash, then the RTL sources' and the synthesis
+    script's (a build is reused only for the same config, RTL and script)."""
+    from hw.source import rtl_source_hash
+    rtl = hashlib.sha256((rtl_source_hash() + synth_script("x")).encode()).hexdigest()[:6]
+    return f"{config_hash(config)}-{rtl}"
+
+
 def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig) -> Path:
-    return Path(root) / board.name / config_hash(config)
+    return Path(root) / board.name / build_key(config)
 
 
 def _tool(name: str) -> list[str]:
@@ -212,8 +221,11 @@ def write_rtlil(config: AcceleratorConfig, path: Path) -> None:
 def synth_script(il_name: str, top: str = TOP) -> str:
     """The Yosys script: ``synth_ecp5`` with its LUT mapping done by the classic ``abc -lut
     4`` instead of ``abc9``: Yosys 0.69's ``abc9`` fails an internal assertion on the core
-    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE)."""
+    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE).  The registers driving
+    ``engine_reset_*`` (one per engine, :mod:`hw.core.core`) are marked ``keep`` first, so
+    that ``opt_merge`` does not fold the equal registers into one with every reset pin."""
     return (f"read_rtlil {il_name}\n"
+            f"setattr -set keep 1 w:engine_reset_* %ci1 t:$dff %i\n"
             f"synth_ecp5 -top {top} -run begin:map_luts\n"
             f"techmap -map +/lattice/latches_map.v\n"
             f"abc -lut 4 -dress\n"

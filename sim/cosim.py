@@ -103,16 +103,9 @@ class Build:
 
 
 def _source_hash() -> str:
-    """Hash of everything the RTL is generated from."""
-    h = hashlib.sha256()
-    files = sorted((_ROOT / "hw").rglob("*.py")) + [_ROOT / "compiler" / "isa.py",
-                                                     _ROOT / "sw" / "intops.py"]
-    for f in files:
-        h.update(f.relative_to(_ROOT).as_posix().encode())
-        h.update(f.read_bytes())
-    import amaranth
-    h.update(amaranth.__version__.encode())
-    return h.hexdigest()[:16]
+    """Hash of everything the RTL is generated from (:func:`hw.source.rtl_source_hash`)."""
+    from hw.source import rtl_source_hash
+    return rtl_source_hash()
 
 
 def _key(config: AcceleratorConfig, sim: str, waves: str | None) -> str:

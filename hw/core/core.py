@@ -9,13 +9,13 @@ docs/HARDWARE.md the register map.
 
 Every on-chip memory (:func:`hw.core.memories.build_memories`) has one write port, driven by
 its writing engine, and one synchronous read port, driven by its reading engine.  The
-engines are reset at every start, so a run never sees the state of the last one (the
-memories keep their contents).  Timing: the sequencer's (:mod:`hw.core.sequencer`) and the
+engines are reset in the cycle after every start (cycle 0 of the run), so a run never sees
+the state of the last one (the memories keep their contents).  Timing: the sequencer's (:mod:`hw.core.sequencer`) and the
 engines' own timing functions, which the cycle model combines (:mod:`sim.schedule`).
 """
 from __future__ import annotations
 
-from amaranth import Module, ResetInserter
+from amaranth import Module, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -96,8 +96,18 @@ class Core(wiring.Component):
             Queue.VECTOR: VectorEngine(cfg),
             Queue.STORE: StoreEngine(cfg),
         }
+        # Each engine's reset is ``start`` registered, one register per engine: the engines
+        # are idle at a start (a run ends only once every instruction retired) and get
+        # nothing before the first verdict, so resetting them in cycle 0 instead of the
+        # start cycle changes no cycle, the register-write logic behind ``start`` no longer
+        # drives thousands of reset pins, and each engine's reset net starts from its own
+        # register.  ``keep`` (and boards.build's synthesis script, which marks the registers
+        # of ``engine_reset_*`` keep) stops synthesis from merging the equal registers.
         for q, engine in engines.items():
-            m.submodules[f"engine_{q.name.lower()}"] = ResetInserter(regs.start)(engine)
+            name = q.name.lower()
+            engine_reset = Signal(name=f"engine_reset_{name}", attrs={"keep": 1})
+            m.d.sync += engine_reset.eq(regs.start)
+            m.submodules[f"engine_{name}"] = ResetInserter(engine_reset)(engine)
             port = seq.engine[int(q)]
             m.d.comb += [
                 engine.instr.valid.eq(port.instr.valid),

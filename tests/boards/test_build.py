@@ -116,6 +116,19 @@ def test_config_hash_ignores_clock_and_dram():
     assert B.config_hash(cfg) == hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def test_build_folder_changes_with_the_rtl(monkeypatch):
+    """A build is reused only for the same RTL: the folder's key ends with a hash of the RTL
+    sources (and the synthesis script), so an edited unit never reuses an old netlist."""
+    import hw.source
+    cfg = load_config("tiny")
+    key = B.build_key(cfg)
+    assert key.startswith(B.config_hash(cfg) + "-")
+    assert B.build_key(cfg.replace(clock_mhz=60.0)) == key
+    monkeypatch.setattr(hw.source, "rtl_source_hash", lambda: "0123456789abcdef")
+    assert B.build_key(cfg) != key and B.build_key(cfg).startswith(B.config_hash(cfg) + "-")
+    assert B.build_dir(Path("b"), get_profile("ulx3s-85f"), cfg).name == B.build_key(cfg)
+
+
 def test_verilog_only_board_has_no_open_flow(tmp_path):
     with pytest.raises(B.BuildError, match="no open flow"):
         B.build_core(load_config("tiny"), get_profile("zcu104"), tmp_path)
