@@ -137,16 +137,17 @@ def config_hash(config: AcceleratorConfig) -> str:
     return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_key(config: AcceleratorConfig) -> str:
+def build_key(config: AcceleratorConfig, seed: int = 1) -> str:
     """The build folder's name: the config's hash, then the RTL sources' and the synthesis
-    script's (a build is reused only for the same config, RTL and script)."""
+    script's (a build is reused only for the same config, RTL and script), then ``-s<seed>``
+    for a nextpnr seed other than the default 1."""
     from hw.source import rtl_source_hash
     rtl = hashlib.sha256((rtl_source_hash() + synth_script("x")).encode()).hexdigest()[:6]
-    return f"{config_hash(config)}-{rtl}"
+    return f"{config_hash(config)}-{rtl}" + (f"-s{seed}" if seed != 1 else "")
 
 
-def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig) -> Path:
-    return Path(root) / board.name / build_key(config)
+def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig, seed: int = 1) -> Path:
+    return Path(root) / board.name / build_key(config, seed)
 
 
 def _tool(name: str) -> list[str]:
@@ -265,13 +266,18 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
 
 def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
                clock_mhz: float = 125.0, timeout: float | None = None,
-               progress: Callable[[str], None] | None = None, force: bool = False) -> tuple[Path, BuildReport]:
+               progress: Callable[[str], None] | None = None, force: bool = False,
+               seed: int = 1) -> tuple[Path, BuildReport]:
     """Synthesize, place and route the core for ``board`` (module docstring).  Returns the
-    build folder and its report (an existing complete build is reused unless ``force``)."""
+    build folder and its report (an existing complete build is reused unless ``force``).
+    ``seed``: nextpnr's (placement and routing depend on it; whether router2 converges on a
+    dense core too)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
+        raise BuildError(f"seed must be a positive integer, got {seed!r}")
     if not board.open_flow:
         raise BuildError(f"{board.name} has no open flow (use --verilog-only)")
     say = progress or (lambda s: None)
-    final = build_dir(root, board, config)
+    final = build_dir(root, board, config, seed)
     if final.is_dir() and (final / "report.json").is_file() and not force:
         rep = json.loads((final / "build.json").read_text())
         say(f"reusing the build in {final}")
@@ -288,14 +294,14 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
         cells, t_syn = synthesize(work / f"{TOP}.il", work, timeout, say)
         say(f"  synthesis: {cells.get('LUT4', 0):,} LUT4, {cells.get('TRELLIS_FF', 0):,} FF, "
             f"{cells.get('MULT18X18D', 0)} MULT18X18D, {cells.get('DP16KD', 0)} DP16KD in {t_syn:.0f} s")
-        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz ... (minutes)")
-        t_pnr = place_and_route(board, work, clock_mhz, timeout, say)
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {seed} ... (minutes)")
+        t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=seed)
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
         rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,
                           rep.config, {"rtlil": round(t_rtlil, 1), "yosys": round(t_syn, 1),
                                        "nextpnr": round(t_pnr, 1)})
-        (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells},
-                                                    indent=1))
+        (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells,
+                                                     "seed": seed}, indent=1))
         (work / "report.txt").write_text(format_report(rep) + "\n")
         for big in (f"{TOP}_routed.json",):
             # The routed netlist is large and not needed for the report.

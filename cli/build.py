@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="give up a tool after S seconds")
     parser.add_argument("--force", action="store_true", help="rebuild even if the build exists")
+    parser.add_argument("--seed", type=int, default=1, metavar="N",
+                        help="open flow: nextpnr's seed (default 1); another placement when "
+                             "routing does not converge")
 
 
 def say(text: str) -> None:
@@ -139,7 +142,7 @@ def run(args) -> int:
         return 0
     clock = args.clock or 125.0
     try:
-        path, rep = build_core(cfg, board, root, clock, args.timeout, say, args.force)
+        path, rep = build_core(cfg, board, root, clock, args.timeout, say, args.force, args.seed)
     except BuildError as exc:
         raise UserError(str(exc)) from None
     say(format_report(rep))

@@ -127,6 +127,16 @@ def test_build_folder_changes_with_the_rtl(monkeypatch):
     monkeypatch.setattr(hw.source, "rtl_source_hash", lambda: "0123456789abcdef")
     assert B.build_key(cfg) != key and B.build_key(cfg).startswith(B.config_hash(cfg) + "-")
     assert B.build_dir(Path("b"), get_profile("ulx3s-85f"), cfg).name == B.build_key(cfg)
+    # Another nextpnr seed is another build; the default seed keeps the plain name.
+    assert B.build_key(cfg, seed=3) == B.build_key(cfg) + "-s3"
+    assert B.build_dir(Path("b"), get_profile("ulx3s-85f"), cfg, 3).name.endswith("-s3")
+
+
+@pytest.mark.parametrize("seed", [0, -1, 1.5, True])
+def test_bad_seed_is_refused_before_any_tool(tmp_path, seed):
+    with pytest.raises(B.BuildError, match="seed must be a positive integer"):
+        B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, seed=seed)
+    assert not list(tmp_path.iterdir())
 
 
 def test_verilog_only_board_has_no_open_flow(tmp_path):
