@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,33 +172,74 @@ def nextpnr_command() -> list[str]:
 
 
 def run_tool(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float | None,
-             progress: Callable[[str], None] | None = None, every: float = 30.0) -> float:
+             progress: Callable[[str], None] | None = None, every: float = 30.0,
+             abort: Callable[[Path], str | None] | None = None) -> float:
     """Run ``cmd`` in ``cwd``, output to ``log``; a progress line every ``every`` seconds
-    (the log's last line).  Returns the seconds it took; :class:`BuildError` on failure."""
+    (the log's last line).  Returns the seconds it took; :class:`BuildError` on failure.
+    ``abort(log)``, asked every ``every`` seconds, stops the tool when it returns a reason
+    (:class:`ToolAborted`)."""
     say = progress or (lambda s: None)
     start = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        done = threading.Event()
-
-        def ticker():
-            while not done.wait(every):
-                say(f"  {what}: {time.monotonic() - start:.0f} s, {_last_line(log)}")
-
-        t = threading.Thread(target=ticker, daemon=True)
-        t.start()
         try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            while True:
+                left = None if timeout is None else timeout - (time.monotonic() - start)
+                if left is not None and left <= 0:
+                    raise BuildError(f"{what} did not finish within {timeout:.0f} s (log: {log})")
+                try:
+                    rc = proc.wait(timeout=every if left is None else min(every, left))
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if left is not None and time.monotonic() - start >= timeout:
+                    continue
+                say(f"  {what}: {time.monotonic() - start:.0f} s, {_last_line(log)}")
+                why = abort(log) if abort else None
+                if why:
+                    raise ToolAborted(f"{what} stopped: {why} (log: {log})")
+        except BaseException:
             proc.kill()
             proc.wait()
-            raise BuildError(f"{what} did not finish within {timeout:.0f} s (log: {log})") from None
-        finally:
-            done.set()
+            raise
     seconds = time.monotonic() - start
     if rc != 0:
         raise BuildError(f"{what} failed (exit {rc}): {_last_line(log, error=True)} (log: {log})")
     return seconds
+
+
+class ToolAborted(BuildError):
+    """A tool stopped by :func:`run_tool`'s ``abort`` (e.g. router2 not converging)."""
+
+
+#: router2 counts as not converging when the overused wires of an iteration exceed
+#: ``RISE`` times the fewest so far plus ``SLACK``, or no iteration set a new fewest for
+#: ``PLATEAU`` iterations.  Measured on the whole core (docs/BOARDS.md): the converging
+#: ULX3S build's longest run without a new fewest was 8 iterations (74 in all) and it never
+#: rose above 1.5 x its fewest + 100; the build that did not converge rose from 1,839 to
+#: 3,102 at its 31st iteration.
+ROUTER2_RISE, ROUTER2_SLACK, ROUTER2_PLATEAU = 1.5, 100, 15
+
+_ROUTER2_ITER = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)")
+
+
+def router2_stalled(log: Path | str) -> str | None:
+    """Why router2 in nextpnr log ``log`` is not converging, or ``None`` (see the constants)."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return None
+    best, best_iter = None, 0
+    for it, over in ((int(a), int(b)) for a, b in _ROUTER2_ITER.findall(text)):
+        if best is None or over < best:
+            best, best_iter = over, it
+        elif over > ROUTER2_RISE * best + ROUTER2_SLACK:
+            return (f"router2 not converging: {over:,} overused wires at iteration {it}, "
+                    f"{best:,} at best")
+        elif it - best_iter >= ROUTER2_PLATEAU:
+            return (f"router2 not converging: no fewer than {best:,} overused wires in the "
+                    f"{it - best_iter} iterations since iteration {best_iter}")
+    return None
 
 
 def _last_line(log: Path, error: bool = False) -> str:
@@ -252,7 +293,8 @@ def synthesize(il: Path, workdir: Path, timeout: float | None = None,
 def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     timeout: float | None = None, progress: Callable[[str], None] | None = None,
                     top: str = TOP, seed: int = 1, router: str = ROUTER,
-                    threads: int | None = None, extra_args: tuple[str, ...] = ()) -> float:
+                    threads: int | None = None, extra_args: tuple[str, ...] = (),
+                    abort: Callable[[Path], str | None] | None = None) -> float:
     """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
     ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
     (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``)."""
@@ -261,19 +303,23 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
            "--seed", str(seed), "--timing-allow-fail", "--router", router,
            "--write", f"{top}_routed.json",
            *(["--threads", str(threads)] if threads else []), *extra_args]
-    return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress)
+    return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress,
+                    abort=abort)
 
 
 def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
                clock_mhz: float = 125.0, timeout: float | None = None,
                progress: Callable[[str], None] | None = None, force: bool = False,
-               seed: int = 1) -> tuple[Path, BuildReport]:
+               seed: int = 1, attempts: int = 3) -> tuple[Path, BuildReport]:
     """Synthesize, place and route the core for ``board`` (module docstring).  Returns the
     build folder and its report (an existing complete build is reused unless ``force``).
-    ``seed``: nextpnr's (placement and routing depend on it; whether router2 converges on a
-    dense core too)."""
+    ``seed``: nextpnr's first seed (placement and routing depend on it; whether router2
+    converges on a dense core too); ``attempts``: seeds tried in turn while router2 stops
+    converging (:func:`router2_stalled`; 1: one run, never stopped)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
         raise BuildError(f"seed must be a positive integer, got {seed!r}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise BuildError(f"attempts must be a positive integer, got {attempts!r}")
     if not board.open_flow:
         raise BuildError(f"{board.name} has no open flow (use --verilog-only)")
     say = progress or (lambda s: None)
@@ -294,14 +340,26 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
         cells, t_syn = synthesize(work / f"{TOP}.il", work, timeout, say)
         say(f"  synthesis: {cells.get('LUT4', 0):,} LUT4, {cells.get('TRELLIS_FF', 0):,} FF, "
             f"{cells.get('MULT18X18D', 0)} MULT18X18D, {cells.get('DP16KD', 0)} DP16KD in {t_syn:.0f} s")
-        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {seed} ... (minutes)")
-        t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=seed)
+        # router2 on the dense core converges or not by the placement: a run that stops
+        # converging (router2_stalled) is retried with the next seed, up to `attempts`.
+        for used_seed in range(seed, seed + attempts):
+            say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {used_seed} ... "
+                f"(minutes)")
+            try:
+                t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=used_seed,
+                                        abort=router2_stalled if attempts > 1 else None)
+                break
+            except ToolAborted as exc:
+                os.replace(work / "nextpnr.log", work / f"nextpnr.seed{used_seed}.log")
+                if used_seed == seed + attempts - 1:
+                    raise BuildError(f"{exc}; tried seeds {seed}..{used_seed}") from None
+                say(f"  {exc}; trying seed {used_seed + 1}")
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
         rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,
                           rep.config, {"rtlil": round(t_rtlil, 1), "yosys": round(t_syn, 1),
                                        "nextpnr": round(t_pnr, 1)})
         (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells,
-                                                     "seed": seed}, indent=1))
+                                                     "seed": used_seed}, indent=1))
         (work / "report.txt").write_text(format_report(rep) + "\n")
         for big in (f"{TOP}_routed.json",):
             # The routed netlist is large and not needed for the report.

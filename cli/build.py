@@ -45,8 +45,10 @@ def add_arguments(parser) -> None:
                         help="give up a tool after S seconds")
     parser.add_argument("--force", action="store_true", help="rebuild even if the build exists")
     parser.add_argument("--seed", type=int, default=1, metavar="N",
-                        help="open flow: nextpnr's seed (default 1); another placement when "
-                             "routing does not converge")
+                        help="open flow: nextpnr's first seed (default 1)")
+    parser.add_argument("--attempts", type=int, default=3, metavar="K",
+                        help="open flow: seeds tried in turn while router2 stops converging "
+                             "(default 3; 1 never stops it)")
 
 
 def say(text: str) -> None:
@@ -142,7 +144,8 @@ def run(args) -> int:
         return 0
     clock = args.clock or 125.0
     try:
-        path, rep = build_core(cfg, board, root, clock, args.timeout, say, args.force, args.seed)
+        path, rep = build_core(cfg, board, root, clock, args.timeout, say, args.force, args.seed,
+                               args.attempts)
     except BuildError as exc:
         raise UserError(str(exc)) from None
     say(format_report(rep))

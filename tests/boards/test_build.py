@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,83 @@ def test_failed_tool_keeps_the_log(tmp_path):
     assert "broken" in (tmp_path / "x.log").read_text()
     with pytest.raises(B.BuildError, match="did not finish"):
         B.run_tool(["sleep", "5"], tmp_path, tmp_path / "y.log", "sleeper", 0.5)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_router2_stall_detection_on_real_logs():
+    """The iteration lines of two real router2 runs on the fitted ULX3S core (same config,
+    two RTL versions, seed 1): the one that converged (74 iterations) is never called
+    stalled, the one that did not is, at the iteration where its overuse rose past the
+    threshold."""
+    assert B.router2_stalled(DATA / "router2_converging.log") is None
+    why = B.router2_stalled(DATA / "router2_not_converging.log")
+    assert why and "3,102 overused wires at iteration 31" in why and "1,839 at best" in why
+    assert B.router2_stalled(DATA / "no_such.log") is None
+
+
+def test_router2_stall_detection_plateau(tmp_path):
+    log = tmp_path / "n.log"
+    lines = [f"iter={i} wires=1000 overused={max(500, 5000 - 500 * i)} overuse=1 archfail=NA"
+             for i in range(1, 10 + B.ROUTER2_PLATEAU)]
+    log.write_text("\n".join(lines[:-1]))
+    assert B.router2_stalled(log) is None           # fewest at iteration 9, PLATEAU - 1 since
+    log.write_text("\n".join(lines))
+    assert "no fewer than 500" in B.router2_stalled(log)
+
+
+def test_run_tool_abort_stops_the_tool(tmp_path):
+    script = "import time\nfor i in range(100):\n    print(f'line {i}', flush=True)\n    time.sleep(0.05)\n"
+    t0 = __import__("time").monotonic()
+    with pytest.raises(B.ToolAborted, match="stopped: enough"):
+        B.run_tool([sys.executable, "-c", script], tmp_path, tmp_path / "a.log", "tool", 30,
+                   every=0.2, abort=lambda log: "enough" if "line 3" in log.read_text() else None)
+    assert __import__("time").monotonic() - t0 < 4
+    assert "line 99" not in (tmp_path / "a.log").read_text()
+
+
+def _fake_flow(monkeypatch, stalled_seeds):
+    """build_core with RTLIL and synthesis stubbed and nextpnr replaced by a stub that is
+    aborted for ``stalled_seeds`` and otherwise writes the real stored report."""
+    seeds = []
+
+    def rtlil(config, path):
+        path.write_text("")
+
+    def synth(il, work, timeout=None, progress=None, top=B.TOP):
+        return {"LUT4": 1}, 0.1
+
+    def pnr(board, work, clock, timeout, say, seed=1, abort=None, **kw):
+        seeds.append(seed)
+        (work / "nextpnr.log").write_text(f"seed {seed}")
+        if seed in stalled_seeds:
+            assert abort is B.router2_stalled
+            raise B.ToolAborted("nextpnr-ecp5 stopped: router2 not converging")
+        (work / "report.json").write_text((DATA / "nextpnr_small_report.json").read_text())
+        return 1.0
+
+    monkeypatch.setattr(B, "write_rtlil", rtlil)
+    monkeypatch.setattr(B, "synthesize", synth)
+    monkeypatch.setattr(B, "place_and_route", pnr)
+    return seeds
+
+
+def test_build_retries_the_next_seed_when_router2_stalls(tmp_path, monkeypatch):
+    seeds = _fake_flow(monkeypatch, stalled_seeds={1, 2})
+    lines = []
+    path, rep = B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, 100.0,
+                             progress=lines.append)
+    assert seeds == [1, 2, 3] and json.loads((path / "build.json").read_text())["seed"] == 3
+    assert (path / "nextpnr.seed1.log").read_text() == "seed 1"
+    assert any("trying seed 2" in ln for ln in lines)
+    # Every attempt stalls: the build fails, naming the seeds, and leaves the logs.
+    seeds = _fake_flow(monkeypatch, stalled_seeds={4, 5})
+    with pytest.raises(B.BuildError, match="tried seeds 4..5"):
+        B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, 100.0,
+                     seed=4, attempts=2)
+    failed = B.build_dir(tmp_path, get_profile("ulx3s-85f"), load_config("tiny"), 4)
+    assert (failed.with_name(failed.name + ".failed") / "nextpnr.seed5.log").is_file()
 
 
 def test_failed_build_never_replaces_a_good_one(tmp_path, monkeypatch):
