@@ -77,6 +77,19 @@ class Job:
         return [beat.expected(self.records) for beat in self.beats]
 
 
+async def write_records(ctx, dut, records: Records) -> int:
+    """Write every record through the parameter port, one a cycle; returns the cycles."""
+    for write in records.writes():
+        ctx.set(dut.param.en, 1)
+        ctx.set(dut.param.group, write["channel"] // dut.lanes)
+        ctx.set(dut.param.lane, write["channel"] % dut.lanes)
+        for name in ("bias", "mult", "shift", "offset"):
+            ctx.set(getattr(dut.param, name), write[name])
+        await ctx.tick()
+    ctx.set(dut.param.en, 0)
+    return len(records.writes())
+
+
 def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, out_pattern=None):
     """Run the jobs in order (records of a job are written once the previous job's outputs are
     all out).  Returns (output beats per job, edge of each job's first input beat, edge of
@@ -92,15 +105,7 @@ def simulate(lanes: int, jobs: list[Job], *, in_gap=0.0, out_stall=0.0, seed=0, 
         for done, job in enumerate(jobs):
             # The next job starts once every earlier one has left the unit.
             edge += await tick_until(ctx, lambda: len(outputs) >= done)
-            for write in job.records.writes():
-                ctx.set(dut.param.en, 1)
-                ctx.set(dut.param.group, write["channel"] // lanes)
-                ctx.set(dut.param.lane, write["channel"] % lanes)
-                for name in ("bias", "mult", "shift", "offset"):
-                    ctx.set(getattr(dut.param, name), write[name])
-                await ctx.tick()
-                edge += 1
-            ctx.set(dut.param.en, 0)
+            edge += await write_records(ctx, dut, job.records)
             for k, beat in enumerate(job.beats):
                 while rng.random() < in_gap:
                     ctx.set(dut.i.valid, 0)
@@ -274,14 +279,7 @@ def test_held_output_fills_the_buffer_and_ready_is_registered():
     log = {}
 
     async def bench(ctx):
-        for write in records.writes():
-            ctx.set(dut.param.en, 1)
-            ctx.set(dut.param.group, write["channel"] // lanes)
-            ctx.set(dut.param.lane, write["channel"] % lanes)
-            for name in ("bias", "mult", "shift", "offset"):
-                ctx.set(getattr(dut.param, name), write[name])
-            await ctx.tick()
-        ctx.set(dut.param.en, 0)
+        await write_records(ctx, dut, records)
         sent, got, cycle, ready_falls = 0, [], 0, None
         first_take = ready_rises = None
         while len(got) < len(beats):
