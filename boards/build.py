@@ -182,18 +182,17 @@ def run_tool(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float | N
     start = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = None if timeout is None else start + timeout
         try:
             while True:
-                left = None if timeout is None else timeout - (time.monotonic() - start)
-                if left is not None and left <= 0:
+                wait = every if deadline is None else min(every, deadline - time.monotonic())
+                if wait <= 0:
                     raise BuildError(f"{what} did not finish within {timeout:.0f} s (log: {log})")
                 try:
-                    rc = proc.wait(timeout=every if left is None else min(every, left))
+                    rc = proc.wait(timeout=wait)
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if left is not None and time.monotonic() - start >= timeout:
-                    continue
                 say(f"  {what}: {time.monotonic() - start:.0f} s, {_last_line(log)}")
                 why = abort(log) if abort else None
                 if why:

@@ -16,14 +16,10 @@ __all__ = ["rtl_source_hash"]
 _ROOT = Path(__file__).resolve().parent.parent
 
 
+@lru_cache(maxsize=1)
 def rtl_source_hash() -> str:
     """16 hex digits of the sources' SHA-256 (read once per process: call
     ``rtl_source_hash.cache_clear()`` after editing them in the same process)."""
-    return _rtl_source_hash()
-
-
-@lru_cache(maxsize=1)
-def _rtl_source_hash() -> str:
     h = hashlib.sha256()
     files = sorted((_ROOT / "hw").rglob("*.py")) + [_ROOT / "compiler" / "isa.py",
                                                      _ROOT / "sw" / "intops.py"]
@@ -33,6 +29,3 @@ def _rtl_source_hash() -> str:
     import amaranth
     h.update(amaranth.__version__.encode())
     return h.hexdigest()[:16]
-
-
-rtl_source_hash.cache_clear = _rtl_source_hash.cache_clear
