@@ -230,7 +230,10 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
     overflow = _first_overflow(members, decoded, start, retire, produced)
     if stop is not None:
         error = stop[:3]
-        if overflow is not None and overflow[0] <= stop[3]:
+        # The RTL finds an overflow in the cycle after the retire (a register between the
+        # engines' retire pulses and run control): it comes first only if that is before
+        # the decoder's error.
+        if overflow is not None and overflow[0] + 1 <= stop[3]:
             error = overflow[1:]
     elif overflow is not None:
         error = overflow[1:]

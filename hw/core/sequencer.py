@@ -35,7 +35,8 @@ first cycle of a run (the cycle after the start command):
 
 Errors (``error``, ``error_index``): the decoder's verdict at the instruction (``ILLEGAL``,
 ``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
-token would make a count 65536; ``BUS`` for an error response on a fetch (the segment's first
+token would make a count 65536, found in the cycle after that retire (an error found in the
+retire's own cycle comes first); ``BUS`` for an error response on a fetch (the segment's first
 instruction) or reported by an engine (``bus_error``: its oldest instruction in flight, or
 its last retired one); ``DEADLOCK``
 when nothing can ever happen again: no engine has an instruction in flight, no
@@ -91,13 +92,18 @@ class Sequencer(wiring.Component):
     run until the next start), ``error``, ``error_index``, ``cycles``, ``busy_count[q]``;
     ``axi`` (the read half of the memory port, used while ``fetching``); ``engine[q]``
     (:func:`~hw.core.signatures.engine_signature`, one per :class:`~compiler.isa.Queue`);
-    ``bus_error[q]`` (engine ``q`` saw an error response).
+    ``bus_error[q]`` (engine ``q`` saw an error response).  ``token_bits`` narrows the
+    semaphores (tests reach the ``SEMAPHORE`` error with it; the core uses
+    :data:`TOKEN_BITS`).
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, token_bits: int = TOKEN_BITS):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {type(config).__name__}")
+        if not 1 <= token_bits <= TOKEN_BITS:
+            raise ValueError(f"token_bits must be in 1..{TOKEN_BITS}, got {token_bits}")
         self.config = config
+        self.token_bits = token_bits
         n = config.lanes
         super().__init__({
             "start": In(1),
@@ -157,7 +163,7 @@ class Sequencer(wiring.Component):
             m.submodules[f"in_flight_{Queue(q).name.lower()}"] = ResetInserter(begin)(flights[q])
 
         # Semaphores sem[s][d]: tokens from queue s for queue d.
-        sem = [[Signal(TOKEN_BITS, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
+        sem = [[Signal(self.token_bits, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
                for s in range(NQ)]
         head_word = [fifos[q].r_data[:INSTR_BITS] for q in range(NQ)]
         head_index = [fifos[q].r_data[INSTR_BITS:] for q in range(NQ)]
@@ -194,9 +200,14 @@ class Sequencer(wiring.Component):
                 m.d.comb += bus_index.eq(Mux(flights[q].r_rdy, flights[q].r_data[NQ:],
                                              last_retired[q]))
 
-        # Token counts.
+        # Token counts.  A retire that would take a count past its width is found here
+        # (``overflow``) and acted on a cycle later (``overflow_r``): the engines' retire
+        # pulses come late in their cycle, and run control (which gates dispatch) reads
+        # only registers of them.
         overflow = Signal()
         overflow_index = Signal(INDEX_BITS)
+        overflow_r = Signal()
+        overflow_index_r = Signal(INDEX_BITS)
         for s in range(NQ):
             ret_mask = flights[s].r_data[:NQ]
             ret_index = flights[s].r_data[NQ:]
@@ -208,10 +219,11 @@ class Sequencer(wiring.Component):
                 m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
                 with m.If(inc & ~dec):
                     m.d.sync += sem[s][d].eq(sem[s][d] + 1)
-                    with m.If(sem[s][d] == (1 << TOKEN_BITS) - 1):
+                    with m.If(sem[s][d] == (1 << self.token_bits) - 1):
                         m.d.comb += [overflow.eq(1), overflow_index.eq(ret_index)]
                 with m.If(dec & ~inc):
                     m.d.sync += sem[s][d].eq(sem[s][d] - 1)
+        m.d.sync += [overflow_r.eq(overflow), overflow_index_r.eq(overflow_index)]
         tokens_left = Signal()
         m.d.comb += tokens_left.eq(Cat(*[sem[s][d] != 0 for s in range(NQ) for d in range(NQ)
                                          if s != d]).any())
@@ -331,7 +343,7 @@ class Sequencer(wiring.Component):
         index_due = Signal()
         index_src = Signal(range(6))
         index_held = Signal(INDEX_BITS)                 # overflow or bus-error index
-        m.d.sync += index_held.eq(Mux(overflow, overflow_index, bus_index))
+        m.d.sync += index_held.eq(Mux(overflow_r, overflow_index_r, bus_index))
 
         def fail(code, src):
             m.d.sync += [stopping.eq(1), error.eq(code), index_due.eq(1), index_src.eq(src)]
@@ -369,7 +381,7 @@ class Sequencer(wiring.Component):
             with m.If(~in_flight.any() & (~fetching | (r_got == ar_sent))):
                 m.d.sync += [running.eq(0), done.eq(1), fetching.eq(0)]
         with m.Else():
-            with m.If(overflow):
+            with m.If(overflow_r):
                 fail(int(ErrorCode.SEMAPHORE), IDX_HELD)
             with m.Elif(self.bus_error.any()):
                 fail(int(ErrorCode.BUS), IDX_HELD)

@@ -11,6 +11,7 @@ read burst ``dram_latency_cycles`` after its request, one beat per cycle.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 from amaranth.sim import Simulator
@@ -21,6 +22,7 @@ from compiler.lower import compile_graph
 from compiler.testgraphs import tiny_vit
 from hw.config import load_config
 from hw.core.sequencer import Sequencer
+from sim import schedule as schedule_module
 from sim.schedule import EngineModel, schedule
 
 
@@ -47,10 +49,11 @@ class StandIn(EngineModel):
         return busy_end, retire
 
 
-def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: int = 30_000):
+def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: int = 30_000,
+            token_bits: int = 16):
     """Run the sequencer on ``words`` at address 0; the registers and the stand-in engines'
     start cycles when done."""
-    dut = Sequencer(cfg)
+    dut = Sequencer(cfg, token_bits=token_bits)
     program = b"".join(words)
     engines = [StandIn() for _ in range(NQ)]
     out = {"start": {}}
@@ -139,10 +142,11 @@ def _first_difference(model, rtl, words) -> str:
     return "no start differs"
 
 
-def compare(cfg, words, dram_size):
+def compare(cfg, words, dram_size, token_bits=16):
     model = run_model(cfg, words, dram_size)
     limit = 4 * (model.cycles or max(int(model.retire.max(initial=0)), 0)) + 2000
-    rtl = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles, max_cycles=limit)
+    rtl = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles, max_cycles=limit,
+                  token_bits=token_bits)
     assert not rtl.get("timeout"), (f"the RTL did not finish in {limit} cycles; "
                                     f"{_first_difference(model, rtl, words)}")
     if model.error is None:
@@ -198,3 +202,82 @@ def test_bad_programs_same_verdict():
     for name, prog in cases.items():
         model, rtl = compare(cfg, prog, dram_size)
         assert model.error is not None, name
+
+
+def _random_masks(words, seed: int, density: float, mode: str) -> list[bytes]:
+    """The program with every instruction's wait and signal masks drawn at random (bits of
+    other queues only).  ``mode`` "claimed": an instruction signals a queue only if a later
+    instruction of it exists and no token for it is unclaimed, and that queue's next
+    instruction takes the token (no deadlock, no token left; at run time a queue may still
+    run ahead of another, so 2-bit semaphores may overflow); "some left": an instruction waits only for
+    tokens earlier ones signalled, at random (``TOKENS``); "any": any masks (mostly
+    ``DEADLOCK``)."""
+    rng = random.Random(seed)
+    decoded = [decode(w) for w in words]
+    queues = [None if i.queue is None else int(i.queue) for i in decoded]
+    out = []
+    unclaimed = [[0] * NQ for _ in range(NQ)]           # [source][destination]
+    for k, ins in enumerate(decoded):
+        q = queues[k]
+        if q is None:
+            out.append(words[k])
+            continue
+        others = [p for p in range(NQ) if p != q]
+        if mode == "claimed":
+            waits = [p for p in others if unclaimed[p][q]]
+            later = set(queues[k + 1:])
+            signals = [p for p in others
+                       if p in later and not unclaimed[q][p] and rng.random() < density]
+        elif mode == "some left":
+            waits = [p for p in others if unclaimed[p][q] and rng.random() < 2 * density]
+            signals = [p for p in others if rng.random() < density]
+        else:
+            waits = [p for p in others if rng.random() < density]
+            signals = [p for p in others if rng.random() < density]
+        for p in waits:
+            unclaimed[p][q] -= 1
+        for p in signals:
+            unclaimed[q][p] += 1
+        out.append(encode(dataclasses.replace(ins, wait=sum(1 << p for p in waits),
+                                              signal=sum(1 << p for p in signals))))
+    return out
+
+
+@pytest.mark.parametrize("seed, mode, token_bits", [
+    (0, "claimed", 16), (1, "claimed", 16), (2, "claimed", 2), (3, "some left", 2),
+    (4, "some left", 16), (5, "some left", 2), (6, "any", 16)])
+def test_random_masks_same_verdict(seed, mode, token_bits, monkeypatch):
+    """Random dependency masks on a compiled program's first 40 instructions, some with
+    2-bit semaphores (a fourth token overflows): the same cycles, busy counts and starts, or
+    the same error and index."""
+    monkeypatch.setattr(schedule_module, "TOKEN_LIMIT", (1 << token_bits) - 1)
+    cfg = load_config("tiny", instr_buffer=16, dram_latency_cycles=3)
+    words, dram_size = _program(cfg)
+    words = _random_masks(words[:40], seed, 0.3, mode) + words[-1:]
+    compare(cfg, words, dram_size, token_bits)
+
+
+def test_semaphore_overflow_a_cycle_after_the_retire(monkeypatch):
+    """Six LOADs signal MATRIX, whose first instruction waits for them all to be produced
+    (a long MATMUL ahead of the consumers): the fourth token overflows a 2-bit semaphore,
+    ``SEMAPHORE`` at that LOAD; with 16-bit semaphores the program ends."""
+    cfg = load_config("tiny", instr_buffer=16, dram_latency_cycles=3)
+    words, dram_size = _program(cfg)
+    ins = [decode(w) for w in words]
+    load = next(i for i in ins if i.op == Opcode.LOAD)
+    matmul = next(i for i in ins if i.op == Opcode.MATMUL)
+    prog = [encode(dataclasses.replace(matmul, wait=0, signal=0))]
+    prog += [encode(dataclasses.replace(load, wait=0, signal=1 << Queue.MATRIX))] * 6
+    prog += [encode(dataclasses.replace(matmul, wait=1 << Queue.LOAD, signal=0))] * 6
+    prog += words[-1:]
+    monkeypatch.setattr(schedule_module, "TOKEN_LIMIT", 3)
+    model, _ = compare(cfg, prog, dram_size, token_bits=2)
+    assert model.error is not None and model.error[:2] == (ErrorCode.SEMAPHORE, 4), model.error
+    monkeypatch.setattr(schedule_module, "TOKEN_LIMIT", (1 << 16) - 1)
+    model, _ = compare(cfg, prog, dram_size, token_bits=16)
+    assert model.error is None
+
+
+def test_token_bits_checked():
+    with pytest.raises(ValueError, match="token_bits"):
+        Sequencer(load_config("tiny"), token_bits=0)
