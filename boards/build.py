@@ -196,7 +196,7 @@ def run_tool(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float | N
                 say(f"  {what}: {time.monotonic() - start:.0f} s, {_last_line(log)}")
                 why = abort(log) if abort else None
                 if why:
-                    raise ToolAborted(f"{what} stopped: {why} (log: {log})")
+                    raise ToolAborted(what, why, log)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -208,7 +208,12 @@ def run_tool(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float | N
 
 
 class ToolAborted(BuildError):
-    """A tool stopped by :func:`run_tool`'s ``abort`` (e.g. router2 not converging)."""
+    """A tool stopped by :func:`run_tool`'s ``abort`` (e.g. router2 not converging):
+    ``what`` stopped because ``why``; its output in ``log``."""
+
+    def __init__(self, what: str, why: str, log: Path):
+        self.what, self.why, self.log = what, why, Path(log)
+        super().__init__(f"{what} stopped: {why} (log: {log})")
 
 
 #: router2 counts as not converging when the overused wires of an iteration exceed
@@ -350,10 +355,17 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
                                         abort=router2_stalled if attempts > 1 else None)
                 break
             except ToolAborted as exc:
-                os.replace(work / "nextpnr.log", work / f"nextpnr.seed{used_seed}.log")
+                # Each attempt's log is kept under its seed (a failed build's folder is
+                # renamed to ``<folder>.failed`` below).
+                kept = work / f"nextpnr.seed{used_seed}.log"
+                os.replace(exc.log, kept)
                 if used_seed == seed + attempts - 1:
-                    raise BuildError(f"{exc}; tried seeds {seed}..{used_seed}") from None
-                say(f"  {exc}; trying seed {used_seed + 1}")
+                    failed = final.with_name(final.name + ".failed") / kept.name
+                    raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
+                                     f"{seed}..{used_seed} (logs: {failed.parent}/"
+                                     f"nextpnr.seed*.log)") from None
+                say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed "
+                    f"{used_seed + 1}")
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
         rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,
                           rep.config, {"rtlil": round(t_rtlil, 1), "yosys": round(t_syn, 1),

@@ -134,7 +134,7 @@ def _fake_flow(monkeypatch, stalled_seeds):
         (work / "nextpnr.log").write_text(f"seed {seed}")
         if seed in stalled_seeds:
             assert abort is B.router2_stalled
-            raise B.ToolAborted("nextpnr-ecp5 stopped: router2 not converging")
+            raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
         (work / "report.json").write_text((DATA / "nextpnr_small_report.json").read_text())
         return 1.0
 
@@ -152,13 +152,18 @@ def test_build_retries_the_next_seed_when_router2_stalls(tmp_path, monkeypatch):
     assert seeds == [1, 2, 3] and json.loads((path / "build.json").read_text())["seed"] == 3
     assert (path / "nextpnr.seed1.log").read_text() == "seed 1"
     assert any("trying seed 2" in ln for ln in lines)
+    # The retry's message names the log where it now is.
+    retry = next(ln for ln in lines if "trying seed 2" in ln)
+    assert "nextpnr.seed1.log" in retry and "nextpnr.log)" not in retry
     # Every attempt stalls: the build fails, naming the seeds, and leaves the logs.
     seeds = _fake_flow(monkeypatch, stalled_seeds={4, 5})
-    with pytest.raises(B.BuildError, match="tried seeds 4..5"):
+    with pytest.raises(B.BuildError, match="tried seeds 4..5") as info:
         B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, 100.0,
                      seed=4, attempts=2)
     failed = B.build_dir(tmp_path, get_profile("ulx3s-85f"), load_config("tiny"), 4)
-    assert (failed.with_name(failed.name + ".failed") / "nextpnr.seed5.log").is_file()
+    failed = failed.with_name(failed.name + ".failed")
+    assert (failed / "nextpnr.seed5.log").is_file()
+    assert f"{failed}/nextpnr.seed*.log" in str(info.value)
 
 
 def test_failed_build_never_replaces_a_good_one(tmp_path, monkeypatch):
