@@ -190,14 +190,21 @@ class Decoder(wiring.Component):
                                 ]
         m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b)]
 
-        hi = Signal(_HI_BITS + 1)
-        inside = Signal()
-        m.d.comb += hi.eq(r_pat.addr + r_prod + r_pat.width)
+        # ``addr + (rows - 1) * stride + width <= end`` is compared as ``product <= end -
+        # (addr + width)`` with the right side (and ``addr + width <= end``, ``addr >=
+        # base``) computed beside the multiply: the compare stage has no adder.
+        aw = Signal(_HI_BITS + 1)
+        m.d.comb += aw.eq(s_pat.addr + s_pat.width)
+        ends = [(cfg.regions[name].base, cfg.regions[name].end) for name in names]
         fits = []
-        for bit, name in enumerate(names):
-            reg = cfg.regions[name]
-            fits.append(r_pat.mask[bit] & (r_pat.addr >= reg.base) & (hi <= reg.end))
-        fits.append(r_pat.mask[len(names)] & (hi <= self.dram_size))
+        for bit, (base, end) in enumerate(ends + [(0, self.dram_size)]):
+            end = _value(end, 32)
+            ok = Signal(name=f"region_{bit}_ok")         # mask, base and addr + width <= end
+            room = Signal(_HI_BITS + 1, name=f"region_{bit}_room")   # end - (addr + width)
+            m.d.sync += [ok.eq(s_pat.mask[bit] & (s_pat.addr >= base) & (aw <= end)),
+                         room.eq(end - aw)]
+            fits.append(ok & (r_prod <= room))
+        inside = Signal()
         m.d.comb += inside.eq(_any(fits))
 
         with m.If(self.start):

@@ -200,17 +200,19 @@ class Sequencer(wiring.Component):
                 m.d.comb += bus_index.eq(Mux(flights[q].r_rdy, flights[q].r_data[NQ:],
                                              last_retired[q]))
 
-        # Token counts.  A retire that would take a count past its width is found here
-        # (``overflow``) and acted on a cycle later (``overflow_r``): the engines' retire
-        # pulses come late in their cycle, and run control (which gates dispatch) reads
-        # only registers of them.
-        overflow = Signal()
-        overflow_index = Signal(INDEX_BITS)
-        overflow_r = Signal()
-        overflow_index_r = Signal(INDEX_BITS)
+        # Token counts.  A retire that would take a count past its width is acted on a cycle
+        # later (``overflow_r``, from registers): the engines' retire pulses come late in
+        # their cycle, and run control (which gates dispatch) reads only registers of them.
+        # Per source: a retire overflowed one of its semaphores (registered), and the
+        # retiring instruction's index (registered); the index of the last source in order
+        # that overflowed is chosen a cycle later, from the registers.
+        ovf_source = Signal(NQ)
+        ret_index_r = [Signal(INDEX_BITS, name=f"ret_index_r_{s}") for s in range(NQ)]
         for s in range(NQ):
             ret_mask = flights[s].r_data[:NQ]
             ret_index = flights[s].r_data[NQ:]
+            m.d.sync += ret_index_r[s].eq(ret_index)
+            full = []
             for d in range(NQ):
                 if s == d:
                     continue
@@ -219,11 +221,16 @@ class Sequencer(wiring.Component):
                 m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
                 with m.If(inc & ~dec):
                     m.d.sync += sem[s][d].eq(sem[s][d] + 1)
-                    with m.If(sem[s][d] == (1 << self.token_bits) - 1):
-                        m.d.comb += [overflow.eq(1), overflow_index.eq(ret_index)]
                 with m.If(dec & ~inc):
                     m.d.sync += sem[s][d].eq(sem[s][d] - 1)
-        m.d.sync += [overflow_r.eq(overflow), overflow_index_r.eq(overflow_index)]
+                full.append(inc & ~dec & (sem[s][d] == (1 << self.token_bits) - 1))
+            m.d.sync += ovf_source[s].eq(Cat(*full).any())
+        overflow_r = Signal()
+        overflow_index_r = Signal(INDEX_BITS)
+        m.d.comb += overflow_r.eq(ovf_source.any())
+        for s in range(NQ):
+            with m.If(ovf_source[s]):
+                m.d.comb += overflow_index_r.eq(ret_index_r[s])
         tokens_left = Signal()
         m.d.comb += tokens_left.eq(Cat(*[sem[s][d] != 0 for s in range(NQ) for d in range(NQ)
                                          if s != d]).any())
@@ -289,8 +296,12 @@ class Sequencer(wiring.Component):
         take = Signal()                                  # the decoder takes instruction nxt
         m.d.comb += [dec.word.eq(word), dec.dram_size.eq(self.dram_size),
                      dec.last.eq(nxt == self.prog_len - 1), dec.start.eq(take)]
+        # Whether the instruction in the decoder is its segment's last, registered when it is
+        # taken (so the segment arithmetic is not on the path from a verdict to the next take).
+        cur_last = Signal()
         with m.If(take):
-            m.d.sync += [cur_index.eq(nxt), nxt.eq(nxt + 1)]
+            m.d.sync += [cur_index.eq(nxt), nxt.eq(nxt + 1),
+                         cur_last.eq(nxt + 1 == seg_base + seg_count)]
 
         # Push: in the verdict's cycle if the FIFO has room, else once it has.
         pending = Signal()
@@ -429,7 +440,7 @@ class Sequencer(wiring.Component):
                             with m.If(room):
                                 m.d.comb += push.eq(1)
                                 m.d.sync += pending.eq(0)
-                                with m.If(cur_index + 1 == seg_base + seg_count):
+                                with m.If(cur_last):
                                     # The segment is dispatched: fetch the next one.
                                     m.d.sync += [seg_base.eq(seg_base + seg_count),
                                                  phase.eq(FETCH_WAIT)]

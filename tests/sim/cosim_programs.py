@@ -186,3 +186,36 @@ def dedicated_programs(cfg: AcceleratorConfig, seed: int = 0) -> dict[str, Progr
     """The programs by name, for ``cfg`` (any width ``N``; scratchpad of 16 KiB or more)."""
     return {"dma": _dma(cfg, seed), "vector": _vector(cfg, seed + 1),
             "matrix": _matrix(cfg, seed + 2)}
+
+
+def random_dma_chain(cfg: AcceleratorConfig, seed: int) -> ProgramImage:
+    """One to four LOAD -> STORE pairs of random shapes (unaligned addresses, strides,
+    padding, rows crossing 4 KiB pages) through the two halves of the copy region in turn;
+    each STORE waits for its LOAD, and a LOAD waits for the STORE before it at random (else
+    it may overwrite what an earlier STORE still reads: such programs are hazards, which the
+    model rejects; the caller skips them)."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(cfg, 40960, seed)
+    copy = cfg.regions["copy"]
+    pairs = int(rng.integers(1, 5))
+    dep = [False] + [bool(rng.random() < 0.6) for _ in range(pairs - 1)]
+    for j in range(pairs):
+        rows, cols = int(rng.integers(1, 7)), int(rng.integers(1, 301))
+        pad = int(rng.choice([0, 0, int(rng.integers(0, 5))]))
+        dst_stride = cols + pad + int(rng.integers(0, 6)) if rows > 1 else 0
+        # Alternate halves of the copy region (a LOAD that does not wait then misses the
+        # STORE just before it).
+        half = (copy.end - copy.base) // 2
+        dst = copy.base + (j % 2) * half + int(rng.integers(0, 65))
+        if dst + (rows - 1) * dst_stride + cols + pad > copy.base + (j % 2 + 1) * half:
+            rows, dst_stride = 1, 0
+        b.add(Opcode.LOAD, wait=[S] if dep[j] else [], signal=[S], mem=Mem.SPAD,
+              dram_addr=int(rng.integers(0, 8001)),
+              dram_stride=int(rng.integers(cols, cols + 51)) if rows > 1 else 0,
+              dst_addr=dst, dst_stride=dst_stride, rows=rows, cols=cols, pad=pad)
+        store_cols = int(rng.integers(1, cols + pad + 1))
+        b.add(Opcode.STORE, wait=[L], signal=[L] if j + 1 < pairs and dep[j + 1] else [],
+              src_addr=dst, src_stride=dst_stride, dram_addr=20000 + int(rng.integers(0, 4001)),
+              dram_stride=int(rng.integers(store_cols, store_cols + 41)) if rows > 1 else 0,
+              rows=rows, cols=store_cols)
+    return b.image()
