@@ -632,7 +632,10 @@ class Requant(OpSpec):
                         lambda cfg, a: self._records(a) * RECORD_WORDS, False, "parameters",
                         ("param",), lambda cfg, a: a["load_params"] == 1),
                 Pattern("spad", _field("dst_addr"), _field("dst_stride"), _field("rows"),
-                        lambda cfg, a: a["cols"] * sel(a["out_type"] == OutType.INT16, 2, 1), True,
+                        # Two products selected, not a product of a selection: the decoder
+                        # derives its logic from this expression (a constant factor is a shift).
+                        lambda cfg, a: sel(a["out_type"] == OutType.INT16, a["cols"] * 2, a["cols"]),
+                        True,
                         "destination", ("out",))]
 
     def timing(self, cfg, a, ut) -> Timing:
