@@ -47,17 +47,18 @@ a cycle ahead and registered.  The bias beat is the same row of ``vin``
 cycle each beat passes to the softmax, for the next one (the read ports hold their data), so
 it always matches the beat on the requantizer's output.
 
-``retire`` pulses in the cycle of the instruction's last write (a destination word, or the
-last table entry), and the engine takes the next instruction in that same cycle:
-``busy == done``.
+``retire`` pulses in the cycle after the instruction's last write (a destination word, or
+the last table entry: :data:`RETIRE_CYCLES`), from a register, and the engine takes the next
+instruction in that same cycle (``ready`` is ``~active``, a register too): ``busy ==
+done``.  So the sequencer reads no combinational path out of the engine's datapath.
 
 Against the composition in the ISA table (``compiler.isa``: ``P + total(rows)`` with ``P``
 records at one a cycle), the RTL takes: one decode cycle more for every opcode; ``S = max(1,
 16 / N)`` cycles a record (an ``N``-byte parameter row a cycle) instead of one; ``N`` setup
 cycles for SOFTMAX (none in the table); for an int16 REQUANT two cycles a beat (two
 scratchpad words) instead of one; for LAYERNORM one cycle more, as ``layernorm_timing``'s
-latency does not count both end cycles; 257 cycles for GELU_TABLE.  :func:`vector_timing` is
-the RTL's.
+latency does not count both end cycles; 257 cycles for GELU_TABLE; and the retire
+register's cycle for every opcode.  :func:`vector_timing` is the RTL's.
 
 Zero points (``LAYERNORM.zp_in``, ``ADD.zp_a``, ``zp_b``, ``zp_out``) are int8 in the units:
 the engine passes the low 8 bits of the 16-bit fields.  The requantizer holds the records of
@@ -103,6 +104,9 @@ RECORD_BYTES = 4 * RECORD_WORDS
 DECODE_CYCLES = 1
 #: Registers between SOFTMAX's score bias / key mask and the softmax's input.
 SOFTMAX_INPUT_STAGES = 1
+#: Cycles from an instruction's last write to its ``retire`` pulse: the pulse is a
+#: register, so the sequencer sees none of the engine's datapath within a cycle.
+RETIRE_CYCLES = 1
 
 
 def record_reads(config: AcceleratorConfig) -> int:
@@ -135,8 +139,8 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
     """Cycles of one vector instruction on :class:`VectorEngine`, from its start.
 
     ``op`` is a vector opcode and ``args`` its fields (``Instruction.args``).  ``done``: the
-    cycle of the ``retire`` pulse (the last write) after the start cycle; ``busy == done``
-    (the engine takes the next instruction in its retire cycle).  With ``N`` lanes,
+    cycle of the ``retire`` pulse (a cycle after the last write) after the start cycle;
+    ``busy == done`` (the engine takes the next instruction in its retire cycle).  With ``N`` lanes,
     ``B = ceil(cols / N)`` beats a row, ``K`` setup cycles (``S = max(1, 16 / N)`` reads a
     record; records ``cols``, or 1 for a per-tensor REQUANT)::
 
@@ -154,16 +158,17 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
                                 (its latency does not count both end cycles)
         ADD              done = 1 + K + total(rows) of residual_add_timing(cols)
         GELU             done = 1 + total(rows) of gelu_timing(cols)
-        GELU_TABLE       done = 1 + gelu_table_load_timing().latency          (= 257)
+        GELU_TABLE       done = 1 + gelu_table_load_timing().latency          (= 257, + 1)
 
     with ``total(rows) = latency + (rows - 1) interval`` (:meth:`UnitTiming.total`) and the
-    chains of :func:`hw.timing.chain`.  The leading 1 is the decode cycle.
+    chains of :func:`hw.timing.chain`.  The leading 1 is the decode cycle; every ``done``
+    also counts the retire register (:data:`RETIRE_CYCLES`, not written above).
     """
     op = Opcode(op)
     if op not in VECTOR_OPCODES:
         raise ValueError(f"{op.name} is not a vector instruction")
     if op == Opcode.GELU_TABLE:
-        done = DECODE_CYCLES + gelu_table_load_timing(config).latency
+        done = DECODE_CYCLES + gelu_table_load_timing(config).latency + RETIRE_CYCLES
         return Timing(done, done)
     n = config.lanes
     rows, cols = args["rows"], args["cols"]
@@ -175,7 +180,7 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
             last = cols - (beats - 1) * n            # elements of a row's last beat
             second = 1 if 2 * last > n else 0
             done = (DECODE_CYCLES + setup + requant_timing(config, 1).latency
-                    + 2 * (rows * beats - 1) + second)
+                    + 2 * (rows * beats - 1) + second + RETIRE_CYCLES)
             return Timing(done, done)
         if args["gelu"]:
             row = chain(row, gelu_timing(config, cols), beats)
@@ -189,7 +194,7 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
         row = residual_add_timing(config, cols)
     else:
         row = gelu_timing(config, cols)
-    done = DECODE_CYCLES + setup + row.total(rows)
+    done = DECODE_CYCLES + setup + row.total(rows) + RETIRE_CYCLES
     return Timing(done, done)
 
 
@@ -206,11 +211,11 @@ class VectorEngine(wiring.Component):
     -------
     instr : ``In(stream.Signature(unsigned(256)))``
         Vector instructions (REQUANT, SOFTMAX, LAYERNORM, ADD, GELU, GELU_TABLE): a handshake
-        is the start.  Ready when idle and in the retire cycle of the current one.
+        is the start.  Ready when idle: from the retire cycle of the current one.
     retire : ``Out(1)``
-        One pulse per instruction, in the cycle its last write lands.
+        One pulse per instruction, a register: the cycle after its last write lands.
     busy : ``Out(1)``
-        High from a start up to (not including) its retire cycle, and in every start cycle.
+        High from a start up to (not including) its retire cycle.
     vin, vin2, acc, attn_acc, param : ``Out(read_port_signature(depth, width))``
         Read ports of those memories (rows of ``N`` bytes; ``N`` int32 words for the
         accumulator memories; the parameter memory's word ``w`` is bytes ``4w .. 4w + 3``).
@@ -267,13 +272,15 @@ class VectorEngine(wiring.Component):
         opcode = fields_of(Opcode.REQUANT)(self.instr.payload).opcode
 
         active = Signal()
-        retire = Signal()
+        retire = Signal()                 # the last write: active falls
+        retire_r = Signal()               # the retire pulse, a cycle later
         start = Signal()
+        m.d.sync += retire_r.eq(retire)
         m.d.comb += [
-            self.instr.ready.eq(~active | retire),
+            self.instr.ready.eq(~active),
             start.eq(self.instr.valid & self.instr.ready),
-            self.retire.eq(retire),
-            self.busy.eq(start | (active & ~retire)),
+            self.retire.eq(retire_r),
+            self.busy.eq(start | active),
         ]
 
         # Per-instruction registers, loaded in the start cycle (_decode).

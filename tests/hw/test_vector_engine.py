@@ -566,7 +566,9 @@ def test_wider_than_a_record():
 
 def test_timing_formulas():
     """vector_timing by hand, N = 4: 1 decode cycle, K setup cycles (a record is 4 reads of
-    4 bytes; SOFTMAX writes its mult / shift into 4 lanes), then the rows."""
+    4 bytes; SOFTMAX writes its mult / shift into 4 lanes), then the rows, then ``R = 1``
+    for the retire register."""
+    R = 1
     cfg = make_config(4)
     assert record_reads(cfg) == 4 and record_reads(make_config(16)) == record_reads(make_config(32)) == 1
 
@@ -577,24 +579,24 @@ def test_timing_formulas():
 
     rq = dict(load_params=0, per_channel=1, out_type=0, gelu=0)
     # B = 2 beats, requantizer 2 + 8 then 2 a row; 6 records of 4 reads.
-    assert done(Opcode.REQUANT, **{**rq, "load_params": 1}, rows=3, cols=6) == 1 + 24 + 10 + 2 * 2
+    assert done(Opcode.REQUANT, **{**rq, "load_params": 1}, rows=3, cols=6) == 1 + 24 + 10 + 2 * 2 + R
     # int16: a beat every 2 cycles, first output 9 cycles after its input; cols 6 ends a row
     # with a first word (4 bytes of the last beat), cols 7 with a second one.
-    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=6) == 1 + 9 + 2 * 5
-    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=7) == 1 + 9 + 2 * 5 + 1
+    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=6) == 1 + 9 + 2 * 5 + R
+    assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=7) == 1 + 9 + 2 * 5 + 1 + R
     # GELU chained: one more cycle; one per-tensor record.
     assert done(Opcode.REQUANT, **{**rq, "gelu": 1, "per_channel": 0, "load_params": 1},
-                rows=2, cols=4) == 1 + 4 + 10 + 1
+                rows=2, cols=4) == 1 + 4 + 10 + 1 + R
     # Softmax rows of B = 3: requantizer 11 and the input register 1 chained to 3 B + 13 + 3
     # (LIS) / 3 B + 39 + 3 (UNIFORM), intervals B + 4 and 27.
     sm = dict(rows=3, cols=9, mode=SoftmaxMode.LIS)
-    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (11 + 1 + 25 - 3) + 2 * 7
-    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (11 + 1 + 51 - 3) + 2 * 27
+    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (11 + 1 + 25 - 3) + 2 * 7 + R
+    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (11 + 1 + 51 - 3) + 2 * 27 + R
     # LayerNorm B = 2: its latency 2 B + 40 plus the end cycle its formula does not count.
-    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (44 + 1) + 18
-    assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 7 + 2 * 2
-    assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 2
-    assert done(Opcode.GELU_TABLE) == 257
+    assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (44 + 1) + 18 + R
+    assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 7 + 2 * 2 + R
+    assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 2 + R
+    assert done(Opcode.GELU_TABLE) == 257 + R
     with pytest.raises(ValueError, match="not a vector instruction"):
         vector_timing(cfg, Opcode.MATMUL, {})
 
