@@ -27,12 +27,11 @@ error code and instruction index.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode, Opcode, Queue,
+from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode, Opcode,
                           QUEUE_OF, Violation, check_instruction)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
@@ -232,7 +231,6 @@ def simulate(image: ProgramImage, inputs: dict[str, np.ndarray] | None = None,
     """
     cfg = image.config
     instrs = image.instructions
-    n = len(instrs)
     sched, accesses = run_words(cfg, instrs, image.dram_size, timings)
     if sched.error is not None:
         code, index, message = sched.error

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.isa import INSTR_BYTES, NQ, ErrorCode, Instruction, Opcode, QUEUE_OF, Queue
+from compiler.isa import NQ, ErrorCode, Instruction, QUEUE_OF, Queue
 from hw.config import AcceleratorConfig
 from hw.core.decoder import DECODE_LATENCY
 from hw.core.sequencer import MAX_IN_FLIGHT, QUEUE_DEPTH, TOKEN_BITS, fetch_bursts

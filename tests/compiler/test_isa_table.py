@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compiler import isa
-from compiler.isa import (NO_SCORE_BIAS, SPECS, ArchState, MatMode, Mem, Opcode, OutType, Queue, SoftmaxMode,
+from compiler.isa import (NO_SCORE_BIAS, SPECS, ArchState, MatMode, Mem, Opcode, Queue, SoftmaxMode,
                           Violation)
 from hw.config import AcceleratorConfig
 from hw.softmax import SoftmaxMode as HwSoftmaxMode

@@ -19,7 +19,7 @@ from amaranth.hdl import Fragment
 from amaranth.lib import wiring
 
 from amaranth_streams import run_simulation
-from compiler.isa import SPECS, ArchState, Instruction, Opcode, Violation, encode
+from compiler.isa import SPECS, ArchState, Instruction, encode
 from hw.config import AcceleratorConfig
 from hw.core.memories import build_memories, geometry
 from hw.core.signatures import engine_signature

@@ -14,7 +14,7 @@ from compiler.lower import compile_graph
 from compiler.program import ProgramImage
 from compiler.testgraphs import random_image, tiny_vit
 from hw.config import AcceleratorConfig
-from sim.machine import CAUSES, ProgramError, simulate
+from sim.machine import ProgramError, simulate
 from sw.executor import execute
 
 

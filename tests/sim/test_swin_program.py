@@ -9,12 +9,11 @@ import pytest
 
 from compiler.emitter import UnsupportedOpsError
 from compiler.isa import Opcode
-from compiler.lower import compile_graph, compile_steps
+from compiler.lower import compile_graph
 from compiler.testgraphs import random_image, shift_mask, tiny_swin
 from hw.config import AcceleratorConfig
 from hw.units import UnitTimings
 from sim.machine import ProgramError, simulate
-from sw import intops
 from sw.executor import execute
 
 

@@ -22,7 +22,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 from sw import intops
 from sw.intops import IntegerOverflowError

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sw import intops
-from sw.executor import run_attn_value, run_qk_scores, _qkv_split
+from sw.executor import run_attn_value, run_qk_scores
 from sw.graph import Op
 
 swin = pytest.importorskip("timm.models.swin_transformer")

@@ -16,7 +16,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from compiler.isa import (INSTR_BYTES, NQ, ErrorCode, Instruction, Opcode, Queue, Violation,
+from compiler.isa import (INSTR_BYTES, NQ, ErrorCode, Instruction, Opcode, Queue,
                           check_instruction, decode, encode)
 from compiler.lower import compile_graph
 from compiler.testgraphs import tiny_vit
@@ -69,7 +69,6 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
         beats = []                      # (cycle due, data)
         busy_end = [0] * NQ
         retire_at = [[] for _ in range(NQ)]
-        index_of = [[] for _ in range(NQ)]
         cycle = 0
         ctx.set(dut.axi.arready, 1)
         while not ctx.get(dut.done):
