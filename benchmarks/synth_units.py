@@ -271,8 +271,16 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     print(table(results))
     if args.doc:
-        command = "python benchmarks/synth_units.py " + " ".join(
-            a for a in (argv if argv is not None else sys.argv[1:]))
+        # The command as recorded in the document: without --workdir (a local folder).
+        given = list(argv if argv is not None else sys.argv[1:])
+        shown = []
+        while given:
+            a = given.pop(0)
+            if a == "--workdir":
+                given = given[1:]
+            elif not a.startswith("--workdir="):
+                shown.append(a)
+        command = "python benchmarks/synth_units.py " + " ".join(shown)
         atomic_write_bytes(args.doc, document(results, config, command.strip()).encode())
         print(f"wrote {args.doc}", file=sys.stderr)
     return 0
