@@ -360,10 +360,10 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
                 kept = work / f"nextpnr.seed{used_seed}.log"
                 os.replace(exc.log, kept)
                 if used_seed == seed + attempts - 1:
-                    failed = final.with_name(final.name + ".failed") / kept.name
+                    failed = final.with_name(final.name + ".failed")
                     raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
-                                     f"{seed}..{used_seed} (logs: {failed.parent}/"
-                                     f"nextpnr.seed*.log)") from None
+                                     f"{seed}..{used_seed} (logs: {failed}/nextpnr.seed*.log)"
+                                     ) from None
                 say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed "
                     f"{used_seed + 1}")
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())

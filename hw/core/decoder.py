@@ -24,7 +24,7 @@ in three stages: select the pattern's operands from the word (registered), multi
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal, Value, unsigned
+from amaranth import Cat, Const, Module, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -191,18 +191,18 @@ class Decoder(wiring.Component):
         m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b)]
 
         # ``addr + (rows - 1) * stride + width <= end`` is compared as ``product <= end -
-        # (addr + width)`` with the right side (and ``addr + width <= end``, ``addr >=
-        # base``) computed beside the multiply: the compare stage has no adder.
+        # (addr + width)`` with the right side (signed: negative when even the first row
+        # does not fit) and ``addr >= base`` computed beside the multiply: the compare stage
+        # has no adder.
         aw = Signal(_HI_BITS + 1)
         m.d.comb += aw.eq(s_pat.addr + s_pat.width)
         ends = [(cfg.regions[name].base, cfg.regions[name].end) for name in names]
         fits = []
         for bit, (base, end) in enumerate(ends + [(0, self.dram_size)]):
-            end = _value(end, 32)
-            ok = Signal(name=f"region_{bit}_ok")         # mask, base and addr + width <= end
-            room = Signal(_HI_BITS + 1, name=f"region_{bit}_room")   # end - (addr + width)
-            m.d.sync += [ok.eq(s_pat.mask[bit] & (s_pat.addr >= base) & (aw <= end)),
-                         room.eq(end - aw)]
+            ok = Signal(name=f"region_{bit}_ok")                     # mask and addr >= base
+            room = Signal(signed(_HI_BITS + 2), name=f"region_{bit}_room")  # end - (addr + width)
+            m.d.sync += [ok.eq(s_pat.mask[bit] & (s_pat.addr >= base)),
+                         room.eq(_value(end, 32) - aw)]
             fits.append(ok & (r_prod <= room))
         inside = Signal()
         m.d.comb += inside.eq(_any(fits))

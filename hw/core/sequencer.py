@@ -201,11 +201,9 @@ class Sequencer(wiring.Component):
                                              last_retired[q]))
 
         # Token counts.  A retire that would take a count past its width is acted on a cycle
-        # later (``overflow_r``, from registers): the engines' retire pulses come late in
-        # their cycle, and run control (which gates dispatch) reads only registers of them.
-        # Per source: a retire overflowed one of its semaphores (registered), and the
-        # retiring instruction's index (registered); the index of the last source in order
-        # that overflowed is chosen a cycle later, from the registers.
+        # later (``overflow_r``): run control, which gates dispatch, reads only registers of
+        # the engines' late retire pulses: per source, whether it overflowed a semaphore and
+        # its retiring instruction's index; the last source in order that overflowed wins.
         ovf_source = Signal(NQ)
         ret_index_r = [Signal(INDEX_BITS, name=f"ret_index_r_{s}") for s in range(NQ)]
         for s in range(NQ):

@@ -557,8 +557,8 @@ class VectorEngine(wiring.Component):
         m.d.comb += retire.eq(
             (wr_valid & last_word & (r.wr_rows == 1))
             | (p_valid & is_tbl & (p_index[:8] == GELU_TABLE_ENTRIES - 1)))
-        # The start cycle loads the next instruction's registers (last: it overrides the
-        # counter updates of a retiring instruction's last cycle).
+        # The start cycle loads the next instruction's registers (never the cycle of the
+        # last write: the engine is ready only once idle).
         with m.If(start):
             m.d.sync += [
                 ir.eq(self.instr.payload),
