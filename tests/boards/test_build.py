@@ -88,14 +88,35 @@ DATA = Path(__file__).parent / "data"
 
 def test_router2_stall_detection_on_real_logs():
     """The iteration lines of real router2 runs on the fitted ULX3S core: two that converged
-    (74 and 84 iterations) are never called stalled, the one that did not (the second's
-    netlist at seed 1) is, at the iteration where its overuse rose past the threshold."""
+    (74 and 84 iterations) are never called stalled, the two that did not are, at the
+    fourth iteration in a row whose overuse rose."""
     assert B.router2_stalled(DATA / "router2_converging.log") is None
     # A third converging run lingered at 1 overused wire for 27 iterations before routing.
     assert B.router2_stalled(DATA / "router2_converging_long_tail.log") is None
     why = B.router2_stalled(DATA / "router2_not_converging.log")
-    assert why and "3,102 overused wires at iteration 31" in why and "1,839 at best" in why
+    assert why and "to 2,226 at iteration 28" in why and "1,839 at best" in why
+    why = B.router2_stalled(DATA / "router2_rising.log")
+    assert why and "to 6,917 at iteration 18" in why and "6,118 at best" in why
     assert B.router2_stalled(DATA / "no_such.log") is None
+
+
+def test_router2_stall_detection_rules(tmp_path):
+    """Each rule alone: a jump past RISE x best + SLACK; RISES rises in a row (one fewer,
+    or rises below SLACK, is not a stall); the RISES-th rise is what stops it."""
+    log = tmp_path / "n.log"
+
+    def stalled(values):
+        log.write_text("\n".join(f"iter={i} wires=1000 overused={v} overuse=1 archfail=NA"
+                                  for i, v in enumerate(values, 1)))
+        return B.router2_stalled(log)
+
+    assert stalled([5000, 1000, 1600]) is None
+    assert "1,601 overused wires at iteration 3" in stalled([5000, 1000, 1601])
+    steps = [5000, 1000] + [1001 + i for i in range(B.ROUTER2_RISES)]
+    assert stalled(steps[:-1]) is None
+    assert f"last {B.ROUTER2_RISES} iterations" in stalled(steps)
+    assert stalled(steps[:-1] + [steps[-2]] + steps[2:]) is None  # a flat step resets the run
+    assert stalled([5000, 10] + [11 + i for i in range(2 * B.ROUTER2_RISES)]) is None
 
 
 def test_router2_stall_detection_plateau(tmp_path):
