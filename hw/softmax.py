@@ -18,7 +18,7 @@ from hw.config import AcceleratorConfig
 from hw.integer_divider import IntegerDivider, integer_divider_timing
 from hw.timing import UnitTiming
 from sw.intops import (INT16_MIN, LIS_CODE_BITS, LIS_EXP_N, LIS_SQRT2_Q16, LIS_ZERO_CODE,
-                       UNIFORM_RECIP_BITS)
+                       UNIFORM_RECIP_BITS, lis_exp_constants)
 
 __all__ = ["LisSoftmax", "SoftmaxMode", "softmax_timing", "fill_max_delay", "length_ok", "SOFTMAX_MAX_ROW"]
 
@@ -45,6 +45,17 @@ UNIFORM_PRODUCT_BITS = UNIFORM_RECIP_BITS + 1
 UNIFORM_SHIFT = UNIFORM_RECIP_BITS - OUT_BITS
 #: Largest ``frac_bits`` the exponential supports (its clip point is ``-(LIS_EXP_N << frac_bits)``).
 MAX_FRAC_BITS = 6
+#: Bits of the row reciprocal that can be non-zero: a row's sum is at least its largest
+#: element's ``e = c_int << LIS_EXP_N`` (``x - max = 0``), and ``c_int`` is smallest at
+#: ``frac_bits = 2`` (92), so ``inv = 2**48 // sum < 2**27``.
+INV_MULT_BITS = max(((1 << UNIFORM_RECIP_BITS) // (lis_exp_constants(f)[1] << LIS_EXP_N))
+                    .bit_length() for f in range(2, MAX_FRAC_BITS + 1))
+#: ``e * inv`` is computed as partial products ``e * inv[k]`` of ``INV_CHUNK``-bit chunks of
+#: ``inv``'s low ``INV_MULT_BITS`` bits, registered, then summed in the next stage (the
+#: whole 31 x 49-bit product in one stage was the vector engine's critical path on ECP5: six
+#: MULT18X18Ds and their adders, 58.88 MHz).  17 bits: an unsigned chunk fits a
+#: MULT18X18D's signed 18-bit port.
+INV_CHUNK = 17
 
 #: Most compare levels of the row-max tree between two registers.
 MAX_TREE_STAGES = 4
@@ -77,7 +88,7 @@ RECIP_STEPS_PER_CYCLE = 2
 LIS_PREPARE_CYCLES = 1
 UNIFORM_PREPARE_CYCLES = integer_divider_timing(INV_BITS, RECIP_STEPS_PER_CYCLE).latency + 1
 #: Cycles from a drain read to its output beat being valid.
-DRAIN_DELAY = 6
+DRAIN_DELAY = 7
 
 
 class SoftmaxMode(enum.IntEnum, shape=1):
@@ -204,11 +215,11 @@ class LisSoftmax(wiring.Component):
     for ``L = 16``); exponential ``B`` reads, its sum
     visible ``EXP_SUM_DELAY = 6`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
     or ``R = 27`` (``UNIFORM``: 25 divider cycles, the operand and the result cycles);
-    drain ``B`` reads, each output beat ``DRAIN_DELAY = 6`` cycles after its read.  With
+    drain ``B`` reads, each output beat ``DRAIN_DELAY = 7`` cycles after its read.  With
     ``G = 6 + R`` (7 or 33):
 
     * LATENCY (first input beat to last output beat, both cycles counted):
-      ``3 B + G + 6 + D``, i.e. ``3 B + 13 + D`` (``LIS``) and ``3 B + 39 + D`` (``UNIFORM``);
+      ``3 B + G + 7 + D``, i.e. ``3 B + 14 + D`` (``LIS``) and ``3 B + 40 + D`` (``UNIFORM``);
     * interval between rows: ``max(B + ceil(G / 2), R)``, i.e. ``B + 4`` (``LIS``) and
       ``max(B + 17, 27)`` (``UNIFORM``).  THROUGHPUT ``L * B / interval`` elements per
       cycle (``L N / (B + 4)`` in ``LIS`` mode).
@@ -306,7 +317,7 @@ class LisSoftmax(wiring.Component):
         exp_row_layout = data.StructLayout({
             "length": self.length.shape(), "last_beat": beat_shape,
             "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
-            "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS),
+            "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS),
         })
         score_rows = [Signal(score_row_layout, name=f"score_row_{b}") for b in range(2)]
         score_full = [Signal(name=f"score_full_{b}") for b in range(2)]
@@ -596,14 +607,23 @@ class LisSoftmax(wiring.Component):
 
         # The drain pipeline, every stage held while the output is refused: "fetch" (the
         # exponential word arrives), "scale" (e registered), "mult" (es = e * sqrt2 >> 16
-        # and e * inv), "bits" (bit_length(es), the rounded probability), "shift"
-        # (diff = sum_bits - bit_length(es), es << diff), then the output register.
+        # and the partial products e * inv[k]), "product" (e * inv), "bits" (bit_length(es),
+        # the rounded probability), "shift" (diff = sum_bits - bit_length(es), es << diff),
+        # then the output register.
+        chunks = -(-INV_MULT_BITS // INV_CHUNK)
         row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
-                         "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_BITS)}
+                         "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS)}
         fetch_stage = Signal(data.StructLayout({"valid": 1, **row_constants}))
         scale_stage = Signal(data.StructLayout({
             "valid": 1, **row_constants, "e": data.ArrayLayout(unsigned(EXP_BITS), lanes)}))
         mult_stage = Signal(data.StructLayout({
+            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+            "sum_bits": range(SUM_BITS + 1),
+            "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
+            "partial": data.ArrayLayout(data.ArrayLayout(unsigned(EXP_BITS + INV_CHUNK), chunks),
+                                        lanes),
+        }))
+        product_stage = Signal(data.StructLayout({
             "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
             "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
@@ -633,9 +653,12 @@ class LisSoftmax(wiring.Component):
                 scale_stage.sum_bits.eq(fetch_stage.sum_bits),
                 mult_stage.valid.eq(scale_stage.valid), mult_stage.mode.eq(scale_stage.mode),
                 mult_stage.sum.eq(scale_stage.sum), mult_stage.sum_bits.eq(scale_stage.sum_bits),
-                bits_stage.valid.eq(mult_stage.valid), bits_stage.mode.eq(mult_stage.mode),
-                bits_stage.sum.eq(mult_stage.sum), bits_stage.sum_bits.eq(mult_stage.sum_bits),
-                bits_stage.es.eq(mult_stage.es),
+                product_stage.valid.eq(mult_stage.valid), product_stage.mode.eq(mult_stage.mode),
+                product_stage.sum.eq(mult_stage.sum), product_stage.sum_bits.eq(mult_stage.sum_bits),
+                product_stage.es.eq(mult_stage.es),
+                bits_stage.valid.eq(product_stage.valid), bits_stage.mode.eq(product_stage.mode),
+                bits_stage.sum.eq(product_stage.sum), bits_stage.sum_bits.eq(product_stage.sum_bits),
+                bits_stage.es.eq(product_stage.es),
                 shift_stage.valid.eq(bits_stage.valid), shift_stage.mode.eq(bits_stage.mode),
                 shift_stage.sum.eq(bits_stage.sum), shift_stage.prob.eq(bits_stage.prob),
                 self.o.valid.eq(shift_stage.valid),
@@ -645,14 +668,20 @@ class LisSoftmax(wiring.Component):
                 m.d.sync += [
                     scale_stage.e[lane].eq(e_read.data.word_select(lane, EXP_BITS)),
                     mult_stage.es[lane].eq((e * LIS_SQRT2_Q16) >> 16),
-                    mult_stage.product[lane].eq(e * scale_stage.inv),
+                    # e * inv <= 2**48 (e <= sum): the sum of the partials, truncated to
+                    # UNIFORM_PRODUCT_BITS, is exact (inv's bits from INV_MULT_BITS are 0).
+                    product_stage.product[lane].eq(sum(
+                        mult_stage.partial[lane][k] << (INV_CHUNK * k) for k in range(chunks))),
                 ]
+                for k in range(chunks):
+                    m.d.sync += mult_stage.partial[lane][k].eq(
+                        e * scale_stage.inv[INV_CHUNK * k:INV_CHUNK * (k + 1)])
 
         for lane in range(lanes):
-            es = mult_stage.es[lane]
+            es = product_stage.es[lane]
             es_bits = _bit_length(m, es, ES_BITS, f"es_{lane}")
             rounded = Signal(UNIFORM_PRODUCT_BITS - UNIFORM_SHIFT, name=f"prob_{lane}")
-            m.d.comb += rounded.eq((mult_stage.product[lane] + (1 << (UNIFORM_SHIFT - 1)))
+            m.d.comb += rounded.eq((product_stage.product[lane] + (1 << (UNIFORM_SHIFT - 1)))
                                    >> UNIFORM_SHIFT)
             diff = Signal(signed(8), name=f"code_diff_{lane}")
             m.d.comb += diff.eq(bits_stage.sum_bits - bits_stage.es_bits[lane])
@@ -689,8 +718,8 @@ def softmax_timing(config: AcceleratorConfig, length: int,
     With ``B = ceil(length / L)`` beats, ``R = 1`` (``LIS``) or ``R = 27`` (``UNIFORM``)
     prepare cycles, ``G = 6 + R`` and the row max's delay ``D = fill_max_delay(L)``:
     LATENCY ``3 B + G + 6 + D`` cycles (first input beat to last output beat, both
-    counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 13 + D`` and ``B + 4`` (``LIS``),
-    ``3 B + 39 + D`` and ``max(B + 17, 27)`` (``UNIFORM``).  ``mode`` is a
+    counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 14 + D`` and ``B + 4`` (``LIS``),
+    ``3 B + 40 + D`` and ``max(B + 17, 27)`` (``UNIFORM``).  ``mode`` is a
     :class:`SoftmaxMode` or ``"lis"`` / ``"uniform"``.
     """
     config = _check_config(config)
