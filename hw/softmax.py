@@ -329,12 +329,17 @@ class LisSoftmax(wiring.Component):
         def state_of(bank):
             return Mux(bank, exp_state[1].as_value(), exp_state[0].as_value())
 
-        # _row_interval in hardware for a row of self.length; the LIS floor (1 cycle) never
-        # binds.
-        in_row_beats = beats_of(self.length) + 1
-        lis_interval = in_row_beats + _interval_overhead(SoftmaxMode.LIS)
-        uniform_interval = in_row_beats + _interval_overhead(SoftmaxMode.UNIFORM)
+        # _row_interval - 1 in hardware for a row of self.length (B - 1 = its last beat
+        # index): LIS (B - 1) + overhead (its 1-cycle floor never binds), UNIFORM
+        # max((B - 1) + overhead, floor - 1), the max decided on B - 1 against a constant,
+        # beside the adds (one carry chain after B - 1, not four in a row).
+        in_last_beat = wire(beat_shape, beats_of(self.length), "in_last_beat")
+        uniform_overhead = _interval_overhead(SoftmaxMode.UNIFORM)
         uniform_floor = _prepare_cycles(SoftmaxMode.UNIFORM)
+        in_gap = Mux(self.mode == SoftmaxMode.LIS,
+                     in_last_beat + _interval_overhead(SoftmaxMode.LIS),
+                     Mux(in_last_beat > uniform_floor - 1 - uniform_overhead,
+                         in_last_beat + uniform_overhead, uniform_floor - 1))
 
         # ------------------------------------------------------------ pass 1: fill + row max
         fill_bank = Signal()
@@ -399,11 +404,8 @@ class LisSoftmax(wiring.Component):
                         score_rows[bank].b_int.eq(self.b_int),
                         score_rows[bank].c_int.eq(self.c_int),
                         score_rows[bank].mode.eq(self.mode),
-                        score_rows[bank].last_beat.eq(beats_of(self.length)),
-                        score_rows[bank].gap.eq(Mux(
-                            self.mode == SoftmaxMode.LIS, lis_interval,
-                            Mux(uniform_interval > uniform_floor, uniform_interval,
-                                uniform_floor)) - 1),
+                        score_rows[bank].last_beat.eq(in_last_beat),
+                        score_rows[bank].gap.eq(in_gap),
                     ]
                 with m.If(fill_last):
                     m.d.sync += score_full[bank].eq(1)
@@ -576,7 +578,11 @@ class LisSoftmax(wiring.Component):
             m.d.sync += prep_waiting.eq(0)
         with m.If(prep_lis | prep_uniform):
             m.d.sync += prep_bank.eq(~prep_bank)
-        prep_sum_bits = _bit_length(m, prep_row.sum, SUM_BITS, "row_sum")
+        # One leading-one detector per bank, on the stored sums, and the bank's length picked
+        # after them: the 43-bit bank mux ahead of one detector was the unit's critical path.
+        bank_sum_bits = [_bit_length(m, exp_rows[bank].sum, SUM_BITS, f"row_sum_{bank}")
+                         for bank in range(2)]
+        prep_sum_bits = Mux(prep_bank, bank_sum_bits[1], bank_sum_bits[0])
         for bank in range(2):
             with m.If(prep_bank == bank):
                 with m.If(prep_lis):
