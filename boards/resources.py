@@ -76,8 +76,8 @@ class Resources:
 #:   ULX3S fit at N = 4 (256 / 32 / 8 KiB) 17,050 and the N = 8 fit (7 LUT columns) 31,018
 #:   flip-flops, with ``c`` = 90 per processing element (weights, operand, product and
 #:   partial-sum registers); exact at those two points, so not checked by them;
-#: * ``dsp_units``: 80 multipliers outside the array at N = 4 (the core) and 281 at N = 16 (the
-#:   units); ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
+#: * ``dsp_units``: 74 multipliers outside the array at N = 4 (the core) and 264 at N = 16 (the
+#:   units), after the softmax's reciprocal product was narrowed to 27 bits; ``bram_units``: 35 DP16KD outside the modelled memories at N = 4 and 106 at N = 16;
 #: * ``lut_mult``: one processing element synthesized both ways: 321 vs 28 logic cells.
 #: * ``pack_lut``, ``pack_ff``: the extra logic and flip-flops of one packed pair of PEs
 #:   (``dsp_pack = 2``): the 8 x 8 array synthesized both ways with ``synth_xilinx -family
@@ -86,7 +86,7 @@ class Resources:
 CALIBRATION = {
     "lut": (11_700.0, 3_600.0, 200.0),
     "ff": (5_962.0, 2_412.0, 90.0),
-    "dsp_units": (13.0, 16.75),
+    "dsp_units": (10.67, 15.83),
     "bram_units": (11.3, 5.92),
     "lut_mult": 293.0,
     "lut_mult_ff": 0.0,
