@@ -299,7 +299,6 @@ class RowWalker(wiring.Component):
         rem_max = n - 1 + (1 << self._row_bits) - 1 + (1 << self._pad_bits) - 1
         active = Signal()
         in_left = Signal(range((rem_max >> lg) + 2))
-        ops_left = Signal(range((rem_max >> lg) + 2))
         skip = Signal()
         first = Signal()
         off_out = Signal(lg)
@@ -312,7 +311,10 @@ class RowWalker(wiring.Component):
             self.active.eq(active),
             self.consume.eq(active & (in_left != 0)),
             self.produce.eq(active & ~skip),
-            self.last.eq(active & (ops_left == 0)),
+            # The last operation is the one that writes the row's final bytes: after the
+            # skip (if any), ceil(rem_all / N) writes of N bytes each; no operation count
+            # to compute when a row is loaded.
+            self.last.eq(active & ~skip & (rem_all <= n)),
             self.shift.eq(shift),
             self.data_mask.eq(lo & Cat(*(rem_data > j for j in range(n)))),
             self.write_mask.eq(lo & Cat(*(rem_all > j for j in range(n)))),
@@ -321,7 +323,6 @@ class RowWalker(wiring.Component):
         with m.If(self.step & active):
             m.d.sync += [
                 in_left.eq(in_left - (in_left != 0)),
-                ops_left.eq(ops_left - 1),
                 skip.eq(0),
             ]
             with m.If(~skip):
@@ -330,7 +331,7 @@ class RowWalker(wiring.Component):
                     rem_data.eq(Mux(rem_data > n, rem_data - n, 0)),
                     rem_all.eq(Mux(rem_all > n, rem_all - n, 0)),
                 ]
-            with m.If(ops_left == 0):
+            with m.If(~skip & (rem_all <= n)):
                 m.d.sync += active.eq(0)
 
         with m.If(self.load):
@@ -339,7 +340,6 @@ class RowWalker(wiring.Component):
             m.d.sync += [
                 active.eq(1),
                 in_left.eq((self.off_in + self.row_bytes + (n - 1)) >> lg),
-                ops_left.eq(((end + self.pad + (n - 1)) >> lg) + neg - 1),
                 skip.eq(neg),
                 first.eq(1),
                 off_out.eq(self.off_out),
