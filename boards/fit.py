@@ -75,6 +75,14 @@ class FitResult:
 #: 224; docs/BOARDS.md), so a config the model puts within that of the device may not place.
 BRAM_MARGIN = 0.04
 
+#: Share of the block RAMs the fitter lets the resource model's memories take on open-flow
+#: boards, for routing: at 94 % of the LFE5U-85F's DP16KD (the N = 4 core with a 256 KiB
+#: scratchpad) router2 did not converge at four seeds, a few thousand wires staying
+#: overused; with a 128 KiB scratchpad (65 %) it routed (docs/BOARDS.md, "Per board").
+#: Memory beyond that buys little at an SDRAM's bandwidth: DeiT-Tiny's cycles on the N = 4
+#: core differ by under 1 % between 128 and 256 KiB.
+BRAM_ROUTE_SHARE = 0.66
+
 #: Share of the LUTs the fitter lets the resource model's logic cells take on open-flow
 #: boards, for routing: nextpnr-ecp5 routed the whole core at 41.6 % of the LFE5U-85F's
 #: LUT4s (packed) and did not route the N = 8 fit at 81.7 % with any placer or router
@@ -86,14 +94,19 @@ def budget_of(board: BoardProfile) -> dict[str, int]:
     return board.budget
 
 
-def fit_budget(board: BoardProfile) -> dict[str, int]:
-    """The budget the fitter chooses within: the board's, less :data:`BRAM_MARGIN` of its
-    block RAMs and with logic cells capped at :data:`LUT_ROUTE_SHARE` of its LUTs on
-    open-flow boards (a pinned config is checked against the whole budget)."""
+def fit_budget(board: BoardProfile, routing: bool = True) -> dict[str, int]:
+    """The budget the fitter chooses within: on open-flow boards the block RAMs capped at
+    :data:`BRAM_ROUTE_SHARE` of the device's and the logic cells at :data:`LUT_ROUTE_SHARE`
+    of its LUTs (``routing=True``), or only :data:`BRAM_MARGIN` of the block RAMs left free
+    (``routing=False``, the fitter's second choice); the whole budget elsewhere (a pinned
+    config is checked against the whole budget)."""
     budget = dict(board.budget)
     if board.open_flow:
-        budget["bram"] = int(budget["bram"] * (1 - BRAM_MARGIN))
-        budget["lut"] = int(budget["lut"] * LUT_ROUTE_SHARE)
+        if routing:
+            budget["bram"] = int(budget["bram"] * BRAM_ROUTE_SHARE)
+            budget["lut"] = int(budget["lut"] * LUT_ROUTE_SHARE)
+        else:
+            budget["bram"] = int(budget["bram"] * (1 - BRAM_MARGIN))
     return budget
 
 
@@ -295,17 +308,18 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
     else:
         others = ()
     cands = list(candidates(board, pinned, clock_mhz))
-    budget = fit_budget(board)
-    fitting = [c for c in cands if not resources_on(c, board).overflow(budget)]
-    if not fitting:
-        # Nothing fits within the margins (fit_budget): the whole device, with a warning.
-        budget = board.budget
+    # Within the routing margins (fit_budget); failing that, the whole device less the
+    # resource model's block RAM error; failing that, the whole device; with a warning.
+    for budget in (fit_budget(board), fit_budget(board, routing=False), board.budget):
         fitting = [c for c in cands if not resources_on(c, board).overflow(budget)]
         if fitting:
-            say(f"warning: no config {'with the pinned fields ' if pinned else ''}fits "
-                f"{board.name} within the fitter's margins (block RAMs {100 * (1 - BRAM_MARGIN):.0f} %, "
-                f"logic {100 * LUT_ROUTE_SHARE:.0f} % of the LUTs); choosing from the whole "
-                f"device, which may not route")
+            break
+    if fitting and budget != fit_budget(board):
+        say(f"warning: no config {'with the pinned fields ' if pinned else ''}fits "
+            f"{board.name} within the fitter's routing margins (block RAMs "
+            f"{100 * BRAM_ROUTE_SHARE:.0f} %, logic {100 * LUT_ROUTE_SHARE:.0f} % of the LUTs); "
+            f"choosing from {'the whole device' if budget == board.budget else f'{100 * (1 - BRAM_MARGIN):.0f} % of its block RAMs'}, "
+            f"which may not route")
     if not fitting:
         # Name what overflows for the closest candidate (or the pinned config itself).
         try:
