@@ -19,9 +19,8 @@ Timing: the word is taken in the cycle ``start`` is high; the verdict (``error``
 is valid in the cycle ``valid`` is high, :data:`DECODE_LATENCY` cycles later.  One decode at
 a time (``start`` again once ``valid`` was high, at the earliest in that same cycle).
 Patterns are checked one per cycle through one shared multiplier (``(rows - 1) * stride``),
-in three stages: select the pattern's operands from the word (registered), multiply and
-compare the stride with the width for the overlap check (registered), compare with the
-regions.
+in three stages: select the pattern's operands from the word (registered), multiply
+(registered), compare.
 """
 from __future__ import annotations
 
@@ -187,14 +186,9 @@ class Decoder(wiring.Component):
                                     sel.a.eq(rows - 1), sel.b.eq(stride),
                                     sel.addr.eq(_value(p.addr(cfg, a), 32)), sel.width.eq(width),
                                     sel.mask.eq(mask), sel.apply.eq(when),
-                                    # A written pattern of several rows; whether they
-                                    # overlap (stride < width) is decided a stage later.
-                                    sel.overlap.eq(Const(int(p.write), 1) & (rows > 1)),
+                                    sel.overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
                                 ]
-        m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b),
-                     # The rows overlap: the multiply stage compares the registered stride
-                     # and width (no compare behind the select's field arithmetic).
-                     r_pat.overlap.eq(s_pat.overlap & (s_pat.b < s_pat.width))]
+        m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b)]
 
         # ``addr + (rows - 1) * stride + width <= end`` is compared as ``product <= end -
         # (addr + width)`` with the right side (signed: negative when even the first row
