@@ -309,17 +309,19 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
         others = ()
     cands = list(candidates(board, pinned, clock_mhz))
     # Within the routing margins (fit_budget); failing that, the whole device less the
-    # resource model's block RAM error; failing that, the whole device; with a warning.
-    for budget in (fit_budget(board), fit_budget(board, routing=False), board.budget):
+    # resource model's block RAM error; failing that, the whole device (with a warning).
+    tiers = ((fit_budget(board), None),
+             (fit_budget(board, routing=False), f"{100 * (1 - BRAM_MARGIN):.0f} % of its block RAMs"),
+             (board.budget, "the whole device"))
+    for budget, fallback in tiers:
         fitting = [c for c in cands if not resources_on(c, board).overflow(budget)]
         if fitting:
             break
-    if fitting and budget != fit_budget(board):
+    if fitting and fallback:
         say(f"warning: no config {'with the pinned fields ' if pinned else ''}fits "
             f"{board.name} within the fitter's routing margins (block RAMs "
             f"{100 * BRAM_ROUTE_SHARE:.0f} %, logic {100 * LUT_ROUTE_SHARE:.0f} % of the LUTs); "
-            f"choosing from {'the whole device' if budget == board.budget else f'{100 * (1 - BRAM_MARGIN):.0f} % of its block RAMs'}, "
-            f"which may not route")
+            f"choosing from {fallback}, which may not route")
     if not fitting:
         # Name what overflows for the closest candidate (or the pinned config itself).
         try:
