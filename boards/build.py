@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from boards.nets import LONG_SPAN, long_nets, summarize
 from boards.profiles import BoardProfile
 from hw.config import AcceleratorConfig
 
@@ -380,6 +381,14 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
         (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells,
                                                      "seed": used_seed}, indent=1))
         (work / "report.txt").write_text(format_report(rep) + "\n")
+        routed = work / f"{TOP}_routed.json"
+        if routed.is_file():
+            # Where the long wires are (boards.nets), before the routed netlist goes.
+            nets = summarize(long_nets(routed), LONG_SPAN)
+            (work / "nets.json").write_text(json.dumps(nets, indent=1))
+            owners = ", ".join(f"{k} {v}" for k, v in list(nets["long_by_owner"].items())[:4])
+            say(f"  nets spanning {LONG_SPAN}+ tiles: {nets['long']:,} of {nets['nets']:,}"
+                + (f" (by instance: {owners}; nets.json)" if owners else ""))
         for big in (f"{TOP}_routed.json",):
             # The routed netlist is large and not needed for the report.
             try:

@@ -73,6 +73,14 @@ def test_real_synthesis_and_place_and_route(tmp_path):
     rep = B.parse_report(tmp_path / "report.json", "ulx3s-85f", "LFE5U-85F")
     assert rep.utilization["dsp"][0] == 1 and rep.utilization["ff"][0] >= 32
     assert rep.fmax["clk"]["constraint"] == 100 and rep.achieved_mhz > 20
+    # The long-net ranking reads the placement nextpnr wrote: the product leaves the
+    # multiplier on placed nets, and no clock or constant net is counted.
+    from boards.nets import long_nets
+    nets = long_nets(tmp_path / "small_routed.json")
+    assert nets and all(n.fanout >= 1 and 0 <= n.span <= n.hpwl for n in nets)
+    assert "MULT18X18D" in {n.driver_type for n in nets}
+    assert not any(n.name in ("clk", "$PACKER_VCC_NET", "$PACKER_GND_NET") for n in nets)
+    assert [n.span for n in nets] == sorted((n.span for n in nets), reverse=True)
 
 
 def test_failed_tool_keeps_the_log(tmp_path):
