@@ -426,15 +426,30 @@ class VectorEngine(wiring.Component):
             m.d.sync += [r.b_row.eq(b_next_row), r.b_beat.eq(b_next_beat)]
         with m.If(r.b_prime):
             m.d.sync += r.b_prime.eq(0)
+        # The read enables are ``issue`` restricted to the ops that read the port, written
+        # with only the ready of the unit those ops feed: the same values, but the logic
+        # before a memory's enable (it reaches every block RAM of the memory, across the die)
+        # does not pass through the other units' ready (on the placed ULX3S core:
+        # the LAYERNORM parameter record -> its ready -> issue -> the accumulator's CEB).
+        ready_go = Signal()
+        issue_rq = Signal()               # issue & (is_rq | is_sm): the requantizer's ready
+        issue_vin = Signal()              # issue & (is_ln | is_add | is_gelu)
         m.d.comb += [
-            self.acc.en.eq(issue & (is_rq | is_sm) & ~r.from_attn),
+            ready_go.eq(active & r.rd_go & (r.rd_rows != 0) & ~hold),
+            issue_rq.eq(ready_go & (is_rq | is_sm) & (~src_valid | rq.i.ready)),
+            issue_vin.eq(ready_go & (~src_valid | Mux(is_ln, ln.i.ready,
+                                                      Mux(is_add, add.a.ready, gelu.i.ready)))
+                         & (is_ln | is_add | is_gelu)),
+        ]
+        m.d.comb += [
+            self.acc.en.eq(issue_rq & ~r.from_attn),
             self.acc.addr.eq(src_addr),
-            self.attn_acc.en.eq(issue & is_rq & r.from_attn),
+            self.attn_acc.en.eq(issue_rq & is_rq & r.from_attn),
             self.attn_acc.addr.eq(src_addr),
-            self.vin.en.eq((issue & (is_ln | is_add | is_gelu)) | table_read | b_read),
+            self.vin.en.eq(issue_vin | table_read | b_read),
             self.vin.addr.eq(Mux(is_sm, b_addr,
                                  Mux(is_tbl, r.rd_row + (r.setup_index >> lane_bits), src_addr))),
-            self.vin2.en.eq((issue & is_add) | b_read),
+            self.vin2.en.eq((issue_vin & is_add) | b_read),
             self.vin2.addr.eq(Mux(is_sm, b_addr, r.rd2_row + r.rd_beat)),
         ]
 
