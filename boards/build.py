@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from boards.nets import LONG_SPAN, long_nets, summarize
+from boards.sta import analyze, format_summary
 from boards.profiles import BoardProfile
 from hw.config import AcceleratorConfig
 
@@ -320,6 +321,28 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     abort=abort)
 
 
+def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> None:
+    """Before the large routed netlist is deleted: where its long wires are
+    (:mod:`boards.nets`, ``nets.json``) and the pre-route timing of every endpoint
+    (:mod:`boards.sta`: nextpnr's post-placement estimate, ``timing_placed.json`` and
+    ``timing_placed.txt``).  Diagnostics only: a failure here is reported, not raised (the
+    build's report is already written)."""
+    try:
+        nets = summarize(long_nets(routed), LONG_SPAN)
+        (work / "nets.json").write_text(json.dumps(nets, indent=1))
+        owners = ", ".join(f"{k} {v}" for k, v in list(nets["long_by_owner"].items())[:4])
+        say(f"  nets spanning {LONG_SPAN}+ tiles: {nets['long']:,} of {nets['nets']:,}"
+            + (f" (by instance: {owners}; nets.json)" if owners else ""))
+        timing = analyze(routed)
+        (work / "timing_placed.json").write_text(json.dumps(timing.summary(), indent=1))
+        (work / "timing_placed.txt").write_text(format_summary(timing) + "\n")
+        worst = "; ".join(f"{a} -> {b} {n} at {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3])
+        say(f"  placement estimate {timing.fmax_mhz:.2f} MHz; slowest endpoint groups: {worst} "
+            f"(timing_placed.txt)")
+    except (OSError, ValueError, KeyError) as exc:
+        say(f"  placement diagnostics skipped: {exc}")
+
+
 def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
                clock_mhz: float = 125.0, timeout: float | None = None,
                progress: Callable[[str], None] | None = None, force: bool = False,
@@ -383,12 +406,7 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
         (work / "report.txt").write_text(format_report(rep) + "\n")
         routed = work / f"{TOP}_routed.json"
         if routed.is_file():
-            # Where the long wires are (boards.nets), before the routed netlist goes.
-            nets = summarize(long_nets(routed), LONG_SPAN)
-            (work / "nets.json").write_text(json.dumps(nets, indent=1))
-            owners = ", ".join(f"{k} {v}" for k, v in list(nets["long_by_owner"].items())[:4])
-            say(f"  nets spanning {LONG_SPAN}+ tiles: {nets['long']:,} of {nets['nets']:,}"
-                + (f" (by instance: {owners}; nets.json)" if owners else ""))
+            explain_placement(routed, work, say)
         for big in (f"{TOP}_routed.json",):
             # The routed netlist is large and not needed for the report.
             try:

@@ -81,6 +81,21 @@ def test_real_synthesis_and_place_and_route(tmp_path):
     assert "MULT18X18D" in {n.driver_type for n in nets}
     assert not any(n.name in ("clk", "$PACKER_VCC_NET", "$PACKER_GND_NET") for n in nets)
     assert [n.span for n in nets] == sorted((n.span for n in nets), reverse=True)
+    # What the build writes before it deletes the routed netlist: the long nets and the
+    # pre-route timing of every endpoint, whose worst is nextpnr's post-placement figure.
+    said = []
+    B.explain_placement(tmp_path / "small_routed.json", tmp_path, said.append)
+    placed_mhz = next(line for line in (tmp_path / "nextpnr.log").read_text().splitlines()
+                      if "Max frequency for clock 'clk'" in line).split(": ")[2].split(" MHz")[0]
+    assert any(f"placement estimate {placed_mhz} MHz" in line for line in said), said
+    timing = json.loads((tmp_path / "timing_placed.json").read_text())
+    assert f"{timing['fmax_mhz']:.2f}" == placed_mhz
+    assert (tmp_path / "nets.json").is_file() and (tmp_path / "timing_placed.txt").is_file()
+    # Not a placed netlist: reported, not raised.
+    (tmp_path / "other.json").write_text(json.dumps({"modules": {}}))
+    said.clear()
+    B.explain_placement(tmp_path / "other.json", tmp_path / "x", said.append)
+    assert said and "skipped" in said[-1]
 
 
 def test_failed_tool_keeps_the_log(tmp_path):
