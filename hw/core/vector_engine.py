@@ -513,9 +513,17 @@ class VectorEngine(wiring.Component):
             score = rq.o.payload[16 * lane:16 * lane + 16].as_signed()
             bias = Mux(r.bias_on, Cat(self.vin.data[8 * lane:8 * lane + 8],
                                       self.vin2.data[8 * lane:8 * lane + 8]).as_signed(), 0)
+            # The bias (block RAM data) is added last, to the registered operands' sum, and
+            # the clip tests the top bits (int16 iff bits 15..18 agree) instead of two
+            # compares: one carry chain and two LUTs between the block RAM and the register.
+            part = Signal(signed(18), name=f"score_part_{lane}")
             total = Signal(signed(19), name=f"score_{lane}")
-            m.d.comb += total.eq(score + bias + Mux(masked[lane], sm_fields.mask_value.as_signed(), 0))
-            biased.append(Mux(total > 32767, 32767, Mux(total < -32768, -32768, total))[:16])
+            m.d.comb += [
+                part.eq(score + Mux(masked[lane], sm_fields.mask_value.as_signed(), 0)),
+                total.eq(part + bias),
+            ]
+            fits = (total[15:] == 0) | (total[15:] == 0b1111)
+            biased.append(Mux(fits, total[:16], Mux(total[18], 0x8000, 0x7FFF)))
         m.d.comb += sm.i.payload.eq(sm_pipe_data)
         with m.If(sm_take):
             m.d.sync += [sm_pipe_valid.eq(1), sm_pipe_data.eq(Cat(*biased))]
