@@ -54,30 +54,24 @@ from typing import Any
 __all__ = ["TABLES_SPEED6", "SPEED_INDEX", "Hop", "TimingPath", "Analysis", "analyze",
            "derive_tables", "format_summary", "format_path", "main"]
 
+def _dp16kd(doa: int, dob: int, rsta: int, rstb: int) -> dict[str, dict[str, int]]:
+    """A DP16KD entry of :data:`TABLES_SPEED6`: clock-to-out of the two read ports and the
+    setup times (ps); only the clock-to-out and the reset setup depend on the output
+    registers."""
+    return {"clk_q": {"DOA": doa, "DOB": dob},
+            "setup": {"ADA": 251, "ADB": 205, "CEA": 211, "CEB": 340, "CSA": 20, "CSB": 0,
+                      "DIA": 218, "DIB": 134, "OCEA": 226, "OCEB": 253, "RSTA": rsta,
+                      "RSTB": rstb, "WEA": 139, "WEB": 0}}
+
+
 #: Cell timing of speed grade 6 (ps), from prjtrellis-db ``ECP5/timing/speed_6/cells.json``
 #: through :func:`derive_tables`.  DP16KD entries: clock-to-out and setup per port group
 #: (the port name without its bit number); MULT18X18D entries per register configuration.
 TABLES_SPEED6: dict[str, Any] = {
-    "DP16KD:REGMODE_A=NOREG,REGMODE_B=NOREG": {
-        "clk_q": {"DOA": 5609, "DOB": 5830},
-        "setup": {"ADA": 251, "ADB": 205, "CEA": 211, "CEB": 340, "CSA": 20, "CSB": 0,
-                  "DIA": 218, "DIB": 134, "OCEA": 226, "OCEB": 253, "RSTA": 579,
-                  "RSTB": 585, "WEA": 139, "WEB": 0}},
-    "DP16KD:REGMODE_A=NOREG,REGMODE_B=OUTREG": {
-        "clk_q": {"DOA": 5609, "DOB": 956},
-        "setup": {"ADA": 251, "ADB": 205, "CEA": 211, "CEB": 340, "CSA": 20, "CSB": 0,
-                  "DIA": 218, "DIB": 134, "OCEA": 226, "OCEB": 253, "RSTA": 579,
-                  "RSTB": 583, "WEA": 139, "WEB": 0}},
-    "DP16KD:REGMODE_A=OUTREG,REGMODE_B=NOREG": {
-        "clk_q": {"DOA": 973, "DOB": 5830},
-        "setup": {"ADA": 251, "ADB": 205, "CEA": 211, "CEB": 340, "CSA": 20, "CSB": 0,
-                  "DIA": 218, "DIB": 134, "OCEA": 226, "OCEB": 253, "RSTA": 576,
-                  "RSTB": 585, "WEA": 139, "WEB": 0}},
-    "DP16KD:REGMODE_A=OUTREG,REGMODE_B=OUTREG": {
-        "clk_q": {"DOA": 973, "DOB": 956},
-        "setup": {"ADA": 251, "ADB": 205, "CEA": 211, "CEB": 340, "CSA": 20, "CSB": 0,
-                  "DIA": 218, "DIB": 134, "OCEA": 226, "OCEB": 253, "RSTA": 576,
-                  "RSTB": 583, "WEA": 139, "WEB": 0}},
+    "DP16KD:REGMODE_A=NOREG,REGMODE_B=NOREG": _dp16kd(5609, 5830, 579, 585),
+    "DP16KD:REGMODE_A=NOREG,REGMODE_B=OUTREG": _dp16kd(5609, 956, 579, 583),
+    "DP16KD:REGMODE_A=OUTREG,REGMODE_B=NOREG": _dp16kd(973, 5830, 576, 585),
+    "DP16KD:REGMODE_A=OUTREG,REGMODE_B=OUTREG": _dp16kd(973, 956, 576, 583),
     "DPRAM_SETUP": {"WAD0": 0, "WAD1": 0, "WAD2": 0, "WAD3": 0, "WD0": 0, "WRE": 392},
     "FF_CLK_Q": 525,
     "FF_SETUP": {"CE": 0, "DI0": 0, "LSR": 424, "M0": 0},
