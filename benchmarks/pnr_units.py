@@ -11,6 +11,11 @@ core takes an hour: this is how the core's slow paths are found.
 
     python benchmarks/pnr_units.py softmax vector_engine --config tiny --out build/units
 
+Each unit's folder also gets the build's placement diagnostics (``nets.json``,
+``timing_placed.txt``: :func:`boards.build.explain_placement`); with
+``--nextpnr-arg=--no-route`` (placement only, minutes for the whole core) the estimate
+printed from there is the result.
+
 ``--router``, ``--threads``, ``--seed`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
 ``--nextpnr-arg=--placer=static``) are for experiments on the whole core's routability
 (docs/BOARDS.md, "The full core").
@@ -26,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from amaranth.back import rtlil  # noqa: E402
 
-from boards.build import parse_report, place_and_route, synthesize  # noqa: E402
+from boards.build import (explain_placement, parse_report, place_and_route,  # noqa: E402
+                          synthesize)
 from boards.profiles import get_profile  # noqa: E402
 from hw.config import load_config  # noqa: E402
 
@@ -82,11 +88,15 @@ def main(argv=None) -> int:
         t_pnr = place_and_route(board, work, args.freq, None, say, top="top", seed=args.seed,
                                 router=args.router, threads=args.threads,
                                 extra_args=tuple(args.nextpnr_arg))
+        # Every endpoint's post-placement timing and the long nets (boards.sta, boards.nets):
+        # with ``--nextpnr-arg=--no-route`` the report has no Fmax, this estimate is all.
+        explain_placement(work / "top_routed.json", work, lambda line: print(line, flush=True))
         rep = parse_report(work / "report.json", board.name, board.part)
         path = rep.critical_path
         crit = sum(s[2] for s in path)
         logic = sum(s[2] for s in path if s[3] != "routing")
-        print(f"{name}: {rep.achieved_mhz:.2f} MHz; LUT4 {cells.get('LUT4', 0)}, "
+        routed = f"{rep.achieved_mhz:.2f} MHz" if rep.fmax else "not routed"
+        print(f"{name}: {routed}; LUT4 {cells.get('LUT4', 0)}, "
               f"FF {cells.get('TRELLIS_FF', 0)}, MULT18X18D {cells.get('MULT18X18D', 0)}, "
               f"DP16KD {cells.get('DP16KD', 0)}; yosys {t_syn:.0f} s, nextpnr {t_pnr:.0f} s")
         if path:
