@@ -328,12 +328,13 @@ def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> N
     ``timing_placed.txt``).  Diagnostics only: a failure here is reported, not raised (the
     build's report is already written)."""
     try:
-        nets = summarize(long_nets(routed), LONG_SPAN)
+        netlist = json.loads(routed.read_text())     # ~100 MB: read once for both
+        nets = summarize(long_nets(netlist), LONG_SPAN)
         (work / "nets.json").write_text(json.dumps(nets, indent=1))
         owners = ", ".join(f"{k} {v}" for k, v in list(nets["long_by_owner"].items())[:4])
         say(f"  nets spanning {LONG_SPAN}+ tiles: {nets['long']:,} of {nets['nets']:,}"
             + (f" (by instance: {owners}; nets.json)" if owners else ""))
-        timing = analyze(routed)
+        timing = analyze(netlist)
         (work / "timing_placed.json").write_text(json.dumps(timing.summary(), indent=1))
         (work / "timing_placed.txt").write_text(format_summary(timing) + "\n")
         worst = "; ".join(f"{a} -> {b} {n} at {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3])

@@ -378,9 +378,11 @@ class VectorEngine(wiring.Component):
         hold = Signal()                   # int16 output: no issue in the cycle after one
         src_valid = Signal()
         src_beat = Signal(16)
+        ready_go = Signal()               # the reader may issue, if the head unit takes
         m.d.comb += [
             advance.eq(~src_valid | take),
-            issue.eq(active & r.rd_go & (r.rd_rows != 0) & advance & ~hold),
+            ready_go.eq(active & r.rd_go & (r.rd_rows != 0) & ~hold),
+            issue.eq(ready_go & advance),
         ]
         m.d.sync += hold.eq(issue & r.wide)
         with m.If(issue):
@@ -431,11 +433,9 @@ class VectorEngine(wiring.Component):
         # before a memory's enable (it reaches every block RAM of the memory, across the die)
         # does not pass through the other units' ready (on the placed ULX3S core:
         # the LAYERNORM parameter record -> its ready -> issue -> the accumulator's CEB).
-        ready_go = Signal()
         issue_rq = Signal()               # issue & (is_rq | is_sm): the requantizer's ready
         issue_vin = Signal()              # issue & (is_ln | is_add | is_gelu)
         m.d.comb += [
-            ready_go.eq(active & r.rd_go & (r.rd_rows != 0) & ~hold),
             issue_rq.eq(ready_go & (is_rq | is_sm) & (~src_valid | rq.i.ready)),
             issue_vin.eq(ready_go & (~src_valid | Mux(is_ln, ln.i.ready,
                                                       Mux(is_add, add.a.ready, gelu.i.ready)))
