@@ -34,8 +34,8 @@ from boards.profiles import BoardProfile
 from hw.config import AcceleratorConfig
 
 __all__ = ["BuildError", "BuildReport", "parse_report", "config_hash", "build_key", "build_dir",
-           "nextpnr_command", "run_tool", "synthesize", "place_and_route", "build_core",
-           "format_report", "TOP"]
+           "nextpnr_command", "run_tool", "synthesize", "place_and_route", "place_only",
+           "place_seeds_ranked", "build_core", "format_report", "TOP"]
 
 #: Top module name of the core in every build.
 TOP = "vitamin_core"
@@ -139,17 +139,20 @@ def config_hash(config: AcceleratorConfig) -> str:
     return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_key(config: AcceleratorConfig, seed: int = 1) -> str:
+def build_key(config: AcceleratorConfig, seed: int = 1, place_seeds: int = 1) -> str:
     """The build folder's name: the config's hash, then the RTL sources' and the synthesis
     script's (a build is reused only for the same config, RTL and script), then ``-s<seed>``
-    for a nextpnr seed other than the default 1."""
+    for a nextpnr seed other than the default 1 and ``-p<K>`` when ``K`` placements were
+    compared (:func:`build_core`'s ``place_seeds``)."""
     from hw.source import rtl_source_hash
     rtl = hashlib.sha256((rtl_source_hash() + synth_script("x")).encode()).hexdigest()[:6]
-    return f"{config_hash(config)}-{rtl}" + (f"-s{seed}" if seed != 1 else "")
+    return (f"{config_hash(config)}-{rtl}" + (f"-s{seed}" if seed != 1 else "")
+            + (f"-p{place_seeds}" if place_seeds != 1 else ""))
 
 
-def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig, seed: int = 1) -> Path:
-    return Path(root) / board.name / build_key(config, seed)
+def build_dir(root: Path, board: BoardProfile, config: AcceleratorConfig, seed: int = 1,
+              place_seeds: int = 1) -> Path:
+    return Path(root) / board.name / build_key(config, seed, place_seeds)
 
 
 def _tool(name: str) -> list[str]:
@@ -321,6 +324,76 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     abort=abort)
 
 
+def place_only(board: BoardProfile, workdir: Path, clock_mhz: float, seed: int,
+               timeout: float | None = None, progress: Callable[[str], None] | None = None,
+               top: str = TOP, abort: Callable[[Path], str | None] | None = None) -> Path:
+    """nextpnr-ecp5's packing and placement only (``--no-route``) of ``<top>.json`` at
+    ``seed``: writes the placed netlist ``placed.s<seed>.json`` (returned) and the log
+    ``nextpnr.place.s<seed>.log``.  The placement is nextpnr's own for that seed: the same
+    cells on the same sites as a full run's (:func:`place_and_route`), so the estimate
+    ranks the full runs.  (Routing the placed netlist itself, ``--no-pack --no-place``,
+    keeps the cells but routes differently from the full run: 94.6-96.1 MHz against 103.6
+    on a small design at every seed tried, so the flow repeats the placement instead.)"""
+    placed = f"placed.s{seed}.json"
+    cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
+           "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--seed", str(seed),
+           "--timing-allow-fail", "--router", ROUTER, "--no-route", "--write", placed]
+    run_tool(cmd, workdir, workdir / f"nextpnr.place.s{seed}.log",
+             f"nextpnr-ecp5 placement, seed {seed}", timeout, progress, every=PLACE_POLL,
+             abort=abort)
+    return workdir / placed
+
+
+#: Seconds between a placement's progress lines (and checks that the others still run).
+PLACE_POLL = 30.0
+#: Placements run side by side when several seeds are compared (one nextpnr process
+#: each; placement is single-threaded, and each takes ~4 GB on the ULX3S core).
+PLACE_JOBS = 2
+
+
+def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds: list[int],
+                       timeout: float | None, say: Callable[[str], None],
+                       top: str = TOP) -> list[dict]:
+    """Place ``seeds`` (:func:`place_only`, :data:`PLACE_JOBS` at a time) and rank them by
+    the post-placement estimate of :func:`boards.sta.analyze` (nextpnr's own pre-route
+    figure), best first: ``[{"seed", "estimate_mhz", "slowest", "placed"}]``.  Written to
+    ``placements.json`` (without the netlist paths)."""
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    # A failed or interrupted placement stops the others (their run_tool's abort) and the
+    # ones not started yet.
+    stop = threading.Event()
+
+    def one(s):
+        if stop.is_set():
+            raise BuildError(f"placement of seed {s} not started: another one failed")
+        return place_only(board, work, clock_mhz, s, timeout, say, top,
+                          abort=lambda log: "another placement failed" if stop.is_set() else None)
+
+    with ThreadPoolExecutor(max_workers=min(PLACE_JOBS, len(seeds))) as pool:
+        jobs = [(s, pool.submit(one, s)) for s in seeds]
+        try:
+            wait([job for _, job in jobs], return_when=FIRST_EXCEPTION)
+            failed = [job.exception() for _, job in jobs if job.done() and job.exception()]
+            if failed:
+                raise failed[0]
+            placed = [(s, job.result()) for s, job in jobs]
+        except BaseException:
+            stop.set()
+            raise
+    ranked = []
+    for s, path in placed:
+        timing = analyze(json.loads(path.read_text()))
+        slowest = [f"{a} -> {b} ({n}) {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3]]
+        ranked.append({"seed": s, "estimate_mhz": round(timing.fmax_mhz, 2),
+                       "slowest": slowest, "placed": path})
+        say(f"  seed {s}: placement estimate {timing.fmax_mhz:.2f} MHz")
+    ranked.sort(key=lambda r: (-r["estimate_mhz"], r["seed"]))
+    (work / "placements.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "placed"} for r in ranked], indent=1))
+    return ranked
+
+
 def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> None:
     """Before the large routed netlist is deleted: where its long wires are
     (:mod:`boards.nets`, ``nets.json``) and the pre-route timing of every endpoint
@@ -344,23 +417,97 @@ def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> N
         say(f"  placement diagnostics skipped: {exc}")
 
 
+
+def _place_and_route_seeds(board, work, clock_mhz, seed, attempts, timeout, say, final):
+    """One placement and routing per seed from ``seed``, the next seed while router2 stops
+    converging; returns (the seed that routed, nextpnr's seconds)."""
+    for used_seed in range(seed, seed + attempts):
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {used_seed} ... "
+            f"(minutes)")
+        try:
+            t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=used_seed,
+                                    abort=router2_stalled if attempts > 1 else None)
+            return used_seed, t_pnr
+        except ToolAborted as exc:
+            # Each attempt's log is kept under its seed (a failed build's folder is
+            # renamed to ``<folder>.failed``).
+            kept = work / f"nextpnr.seed{used_seed}.log"
+            os.replace(exc.log, kept)
+            if used_seed == seed + attempts - 1:
+                failed = final.with_name(final.name + ".failed")
+                raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
+                                 f"{seed}..{used_seed} (logs: {failed}/nextpnr.seed*.log)"
+                                 ) from None
+            say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed "
+                f"{used_seed + 1}")
+    raise AssertionError("unreachable")
+
+
+def _route_best_placement(board, work, clock_mhz, seeds, timeout, say, final):
+    """Place every seed, then place and route the best estimate's seed (its placement
+    repeats exactly), the next while router2 stops converging; returns (the seed that
+    routed, nextpnr's seconds, build.json's extra fields).  The placed netlists (~100 MB
+    each on the ULX3S core) are deleted once ranked."""
+    say(f"nextpnr-ecp5 placement of seeds {seeds[0]}..{seeds[-1]}, clk at {clock_mhz:g} MHz, "
+        f"{min(PLACE_JOBS, len(seeds))} at a time ... (minutes)")
+    t0 = time.monotonic()
+    try:
+        ranked = place_seeds_ranked(board, work, clock_mhz, seeds, timeout, say)
+    finally:
+        for placed in work.glob("placed.s*.json"):
+            try:
+                os.remove(placed)
+            except OSError:
+                pass
+    t_place = time.monotonic() - t0
+    placements = [{k: v for k, v in r.items() if k != "placed"} for r in ranked]
+    say("  ranked: " + ", ".join(f"seed {r['seed']} {r['estimate_mhz']:.2f} MHz"
+                                 for r in ranked) + " (placements.json)")
+    for k, r in enumerate(ranked):
+        say(f"nextpnr-ecp5 place and route, seed {r['seed']} ({r['estimate_mhz']:.2f} MHz "
+            f"estimated after placement) ... (minutes)")
+        try:
+            t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=r["seed"],
+                                    abort=router2_stalled if len(ranked) > 1 else None)
+        except ToolAborted as exc:
+            kept = work / f"nextpnr.seed{r['seed']}.log"
+            os.replace(exc.log, kept)
+            if k == len(ranked) - 1:
+                failed = final.with_name(final.name + ".failed")
+                raise BuildError(f"{exc.what} stopped: {exc.why}; tried the placements of "
+                                 f"seeds {', '.join(str(q['seed']) for q in ranked)} "
+                                 f"(logs: {failed}/nextpnr.seed*.log)") from None
+            say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying the next placement")
+            continue
+        return r["seed"], t_place + t_pnr, {"placements": placements,
+                                            "placement_estimate_mhz": r["estimate_mhz"],
+                                            "nextpnr_place_seconds": round(t_place, 1)}
+    raise AssertionError("unreachable")
+
+
 def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
                clock_mhz: float = 125.0, timeout: float | None = None,
                progress: Callable[[str], None] | None = None, force: bool = False,
-               seed: int = 1, attempts: int = 3) -> tuple[Path, BuildReport]:
+               seed: int = 1, attempts: int = 3, place_seeds: int = 1
+               ) -> tuple[Path, BuildReport]:
     """Synthesize, place and route the core for ``board`` (module docstring).  Returns the
     build folder and its report (an existing complete build is reused unless ``force``).
     ``seed``: nextpnr's first seed (placement and routing depend on it; whether router2
-    converges on a dense core too); ``attempts``: seeds tried in turn while router2 stops
-    converging (:func:`router2_stalled`; 1: one run, never stopped)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
-        raise BuildError(f"seed must be a positive integer, got {seed!r}")
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise BuildError(f"attempts must be a positive integer, got {attempts!r}")
+    converges on a dense core too).
+
+    ``place_seeds`` = 1: place and route at ``seed``; ``attempts``: seeds tried in turn
+    while router2 stops converging (:func:`router2_stalled`; 1: one run, never stopped).
+    ``place_seeds`` = K > 1: place seeds ``seed .. seed + K - 1`` first
+    (:func:`place_seeds_ranked`), then place and route the seeds best estimate first,
+    moving to the next while router2 stops converging (``attempts`` is not used: each
+    seed is routed at most once)."""
+    for name, value in (("seed", seed), ("attempts", attempts), ("place_seeds", place_seeds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BuildError(f"{name} must be a positive integer, got {value!r}")
     if not board.open_flow:
         raise BuildError(f"{board.name} has no open flow (use --verilog-only)")
     say = progress or (lambda s: None)
-    final = build_dir(root, board, config, seed)
+    final = build_dir(root, board, config, seed, place_seeds)
     if final.is_dir() and (final / "report.json").is_file() and not force:
         rep = json.loads((final / "build.json").read_text())
         say(f"reusing the build in {final}")
@@ -377,33 +524,20 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
         cells, t_syn = synthesize(work / f"{TOP}.il", work, timeout, say)
         say(f"  synthesis: {cells.get('LUT4', 0):,} LUT4, {cells.get('TRELLIS_FF', 0):,} FF, "
             f"{cells.get('MULT18X18D', 0)} MULT18X18D, {cells.get('DP16KD', 0)} DP16KD in {t_syn:.0f} s")
-        # router2 on the dense core converges or not by the placement: a run that stops
-        # converging (router2_stalled) is retried with the next seed, up to `attempts`.
-        for used_seed in range(seed, seed + attempts):
-            say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {used_seed} ... "
-                f"(minutes)")
-            try:
-                t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=used_seed,
-                                        abort=router2_stalled if attempts > 1 else None)
-                break
-            except ToolAborted as exc:
-                # Each attempt's log is kept under its seed (a failed build's folder is
-                # renamed to ``<folder>.failed`` below).
-                kept = work / f"nextpnr.seed{used_seed}.log"
-                os.replace(exc.log, kept)
-                if used_seed == seed + attempts - 1:
-                    failed = final.with_name(final.name + ".failed")
-                    raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
-                                     f"{seed}..{used_seed} (logs: {failed}/nextpnr.seed*.log)"
-                                     ) from None
-                say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed "
-                    f"{used_seed + 1}")
+        if place_seeds > 1:
+            used_seed, t_pnr, extra = _route_best_placement(
+                board, work, clock_mhz, list(range(seed, seed + place_seeds)), timeout, say,
+                final)
+        else:
+            used_seed, t_pnr = _place_and_route_seeds(board, work, clock_mhz, seed, attempts,
+                                                      timeout, say, final)
+            extra = {}
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
         rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,
                           rep.config, {"rtlil": round(t_rtlil, 1), "yosys": round(t_syn, 1),
                                        "nextpnr": round(t_pnr, 1)})
         (work / "build.json").write_text(json.dumps({**rep.to_json(), "synth_cells": cells,
-                                                     "seed": used_seed}, indent=1))
+                                                     "seed": used_seed, **extra}, indent=1))
         (work / "report.txt").write_text(format_report(rep) + "\n")
         routed = work / f"{TOP}_routed.json"
         if routed.is_file():

@@ -49,6 +49,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attempts", type=int, default=3, metavar="K",
                         help="open flow: seeds tried in turn while router2 stops converging "
                              "(default 3; 1 never stops it)")
+    parser.add_argument("--place-seeds", type=int, default=1, metavar="K",
+                        help="open flow: place seeds N..N+K-1 first (two at a time), then route "
+                             "the best post-placement estimate first, the next one while router2 "
+                             "stops converging (default 1: place and route one seed at a time)")
 
 
 def say(text: str) -> None:
@@ -112,6 +116,10 @@ def run(args) -> int:
         board = get_profile(args.board)
     except BoardError as exc:
         raise UserError(str(exc)) from None
+    for flag, value in (("--seed", args.seed), ("--attempts", args.attempts),
+                        ("--place-seeds", args.place_seeds)):
+        if value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
     pinned = pinned_fields(args.overrides)
     t0 = time.perf_counter()
     result = fit_board(board, pinned, args.model)
@@ -145,7 +153,7 @@ def run(args) -> int:
     clock = args.clock or 125.0
     try:
         path, rep = build_core(cfg, board, root, clock, args.timeout, say, args.force, args.seed,
-                               args.attempts)
+                               args.attempts, args.place_seeds)
     except BuildError as exc:
         raise UserError(str(exc)) from None
     say(format_report(rep))

