@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[chosen][0])
         module.add_arguments(subparsers[chosen])
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a CI timeout) stops a command the way Ctrl-C does: tools it started are
+    # killed and half-written output is set aside (e.g. a build's folder becomes
+    # ``<key>.failed``), instead of the process vanishing mid-write.
+    previous = _on_sigterm(_interrupt)
     try:
         return int(module.run(args) or 0)
     except _user_errors() as exc:
@@ -65,6 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitamin {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _on_sigterm(previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (the main thread only); returns the previous one."""
+    import signal
+    import threading
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

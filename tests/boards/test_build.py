@@ -458,3 +458,52 @@ def test_cli_verilog_only(tmp_path, capsys, fast_fit):
     assert "S_AXI_HP0" in readme
     rec = json.loads((tmp_path / "pynq-z2" / "fitted.json").read_text())
     assert rec["clock_source"] == "stated" and rec["config"]["array_rows"] == 4
+
+
+_TERM_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import boards.fit
+from boards import build as B
+from cli.main import main
+tmp = Path({tmp!r})
+boards.fit.model_cycles = lambda cfg, model="deit_tiny", cache=True: 10_000_000 // cfg.macs_per_cycle
+B.write_rtlil = lambda config, path: path.write_text("")
+B.synthesize = lambda *a, **k: ({{"LUT4": 1}}, 0.1)
+fake = tmp / "fake_nextpnr.py"
+fake.write_text("import os, time\\n"
+                "open({pid!r}, 'w').write(str(os.getpid()))\\n"
+                "time.sleep(120)\\n")
+B.nextpnr_command = lambda: [sys.executable, str(fake)]
+sys.exit(main(["build", "--board", "ulx3s-85f", "--build-dir", str(tmp / "b")]))
+"""
+
+
+def test_sigterm_stops_a_build_like_ctrl_c(tmp_path):
+    """``kill`` on ``vitamin build`` kills the tool it runs and sets the half-built folder
+    aside as ``<key>.failed``: no temporary folder is left behind."""
+    import os
+    import signal
+    import time
+    root = str(Path(__file__).resolve().parents[2])
+    pid_file = tmp_path / "nextpnr.pid"
+    script = _TERM_SCRIPT.format(root=root, tmp=str(tmp_path), pid=str(pid_file))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    tool = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "vitamin build: interrupted" in err, (out, err)
+    folders = [p.name for p in (tmp_path / "b" / "ulx3s-85f").iterdir()]
+    assert not [f for f in folders if f.startswith(".")], folders
+    assert [f for f in folders if f.endswith(".failed")], folders
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(tool, 0)                 # gone (or a zombie reaped by now)
+            time.sleep(0.1)
