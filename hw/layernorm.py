@@ -167,6 +167,10 @@ class PtfLayerNorm(wiring.Component):
         two's complement) is channel ``b * L + j``.
     o : ``Out(stream.Signature(unsigned(8 * L)))``
         Output rows, same packing, int8.  ``o.ready`` may be low at any time.
+    stream_ready : ``Out(1)``
+        ``i.ready`` without its ``~param.en`` term, for a source that never offers a beat
+        in a cycle that writes a parameter (the vector engine writes its records in setup
+        cycles before its first read): a ready that does not wait on the parameter write.
     param : ``In(Signature(en, channel, alpha, mult, shift, offset))``
         Per-channel parameter write port: when ``en`` is high, channel ``channel`` gets PTF
         factor ``alpha`` (0..3) and the affine of :func:`sw.intops.ln_affine`: ``mult``
@@ -201,6 +205,7 @@ class PtfLayerNorm(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(unsigned(8 * lanes))),
             "o": Out(stream.Signature(unsigned(8 * lanes))),
+            "stream_ready": Out(1),
             "param": In(_param_write_signature(config.max_channels)),
             "channels": In(range(config.max_channels + 1)),
             "zp_in": In(signed(8)),
@@ -272,9 +277,11 @@ class PtfLayerNorm(wiring.Component):
         finish_claimed = Signal()             # a row's last beat is accepted, not yet finished
         in_first = in_beat == 0
         in_last = in_beat == last_beat
-        m.d.comb += self.i.ready.eq(primed & ~self.param.en
-                                    & (~in_first | (rows_in_flight < ROW_SLOTS))
-                                    & (~in_last | ~finish_claimed))
+        m.d.comb += [
+            self.stream_ready.eq(primed & (~in_first | (rows_in_flight < ROW_SLOTS))
+                                 & (~in_last | ~finish_claimed)),
+            self.i.ready.eq(self.stream_ready & ~self.param.en),
+        ]
         accept = self.i.valid & self.i.ready
         in_beat_next = Mux(accept, Mux(in_last, 0, in_beat + 1), in_beat)
         m.d.comb += alpha_rd.addr.eq(in_beat_next)
