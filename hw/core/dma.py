@@ -304,6 +304,11 @@ class RowWalker(wiring.Component):
         off_out = Signal(lg)
         rem_data = Signal(range(rem_max + 1))
         rem_all = Signal(range(rem_max + 1))
+        # ``rem_all <= N``, kept as a register beside rem_all: ``last`` feeds the engines'
+        # instruction ready and the sequencer's start logic, and the compare's carry chain
+        # was the head of that path (placed ULX3S core: the store walker's rem_all ->
+        # last -> the store engine's ready -> the sequencer's semaphores, 18.1 ns).
+        rem_small = Signal()
         shift = Signal(range(1, n + 1))
 
         lo = Cat(*((~first) | (off_out <= j) for j in range(n)))
@@ -314,7 +319,7 @@ class RowWalker(wiring.Component):
             # The last operation is the one that writes the row's final bytes: after the
             # skip (if any), ceil(rem_all / N) writes of N bytes each; no operation count
             # to compute when a row is loaded.
-            self.last.eq(active & ~skip & (rem_all <= n)),
+            self.last.eq(active & ~skip & rem_small),
             self.shift.eq(shift),
             self.data_mask.eq(lo & Cat(*(rem_data > j for j in range(n)))),
             self.write_mask.eq(lo & Cat(*(rem_all > j for j in range(n)))),
@@ -330,8 +335,9 @@ class RowWalker(wiring.Component):
                     first.eq(0),
                     rem_data.eq(Mux(rem_data > n, rem_data - n, 0)),
                     rem_all.eq(Mux(rem_all > n, rem_all - n, 0)),
+                    rem_small.eq(rem_all <= 2 * n),
                 ]
-            with m.If(~skip & (rem_all <= n)):
+            with m.If(~skip & rem_small):
                 m.d.sync += active.eq(0)
 
         with m.If(self.load):
@@ -345,6 +351,7 @@ class RowWalker(wiring.Component):
                 off_out.eq(self.off_out),
                 rem_data.eq(end),
                 rem_all.eq(end + self.pad),
+                rem_small.eq(end + self.pad <= n),
                 shift.eq((self.off_in - self.off_out - 1)[:lg] + 1),
             ]
         return m

@@ -293,7 +293,7 @@ class TileEngine(wiring.Component):
 
         # Registered fields (rows are memory rows of the regions, steps rows per stride).
         p_m = Signal(16)
-        p_slot = Signal(16)                # I = max(m, N)
+        p_slot_last = Signal(16)           # I - 1, I = max(m, N)
         p_n_last = Signal(16)              # n_tiles - 1
         p_k_last = Signal(16)              # k_tiles - 1
         p_a_row = Signal(24)
@@ -338,7 +338,7 @@ class TileEngine(wiring.Component):
                 p_prob.eq(in_prob),
                 p_a_row.eq(a_first),
                 p_m.eq(ins.m),
-                p_slot.eq(Mux(ins.m > n, ins.m, n)),
+                p_slot_last.eq(Mux(ins.m > n, ins.m, n) - 1),
                 p_n_last.eq(ins.n_tiles - 1),
                 p_k_last.eq(ins.k_tiles - 1),
                 p_a_step.eq(ins.a_stride >> lg),
@@ -355,13 +355,15 @@ class TileEngine(wiring.Component):
         n_base = Signal(24)                # first stationary row of tile (n, 0)
         a_tile = Signal(24)                # first streaming row of the tile (a_row + k)
         out_tile = Signal(24)              # first output row of the tile (out_row + n)
+        # last_k (kk == k_tiles - 1) and last_tile (and nn == n_tiles - 1) are registers,
+        # set with kk and nn: ``finishing`` is the engine's ready, which the sequencer's
+        # start logic and this engine's own loads wait on (placed ULX3S core: the 16-bit
+        # compares and I - 1 before it, then take -> the slot counter's reset, 17.7 ns).
         last_k = Signal()
         last_tile = Signal()
         slot_end = Signal()
         m.d.comb += [
-            last_k.eq(kk == p_k_last),
-            last_tile.eq(last_k & (nn == p_n_last)),
-            slot_end.eq(q == p_slot - 1),
+            slot_end.eq(q == p_slot_last),
             finishing.eq(running & last_tile & slot_end),
         ]
 
@@ -395,6 +397,8 @@ class TileEngine(wiring.Component):
                     m.d.sync += [
                         kk.eq(0),
                         nn.eq(nn + 1),
+                        last_k.eq(p_k_last == 0),
+                        last_tile.eq((p_k_last == 0) & (nn + 1 == p_n_last)),
                         n_base.eq(n_base + p_dn),
                         t_base.eq(n_base + p_dn),
                         w_row.eq(n_base + p_dn),
@@ -404,6 +408,8 @@ class TileEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [
                         kk.eq(kk + 1),
+                        last_k.eq(kk + 1 == p_k_last),
+                        last_tile.eq((kk + 1 == p_k_last) & (nn == p_n_last)),
                         t_base.eq(t_base + p_dk),
                         w_row.eq(t_base + p_dk),
                         a_tile.eq(a_tile + 1),
@@ -416,6 +422,8 @@ class TileEngine(wiring.Component):
                 q.eq(0),
                 kk.eq(0),
                 nn.eq(0),
+                last_k.eq(ins.k_tiles == 1),
+                last_tile.eq((ins.k_tiles == 1) & (ins.n_tiles == 1)),
                 w_row.eq(w_first),
                 t_base.eq(w_first),
                 n_base.eq(w_first),
