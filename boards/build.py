@@ -367,8 +367,13 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     def one(s):
         if stop.is_set():
             raise BuildError(f"placement of seed {s} not started: another one failed")
-        return place_only(board, work, clock_mhz, s, timeout, say, top,
+        path = place_only(board, work, clock_mhz, s, timeout, say, top,
                           abort=lambda log: "another placement failed" if stop.is_set() else None)
+        timing = analyze(json.loads(path.read_text()))
+        slowest = [f"{a} -> {b} ({n}) {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3]]
+        say(f"  seed {s} placed: estimate {timing.fmax_mhz:.2f} MHz")
+        return {"seed": s, "estimate_mhz": round(timing.fmax_mhz, 2), "slowest": slowest,
+                "placed": path}
 
     with ThreadPoolExecutor(max_workers=min(PLACE_JOBS, len(seeds))) as pool:
         jobs = [(s, pool.submit(one, s)) for s in seeds]
@@ -377,17 +382,10 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
             failed = [job.exception() for _, job in jobs if job.done() and job.exception()]
             if failed:
                 raise failed[0]
-            placed = [(s, job.result()) for s, job in jobs]
+            ranked = [job.result() for _, job in jobs]
         except BaseException:
             stop.set()
             raise
-    ranked = []
-    for s, path in placed:
-        timing = analyze(json.loads(path.read_text()))
-        slowest = [f"{a} -> {b} ({n}) {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3]]
-        ranked.append({"seed": s, "estimate_mhz": round(timing.fmax_mhz, 2),
-                       "slowest": slowest, "placed": path})
-        say(f"  seed {s}: placement estimate {timing.fmax_mhz:.2f} MHz")
     ranked.sort(key=lambda r: (-r["estimate_mhz"], r["seed"]))
     (work / "placements.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "placed"} for r in ranked], indent=1))
