@@ -599,7 +599,9 @@ def test_timing_functions():
     assert (t.data, t.beats) == (2, 1)
     s = store_timing(cfg, {"src_addr": 0, "src_stride": 0, "dram_addr": 0, "dram_stride": 0,
                            "rows": 2, "cols": 32})
-    assert (s.first_w, s.w_cycles, s.next, s.retire, s.beats) == (4, 4, 5, 3 + 4 + WRITE_LATENCY, 4)
+    # retire: the cycle after the last B response, which comes WRITE_LATENCY after the last W
+    # beat (s + 3 + ops).
+    assert (s.first_w, s.w_cycles, s.next, s.retire, s.beats) == (4, 4, 5, 3 + 4 + WRITE_LATENCY + 1, 4)
     s = store_timing(cfg, {"src_addr": 5, "src_stride": 0, "dram_addr": 3, "dram_stride": 0,
                            "rows": 1, "cols": 10})
     assert (s.first_w, s.w_cycles, s.next, s.beats) == (5, 1, 3, 1)
