@@ -184,7 +184,8 @@ class PtfLayerNorm(wiring.Component):
         Input zero point.
 
     ``channels`` and ``zp_in`` are per-tensor registers of the caller: they must stay
-    constant while rows are in flight.
+    constant while rows are in flight, and ``channels`` must be set at least one cycle
+    before a row's first beat is offered (the unit registers ``C / L - 1``).
 
     Notes
     -----
@@ -262,8 +263,13 @@ class PtfLayerNorm(wiring.Component):
                 requant_wr.data[lane].offset.eq(self.param.offset),
             ]
 
+        # C / L - 1, registered: ``channels`` comes from the caller's instruction register,
+        # and the subtraction headed the ready -> finish -> square-root start path (placed
+        # ULX3S core, 20.3 ns).  Hence ``channels`` must be set a cycle before a row's first
+        # beat is offered (the vector engine sets it in the start cycle; its first beat
+        # comes two cycles later at the earliest).
         last_beat = Signal(range(depth))
-        m.d.comb += last_beat.eq((self.channels >> lane_bits) - 1)
+        m.d.sync += last_beat.eq((self.channels >> lane_bits) - 1)
         rows_in_flight = Signal(range(ROW_SLOTS + 1))     # slot claimed .. last read issued
 
         # ------------------------------------------------------------------ statistics pass
