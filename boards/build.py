@@ -346,8 +346,8 @@ def place_only(board: BoardProfile, workdir: Path, clock_mhz: float, seed: int,
 
 #: Seconds between a placement's progress lines (and checks that the others still run).
 PLACE_POLL = 30.0
-#: Placements run side by side when several seeds are compared (one nextpnr process
-#: each; placement is single-threaded, and each takes ~4 GB on the ULX3S core).
+#: Placements run side by side when several seeds are compared (one single-threaded
+#: nextpnr process each; one holds about 1.2 GB on the ULX3S core).
 PLACE_JOBS = 2
 
 
@@ -416,28 +416,30 @@ def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> N
 
 
 
-def _place_and_route_seeds(board, work, clock_mhz, seed, attempts, timeout, say, final):
-    """One placement and routing per seed from ``seed``, the next seed while router2 stops
-    converging; returns (the seed that routed, nextpnr's seconds)."""
-    for used_seed in range(seed, seed + attempts):
-        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {used_seed} ... "
+def _route_seeds(board, work, clock_mhz, seeds, timeout, say, final, estimates=None):
+    """Place and route at each of ``seeds`` in turn until one routes, the next while router2
+    stops converging (:func:`router2_stalled`, only when there is a next); returns (the
+    seed that routed, nextpnr's seconds).  ``estimates``: seed -> post-placement MHz, for
+    the progress line."""
+    for k, seed in enumerate(seeds):
+        known = f" ({estimates[seed]:.2f} MHz estimated after placement)" if estimates else ""
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {seed}{known} ... "
             f"(minutes)")
         try:
-            t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=used_seed,
-                                    abort=router2_stalled if attempts > 1 else None)
-            return used_seed, t_pnr
+            t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=seed,
+                                    abort=router2_stalled if len(seeds) > 1 else None)
+            return seed, t_pnr
         except ToolAborted as exc:
             # Each attempt's log is kept under its seed (a failed build's folder is
             # renamed to ``<folder>.failed``).
-            kept = work / f"nextpnr.seed{used_seed}.log"
+            kept = work / f"nextpnr.seed{seed}.log"
             os.replace(exc.log, kept)
-            if used_seed == seed + attempts - 1:
+            if k == len(seeds) - 1:
                 failed = final.with_name(final.name + ".failed")
                 raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
-                                 f"{seed}..{used_seed} (logs: {failed}/nextpnr.seed*.log)"
-                                 ) from None
-            say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed "
-                f"{used_seed + 1}")
+                                 f"{', '.join(map(str, seeds))} "
+                                 f"(logs: {failed}/nextpnr.seed*.log)") from None
+            say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying seed {seeds[k + 1]}")
     raise AssertionError("unreachable")
 
 
@@ -461,26 +463,12 @@ def _route_best_placement(board, work, clock_mhz, seeds, timeout, say, final):
     placements = [{k: v for k, v in r.items() if k != "placed"} for r in ranked]
     say("  ranked: " + ", ".join(f"seed {r['seed']} {r['estimate_mhz']:.2f} MHz"
                                  for r in ranked) + " (placements.json)")
-    for k, r in enumerate(ranked):
-        say(f"nextpnr-ecp5 place and route, seed {r['seed']} ({r['estimate_mhz']:.2f} MHz "
-            f"estimated after placement) ... (minutes)")
-        try:
-            t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=r["seed"],
-                                    abort=router2_stalled if len(ranked) > 1 else None)
-        except ToolAborted as exc:
-            kept = work / f"nextpnr.seed{r['seed']}.log"
-            os.replace(exc.log, kept)
-            if k == len(ranked) - 1:
-                failed = final.with_name(final.name + ".failed")
-                raise BuildError(f"{exc.what} stopped: {exc.why}; tried the placements of "
-                                 f"seeds {', '.join(str(q['seed']) for q in ranked)} "
-                                 f"(logs: {failed}/nextpnr.seed*.log)") from None
-            say(f"  {exc.what} stopped: {exc.why} (log: {kept}); trying the next placement")
-            continue
-        return r["seed"], t_place + t_pnr, {"placements": placements,
-                                            "placement_estimate_mhz": r["estimate_mhz"],
-                                            "nextpnr_place_seconds": round(t_place, 1)}
-    raise AssertionError("unreachable")
+    estimates = {r["seed"]: r["estimate_mhz"] for r in ranked}
+    used, t_pnr = _route_seeds(board, work, clock_mhz, [r["seed"] for r in ranked], timeout,
+                               say, final, estimates)
+    return used, t_place + t_pnr, {"placements": placements,
+                                   "placement_estimate_mhz": estimates[used],
+                                   "nextpnr_place_seconds": round(t_place, 1)}
 
 
 def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path("build"),
@@ -527,8 +515,11 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
                 board, work, clock_mhz, list(range(seed, seed + place_seeds)), timeout, say,
                 final)
         else:
-            used_seed, t_pnr = _place_and_route_seeds(board, work, clock_mhz, seed, attempts,
-                                                      timeout, say, final)
+            # router2 on the dense core converges or not by the placement: a run that
+            # stops converging is retried with the next seed, up to `attempts`.
+            used_seed, t_pnr = _route_seeds(board, work, clock_mhz,
+                                            list(range(seed, seed + attempts)), timeout, say,
+                                            final)
             extra = {}
         rep = parse_report(work / "report.json", board.name, board.part, config.to_dict())
         rep = BuildReport(rep.board, rep.part, rep.utilization, rep.fmax, rep.critical_path,

@@ -234,7 +234,7 @@ def test_build_retries_the_next_seed_when_router2_stalls(tmp_path, monkeypatch):
     assert "nextpnr.seed1.log" in retry and "nextpnr.log)" not in retry
     # Every attempt stalls: the build fails, naming the seeds, and leaves the logs.
     seeds = _fake_flow(monkeypatch, stalled_seeds={4, 5})
-    with pytest.raises(B.BuildError, match="tried seeds 4..5") as info:
+    with pytest.raises(B.BuildError, match="tried seeds 4, 5") as info:
         B.build_core(load_config("tiny"), get_profile("ulx3s-85f"), tmp_path, 100.0,
                      seed=4, attempts=2)
     failed = B.build_dir(tmp_path, get_profile("ulx3s-85f"), load_config("tiny"), 4)
@@ -298,11 +298,11 @@ def test_build_routes_the_best_placement_first(tmp_path, monkeypatch):
     assert json.loads((path / "placements.json").read_text()) == info["placements"]
     assert (path / "nextpnr.seed4.log").read_text() == "route 4"
     assert not list(path.glob("placed.s*.json"))            # the large netlists are gone
-    assert any("trying the next placement" in ln for ln in lines)
+    assert any("trying seed 5" in ln for ln in lines)
     assert rep.achieved_mhz > 0
     # Every placement stalls: the build fails naming them and keeps the logs.
     routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0}, stalled_seeds={1, 2})
-    with pytest.raises(B.BuildError, match="tried the placements of seeds 2, 1"):
+    with pytest.raises(B.BuildError, match="tried seeds 2, 1"):
         B.build_core(cfg, board, tmp_path, 100.0, place_seeds=2)
     failed = B.build_dir(tmp_path, board, cfg, 1, 2)
     failed = failed.with_name(failed.name + ".failed")
