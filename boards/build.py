@@ -307,6 +307,21 @@ def synthesize(il: Path, workdir: Path, timeout: float | None = None,
     return cells, seconds
 
 
+def _nextpnr_base(board: BoardProfile, top: str, clock_mhz: float, seed: int,
+                  router: str) -> list[str]:
+    """nextpnr-ecp5 on ``<top>.json``, out of context, ``clk`` at ``clock_mhz``, one seed and
+    router; a timing failure is a result, not an error."""
+    return [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
+            "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--seed", str(seed),
+            "--timing-allow-fail", "--router", router]
+
+
+def slowest_groups(timing, count: int = 3) -> list[str]:
+    """The ``count`` slowest endpoint groups of a :func:`boards.sta.analyze` result, one
+    line each (start -> end, endpoints, worst delay)."""
+    return [f"{a} -> {b}: {n} at {ns:.2f} ns" for a, b, n, ns in timing.groups()[:count]]
+
+
 def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     timeout: float | None = None, progress: Callable[[str], None] | None = None,
                     top: str = TOP, seed: int = 1, router: str = ROUTER,
@@ -315,9 +330,7 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
     """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
     ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
     (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``)."""
-    cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
-           "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--report", "report.json",
-           "--seed", str(seed), "--timing-allow-fail", "--router", router,
+    cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router), "--report", "report.json",
            "--write", f"{top}_routed.json",
            *(["--threads", str(threads)] if threads else []), *extra_args]
     return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress,
@@ -335,9 +348,8 @@ def place_only(board: BoardProfile, workdir: Path, clock_mhz: float, seed: int,
     keeps the cells but routes differently from the full run: 94.6-96.1 MHz against 103.6
     on a small design at every seed tried, so the flow repeats the placement instead.)"""
     placed = f"placed.s{seed}.json"
-    cmd = [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
-           "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--seed", str(seed),
-           "--timing-allow-fail", "--router", ROUTER, "--no-route", "--write", placed]
+    cmd = [*_nextpnr_base(board, top, clock_mhz, seed, ROUTER), "--no-route",
+           "--write", placed]
     run_tool(cmd, workdir, workdir / f"nextpnr.place.s{seed}.log",
              f"nextpnr-ecp5 placement, seed {seed}", timeout, progress, every=PLACE_POLL,
              abort=abort)
@@ -370,7 +382,7 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
         path = place_only(board, work, clock_mhz, s, timeout, say, top,
                           abort=lambda log: "another placement failed" if stop.is_set() else None)
         timing = analyze(json.loads(path.read_text()))
-        slowest = [f"{a} -> {b} ({n}) {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3]]
+        slowest = slowest_groups(timing)
         say(f"  seed {s} placed: estimate {timing.fmax_mhz:.2f} MHz")
         return {"seed": s, "estimate_mhz": round(timing.fmax_mhz, 2), "slowest": slowest,
                 "placed": path}
@@ -408,7 +420,7 @@ def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> N
         timing = analyze(netlist)
         (work / "timing_placed.json").write_text(json.dumps(timing.summary(), indent=1))
         (work / "timing_placed.txt").write_text(format_summary(timing) + "\n")
-        worst = "; ".join(f"{a} -> {b} {n} at {ns:.2f} ns" for a, b, n, ns in timing.groups()[:3])
+        worst = "; ".join(slowest_groups(timing))
         say(f"  placement estimate {timing.fmax_mhz:.2f} MHz; slowest endpoint groups: {worst} "
             f"(timing_placed.txt)")
     except (OSError, ValueError, KeyError) as exc:

@@ -389,6 +389,8 @@ class TileEngine(wiring.Component):
             ahead.w_en.eq(running & (q == 0)),
         ]
 
+        single_k = p_k_last == 0           # after a last k: kk restarts at its last tile
+        k_ends = kk + 1 == p_k_last        # after another k: the next one is the last
         with m.If(running):
             m.d.sync += [q.eq(q + 1), w_row.eq(w_row + p_w_step)]
             with m.If(slot_end):
@@ -397,8 +399,8 @@ class TileEngine(wiring.Component):
                     m.d.sync += [
                         kk.eq(0),
                         nn.eq(nn + 1),
-                        last_k.eq(p_k_last == 0),
-                        last_tile.eq((p_k_last == 0) & (nn + 1 == p_n_last)),
+                        last_k.eq(single_k),
+                        last_tile.eq(single_k & (nn + 1 == p_n_last)),
                         n_base.eq(n_base + p_dn),
                         t_base.eq(n_base + p_dn),
                         w_row.eq(n_base + p_dn),
@@ -408,8 +410,8 @@ class TileEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [
                         kk.eq(kk + 1),
-                        last_k.eq(kk + 1 == p_k_last),
-                        last_tile.eq((kk + 1 == p_k_last) & (nn == p_n_last)),
+                        last_k.eq(k_ends),
+                        last_tile.eq(k_ends & (nn == p_n_last)),
                         t_base.eq(t_base + p_dk),
                         w_row.eq(t_base + p_dk),
                         a_tile.eq(a_tile + 1),

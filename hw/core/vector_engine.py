@@ -441,11 +441,11 @@ class VectorEngine(wiring.Component):
         # is offered (a beat lost to a difference would fail every bit-exact test).
         issue_rq = Signal()               # issue & (is_rq | is_sm): the requantizer's ready
         issue_vin = Signal()              # issue & (is_ln | is_add | is_gelu)
+        vin_ready = Signal()              # the ready of the unit vin's ops feed
         m.d.comb += [
+            vin_ready.eq(Mux(is_ln, ln.stream_ready, Mux(is_add, add.a.ready, gelu.i.ready))),
             issue_rq.eq(ready_go & (is_rq | is_sm) & (~src_valid | rq.i.ready)),
-            issue_vin.eq(ready_go & (~src_valid | Mux(is_ln, ln.stream_ready,
-                                                      Mux(is_add, add.a.ready, gelu.i.ready)))
-                         & (is_ln | is_add | is_gelu)),
+            issue_vin.eq(ready_go & (~src_valid | vin_ready) & (is_ln | is_add | is_gelu)),
         ]
         m.d.comb += [
             self.acc.en.eq(issue_rq & ~r.from_attn),
@@ -462,8 +462,7 @@ class VectorEngine(wiring.Component):
         # ------------------------------------------------------------------ unit chain
         rq_low = Cat(rq.o.payload[16 * k:16 * k + 8] for k in range(n))
         m.d.comb += [
-            take.eq(Mux(is_rq | is_sm, rq.i.ready,
-                        Mux(is_ln, ln.stream_ready, Mux(is_add, add.a.ready, gelu.i.ready)))),
+            take.eq(Mux(is_rq | is_sm, rq.i.ready, vin_ready)),
 
             rq.i.valid.eq(src_valid & (is_rq | is_sm)),
             rq.i.payload.data.eq(Mux(r.from_attn, self.attn_acc.data, self.acc.data)),
