@@ -436,16 +436,24 @@ class PtfLayerNorm(wiring.Component):
         out_factor = Signal(unsigned(_FACTOR_BITS))      # F
         out_sum = Signal(signed(_SUM_BITS))              # S
         out_r = Signal(range(_R_BASE + 8))               # r = 20 - e
+        # ``out_beat == last_beat``, registered: the compare headed the normalize issue ->
+        # divider and square-root handshakes -> square-root start path (placed ULX3S core,
+        # 19.6 ns, the slowest endpoints with the softmax's polynomial).
+        out_last = Signal()
         issue = out_active & advance
-        issue_last = issue & (out_beat == last_beat)
+        issue_last = issue & out_last
         m.d.comb += divider.o.ready.eq(~out_active | issue_last)
         with m.If(issue):
-            m.d.sync += out_beat.eq(Mux(issue_last, 0, out_beat + 1))
+            m.d.sync += [
+                out_beat.eq(Mux(issue_last, 0, out_beat + 1)),
+                out_last.eq(out_beat + 1 == last_beat),
+            ]
             with m.If(issue_last):
                 m.d.sync += out_active.eq(0)
         with m.If(divider.o.valid & divider.o.ready):
             m.d.sync += [
                 out_active.eq(1),
+                out_last.eq(last_beat == 0),
                 out_slot.eq(next_out_slot),
                 next_out_slot.eq(next_out_slot + 1),
                 out_factor.eq(factor),

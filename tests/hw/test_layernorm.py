@@ -64,6 +64,8 @@ def simulate(config, tensors, *, in_gap=0.0, out_stall=0.0, seed=0) -> Run:
         cycle = 0
         for tensor in tensors:
             channels = tensor.channels
+            # ``channels`` a cycle ahead of the first beat at least (the unit registers C / L - 1).
+            ctx.set(dut.channels, channels)
             for c in range(channels):
                 ctx.set(dut.param.en, 1)
                 ctx.set(dut.param.channel, c)
@@ -74,7 +76,6 @@ def simulate(config, tensors, *, in_gap=0.0, out_stall=0.0, seed=0) -> Run:
                 await ctx.tick()
                 cycle += 1
             ctx.set(dut.param.en, 0)
-            ctx.set(dut.channels, channels)
             ctx.set(dut.zp_in, tensor.zp_in)
             beats = [pack(row[b:b + lanes], 8) for row in tensor.rows
                      for b in range(0, channels, lanes)]
@@ -240,6 +241,7 @@ def test_extreme_shifts_against_reference(shift):
 
 # ---------------------------------------------------------------------------------- timing
 @pytest.mark.parametrize("channels, max_channels, n_rows", [
+    (4, 16, 3),                                     # one beat a row: the first beat is the last
     (8, 16, 1), (16, 16, 1), (8, 16, 5), (16, 16, 5),
     (68, 128, 6), (72, 128, 6), (76, 128, 6),       # around B = 18, where the divider stops binding
 ])
