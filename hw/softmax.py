@@ -79,7 +79,7 @@ def fill_max_delay(lanes: int) -> int:
 
 
 #: Cycles from the cycle after a row's last exponential read to the cycle its sum is visible.
-EXP_SUM_DELAY = 6
+EXP_SUM_DELAY = 7
 #: Quotient bits per cycle of the row reciprocal's divider.
 RECIP_STEPS_PER_CYCLE = 2
 #: Cycles from a row's sum being visible to the row being ready to drain, per mode: one
@@ -213,13 +213,13 @@ class LisSoftmax(wiring.Component):
     register, one register per stage of the max tree (one compare level a stage, at most
     ``MAX_TREE_STAGES = 4`` stages) and the running max's: ``D = 3`` for ``L = 4``, ``5``
     for ``L = 16``); exponential ``B`` reads, its sum
-    visible ``EXP_SUM_DELAY = 6`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
+    visible ``EXP_SUM_DELAY = 7`` cycles after the last; prepare ``R = 1`` cycle (``LIS``)
     or ``R = 27`` (``UNIFORM``: 25 divider cycles, the operand and the result cycles);
     drain ``B`` reads, each output beat ``DRAIN_DELAY = 7`` cycles after its read.  With
-    ``G = 6 + R`` (7 or 33):
+    ``G = 7 + R`` (8 or 34):
 
     * LATENCY (first input beat to last output beat, both cycles counted):
-      ``3 B + G + 7 + D``, i.e. ``3 B + 14 + D`` (``LIS``) and ``3 B + 40 + D`` (``UNIFORM``);
+      ``3 B + G + 7 + D``, i.e. ``3 B + 15 + D`` (``LIS``) and ``3 B + 41 + D`` (``UNIFORM``);
     * interval between rows: ``max(B + ceil(G / 2), R)``, i.e. ``B + 4`` (``LIS``) and
       ``max(B + 17, 27)`` (``UNIFORM``).  THROUGHPUT ``L * B / interval`` elements per
       cycle (``L N / (B + 4)`` in ``LIS`` mode).
@@ -503,6 +503,25 @@ class LisSoftmax(wiring.Component):
                 split_stage.r_mag[lane].eq(mag & ((Const(1, 1) << load_stage.frac_bits) - 1)),
             ]
 
+        # Stage "product": r_mag * (b_int - r_mag), registered apart from the subtraction
+        # from c_int (subtract, multiply and subtract in one stage was 28 logic levels, the
+        # core's slowest path on ECP5 with the LayerNorm's).
+        product_stage = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+            "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
+            "c_int": POLY_BITS,
+            "product": data.ArrayLayout(unsigned(POLY_BITS), lanes),
+        }))
+        m.d.sync += [
+            product_stage.valid.eq(split_stage.valid), product_stage.last.eq(split_stage.last),
+            product_stage.bank.eq(split_stage.bank), product_stage.beat.eq(split_stage.beat),
+            product_stage.mask.eq(split_stage.mask), product_stage.q.eq(split_stage.q),
+            product_stage.c_int.eq(split_stage.c_int),
+        ]
+        for lane in range(lanes):
+            r_mag = split_stage.r_mag[lane]
+            m.d.sync += product_stage.product[lane].eq(r_mag * (split_stage.b_int - r_mag))
+
         # Stage "poly": (r + b_int) * r + c_int = c_int - r_mag * (b_int - r_mag).
         poly_stage = Signal(data.StructLayout({
             "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
@@ -510,14 +529,13 @@ class LisSoftmax(wiring.Component):
             "poly": data.ArrayLayout(unsigned(POLY_BITS), lanes),
         }))
         m.d.sync += [
-            poly_stage.valid.eq(split_stage.valid), poly_stage.last.eq(split_stage.last),
-            poly_stage.bank.eq(split_stage.bank), poly_stage.beat.eq(split_stage.beat),
-            poly_stage.mask.eq(split_stage.mask), poly_stage.q.eq(split_stage.q),
+            poly_stage.valid.eq(product_stage.valid), poly_stage.last.eq(product_stage.last),
+            poly_stage.bank.eq(product_stage.bank), poly_stage.beat.eq(product_stage.beat),
+            poly_stage.mask.eq(product_stage.mask), poly_stage.q.eq(product_stage.q),
         ]
         for lane in range(lanes):
-            r_mag = split_stage.r_mag[lane]
             m.d.sync += poly_stage.poly[lane].eq(
-                split_stage.c_int - r_mag * (split_stage.b_int - r_mag))
+                product_stage.c_int - product_stage.product[lane])
 
         # Stage "exp": e = poly << (15 - q); padding lanes get e = 0.
         exp_stage = Signal(data.StructLayout({
@@ -722,10 +740,10 @@ def softmax_timing(config: AcceleratorConfig, length: int,
     """Timing of one softmax row of ``length`` elements on :class:`LisSoftmax`.
 
     With ``B = ceil(length / L)`` beats, ``R = 1`` (``LIS``) or ``R = 27`` (``UNIFORM``)
-    prepare cycles, ``G = 6 + R`` and the row max's delay ``D = fill_max_delay(L)``:
-    LATENCY ``3 B + G + 6 + D`` cycles (first input beat to last output beat, both
-    counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 14 + D`` and ``B + 4`` (``LIS``),
-    ``3 B + 40 + D`` and ``max(B + 17, 27)`` (``UNIFORM``).  ``mode`` is a
+    prepare cycles, ``G = 7 + R`` and the row max's delay ``D = fill_max_delay(L)``:
+    LATENCY ``3 B + G + 7 + D`` cycles (first input beat to last output beat, both
+    counted), interval ``max(B + ceil(G / 2), R)``: ``3 B + 15 + D`` and ``B + 4`` (``LIS``),
+    ``3 B + 41 + D`` and ``max(B + 17, 27)`` (``UNIFORM``).  ``mode`` is a
     :class:`SoftmaxMode` or ``"lis"`` / ``"uniform"``.
     """
     config = _check_config(config)

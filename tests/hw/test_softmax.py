@@ -248,9 +248,9 @@ def test_timing_formulas():
     assert softmax_timing(config, 197) == softmax_timing(config, 197, "lis")
     beats = 13
     assert fill_max_delay(16) == 5 and fill_max_delay(4) == 3 and fill_max_delay(64) == 5
-    assert softmax_timing(config, 197, "lis").latency == 3 * beats + 14 + 5
+    assert softmax_timing(config, 197, "lis").latency == 3 * beats + 15 + 5
     assert softmax_timing(config, 197, "lis").interval == beats + 4
-    assert softmax_timing(config, 197, "uniform").latency == 3 * beats + 40 + 5
+    assert softmax_timing(config, 197, "uniform").latency == 3 * beats + 41 + 5
     assert softmax_timing(config, 197, "uniform").interval == max(beats + 17, 27)
     assert softmax_timing(config, 256, "uniform").interval == 33
 

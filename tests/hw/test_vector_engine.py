@@ -587,11 +587,11 @@ def test_timing_formulas():
     # GELU chained: one more cycle; one per-tensor record.
     assert done(Opcode.REQUANT, **{**rq, "gelu": 1, "per_channel": 0, "load_params": 1},
                 rows=2, cols=4) == 1 + 4 + 10 + 1 + R
-    # Softmax rows of B = 3: requantizer 11 and the input register 1 chained to 3 B + 14 + 3
-    # (LIS) / 3 B + 40 + 3 (UNIFORM), intervals B + 4 and 27.
+    # Softmax rows of B = 3: requantizer 11 and the input register 1 chained to 3 B + 15 + 3
+    # (LIS) / 3 B + 41 + 3 (UNIFORM), intervals B + 4 and 27.
     sm = dict(rows=3, cols=9, mode=SoftmaxMode.LIS)
-    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (11 + 1 + 26 - 3) + 2 * 7 + R
-    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (11 + 1 + 52 - 3) + 2 * 27 + R
+    assert done(Opcode.SOFTMAX, **sm) == 1 + 4 + (11 + 1 + 27 - 3) + 2 * 7 + R
+    assert done(Opcode.SOFTMAX, **{**sm, "mode": SoftmaxMode.UNIFORM}) == 1 + 4 + (11 + 1 + 53 - 3) + 2 * 27 + R
     # LayerNorm B = 2: its latency 2 B + 41 plus the end cycle its formula does not count.
     assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (45 + 1) + 18 + R
     assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 7 + 2 * 2 + R
