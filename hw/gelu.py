@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Module, unsigned, signed
+from amaranth import Cat, Module, Signal, unsigned, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -19,8 +19,9 @@ __all__ = ["GeluLut", "gelu_timing", "gelu_table_load_timing", "GELU_PIPELINE_DE
 
 #: Entries of the table: one per int8 input value.
 GELU_TABLE_ENTRIES = 256
-#: Register stages between an accepted input beat and its output beat.
-GELU_PIPELINE_DEPTH = 1
+#: Register stages between an accepted input beat and its output beat: the input register,
+#: then the table read.
+GELU_PIPELINE_DEPTH = 2
 
 #: Payload of one table write: ``table[addr] = data``, ``addr = x + 128``.
 TABLE_WRITE_LAYOUT = data.StructLayout({"addr": unsigned(8), "data": signed(8)})
@@ -55,17 +56,25 @@ class GeluLut(wiring.Component):
     o : ``Out(stream.Signature(unsigned(8 * L)))``
         Output beats: lane ``k`` is ``table[x_k + 128]`` in bits ``[8k, 8k + 8)``.
     table_write : ``In(stream.Signature(StructLayout({"addr": unsigned(8), "data": signed(8)})))``
-        Table writes: ``table[addr] = data`` with ``addr = x + 128``.  Always ready (one
-        write per cycle); a write takes effect for input beats accepted in later cycles.
+        Table writes: ``table[addr] = data`` with ``addr = x + 128``, one per cycle; a write
+        takes effect for input beats accepted in later cycles.  Ready while no beat is in
+        flight (none in the input register or at the output), so no beat accepted before a
+        write sees it; the vector engine loads the table in an instruction of its own, with
+        the pipeline empty, where writes are always ready.
 
     Latency and throughput
     ----------------------
     One beat per cycle while ``o`` is not stalled; the output of the beat accepted in cycle
-    ``t`` is valid in cycle ``t + 1`` (``GELU_PIPELINE_DEPTH = 1``).  A job of ``n`` elements
-    is ``B = ceil(n / L)`` beats: LATENCY ``B + 1`` cycles, THROUGHPUT ``L`` elements per
-    cycle (interval ``B``).  Loading the table takes 256 cycles.  See :func:`gelu_timing`
-    and :func:`gelu_table_load_timing`.  A stalled output (``o.ready`` low while
-    ``o.valid``) holds the whole pipeline, ``i.ready`` included.
+    ``t`` is valid in cycle ``t + 2`` (``GELU_PIPELINE_DEPTH = 2``: the input beat is
+    registered before it addresses the tables, so no path runs from the block RAM that
+    feeds ``i`` to the tables' address pins; on the placed ULX3S core that path was one of
+    the slowest, 20.7 ns).  A job of ``n`` elements is ``B = ceil(n / L)`` beats: LATENCY
+    ``B + 2`` cycles, THROUGHPUT ``L`` elements per cycle (interval ``B``).  Table writes
+    are registered too and so reach the tables in the cycle the beats accepted a cycle
+    earlier read them: a write still takes effect for the beats accepted in later cycles.
+    Loading the table takes 256 cycles.  See :func:`gelu_timing` and
+    :func:`gelu_table_load_timing`.  A stalled output (``o.ready`` low while ``o.valid``)
+    holds the whole pipeline, ``i.ready`` included.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -86,23 +95,33 @@ class GeluLut(wiring.Component):
 
         # The pipeline moves whenever its output register is empty or being emptied.
         advance = ~self.o.valid | self.o.ready
+        x_valid = Signal()
         m.d.comb += [
             self.i.ready.eq(advance),
-            self.table_write.ready.eq(1),
+            self.table_write.ready.eq(~x_valid & ~self.o.valid),
         ]
+        x_beat = Signal.like(self.i.payload)
         with m.If(advance):
-            m.d.sync += self.o.valid.eq(self.i.valid)
+            m.d.sync += [
+                x_valid.eq(self.i.valid),
+                x_beat.eq(self.i.payload),
+                self.o.valid.eq(x_valid),
+            ]
+        table_write = Signal.like(self.table_write.payload)
+        table_write_en = Signal()
+        m.d.sync += [table_write.eq(self.table_write.payload),
+                     table_write_en.eq(self.table_write.valid & self.table_write.ready)]
 
         for lane in range(self._lanes):
             table = Memory(shape=signed(8), depth=GELU_TABLE_ENTRIES, init=[])
             m.submodules[f"table_{lane}"] = table
             write = table.write_port()
             m.d.comb += [
-                write.addr.eq(self.table_write.payload.addr),
-                write.data.eq(self.table_write.payload.data),
-                write.en.eq(self.table_write.valid),
+                write.addr.eq(table_write.addr),
+                write.data.eq(table_write.data),
+                write.en.eq(table_write_en),
             ]
-            x = self.i.payload.word_select(lane, 8)
+            x = x_beat.word_select(lane, 8)
             read = table.read_port()
             m.d.comb += [
                 # x + 128 for a two's-complement int8 x: invert its sign bit.
@@ -116,7 +135,7 @@ class GeluLut(wiring.Component):
 def gelu_timing(config: AcceleratorConfig, n: int) -> UnitTiming:
     """Timing of a GELU job of ``n`` elements on :class:`GeluLut`.
 
-    With ``B = ceil(n / L)`` beats: LATENCY ``B + 1`` cycles (first input handshake to last
+    With ``B = ceil(n / L)`` beats: LATENCY ``B + 2`` cycles (first input handshake to last
     output handshake, both cycles counted), interval ``B`` cycles (THROUGHPUT ``L`` elements
     per cycle).
     """

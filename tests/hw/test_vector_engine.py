@@ -584,9 +584,9 @@ def test_timing_formulas():
     # with a first word (4 bytes of the last beat), cols 7 with a second one.
     assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=6) == 1 + 9 + 2 * 5 + R
     assert done(Opcode.REQUANT, **{**rq, "out_type": 1}, rows=3, cols=7) == 1 + 9 + 2 * 5 + 1 + R
-    # GELU chained: one more cycle; one per-tensor record.
+    # GELU chained: two more cycles (its input register and table read); one per-tensor record.
     assert done(Opcode.REQUANT, **{**rq, "gelu": 1, "per_channel": 0, "load_params": 1},
-                rows=2, cols=4) == 1 + 4 + 10 + 1 + R
+                rows=2, cols=4) == 1 + 4 + 10 + 2 + R
     # Softmax rows of B = 3: requantizer 11 and the input register 1 chained to 3 B + 15 + 3
     # (LIS) / 3 B + 41 + 3 (UNIFORM), intervals B + 4 and 27.
     sm = dict(rows=3, cols=9, mode=SoftmaxMode.LIS)
@@ -595,7 +595,7 @@ def test_timing_formulas():
     # LayerNorm B = 2: its latency 2 B + 41 plus the end cycle its formula does not count.
     assert done(Opcode.LAYERNORM, rows=2, cols=8, load_params=1) == 1 + 32 + (45 + 1) + 18 + R
     assert done(Opcode.ADD, rows=3, cols=8, load_params=0) == 1 + 7 + 2 * 2 + R
-    assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 2 + R
+    assert done(Opcode.GELU, rows=2, cols=5) == 1 + 3 + 3 + R
     assert done(Opcode.GELU_TABLE) == 257 + R
     with pytest.raises(ValueError, match="not a vector instruction"):
         vector_timing(cfg, Opcode.MATMUL, {})
