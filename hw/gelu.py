@@ -70,9 +70,8 @@ class GeluLut(wiring.Component):
     feeds ``i`` to the tables' address pins; on the placed ULX3S core that path was one of
     the slowest, 20.7 ns).  A job of ``n`` elements is ``B = ceil(n / L)`` beats: LATENCY
     ``B + 2`` cycles, THROUGHPUT ``L`` elements per cycle (interval ``B``).  Table writes
-    are registered too and so reach the tables in the cycle the beats accepted a cycle
-    earlier read them: a write still takes effect for the beats accepted in later cycles.
-    Loading the table takes 256 cycles.  See :func:`gelu_timing` and
+    are registered too, so they reach the tables a cycle late, as the beats do.  Loading
+    the table takes 256 cycles.  See :func:`gelu_timing` and
     :func:`gelu_table_load_timing`.  A stalled output (``o.ready`` low while ``o.valid``)
     holds the whole pipeline, ``i.ready`` included.
     """

@@ -132,10 +132,10 @@ class Core(wiring.Component):
             # The block RAMs read every cycle; the reader's enable selects between the new
             # data and a hold register, which gives the read port's own semantics (data the
             # cycle after an enabled read, held while the enable is low) cycle for cycle.
-            # The enable comes from each engine's issue logic and fanned out to the clock
-            # enables of every block RAM of the memory (12-16 across the die): on the placed
-            # ULX3S core the vector engine's issue -> accumulator CEB was the slowest path,
-            # 20.5 ns, 18.7 of it routing.  Now it drives one register.
+            # The enable comes from an engine's issue logic; as the read port's own enable it
+            # reached the clock enable of every block RAM of the memory (12-16 across the
+            # die): on the placed ULX3S core the vector engine's issue -> accumulator CEB was
+            # the slowest path, 20.5 ns, 18.7 of it routing.  Now it drives one register.
             read_en = Signal(name=f"mem_{name}_read_en")
             held = Signal(len(rp.data), name=f"mem_{name}_held")
             m.d.sync += [read_en.eq(r.en), held.eq(r.data)]
@@ -146,8 +146,8 @@ class Core(wiring.Component):
         fetch = seq.fetching
         for name in ("arid", "araddr", "arlen", "arsize", "arburst", "arvalid"):
             m.d.comb += getattr(axi, name).eq(
-                _mux(fetch, getattr(seq.axi, name), getattr(load.axi, name)))
-        m.d.comb += [axi.rready.eq(_mux(fetch, seq.axi.rready, load.axi.rready))]
+                Mux(fetch, getattr(seq.axi, name), getattr(load.axi, name)))
+        m.d.comb += [axi.rready.eq(Mux(fetch, seq.axi.rready, load.axi.rready))]
         for name in ("arready",):
             m.d.comb += [getattr(seq.axi, name).eq(getattr(axi, name) & fetch),
                          getattr(load.axi, name).eq(getattr(axi, name) & ~fetch)]
@@ -161,10 +161,6 @@ class Core(wiring.Component):
             else:
                 m.d.comb += getattr(store.axi, name).eq(getattr(axi, name))
         return m
-
-
-def _mux(sel, a, b):
-    return Mux(sel, a, b)
 
 
 def _granularity(mem, cfg: AcceleratorConfig, name: str) -> int:
