@@ -51,6 +51,23 @@ class TB:
         self.channels = [self.ram.write_if.aw_channel, self.ram.write_if.w_channel,
                          self.ram.write_if.b_channel, self.ram.read_if.ar_channel,
                          self.ram.read_if.r_channel]
+        # Address ranges [lo, hi) the memory answers with SLVERR (the memory model answers
+        # a beat with an error response when its access raises).
+        self.bad_reads: list[tuple[int, int]] = []
+        self.bad_writes: list[tuple[int, int]] = []
+        self._poison(self.ram.read_if, "_read", lambda: self.bad_reads)
+        self._poison(self.ram.write_if, "_write", lambda: self.bad_writes)
+
+    @staticmethod
+    def _poison(port, method: str, ranges) -> None:
+        access = getattr(port, method)
+
+        async def checked(address, arg):
+            end = address + (arg if isinstance(arg, int) else len(arg))
+            if any(address < hi and lo < end for lo, hi in ranges()):
+                raise OSError(f"error response at {address:#x}")
+            return await access(address, arg)
+        setattr(port, method, checked)
 
     async def reset(self) -> None:
         Clock(self.dut.clk, CLOCK_NS, unit="ns").start()
@@ -81,6 +98,8 @@ async def _run(tb: TB, run: dict, log) -> dict:
     tb.set_pauses(None, 0.0)
     tb.ram.write(run["dram_base"], dram)
     tb.ram.write(run["prog_base"], program)
+    tb.bad_reads = [(run["dram_base"] + lo, run["dram_base"] + hi) for lo, hi in run.get("bad_reads", [])]
+    tb.bad_writes = [(run["dram_base"] + lo, run["dram_base"] + hi) for lo, hi in run.get("bad_writes", [])]
     await tb.write_reg("PROG_BASE", run["prog_base"])
     await tb.write_reg("PROG_LEN", len(program) // 32)
     await tb.write_reg("DRAM_BASE", run["dram_base"])
@@ -96,6 +115,7 @@ async def _run(tb: TB, run: dict, log) -> dict:
     wall = time.perf_counter() - t0
     timed_out = result is not done and not int(dut.irq.value)
     tb.set_pauses(None, 0.0)
+    tb.bad_reads, tb.bad_writes = [], []
     out = {"timeout": bool(timed_out), "wall_s": wall}
     out["status"] = await tb.read_reg("STATUS")
     out["error"] = await tb.read_reg("ERROR")

@@ -65,13 +65,16 @@ def program_layout(dram_size: int, program_bytes: int, dram_base: int = 0x1000) 
 @dataclass
 class Run:
     """One program run: the program's words, the initial DRAM (its data region), the
-    back-pressure (``pause_seed`` None: none) and a cycle limit."""
+    back-pressure (``pause_seed`` None: none), a cycle limit, and byte ranges ``[lo, hi)`` of
+    the data region whose reads or writes the memory answers with ``SLVERR``."""
     program: bytes
     dram: np.ndarray
     max_cycles: int
     name: str = ""
     pause_seed: int | None = None
     pause_probability: float = 0.3
+    bad_reads: tuple[tuple[int, int], ...] = ()
+    bad_writes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -201,7 +204,8 @@ def run(b: Build, runs: list[Run], waves_to: str | os.PathLike | None = None,
                      "dram": str(work / f"dram{k}.bin"), "dram_out": str(work / f"out{k}.bin"),
                      "dram_base": dram_base, "prog_base": prog_base, "max_cycles": r.max_cycles,
                      "pause_seed": r.pause_seed, "pause_probability": r.pause_probability,
-                     "queues": NQ})
+                     "bad_reads": [list(b) for b in r.bad_reads],
+                     "bad_writes": [list(b) for b in r.bad_writes], "queues": NQ})
     results_path = work / "results.json"
     vectors = work / "job.json"
     vectors.write_text(json.dumps({"runs": jobs, "ram_size": ram_size, "results": str(results_path)}))

@@ -103,9 +103,10 @@ class Core(wiring.Component):
         # drives thousands of reset pins, and each engine's reset net starts from its own
         # register.  ``keep`` (and boards.build's synthesis script, which marks the registers
         # of ``engine_reset_*`` keep) stops synthesis from merging the equal registers.
+        engine_resets = {}
         for q, engine in engines.items():
             name = q.name.lower()
-            engine_reset = Signal(name=f"engine_reset_{name}", attrs={"keep": 1})
+            engine_reset = engine_resets[q] = Signal(name=f"engine_reset_{name}", attrs={"keep": 1})
             m.d.sync += engine_reset.eq(regs.start)
             m.submodules[f"engine_{name}"] = ResetInserter(engine_reset)(engine)
             port = seq.engine[int(q)]
@@ -118,7 +119,10 @@ class Core(wiring.Component):
             ]
         load, store = engines[Queue.LOAD], engines[Queue.STORE]
         m.d.comb += [load.dram_base.eq(regs.dram_base), store.dram_base.eq(regs.dram_base),
-                     seq.bus_error.eq(load.error << int(Queue.LOAD) | store.error << int(Queue.STORE))]
+                     # A DMA engine's error flag holds until its reset (cycle 0 of the next
+                     # run): an error left from the last run is not reported in that cycle.
+                     seq.bus_error.eq((load.error & ~engine_resets[Queue.LOAD]) << int(Queue.LOAD)
+                                      | (store.error & ~engine_resets[Queue.STORE]) << int(Queue.STORE))]
 
         # Memories: one writer, one reader each.
         for name, mem in build_memories(cfg).items():

@@ -113,6 +113,33 @@ def test_tiny_swin_shifted_block_and_merge():
     print(f"tiny Swin: RTL {out.cycles} cycles, model {res.cycles} cycles")
 
 
+def test_bus_errors_then_a_clean_run():
+    """The memory answers the first LOAD's first byte, then the first STORE's, with
+    ``SLVERR``: ``BUS`` at that instruction (the oldest in flight of its engine when the
+    response arrives), the run ends (done and error set); then the same program on the same
+    core runs clean, bit-exact and cycle-exact (no error is left over from the failed runs)."""
+    n = 4
+    cfg = _config(n)
+    graph = tiny_vit(seed=n, depth=1)
+    image = compile_graph(graph, cfg)
+    x = random_image(graph, seed=1)
+    clean, res = _image_run(image, {graph.inputs[0]: x}, "clean after errors")
+    first = {}
+    for i, ins in enumerate(image.instructions):
+        if ins.op in (Opcode.LOAD, Opcode.STORE):
+            first.setdefault(ins.op, (i, ins.args["dram_addr"]))
+    (load, load_addr), (store, store_addr) = first[Opcode.LOAD], first[Opcode.STORE]
+    runs = [dataclasses.replace(clean, name="LOAD error", bad_reads=((load_addr, load_addr + 1),)),
+            dataclasses.replace(clean, name="STORE error", bad_writes=((store_addr, store_addr + 1),)),
+            clean]
+    outs = cosim.run(_build(n), runs)
+    for out, run, index in zip(outs, runs, (load, store)):
+        assert not out.timeout, run.name
+        assert (ErrorCode(out.error), out.error_index) == (ErrorCode.BUS, index), run.name
+        assert out.status & 0b110 == 0b110, run.name            # done, error
+    _same(outs[2], res, "clean after errors")
+
+
 def test_random_dma_chains():
     """Random LOAD -> STORE chains (shapes, alignments, padding, page crossings, which LOAD
     waits for the STORE before it): the RTL's cycles, busy counters and DRAM equal the
