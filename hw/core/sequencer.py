@@ -37,8 +37,9 @@ Errors (``error``, ``error_index``): the decoder's verdict at the instruction (`
 ``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
 token would make a count 65536, found in the cycle after that retire (an error found in the
 retire's own cycle comes first); ``BUS`` for an error response on a fetch (the segment's first
-instruction) or reported by an engine (``bus_error``: its oldest instruction in flight, or
-its last retired one); ``DEADLOCK``
+instruction) or reported by an engine (``bus_error`` at cycle ``c``: its oldest instruction in
+flight at ``c``, or its last retired one, found at ``c + 1``, so an instruction may still be
+dispatched or started at ``c``); ``DEADLOCK``
 when nothing can ever happen again: no engine has an instruction in flight, no
 queue head can start, and dispatch waits for a full FIFO, for the LOAD queue to drain before
 a fetch, or for the end (the index is the oldest instruction waiting in a queue).  On an
@@ -92,9 +93,10 @@ class Sequencer(wiring.Component):
     run until the next start), ``error``, ``error_index``, ``cycles``, ``busy_count[q]``;
     ``axi`` (the read half of the memory port, used while ``fetching``); ``engine[q]``
     (:func:`~hw.core.signatures.engine_signature`, one per :class:`~compiler.isa.Queue`);
-    ``bus_error[q]`` (engine ``q`` saw an error response).  ``token_bits`` narrows the
-    semaphores (tests reach the ``SEMAPHORE`` error with it; the core uses
-    :data:`TOKEN_BITS`).
+    ``bus_error[q]`` (engine ``q`` saw an error response; read only while running, and the
+    core masks an engine's flag left from the last run in the engines' reset cycle).
+    ``token_bits`` narrows the semaphores (tests reach the ``SEMAPHORE`` error with it; the
+    core uses :data:`TOKEN_BITS`).
     """
 
     def __init__(self, config: AcceleratorConfig, token_bits: int = TOKEN_BITS):
@@ -190,9 +192,14 @@ class Sequencer(wiring.Component):
         in_flight = Signal(NQ)
         for q in range(NQ):
             m.d.comb += in_flight[q].eq(flights[q].r_rdy)
-        # The instruction an engine's bus error is charged to.
+        # The instruction an engine's bus error is charged to.  The error is acted on a cycle
+        # after the engine reports it (``bus_error_r``): run control, which gates dispatch,
+        # then reads a register of its own rather than the engines' across the die.
         last_retired = [Signal(INDEX_BITS, name=f"last_retired_{q}") for q in range(NQ)]
         bus_index = Signal(INDEX_BITS)
+        bus_error_r = Signal()
+        bus_index_r = Signal(INDEX_BITS)
+        m.d.sync += [bus_error_r.eq(running & self.bus_error.any()), bus_index_r.eq(bus_index)]
         for q in reversed(range(NQ)):
             with m.If(retires[q]):
                 m.d.sync += last_retired[q].eq(flights[q].r_data[NQ:])
@@ -352,7 +359,7 @@ class Sequencer(wiring.Component):
         index_due = Signal()
         index_src = Signal(range(6))
         index_held = Signal(INDEX_BITS)                 # overflow or bus-error index
-        m.d.sync += index_held.eq(Mux(overflow_r, overflow_index_r, bus_index))
+        m.d.sync += index_held.eq(Mux(overflow_r, overflow_index_r, bus_index_r))
 
         def fail(code, src):
             m.d.sync += [stopping.eq(1), error.eq(code), index_due.eq(1), index_src.eq(src)]
@@ -392,7 +399,7 @@ class Sequencer(wiring.Component):
         with m.Else():
             with m.If(overflow_r):
                 fail(int(ErrorCode.SEMAPHORE), IDX_HELD)
-            with m.Elif(self.bus_error.any()):
+            with m.Elif(bus_error_r):
                 fail(int(ErrorCode.BUS), IDX_HELD)
             with m.Elif(halted):
                 with m.If(empty):

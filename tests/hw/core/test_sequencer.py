@@ -19,6 +19,7 @@ from amaranth.sim import Simulator
 from compiler.isa import (INSTR_BYTES, NQ, ErrorCode, Instruction, Opcode, Queue,
                           check_instruction, decode, encode)
 from compiler.lower import compile_graph
+from hw.axi import AxiResp
 from compiler.testgraphs import tiny_vit
 from hw.config import load_config
 from hw.core.sequencer import Sequencer
@@ -50,13 +51,16 @@ class StandIn(EngineModel):
 
 
 def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: int = 30_000,
-            token_bits: int = 16):
+            token_bits: int = 16, bus_error: tuple[int, int] | None = None,
+            bad_beat: int | None = None):
     """Run the sequencer on ``words`` at address 0; the registers and the stand-in engines'
-    start cycles when done."""
+    start and retire cycles when done.  ``bus_error = (q, c)``: engine ``q`` reports a bus
+    error from cycle ``c`` on (held, as the DMA engines hold theirs); ``bad_beat = k``: the
+    memory answers the ``k``-th read beat of the run (from 0) with ``SLVERR``."""
     dut = Sequencer(cfg, token_bits=token_bits)
     program = b"".join(words)
     engines = [StandIn() for _ in range(NQ)]
-    out = {"start": {}}
+    out = {"start": {}, "retire": {}}
 
     async def bench(ctx):
         ctx.set(dut.prog_base, 0)
@@ -70,6 +74,7 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
         busy_end = [0] * NQ
         retire_at = [[] for _ in range(NQ)]
         cycle = 0
+        beat_count = 0
         ctx.set(dut.axi.arready, 1)
         while not ctx.get(dut.done):
             if cycle >= max_cycles:
@@ -81,6 +86,9 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
             if due:
                 ctx.set(dut.axi.rdata, beats[0][1])
                 ctx.set(dut.axi.rlast, 0)
+                ctx.set(dut.axi.rresp, AxiResp.SLVERR if beat_count == bad_beat else AxiResp.OKAY)
+            if bus_error is not None:
+                ctx.set(dut.bus_error, (1 << bus_error[0]) if cycle >= bus_error[1] else 0)
             for q in range(NQ):
                 eng = dut.engine[q]
                 ctx.set(eng.instr.ready, cycle >= busy_end[q])
@@ -95,10 +103,12 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
                     beats.append((first + b, int.from_bytes(chunk, "little")))
             if due:
                 beats.pop(0)
+                beat_count += 1
             for q in range(NQ):
                 eng = dut.engine[q]
                 if retire_at[q] and retire_at[q][0] == cycle:
                     retire_at[q].pop(0)
+                    out["retire"].setdefault(q, []).append(cycle)
                 if ctx.get(eng.instr.valid) and cycle >= busy_end[q]:
                     word = ctx.get(eng.instr.payload).to_bytes(INSTR_BYTES, "little")
                     ins = decode(word)
@@ -280,3 +290,59 @@ def test_semaphore_overflow_a_cycle_after_the_retire(monkeypatch):
 def test_token_bits_checked():
     with pytest.raises(ValueError, match="token_bits"):
         Sequencer(load_config("tiny"), token_bits=0)
+
+
+def _queue_indices(words) -> dict[int, list[int]]:
+    """Each queue's instructions, in program order (a queue starts them in that order)."""
+    out = {}
+    for i, w in enumerate(words):
+        q = decode(w).queue
+        if q is not None:
+            out.setdefault(int(q), []).append(i)
+    return out
+
+
+@pytest.mark.parametrize("queue, k, where", [
+    (Queue.LOAD, 0, "in flight"), (Queue.LOAD, 5, "retired"), (Queue.MATRIX, 2, "in flight"),
+    (Queue.VECTOR, 3, "retired"), (Queue.STORE, 1, "in flight"), (Queue.STORE, 0, "retired")])
+def test_engine_bus_error(queue, k, where):
+    """Engine ``queue`` reports a bus error from cycle ``c``: a cycle after its ``k``-th start
+    (in flight) or after its ``k``-th retire (of the clean run).  ``BUS`` at its oldest
+    instruction in flight at ``c``, else at its last retired one; nothing starts after
+    ``c + 1`` (the report is acted on a cycle later); the run ends once the instructions in
+    flight have retired."""
+    cfg = load_config("tiny", instr_buffer=16, dram_latency_cycles=3)
+    words, dram_size = _program(cfg)
+    clean = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles)
+    assert clean["error"] == 0
+    q = int(queue)
+    c = (clean["start"] if where == "in flight" else clean["retire"])[q][k] + 1
+    rtl = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles, bus_error=(q, c))
+    assert not rtl.get("timeout")
+    assert ErrorCode(rtl["error"]) == ErrorCode.BUS
+    # Up to the error the run is the clean one.
+    starts, retires = rtl["start"].get(q, []), rtl["retire"].get(q, [])
+    assert starts == clean["start"][q][:len(starts)] and retires == clean["retire"][q][:len(retires)]
+    assert all(s <= c + 1 for p in rtl["start"] for s in rtl["start"][p]), rtl["start"]
+    assert len(retires) == len(starts)                  # in-flight instructions retired
+    in_flight = [j for j, st in enumerate(starts) if st < c <= retires[j]]
+    retired = [j for j, r in enumerate(retires) if r < c]
+    assert bool(in_flight) == (where == "in flight") and (in_flight or retired)
+    want = _queue_indices(words)[q][in_flight[0] if in_flight else retired[-1]]
+    assert rtl["error_index"] == want, (rtl["error_index"], want)
+
+
+@pytest.mark.parametrize("bad_beat", [0, 77, 130, 300])
+def test_fetch_bus_error(bad_beat):
+    """An error response on a fetch beat: ``BUS`` at the first instruction of the segment
+    being fetched; nothing of that segment starts."""
+    cfg = load_config("tiny", instr_buffer=16, dram_latency_cycles=3)
+    words, dram_size = _program(cfg)
+    beats_per_segment = 16 * INSTR_BYTES // cfg.lanes
+    rtl = run_rtl(cfg, words, dram_size, cfg.dram_latency_cycles, bad_beat=bad_beat)
+    assert not rtl.get("timeout")
+    assert ErrorCode(rtl["error"]) == ErrorCode.BUS
+    segment = bad_beat // beats_per_segment
+    assert rtl["error_index"] == 16 * segment
+    started = sum(len(v) for v in rtl["start"].values())
+    assert started <= 16 * segment
