@@ -22,13 +22,15 @@ from hw.config import AcceleratorConfig
 def board_table(name: str, build_dir: Path) -> str:
     board = get_profile(name)
     record = build_dir / board.name / "fitted.json"
-    built = None
+    built, xilinx = None, None
     if record.is_file():
         data = json.loads(record.read_text())
         cfg = AcceleratorConfig.from_dict(data["config"])
         clock, how = float(data["clock_mhz"]), data["clock_source"]
         if data.get("build") and (Path(data["build"]) / "build.json").is_file():
             built = json.loads((Path(data["build"]) / "build.json").read_text())
+        if data.get("build") and (Path(data["build"]) / "synth_xilinx.json").is_file():
+            xilinx = xilinx_resources(json.loads((Path(data["build"]) / "synth_xilinx.json").read_text()))
     else:
         cfg = fit(board).config
         clock, how = board.clock_mhz, "stated, not timed"
@@ -44,8 +46,9 @@ def board_table(name: str, build_dir: Path) -> str:
              + f", accumulator {cfg.accumulator_kib} KiB, parameters {cfg.param_kib} KiB; clock "
              f"{clock:.1f} MHz ({how}); memory {board.memory}, {board.dram_mbps:g} MB/s = "
              f"{cfg.dram_bytes} B/cycle.", "",
-             "| resource | model | " + ("placed (nextpnr) | " if built else "") + "available |",
-             "| --- | ---: | " + ("---: | " if built else "") + "---: |"]
+             "| resource | model | " + ("placed (nextpnr) | " if built else "")
+             + ("Yosys `synth_xilinx` | " if xilinx else "") + "available |",
+             "| --- | ---: | " + ("---: | " if built else "") + ("---: | " if xilinx else "") + "---: |"]
     names = {"lut": "LUTs", "ff": "flip-flops", "dsp": "multipliers", "bram": f"block RAM ({board.bram_kbits} Kbit)",
              "uram": "UltraRAM"}
     for k, v in res.as_dict().items():
@@ -55,7 +58,13 @@ def board_table(name: str, build_dir: Path) -> str:
         if built:
             u = built["utilization"].get(k)
             placed = f"{u[0]:,} | " if u else "- | "
+        if xilinx:
+            placed += f"{xilinx[k]:,} | "
         lines.append(f"| {names[k]} | {v:,} | {placed}{board.budget[k]:,} |")
+    if xilinx:
+        lines += ["", f"Yosys `synth_xilinx` cells, before Vivado's packing: LUTs are LUT1-LUT6 "
+                  f"cells ({xilinx['lutram']:,} more LUTs as memory or shift registers), "
+                  f"block RAM is RAMB36 + RAMB18 / 2; no timing."]
     per_block = products_per_dsp(cfg, board.family)
     lines += ["", f"MACs per multiplier block per cycle: {macs_per_dsp(cfg, res):.2f} "
               f"({cfg.macs_per_cycle} array MACs per cycle over {res.dsp} blocks; "
@@ -72,6 +81,17 @@ def board_table(name: str, build_dir: Path) -> str:
             ms = cyc / (clock * 1e3)
             lines.append(f"| {title}{note} | {cyc:,} | {ms:.2f} ms | {1e3 / ms:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def xilinx_resources(cells: dict) -> dict:
+    """Yosys ``synth_xilinx`` cell counts (``synth_xilinx.json``) as the resource model's
+    kinds: LUT1-LUT6 cells, flip-flops (FD*), DSP48 blocks, 36 Kbit block RAMs (RAMB36 plus
+    half the RAMB18s), UltraRAMs, and the LUTs used as memory (LUT RAM, SRL) apart."""
+    def total(*prefixes):
+        return sum(v for k, v in cells.items() if k.startswith(prefixes))
+    return {"lut": total("LUT"), "ff": total("FD"), "dsp": total("DSP48"),
+            "bram": total("RAMB36") + (total("RAMB18") + 1) // 2, "uram": total("URAM"),
+            "lutram": total("RAM16", "RAM32", "RAM64", "RAM128", "RAM256", "SRL")}
 
 
 def main() -> None:

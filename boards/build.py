@@ -326,14 +326,16 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     timeout: float | None = None, progress: Callable[[str], None] | None = None,
                     top: str = TOP, seed: int = 1, router: str = ROUTER,
                     threads: int | None = None, extra_args: tuple[str, ...] = (),
-                    abort: Callable[[Path], str | None] | None = None) -> float:
+                    abort: Callable[[Path], str | None] | None = None,
+                    what: str = "nextpnr-ecp5") -> float:
     """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
     ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
-    (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``)."""
+    (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``); ``what``
+    names the run in progress lines and errors."""
     cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router), "--report", "report.json",
            "--write", f"{top}_routed.json",
            *(["--threads", str(threads)] if threads else []), *extra_args]
-    return run_tool(cmd, workdir, workdir / "nextpnr.log", "nextpnr-ecp5", timeout, progress,
+    return run_tool(cmd, workdir, workdir / "nextpnr.log", what, timeout, progress,
                     abort=abort)
 
 
@@ -455,11 +457,135 @@ def _route_seeds(board, work, clock_mhz, seeds, timeout, say, final, estimates=N
     raise AssertionError("unreachable")
 
 
+#: With several placements ranked, this many of the best are placed and routed side by
+#: side (one single-threaded nextpnr each) and the fastest routed one is kept: the routed
+#: clock strays from the placement estimate by several MHz either way (docs/BOARDS.md).
+ROUTE_JOBS = 2
+#: Once one of them has routed, the others may take this many times its time (from their
+#: common start) before they are stopped.
+ROUTE_GRACE = 1.5
+
+
+def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds: list[int],
+                       timeout: float | None, say: Callable[[str], None],
+                       top: str = TOP) -> list[dict]:
+    """Place and route ``seeds`` at the same time, each in ``work/route.s<seed>`` (its own
+    link to ``<top>.json``), each stopped while router2 stops converging
+    (:func:`router2_stalled`) or once another routed more than :data:`ROUTE_GRACE` times its
+    time ago.  Returns one record per seed, in ``seeds``' order: ``{"seed", "seconds",
+    "routed_mhz", "folder"}`` or ``{"seed", "seconds", "stopped", "folder"}`` (why).  A
+    failure or an interrupt stops the others and is raised."""
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    stop = threading.Event()
+    start = time.monotonic()
+    first_routed: list[float] = []            # seconds the first finished route took
+
+    def abort(log):
+        if stop.is_set():
+            return "another run failed"
+        if first_routed and time.monotonic() - start > ROUTE_GRACE * first_routed[0]:
+            return (f"another seed routed in {first_routed[0]:.0f} s and this one ran past "
+                    f"{ROUTE_GRACE:g} times that")
+        return router2_stalled(log)
+
+    def one(seed):
+        sub = work / f"route.s{seed}"
+        sub.mkdir(exist_ok=True)
+        try:
+            os.link(work / f"{top}.json", sub / f"{top}.json")
+        except OSError:
+            shutil.copyfile(work / f"{top}.json", sub / f"{top}.json")
+        try:
+            seconds = place_and_route(board, sub, clock_mhz, timeout, say, top=top, seed=seed,
+                                      abort=abort, what=f"nextpnr-ecp5 seed {seed}")
+        except ToolAborted as exc:
+            return {"seed": seed, "seconds": round(time.monotonic() - start, 1),
+                    "stopped": exc.why, "folder": sub}
+        first_routed.append(time.monotonic() - start)
+        rep = parse_report(sub / "report.json", board.name, board.part)
+        say(f"  seed {seed} routed: {rep.achieved_mhz:.2f} MHz in {seconds:.0f} s")
+        return {"seed": seed, "seconds": round(seconds, 1),
+                "routed_mhz": round(rep.achieved_mhz, 2), "folder": sub}
+
+    with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
+        jobs = [pool.submit(one, s) for s in seeds]
+        try:
+            wait(jobs, return_when=FIRST_EXCEPTION)
+            failed = [job.exception() for job in jobs if job.done() and job.exception()]
+            if failed:
+                raise failed[0]
+            return [job.result() for job in jobs]
+        except BaseException:
+            stop.set()
+            raise
+
+
+def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
+    """Route the ranked placements :data:`ROUTE_JOBS` at a time, best estimates first
+    (:func:`route_side_by_side`), until a round routes; the fastest routed seed's files
+    move to ``work`` and every other run keeps its log (``nextpnr.seed<N>.log``) and
+    report (``report.seed<N>.json``).  Returns (seed, seconds, the runs' records)."""
+    estimates = {r["seed"]: r["estimate_mhz"] for r in ranked}
+    order = [r["seed"] for r in ranked]
+    records, t0 = [], time.monotonic()
+    for k in range(0, len(order), ROUTE_JOBS):
+        seeds = order[k:k + ROUTE_JOBS]
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed"
+            f"{'s' if len(seeds) > 1 else ''} "
+            + " and ".join(f"{s} ({estimates[s]:.2f} MHz estimated)" for s in seeds)
+            + (" side by side" if len(seeds) > 1 else "") + " ... (minutes)")
+        try:
+            runs = route_side_by_side(board, work, clock_mhz, seeds, timeout, say)
+        except BaseException:
+            for s in seeds:
+                _keep_run(work, work / f"route.s{s}", s)
+            raise
+        routed = [r for r in runs if "routed_mhz" in r]
+        best = max(routed, key=lambda r: (r["routed_mhz"], -order.index(r["seed"])),
+                   default=None)
+        for r in runs:
+            if r is best:
+                for name in ("report.json", "nextpnr.log", f"{TOP}_routed.json"):
+                    if (r["folder"] / name).is_file():
+                        os.replace(r["folder"] / name, work / name)
+                shutil.rmtree(r["folder"], ignore_errors=True)
+            else:
+                _keep_run(work, r["folder"], r["seed"])
+                if "stopped" in r:
+                    say(f"  seed {r['seed']} stopped: {r['stopped']} (log: "
+                        f"nextpnr.seed{r['seed']}.log)")
+            records.append({"seed": r["seed"], "estimate_mhz": estimates[r["seed"]],
+                            **{key: r[key] for key in ("routed_mhz", "stopped", "seconds")
+                               if key in r}})
+        if best is not None:
+            if len(routed) > 1:
+                say(f"  kept seed {best['seed']}: {best['routed_mhz']:.2f} MHz, the faster")
+            return best["seed"], time.monotonic() - t0, records
+        if k + ROUTE_JOBS < len(order):
+            say(f"  no seed of {', '.join(map(str, seeds))} routed; trying "
+                f"{', '.join(map(str, order[k + ROUTE_JOBS:k + 2 * ROUTE_JOBS]))}")
+    failed = final.with_name(final.name + ".failed")
+    raise BuildError(f"nextpnr-ecp5 did not route: tried seeds {', '.join(map(str, order))} "
+                     f"(logs: {failed}/nextpnr.seed*.log)")
+
+
+def _keep_run(work: Path, folder: Path, seed: int) -> None:
+    """A side-by-side run that is not kept: its log and report stay in ``work`` under its
+    seed, the rest (its netlists) goes."""
+    for name, kept in (("nextpnr.log", f"nextpnr.seed{seed}.log"),
+                       ("report.json", f"report.seed{seed}.json")):
+        if (folder / name).is_file():
+            os.replace(folder / name, work / kept)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _route_best_placement(board, work, clock_mhz, seeds, timeout, say, final):
-    """Place every seed, then place and route the best estimate's seed (its placement
-    repeats exactly), the next while router2 stops converging; returns (the seed that
-    routed, nextpnr's seconds, build.json's extra fields).  The placed netlists (~100 MB
-    each on the ULX3S core) are deleted once ranked."""
+    """Place every seed, then place and route the best estimates' seeds (their placements
+    repeat exactly), :data:`ROUTE_JOBS` side by side keeping the faster, the next ones
+    while none routes; returns (the seed kept, nextpnr's seconds, build.json's extra
+    fields).  The placed netlists (~100 MB each on the ULX3S core) are deleted once
+    ranked."""
     say(f"nextpnr-ecp5 placement of seeds {seeds[0]}..{seeds[-1]}, clk at {clock_mhz:g} MHz, "
         f"{min(PLACE_JOBS, len(seeds))} at a time ... (minutes)")
     t0 = time.monotonic()
@@ -476,9 +602,8 @@ def _route_best_placement(board, work, clock_mhz, seeds, timeout, say, final):
     say("  ranked: " + ", ".join(f"seed {r['seed']} {r['estimate_mhz']:.2f} MHz"
                                  for r in ranked) + " (placements.json)")
     estimates = {r["seed"]: r["estimate_mhz"] for r in ranked}
-    used, t_pnr = _route_seeds(board, work, clock_mhz, [r["seed"] for r in ranked], timeout,
-                               say, final, estimates)
-    return used, t_place + t_pnr, {"placements": placements,
+    used, t_pnr, routes = _route_rounds(board, work, clock_mhz, ranked, timeout, say, final)
+    return used, t_place + t_pnr, {"placements": placements, "routes": routes,
                                    "placement_estimate_mhz": estimates[used],
                                    "nextpnr_place_seconds": round(t_place, 1)}
 
@@ -496,9 +621,10 @@ def build_core(config: AcceleratorConfig, board: BoardProfile, root: Path = Path
     ``place_seeds`` = 1: place and route at ``seed``; ``attempts``: seeds tried in turn
     while router2 stops converging (:func:`router2_stalled`; 1: one run, never stopped).
     ``place_seeds`` = K > 1: place seeds ``seed .. seed + K - 1`` first
-    (:func:`place_seeds_ranked`), then place and route the seeds best estimate first,
-    moving to the next while router2 stops converging (``attempts`` is not used: each
-    seed is routed at most once)."""
+    (:func:`place_seeds_ranked`), then place and route the :data:`ROUTE_JOBS` best
+    estimates side by side and keep the fastest routed one, the next ones if none routes
+    (:func:`route_side_by_side`; ``attempts`` is not used: each seed is routed at most
+    once)."""
     for name, value in (("seed", seed), ("attempts", attempts), ("place_seeds", place_seeds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BuildError(f"{name} must be a positive integer, got {value!r}")

@@ -50,9 +50,10 @@ def add_arguments(parser) -> None:
                         help="open flow: seeds tried in turn while router2 stops converging "
                              "(default 3; 1 never stops it)")
     parser.add_argument("--place-seeds", type=int, default=1, metavar="K",
-                        help="open flow: place seeds N..N+K-1 first (two at a time), then route "
-                             "the best post-placement estimate first, the next one while router2 "
-                             "stops converging (default 1: place and route one seed at a time)")
+                        help="open flow: place seeds N..N+K-1 first (two at a time), then place "
+                             "and route the two best post-placement estimates side by side and keep "
+                             "the faster, the next two if neither routes (default 1: place and "
+                             "route one seed at a time)")
 
 
 def say(text: str) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,17 @@ def test_real_placements_ranked_then_the_best_routed(tmp_path):
     B.place_and_route(board, tmp_path, 100.0, 600, seed=best["seed"], top="small")
     assert _bels(tmp_path / "small_routed.json") == _bels(best["placed"])
     assert "Running router2" in (tmp_path / "nextpnr.log").read_text()
+    # Both seeds placed and routed side by side, each in its own folder, each with the
+    # cells where its ranked placement put them.
+    runs = B.route_side_by_side(board, tmp_path, 100.0, [1, 2], 600, lambda s: None, top="small")
+    assert [r["seed"] for r in runs] == [1, 2] and all("routed_mhz" in r for r in runs), runs
+    placed = {r["seed"]: r["placed"] for r in ranked}
+    for r in runs:
+        folder = r["folder"]
+        assert folder == tmp_path / f"route.s{r['seed']}"
+        assert "Running router2" in (folder / "nextpnr.log").read_text()
+        assert r["routed_mhz"] == round(B.parse_report(folder / "report.json").achieved_mhz, 2)
+        assert _bels(folder / "small_routed.json") == _bels(placed[r["seed"]])
 
 
 def test_failed_tool_keeps_the_log(tmp_path):
@@ -251,13 +263,20 @@ class _FakeTiming:
         return [("a", "b", 1, 1e3 / self.fmax_mhz)]
 
 
-def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None):
+def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None,
+                     routed_mhz=None, slow_seeds=()):
     """build_core with ``place_seeds`` > 1, every tool stubbed: seed ``s`` places at
-    ``estimates[s]`` MHz (its placed netlist names the seed), routing of the placements
-    in ``stalled_seeds`` is aborted.  Returns the seeds routed, in order."""
-    routed = []
+    ``estimates[s]`` MHz (its placed netlist names the seed); routing of the placements
+    in ``stalled_seeds`` is aborted, of ``slow_seeds`` runs until its abort says stop, and
+    of the others routes at ``routed_mhz[s]`` (default: the stored report's).  Returns the
+    seeds routed (a set: routes run side by side)."""
+    routed = set()
     monkeypatch.setattr(B, "write_rtlil", lambda config, path: path.write_text(""))
-    monkeypatch.setattr(B, "synthesize", lambda *a, **k: ({"LUT4": 1}, 0.1))
+
+    def synth(il, work, *a, **k):
+        (work / f"{B.TOP}.json").write_text("{}")
+        return {"LUT4": 1}, 0.1
+    monkeypatch.setattr(B, "synthesize", synth)
 
     def place(board, work, clock, seed, timeout=None, say=None, top=B.TOP, abort=None):
         if seed == failing_seed:
@@ -265,54 +284,100 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         (work / f"placed.s{seed}.json").write_text(json.dumps({"seed": seed}))
         return work / f"placed.s{seed}.json"
 
-    def route(board, work, clock, timeout=None, say=None, seed=1, abort=None, **kw):
-        # The ranked placements' netlists are gone before the full runs.
-        assert not list(work.glob("placed.s*.json"))
-        routed.append(seed)
+    def route(board, work, clock, timeout=None, say=None, seed=1, abort=None, top=B.TOP, **kw):
+        # Each run in a folder of its own, with the synthesized netlist; the ranked
+        # placements' netlists are gone before the full runs.
+        assert work.name == f"route.s{seed}" and (work / f"{top}.json").is_file()
+        assert not list(work.parent.glob("placed.s*.json"))
+        routed.add(seed)
         (work / "nextpnr.log").write_text(f"route {seed}")
         if seed in stalled_seeds:
-            assert abort is B.router2_stalled
-            raise B.ToolAborted("nextpnr-ecp5", "router2 not converging",
-                                work / "nextpnr.log")
-        (work / "report.json").write_text((DATA / "nextpnr_small_report.json").read_text())
+            raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
+        if seed in slow_seeds:
+            for _ in range(500):
+                why = abort(work / "nextpnr.log")
+                if why:
+                    raise B.ToolAborted("nextpnr-ecp5", why, work / "nextpnr.log")
+                time.sleep(0.01)
+            raise AssertionError("never stopped")
+        report = json.loads((DATA / "nextpnr_small_report.json").read_text())
+        if routed_mhz:
+            report["fmax"]["clk"]["achieved"] = routed_mhz[seed]
+        (work / "report.json").write_text(json.dumps(report))
+        (work / f"{top}_routed.json").write_text("{}")
         return 2.0
 
     monkeypatch.setattr(B, "place_only", place)
     monkeypatch.setattr(B, "place_and_route", route)
     monkeypatch.setattr(B, "analyze", lambda netlist: _FakeTiming(estimates[netlist["seed"]]))
+    monkeypatch.setattr(B, "explain_placement", lambda *a: None)
     return routed
 
 
-def test_build_routes_the_best_placement_first(tmp_path, monkeypatch):
+def test_build_routes_the_two_best_placements_side_by_side(tmp_path, monkeypatch):
     board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
     routed = _fake_placements(monkeypatch, {3: 40.0, 4: 52.5, 5: 47.0}, stalled_seeds={4})
     lines = []
     path, rep = B.build_core(cfg, board, tmp_path, 100.0, progress=lines.append, seed=3,
                              place_seeds=3)
-    # Best estimate first (seed 4), which stalls; then the next best (seed 5), which routes.
-    assert routed == [4, 5]
+    # The two best estimates (4, 5) side by side: 4 stalls, 5 routes; 3 is never routed.
+    assert routed == {4, 5}
     assert path == B.build_dir(tmp_path, board, cfg, 3, 3) and path.name.endswith("-s3-p3")
     info = json.loads((path / "build.json").read_text())
     assert info["seed"] == 5 and info["placement_estimate_mhz"] == 47.0
     assert [p["seed"] for p in info["placements"]] == [4, 5, 3]
     assert json.loads((path / "placements.json").read_text()) == info["placements"]
+    assert [(r["seed"], "stopped" in r, "routed_mhz" in r) for r in info["routes"]] == \
+        [(4, True, False), (5, False, True)]
     assert (path / "nextpnr.seed4.log").read_text() == "route 4"
-    assert not list(path.glob("placed.s*.json"))            # the large netlists are gone
-    assert any("trying seed 5" in ln for ln in lines)
+    assert (path / "nextpnr.log").read_text() == "route 5"
+    assert not list(path.glob("placed.s*.json")) and not list(path.glob("route.s*"))
+    assert any("seed 4 stopped" in ln for ln in lines)
     assert rep.achieved_mhz > 0
     # Every placement stalls: the build fails naming them and keeps the logs.
-    routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0}, stalled_seeds={1, 2})
-    with pytest.raises(B.BuildError, match="tried seeds 2, 1"):
-        B.build_core(cfg, board, tmp_path, 100.0, place_seeds=2)
-    failed = B.build_dir(tmp_path, board, cfg, 1, 2)
+    routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0, 3: 39.0}, stalled_seeds={1, 2, 3})
+    lines = []
+    with pytest.raises(B.BuildError, match="tried seeds 2, 1, 3"):
+        B.build_core(cfg, board, tmp_path, 100.0, place_seeds=3, progress=lines.append)
+    failed = B.build_dir(tmp_path, board, cfg, 1, 3)
     failed = failed.with_name(failed.name + ".failed")
-    assert routed == [2, 1] and (failed / "nextpnr.seed1.log").is_file()
-    assert not list(failed.glob("placed.s*.json"))
+    assert routed == {1, 2, 3} and all((failed / f"nextpnr.seed{s}.log").is_file() for s in (1, 2, 3))
+    assert any("no seed of 2, 1 routed; trying 3" in ln for ln in lines)
+    assert not list(failed.glob("placed.s*.json")) and not list(failed.glob("route.s*"))
     # A placement that fails fails the build before any routing.
     routed = _fake_placements(monkeypatch, {1: 40.0, 2: 41.0}, failing_seed=2)
     with pytest.raises(B.BuildError, match="seed 2 failed"):
         B.build_core(cfg, board, tmp_path, 100.0, place_seeds=2, force=True)
-    assert routed == []
+    assert routed == set()
+
+
+def test_build_keeps_the_faster_route_not_the_better_estimate(tmp_path, monkeypatch):
+    board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
+    routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, routed_mhz={1: 44.6, 2: 47.25})
+    lines = []
+    path, rep = B.build_core(cfg, board, tmp_path, 125.0, progress=lines.append, place_seeds=2)
+    assert routed == {1, 2} and rep.achieved_mhz == pytest.approx(47.25)
+    info = json.loads((path / "build.json").read_text())
+    assert info["seed"] == 2 and info["placement_estimate_mhz"] == 48.0
+    assert [(r["seed"], r["routed_mhz"]) for r in info["routes"]] == [(1, 44.6), (2, 47.25)]
+    # The other run's report and log stay, under its seed.
+    other = B.parse_report(path / "report.seed1.json")
+    assert other.achieved_mhz == pytest.approx(44.6)
+    assert (path / "nextpnr.seed1.log").read_text() == "route 1"
+    assert (path / "nextpnr.log").read_text() == "route 2"
+    assert any("kept seed 2: 47.25 MHz" in ln for ln in lines)
+
+
+def test_a_slow_route_stops_after_the_grace(tmp_path, monkeypatch):
+    """Once one seed routed, the other may take ROUTE_GRACE times as long, then stops and
+    the routed one is kept."""
+    board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
+    routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, slow_seeds={1})
+    monkeypatch.setattr(B, "ROUTE_GRACE", 1.0)
+    path, rep = B.build_core(cfg, board, tmp_path, 125.0, place_seeds=2)
+    info = json.loads((path / "build.json").read_text())
+    assert routed == {1, 2} and info["seed"] == 2
+    assert "another seed routed" in info["routes"][0]["stopped"]
 
 
 def test_a_failed_placement_stops_the_other(tmp_path, monkeypatch):
