@@ -89,9 +89,14 @@ def xilinx_resources(cells: dict) -> dict:
     half the RAMB18s), UltraRAMs, and the LUTs used as memory (LUT RAM, SRL) apart."""
     def total(*prefixes):
         return sum(v for k, v in cells.items() if k.startswith(prefixes))
+    # LUTs per LUT-RAM primitive (a RAM32M / RAM64M takes a SLICEM's four LUTs).
+    lutram = {"RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8, "RAM128X1D": 4,
+              "RAM256X1S": 4, "RAM256X1D": 8, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1S": 2}
+    mem = sum(v * lutram.get(k, 1) for k, v in cells.items()
+              if k.startswith(("RAM16", "RAM32", "RAM64", "RAM128", "RAM256", "SRL")))
     return {"lut": total("LUT"), "ff": total("FD"), "dsp": total("DSP48"),
             "bram": total("RAMB36") + (total("RAMB18") + 1) // 2, "uram": total("URAM"),
-            "lutram": total("RAM16", "RAM32", "RAM64", "RAM128", "RAM256", "SRL")}
+            "lutram": mem}
 
 
 def main() -> None:
