@@ -27,6 +27,7 @@ def board_table(name: str, build_dir: Path) -> str:
         data = json.loads(record.read_text())
         cfg = AcceleratorConfig.from_dict(data["config"])
         clock, how = float(data["clock_mhz"]), data["clock_source"]
+        how = "stated, not timed" if how == "stated" else how
         if data.get("build") and (Path(data["build"]) / "build.json").is_file():
             built = json.loads((Path(data["build"]) / "build.json").read_text())
         if data.get("build") and (Path(data["build"]) / "synth_xilinx.json").is_file():
