@@ -500,6 +500,7 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
             seconds = place_and_route(board, sub, clock_mhz, timeout, say, top=top, seed=seed,
                                       abort=abort, what=f"nextpnr-ecp5 seed {seed}")
         except ToolAborted as exc:
+            say(f"  seed {seed} stopped: {exc.why} (its log stays as nextpnr.seed{seed}.log)")
             return {"seed": seed, "seconds": round(time.monotonic() - start, 1),
                     "stopped": exc.why, "folder": sub}
         first_routed.append(time.monotonic() - start)
@@ -552,9 +553,6 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
                 shutil.rmtree(r["folder"], ignore_errors=True)
             else:
                 _keep_run(work, r["folder"], r["seed"])
-                if "stopped" in r:
-                    say(f"  seed {r['seed']} stopped: {r['stopped']} (log: "
-                        f"nextpnr.seed{r['seed']}.log)")
             records.append({"seed": r["seed"], "estimate_mhz": estimates[r["seed"]],
                             **{key: r[key] for key in ("routed_mhz", "stopped", "seconds")
                                if key in r}})
