@@ -365,6 +365,27 @@ PLACE_POLL = 30.0
 PLACE_JOBS = 2
 
 
+def side_by_side(one: Callable, items: list, jobs: int) -> list:
+    """``one(item, stop)`` for every item, ``jobs`` at a time on threads; the results in
+    ``items``' order.  A failure or an interrupt sets ``stop`` (a :class:`threading.Event`
+    each ``one`` watches, e.g. through its tool's ``abort``) and is raised once the others
+    have returned."""
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
+        futures = [pool.submit(one, item, stop) for item in items]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in futures if f.done() and f.exception()]
+            if failed:
+                raise failed[0]
+            return [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            raise
+
+
 def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds: list[int],
                        timeout: float | None, say: Callable[[str], None],
                        top: str = TOP) -> list[dict]:
@@ -372,13 +393,7 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     the post-placement estimate of :func:`boards.sta.analyze` (nextpnr's own pre-route
     figure), best first: ``[{"seed", "estimate_mhz", "slowest", "placed"}]``.  Written to
     ``placements.json`` (without the netlist paths)."""
-    import threading
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-    # A failed or interrupted placement stops the others (their run_tool's abort) and the
-    # ones not started yet.
-    stop = threading.Event()
-
-    def one(s):
+    def one(s, stop):
         if stop.is_set():
             raise BuildError(f"placement of seed {s} not started: another one failed")
         path = place_only(board, work, clock_mhz, s, timeout, say, top,
@@ -389,17 +404,7 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
         return {"seed": s, "estimate_mhz": round(timing.fmax_mhz, 2), "slowest": slowest,
                 "placed": path}
 
-    with ThreadPoolExecutor(max_workers=min(PLACE_JOBS, len(seeds))) as pool:
-        jobs = [(s, pool.submit(one, s)) for s in seeds]
-        try:
-            wait([job for _, job in jobs], return_when=FIRST_EXCEPTION)
-            failed = [job.exception() for _, job in jobs if job.done() and job.exception()]
-            if failed:
-                raise failed[0]
-            ranked = [job.result() for _, job in jobs]
-        except BaseException:
-            stop.set()
-            raise
+    ranked = side_by_side(one, seeds, PLACE_JOBS)
     ranked.sort(key=lambda r: (-r["estimate_mhz"], r["seed"]))
     (work / "placements.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "placed"} for r in ranked], indent=1))
@@ -430,15 +435,12 @@ def explain_placement(routed: Path, work: Path, say: Callable[[str], None]) -> N
 
 
 
-def _route_seeds(board, work, clock_mhz, seeds, timeout, say, final, estimates=None):
+def _route_seeds(board, work, clock_mhz, seeds, timeout, say, final):
     """Place and route at each of ``seeds`` in turn until one routes, the next while router2
     stops converging (:func:`router2_stalled`, only when there is a next); returns (the
-    seed that routed, nextpnr's seconds).  ``estimates``: seed -> post-placement MHz, for
-    the progress line."""
+    seed that routed, nextpnr's seconds)."""
     for k, seed in enumerate(seeds):
-        known = f" ({estimates[seed]:.2f} MHz estimated after placement)" if estimates else ""
-        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {seed}{known} ... "
-            f"(minutes)")
+        say(f"nextpnr-ecp5 place and route, clk at {clock_mhz:g} MHz, seed {seed} ... (minutes)")
         try:
             t_pnr = place_and_route(board, work, clock_mhz, timeout, say, seed=seed,
                                     abort=router2_stalled if len(seeds) > 1 else None)
@@ -475,21 +477,18 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     time ago.  Returns one record per seed, in ``seeds``' order: ``{"seed", "seconds",
     "routed_mhz", "folder"}`` or ``{"seed", "seconds", "stopped", "folder"}`` (why).  A
     failure or an interrupt stops the others and is raised."""
-    import threading
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-    stop = threading.Event()
     start = time.monotonic()
     first_routed: list[float] = []            # seconds the first finished route took
 
-    def abort(log):
-        if stop.is_set():
-            return "another run failed"
-        if first_routed and time.monotonic() - start > ROUTE_GRACE * first_routed[0]:
-            return (f"another seed routed in {first_routed[0]:.0f} s and this one ran past "
-                    f"{ROUTE_GRACE:g} times that")
-        return router2_stalled(log)
+    def one(seed, stop):
+        def abort(log):
+            if stop.is_set():
+                return "another run failed"
+            if first_routed and time.monotonic() - start > ROUTE_GRACE * first_routed[0]:
+                return (f"another seed routed in {first_routed[0]:.0f} s and this one ran past "
+                        f"{ROUTE_GRACE:g} times that")
+            return router2_stalled(log)
 
-    def one(seed):
         sub = work / f"route.s{seed}"
         sub.mkdir(exist_ok=True)
         try:
@@ -509,17 +508,7 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
         return {"seed": seed, "seconds": round(seconds, 1),
                 "routed_mhz": round(rep.achieved_mhz, 2), "folder": sub}
 
-    with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
-        jobs = [pool.submit(one, s) for s in seeds]
-        try:
-            wait(jobs, return_when=FIRST_EXCEPTION)
-            failed = [job.exception() for job in jobs if job.done() and job.exception()]
-            if failed:
-                raise failed[0]
-            return [job.result() for job in jobs]
-        except BaseException:
-            stop.set()
-            raise
+    return side_by_side(one, seeds, len(seeds))
 
 
 def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
