@@ -298,12 +298,15 @@ class PtfLayerNorm(wiring.Component):
                 finish_claimed.eq(1),
             ]
 
+        # Payload registers (data, row constants, addresses of writes that their valid
+        # enables) are reset-less: nothing reads them without their valid bit or state, which
+        # are reset.  They need no reset net and pack with any neighbour.
         # Stage 1: shifted inputs, registered with their row-memory address.
-        shifted = Signal(data.ArrayLayout(signed(_SHIFTED_BITS), lanes))
+        shifted = Signal(data.ArrayLayout(signed(_SHIFTED_BITS), lanes), reset_less=True)
         shifted_valid = Signal()
-        shifted_first = Signal()
-        shifted_last = Signal()
-        shifted_addr = Signal(range(ROW_SLOTS * depth))
+        shifted_first = Signal(reset_less=True)
+        shifted_last = Signal(reset_less=True)
+        shifted_addr = Signal(range(ROW_SLOTS * depth), reset_less=True)
         for lane in range(lanes):
             x = self.i.payload[8 * lane:8 * lane + 8].as_signed()
             m.d.sync += shifted[lane].eq((x - self.zp_in) << alpha_rd.data[lane])
@@ -320,11 +323,11 @@ class PtfLayerNorm(wiring.Component):
         ]
 
         # Stage 2: lane sums of xs and xs**2.
-        beat_sum = Signal(signed(_SHIFTED_BITS + lane_bits))
-        beat_sum_squares = Signal(unsigned(2 * _SHIFTED_BITS - 2 + lane_bits))
+        beat_sum = Signal(signed(_SHIFTED_BITS + lane_bits), reset_less=True)
+        beat_sum_squares = Signal(unsigned(2 * _SHIFTED_BITS - 2 + lane_bits), reset_less=True)
         beat_valid = Signal()
-        beat_first = Signal()
-        beat_last = Signal()
+        beat_first = Signal(reset_less=True)
+        beat_last = Signal(reset_less=True)
         m.d.sync += [
             beat_sum.eq(sum(shifted[lane] for lane in range(lanes))),
             beat_sum_squares.eq(sum(shifted[lane] * shifted[lane] for lane in range(lanes))),
@@ -334,8 +337,8 @@ class PtfLayerNorm(wiring.Component):
         ]
 
         # Stage 3: row accumulators; the last beat hands the row's sums to the finish stage.
-        row_sum = Signal(signed(_SUM_BITS))
-        row_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS))
+        row_sum = Signal(signed(_SUM_BITS), reset_less=True)
+        row_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS), reset_less=True)
         row_sum_next = Mux(beat_first, 0, row_sum) + beat_sum
         row_sum_squares_next = Mux(beat_first, 0, row_sum_squares) + beat_sum_squares
         with m.If(beat_valid):
@@ -345,22 +348,22 @@ class PtfLayerNorm(wiring.Component):
             ]
 
         # ------------------------------------------------------------------ finish stage
-        fin_sum = Signal(signed(_SUM_BITS))
-        fin_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS))
+        fin_sum = Signal(signed(_SUM_BITS), reset_less=True)
+        fin_sum_squares = Signal(unsigned(_SUM_SQUARES_BITS), reset_less=True)
         # Partial products of V, each one multiplier: with sum xs**2 = h 2**18 + l and
         # S = a 2**12 + b (b unsigned), C sum xs**2 = (C h) 2**18 + C l and
         # S**2 = a**2 2**24 + (a b) 2**13 + b**2.
-        fin_ch = Signal(unsigned(_CHANNEL_BITS + _SUM_SQUARES_BITS - 18))
-        fin_cl = Signal(unsigned(_CHANNEL_BITS + 18))
-        fin_aa = Signal(unsigned(2 * (_SUM_BITS - 12) - 1))
-        fin_ab = Signal(signed(_SUM_BITS))
-        fin_bb = Signal(unsigned(24))
-        fin_var = Signal(unsigned(_VAR_BITS))
-        fin_pairs = Signal(range(_PAIRS + 1))
+        fin_ch = Signal(unsigned(_CHANNEL_BITS + _SUM_SQUARES_BITS - 18), reset_less=True)
+        fin_cl = Signal(unsigned(_CHANNEL_BITS + 18), reset_less=True)
+        fin_aa = Signal(unsigned(2 * (_SUM_BITS - 12) - 1), reset_less=True)
+        fin_ab = Signal(signed(_SUM_BITS), reset_less=True)
+        fin_bb = Signal(unsigned(24), reset_less=True)
+        fin_var = Signal(unsigned(_VAR_BITS), reset_less=True)
+        fin_pairs = Signal(range(_PAIRS + 1), reset_less=True)
         fin_slot = Signal(range(ROW_SLOTS))
-        row_sums = Array(Signal(signed(_SUM_BITS), name=f"row_sum_{slot}")
+        row_sums = Array(Signal(signed(_SUM_BITS), name=f"row_sum_{slot}", reset_less=True)
                          for slot in range(ROW_SLOTS))
-        row_exps = Array(Signal(signed(_EXP_BITS), name=f"row_exp_{slot}")
+        row_exps = Array(Signal(signed(_EXP_BITS), name=f"row_exp_{slot}", reset_less=True)
                          for slot in range(ROW_SLOTS))
 
         # The even normalising shift e = (36 - bit_length(V)) // 2 is 18 - p, with p the number
@@ -433,9 +436,9 @@ class PtfLayerNorm(wiring.Component):
         out_beat = Signal(range(depth))
         out_slot = Signal(range(ROW_SLOTS))
         next_out_slot = Signal(range(ROW_SLOTS))
-        out_factor = Signal(unsigned(_FACTOR_BITS))      # F
-        out_sum = Signal(signed(_SUM_BITS))              # S
-        out_r = Signal(range(_R_BASE + 8))               # r = 20 - e
+        out_factor = Signal(unsigned(_FACTOR_BITS), reset_less=True)      # F
+        out_sum = Signal(signed(_SUM_BITS), reset_less=True)              # S
+        out_r = Signal(range(_R_BASE + 8), reset_less=True)               # r = 20 - e
         # ``out_beat == last_beat``, registered: the compare headed the normalize issue ->
         # divider and square-root handshakes -> square-root start path (placed ULX3S core,
         # 19.6 ns, the slowest endpoints with the softmax's polynomial).
@@ -473,39 +476,43 @@ class PtfLayerNorm(wiring.Component):
 
         # Stage 1 (memory read in flight): the row's constants C F and S F.
         read_valid = Signal()
-        read_cf = Signal(unsigned(_CF_BITS))
-        read_sf = Signal(signed(_SF_BITS))
-        read_r = Signal.like(out_r)
+        read_cf = Signal(unsigned(_CF_BITS), reset_less=True)
+        read_sf = Signal(signed(_SF_BITS), reset_less=True)
+        read_r = Signal.like(out_r, reset_less=True)
         # Stage 1b: the row memory's data and the row's constants registered.
         x_valid = Signal()
-        x_data = Signal.like(row_rd.data)
-        x_cf = Signal.like(read_cf)
-        x_const = Signal(signed(max(_SF_BITS, _R_BASE + 8) + 1))    # 2**(r-1) - S F
-        x_r = Signal.like(out_r)
-        x_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        x_data = Signal.like(row_rd.data, reset_less=True)
+        x_cf = Signal.like(read_cf, reset_less=True)
+        x_const = Signal(signed(max(_SF_BITS, _R_BASE + 8) + 1),     # 2**(r-1) - S F
+                         reset_less=True)
+        x_r = Signal.like(out_r, reset_less=True)
+        x_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes), reset_less=True)
         # Stage 2a: the partial products xs (C F)[:17] and xs (C F)[17:].
         pp_valid = Signal()
-        pp_lo = Signal(data.ArrayLayout(signed(_SHIFTED_BITS + _CF_SPLIT + 1), lanes))
-        pp_hi = Signal(data.ArrayLayout(signed(_SHIFTED_BITS + _CF_BITS - _CF_SPLIT + 1), lanes))
-        pp_const = Signal.like(x_const)
-        pp_r = Signal.like(out_r)
-        pp_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        pp_lo = Signal(data.ArrayLayout(signed(_SHIFTED_BITS + _CF_SPLIT + 1), lanes),
+                       reset_less=True)
+        pp_hi = Signal(data.ArrayLayout(signed(_SHIFTED_BITS + _CF_BITS - _CF_SPLIT + 1), lanes),
+                       reset_less=True)
+        pp_const = Signal.like(x_const, reset_less=True)
+        pp_r = Signal.like(out_r, reset_less=True)
+        pp_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes), reset_less=True)
         # Stage 2: p1 = xs C F - S F + 2**(r-1), and the channels' affine parameters.
         p1_valid = Signal()
-        p1 = Signal(data.ArrayLayout(signed(_P1_BITS), lanes))
-        p1_r = Signal.like(out_r)
-        p1_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        p1 = Signal(data.ArrayLayout(signed(_P1_BITS), lanes), reset_less=True)
+        p1_r = Signal.like(out_r, reset_less=True)
+        p1_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes), reset_less=True)
         # Stage 3: n = p1 >> r.
         norm_valid = Signal()
-        norm = Signal(data.ArrayLayout(signed(_NORM_BITS), lanes))
-        norm_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        norm = Signal(data.ArrayLayout(signed(_NORM_BITS), lanes), reset_less=True)
+        norm_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes), reset_less=True)
         # Stage 4: n * mult.
         prod_valid = Signal()
-        prod = Signal(data.ArrayLayout(signed(_AFFINE_BITS), lanes))
-        prod_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes))
+        prod = Signal(data.ArrayLayout(signed(_AFFINE_BITS), lanes), reset_less=True)
+        prod_params = Signal(data.ArrayLayout(_REQUANT_PARAMS, lanes), reset_less=True)
         # Stage 5: (n * mult >> (shift - frac)) + offset + rounding, before the final shift.
         sum_valid = Signal()
-        summed_regs = [Signal(signed(max(_AFFINE_BITS, 32) + 2), name=f"summed_{lane}")
+        summed_regs = [Signal(signed(max(_AFFINE_BITS, 32) + 2), name=f"summed_{lane}",
+                              reset_less=True)
                        for lane in range(lanes)]
         half = (Const(1, 1) << (read_r - 1).as_unsigned()[:len(read_r)])[:_R_BASE + 8]
         with m.If(advance):

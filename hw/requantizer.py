@@ -225,47 +225,52 @@ class Requantizer(wiring.Component):
         m.submodules.out_buffer = out_buffer = SyncFIFO(width=OUT_BITS * lanes,
                                                         depth=OUTPUT_BUFFER)
 
+        # The valid bits are reset; the payload registers are not (nothing reads them
+        # without their valid), so they need no reset net and pack with any neighbour.
         def stage(name, shape):
-            return [Signal(shape, name=f"{name}_{lane}") for lane in range(lanes)]
+            return [Signal(shape, name=f"{name}_{lane}", reset_less=True) for lane in range(lanes)]
+
+        def flag():
+            return Signal(reset_less=True)
 
         # Stage 1: the accepted beat waits for its records.
         s1_valid = Signal()
         s1_acc = stage("s1_acc", signed(ACC_BITS))
-        s1_int16 = Signal()
-        s1_per_tensor = Signal()
+        s1_int16 = flag()
+        s1_per_tensor = flag()
         # Stage 1b: the records registered.
         s1b_valid = Signal()
         s1b_acc = stage("s1b_acc", signed(ACC_BITS))
-        s1b_records = Signal.like(record_read.data)
-        s1b_int16 = Signal()
-        s1b_per_tensor = Signal()
+        s1b_records = Signal.like(record_read.data, reset_less=True)
+        s1b_int16 = flag()
+        s1b_per_tensor = flag()
         # Stage 2: bias added.
         s2_valid = Signal()
         s2_biased = stage("s2_biased", signed(_BIASED_BITS))
         s2_record = stage("s2_record", REQUANT_RECORD)
-        s2_int16 = Signal()
+        s2_int16 = flag()
         # Stage 3: multiplied; the rounding term 2**(shift-1) (0 for shift 0) decoded.
         s3_valid = Signal()
         s3_product = stage("s3_product", signed(_PRODUCT_BITS))
         s3_half = stage("s3_half", unsigned(_SHIFT_CLIP))
         s3_shift = stage("s3_shift", range(_SHIFT_CLIP + 1))
         s3_offset = stage("s3_offset", signed(ACC_BITS))
-        s3_int16 = Signal()
+        s3_int16 = flag()
         # Stage 4: rounding term added (round half up).
         s4_valid = Signal()
         s4_rounding = stage("s4_rounding", signed(_ROUNDED_BITS))
         s4_shift = stage("s4_shift", range(_SHIFT_CLIP + 1))
         s4_offset = stage("s4_offset", signed(ACC_BITS))
-        s4_int16 = Signal()
+        s4_int16 = flag()
         # Stage 5: arithmetic shift.
         s5_valid = Signal()
         s5_rounded = stage("s5_rounded", signed(_ROUNDED_BITS))
         s5_offset = stage("s5_offset", signed(ACC_BITS))
-        s5_int16 = Signal()
+        s5_int16 = flag()
         # Stage 6: offset added.
         s6_valid = Signal()
         s6_sum = stage("s6_sum", signed(_ROUNDED_BITS + 1))
-        s6_int16 = Signal()
+        s6_int16 = flag()
         # Stage 7 (the output register, or the buffer behind it): clamped.
         out_lanes = stage("out", signed(OUT_BITS))
 
@@ -320,7 +325,7 @@ class Requantizer(wiring.Component):
         # clamped beat directly.  A consumer that never stalls never uses the buffer.  The
         # credits keep the buffer from overflowing (its w_rdy is never low when written).
         head_valid = Signal()
-        head = Signal(OUT_BITS * lanes)
+        head = Signal(OUT_BITS * lanes, reset_less=True)
         load = Signal()
         m.d.comb += [
             load.eq(~head_valid | self.o.ready),

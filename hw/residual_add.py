@@ -200,16 +200,18 @@ class ResidualAdd(wiring.Component):
         m.d.comb += [read.addr.eq(row_beat), read.en.eq(advance)]
 
         for lane in range(lanes):
-            a1 = Signal(signed(8), name=f"a1_{lane}")
-            b1 = Signal(signed(8), name=f"b1_{lane}")
-            a2 = Signal(signed(9), name=f"a2_{lane}")
-            b2 = Signal(signed(9), name=f"b2_{lane}")
-            params2 = Signal(CHANNEL_PARAMS_LAYOUT, name=f"params2_{lane}")
-            prod_a = Signal(signed(PRODUCT_BITS), name=f"prod_a_{lane}")
-            prod_b = Signal(signed(PRODUCT_BITS), name=f"prod_b_{lane}")
-            shift2 = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift2_{lane}")
-            shifted = Signal(signed(SUM_BITS), name=f"shifted_{lane}")
-            rounds = Signal(name=f"rounds_{lane}")
+            # The lanes' pipeline registers are reset-less (only ``valid`` is reset): they
+            # need no reset net and pack with any neighbour.
+            a1 = Signal(signed(8), name=f"a1_{lane}", reset_less=True)
+            b1 = Signal(signed(8), name=f"b1_{lane}", reset_less=True)
+            a2 = Signal(signed(9), name=f"a2_{lane}", reset_less=True)
+            b2 = Signal(signed(9), name=f"b2_{lane}", reset_less=True)
+            params2 = Signal(CHANNEL_PARAMS_LAYOUT, name=f"params2_{lane}", reset_less=True)
+            prod_a = Signal(signed(PRODUCT_BITS), name=f"prod_a_{lane}", reset_less=True)
+            prod_b = Signal(signed(PRODUCT_BITS), name=f"prod_b_{lane}", reset_less=True)
+            shift2 = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift2_{lane}", reset_less=True)
+            shifted = Signal(signed(SUM_BITS), name=f"shifted_{lane}", reset_less=True)
+            rounds = Signal(name=f"rounds_{lane}", reset_less=True)
             shift_less_one = Signal(unsigned(STORED_SHIFT_BITS), name=f"shift_less_one_{lane}")
             total = Signal(signed(SUM_BITS), name=f"total_{lane}")
             rounded = Signal(signed(SUM_BITS + 1), name=f"rounded_{lane}")

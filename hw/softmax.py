@@ -153,6 +153,24 @@ def _bit_length(m: Module, value, width: int, name: str):
     return length
 
 
+class _Stage:
+    """A pipeline register: ``valid`` is reset, the payload fields are reset-less.
+
+    Nothing reads a payload field without its ``valid`` (or a bank state set after the
+    fields were written), so the payload needs no reset; left out of the reset, its
+    flip-flops need no reset net (on the placed core the engine reset reached 8,700
+    flip-flops across the die) and pack with any neighbour.  Fields are read and assigned
+    as on a struct view: ``stage.valid``, ``stage.x[lane]``.
+    """
+
+    def __init__(self, name: str, fields: dict):
+        self.valid = Signal(name=f"{name}_valid")
+        self._payload = Signal(data.StructLayout(fields), name=name, reset_less=True)
+
+    def __getattr__(self, field):
+        return getattr(self._payload, field)
+
+
 def _pick(m: Module, bank, banks, name: str):
     """A signal equal to ``banks[bank]`` for a one-bit ``bank``."""
     picked = Signal(banks[0].shape(), name=name)
@@ -319,11 +337,15 @@ class LisSoftmax(wiring.Component):
             "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS),
         })
-        score_rows = [Signal(score_row_layout, name=f"score_row_{b}") for b in range(2)]
+        # A bank's row fields are written before its flags (score_full, score_maxed,
+        # exp_state) let anything read them: they are reset-less, the flags are reset.
+        score_rows = [Signal(score_row_layout, name=f"score_row_{b}", reset_less=True)
+                      for b in range(2)]
         score_full = [Signal(name=f"score_full_{b}") for b in range(2)]
         # The bank's row max is written (FILL_MAX_DELAY cycles after score_full).
         score_maxed = [Signal(name=f"score_maxed_{b}") for b in range(2)]
-        exp_rows = [Signal(exp_row_layout, name=f"exp_row_{b}") for b in range(2)]
+        exp_rows = [Signal(exp_row_layout, name=f"exp_row_{b}", reset_less=True)
+                    for b in range(2)]
         exp_state = [Signal(_BankState, name=f"exp_state_{b}") for b in range(2)]
 
         def state_of(bank):
@@ -356,10 +378,10 @@ class LisSoftmax(wiring.Component):
         # The row max is pipelined (FILL_MAX_DELAY cycles after a row's last accepted beat):
         # the masked beat is registered, the lanes are reduced by a tree with a register
         # after each of its stages, and the running row max is one compare a cycle.
-        masked = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "bank": 1,
+        masked = _Stage("masked", {
+            "first": 1, "last": 1, "bank": 1,
             "x": data.ArrayLayout(signed(SCORE_BITS), lanes),
-        }))
+        })
         m.d.sync += [masked.valid.eq(accept), masked.first.eq(fill_first),
                      masked.last.eq(fill_last), masked.bank.eq(fill_bank)]
         for lane in range(lanes):
@@ -373,10 +395,11 @@ class LisSoftmax(wiring.Component):
             for level in range(levels):
                 candidates = [wire(signed(SCORE_BITS), Mux(a > b, a, b), f"max_s{stage}_{level}_{n}")
                               for n, (a, b) in enumerate(zip(candidates[::2], candidates[1::2]))]
-            regs = [Signal(signed(SCORE_BITS), name=f"max_r{stage}_{n}")
+            regs = [Signal(signed(SCORE_BITS), name=f"max_r{stage}_{n}", reset_less=True)
                     for n in range(len(candidates))]
             m.d.sync += [r.eq(c) for r, c in zip(regs, candidates)]
-            new_flags = {k: Signal(name=f"max_r{stage}_{k}") for k in flags}
+            new_flags = {k: Signal(name=f"max_r{stage}_{k}", reset_less=k != "valid")
+                         for k in flags}
             m.d.sync += [new_flags[k].eq(v) for k, v in flags.items()]
             candidates, flags = regs, new_flags
         beat_max = candidates[0]
@@ -444,11 +467,11 @@ class LisSoftmax(wiring.Component):
                 ]
 
         # Stage "read": the score word arrives from memory; the row's parameters travel along.
-        read_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+        read_stage = _Stage("read_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
             "max": signed(SCORE_BITS), "frac_bits": self.frac_bits.shape(),
             "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
-        }))
+        })
         m.d.sync += [
             read_stage.valid.eq(exp_issue), read_stage.last.eq(exp_last),
             read_stage.bank.eq(exp_bank), read_stage.beat.eq(exp_beat),
@@ -459,12 +482,12 @@ class LisSoftmax(wiring.Component):
 
         # Stage "load": the score word registered (the block RAM's output is slow), the row's
         # parameters along with it.
-        load_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+        load_stage = _Stage("load_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
             "max": signed(SCORE_BITS), "frac_bits": self.frac_bits.shape(),
             "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
             "x": unsigned(SCORE_BITS * lanes),
-        }))
+        })
         m.d.sync += [
             load_stage.valid.eq(read_stage.valid), load_stage.last.eq(read_stage.last),
             load_stage.bank.eq(read_stage.bank), load_stage.beat.eq(read_stage.beat),
@@ -476,12 +499,12 @@ class LisSoftmax(wiring.Component):
 
         # Stage "split": x - max = -(q * 2**frac_bits + r_mag), clipped at -(15 << frac_bits).
         mag_shape = unsigned((LIS_EXP_N << MAX_FRAC_BITS).bit_length())
-        split_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+        split_stage = _Stage("split_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
             "b_int": self.b_int.shape(), "c_int": self.c_int.shape(),
             "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
             "r_mag": data.ArrayLayout(unsigned(MAX_FRAC_BITS), lanes),
-        }))
+        })
         clip = Signal(mag_shape)
         m.d.comb += clip.eq(Const(LIS_EXP_N, 4) << load_stage.frac_bits)
         m.d.sync += [
@@ -506,12 +529,12 @@ class LisSoftmax(wiring.Component):
         # Stage "product": r_mag * (b_int - r_mag), registered apart from the subtraction
         # from c_int (subtract, multiply and subtract in one stage was 28 logic levels, the
         # core's slowest path on ECP5 with the LayerNorm's).
-        product_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+        product_stage = _Stage("product_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
             "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
             "c_int": POLY_BITS,
             "product": data.ArrayLayout(unsigned(POLY_BITS), lanes),
-        }))
+        })
         m.d.sync += [
             product_stage.valid.eq(split_stage.valid), product_stage.last.eq(split_stage.last),
             product_stage.bank.eq(split_stage.bank), product_stage.beat.eq(split_stage.beat),
@@ -523,11 +546,11 @@ class LisSoftmax(wiring.Component):
             m.d.sync += product_stage.product[lane].eq(r_mag * (split_stage.b_int - r_mag))
 
         # Stage "poly": (r + b_int) * r + c_int = c_int - r_mag * (b_int - r_mag).
-        poly_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
+        poly_stage = _Stage("poly_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape, "mask": lanes,
             "q": data.ArrayLayout(range(LIS_EXP_N + 1), lanes),
             "poly": data.ArrayLayout(unsigned(POLY_BITS), lanes),
-        }))
+        })
         m.d.sync += [
             poly_stage.valid.eq(product_stage.valid), poly_stage.last.eq(product_stage.last),
             poly_stage.bank.eq(product_stage.bank), poly_stage.beat.eq(product_stage.beat),
@@ -538,10 +561,10 @@ class LisSoftmax(wiring.Component):
                 product_stage.c_int - product_stage.product[lane])
 
         # Stage "exp": e = poly << (15 - q); padding lanes get e = 0.
-        exp_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat": beat_shape,
+        exp_stage = _Stage("exp_stage", {
+            "last": 1, "bank": 1, "beat": beat_shape,
             "e": data.ArrayLayout(unsigned(EXP_BITS), lanes),
-        }))
+        })
         m.d.sync += [
             exp_stage.valid.eq(poly_stage.valid), exp_stage.last.eq(poly_stage.last),
             exp_stage.bank.eq(poly_stage.bank), exp_stage.beat.eq(poly_stage.beat),
@@ -553,8 +576,8 @@ class LisSoftmax(wiring.Component):
 
         # Write e to the exponential buffer; the beat's sum is registered ("sum" stage), then
         # accumulated into the row sum.
-        sum_stage = Signal(data.StructLayout({
-            "valid": 1, "last": 1, "bank": 1, "beat_sum": unsigned(EXP_BITS + lane_bits)}))
+        sum_stage = _Stage("sum_stage", {
+            "last": 1, "bank": 1, "beat_sum": unsigned(EXP_BITS + lane_bits)})
         m.d.sync += [
             sum_stage.valid.eq(exp_stage.valid), sum_stage.last.eq(exp_stage.last),
             sum_stage.bank.eq(exp_stage.bank),
@@ -637,36 +660,36 @@ class LisSoftmax(wiring.Component):
         chunks = -(-INV_MULT_BITS // INV_CHUNK)
         row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
                          "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS)}
-        fetch_stage = Signal(data.StructLayout({"valid": 1, **row_constants}))
-        scale_stage = Signal(data.StructLayout({
-            "valid": 1, **row_constants, "e": data.ArrayLayout(unsigned(EXP_BITS), lanes)}))
-        mult_stage = Signal(data.StructLayout({
-            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+        fetch_stage = _Stage("fetch_stage", {**row_constants})
+        scale_stage = _Stage("scale_stage", {
+            **row_constants, "e": data.ArrayLayout(unsigned(EXP_BITS), lanes)})
+        mult_stage = _Stage("mult_stage", {
+            "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
             "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
             "partial": data.ArrayLayout(data.ArrayLayout(unsigned(EXP_BITS + INV_CHUNK), chunks),
                                         lanes),
-        }))
-        product_stage = Signal(data.StructLayout({
-            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+        })
+        product_stage = _Stage("product_stage", {
+            "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
             "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
             "product": data.ArrayLayout(unsigned(UNIFORM_PRODUCT_BITS), lanes),
-        }))
-        bits_stage = Signal(data.StructLayout({
-            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+        })
+        bits_stage = _Stage("bits_stage", {
+            "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
             "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
             "es_bits": data.ArrayLayout(range(ES_BITS + 1), lanes),
             "prob": data.ArrayLayout(unsigned(OUT_BITS), lanes),
-        }))
-        shift_stage = Signal(data.StructLayout({
-            "valid": 1, "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
+        })
+        shift_stage = _Stage("shift_stage", {
+            "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "zero": lanes, "negative": lanes,
             "diff": data.ArrayLayout(unsigned(LIS_CODE_BITS), lanes),
             "shifted": data.ArrayLayout(unsigned(ES_BITS + (1 << LIS_CODE_BITS) - 1), lanes),
             "prob": data.ArrayLayout(unsigned(OUT_BITS), lanes),
-        }))
+        })
         with m.If(advance):
             m.d.sync += [
                 fetch_stage.valid.eq(drain_issue), fetch_stage.mode.eq(drain_row.mode),
