@@ -8,15 +8,69 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from amaranth import Module, ResetInserter, Signal
+from amaranth.hdl import Value
+from amaranth.lib.wiring import In
 from amaranth.sim import Simulator
 
 
-def run_simulation(dut, *testbenches) -> None:
-    """Simulate ``dut`` with a 1 MHz clock and ``testbenches`` until they all return."""
-    sim = Simulator(dut)
+def run_simulation(dut, *testbenches, scramble: int = 0, seed: int = 0,
+                   ranges: list | None = None) -> None:
+    """Simulate ``dut`` with a 1 MHz clock and ``testbenches`` until they all return.
+
+    With ``scramble`` > 0 the unit first runs ``scramble`` cycles with random values on
+    every input port (valid, payload, parameters and ready alike), then its ``sync`` reset
+    is raised for one cycle with the inputs at 0, as the accelerator's engine reset does at
+    the start of a run; ``testbenches`` start after that (their cycles count from there).
+    ``ranges`` lists ``(port, lo, hi)``: that input's random values are drawn from that
+    range (a row length the unit supports, say), so that work gets far into the unit.
+    The unit must then behave as from power-up: what its reset leaves alone (reset-less
+    payload registers, memories) must not reach an output.
+    """
+    if not scramble:
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        for testbench in testbenches:
+            sim.add_testbench(testbench)
+        sim.run()
+        return
+    clear = Signal()
+    top = Module()
+    top.submodules.dut = ResetInserter(clear)(dut)
+    inputs = [Value.cast(value) for _, member, value in dut.signature.flatten(dut)
+              if member.flow == In]
+    assert inputs, f"{dut!r} has no input ports to scramble"
+    ranges = {id(Value.cast(port)): (lo, hi) for port, lo, hi in ranges or []}
+    rng = random.Random(seed)
+
+    async def scrambler(ctx):
+        for _ in range(scramble):
+            for port in inputs:
+                if id(port) in ranges:
+                    ctx.set(port, rng.randint(*ranges[id(port)]))
+                elif port.shape().signed:
+                    ctx.set(port, rng.randint(-(1 << len(port) - 1), (1 << len(port) - 1) - 1))
+                else:
+                    ctx.set(port, rng.getrandbits(len(port)))
+            await ctx.tick()
+        ctx.set(clear, 1)
+        for port in inputs:
+            ctx.set(port, 0)
+        await ctx.tick()
+        ctx.set(clear, 0)
+
+    def after_scramble(testbench):
+        async def delayed(ctx):
+            for _ in range(scramble + 1):
+                await ctx.tick()
+            await testbench(ctx)
+        return delayed
+
+    sim = Simulator(top)
     sim.add_clock(1e-6)
+    sim.add_testbench(scrambler)
     for testbench in testbenches:
-        sim.add_testbench(testbench)
+        sim.add_testbench(after_scramble(testbench))
     sim.run()
 
 
