@@ -368,11 +368,12 @@ PLACE_JOBS = 2
 def side_by_side(one: Callable, items: list, jobs: int) -> list:
     """``one(item, stop)`` for every item, ``jobs`` at a time on threads; the results in
     ``items``' order.  A failure or an interrupt sets ``stop`` (a :class:`threading.Event`
-    each ``one`` watches, e.g. through its tool's ``abort``) and is raised once the others
-    have returned."""
+    each ``one`` watches, e.g. through its tool's ``abort``; ``stop.why`` says which:
+    "interrupted" or "another one failed") and is raised once the others have returned."""
     import threading
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
     stop = threading.Event()
+    stop.why = "another one failed"
     with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
         futures = [pool.submit(one, item, stop) for item in items]
         try:
@@ -381,7 +382,9 @@ def side_by_side(one: Callable, items: list, jobs: int) -> list:
             if failed:
                 raise failed[0]
             return [f.result() for f in futures]
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                stop.why = "interrupted"
             stop.set()
             raise
 
@@ -395,9 +398,9 @@ def place_seeds_ranked(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     ``placements.json`` (without the netlist paths)."""
     def one(s, stop):
         if stop.is_set():
-            raise BuildError(f"placement of seed {s} not started: another one failed")
+            raise BuildError(f"placement of seed {s} not started: {stop.why}")
         path = place_only(board, work, clock_mhz, s, timeout, say, top,
-                          abort=lambda log: "another placement failed" if stop.is_set() else None)
+                          abort=lambda log: stop.why if stop.is_set() else None)
         timing = analyze(json.loads(path.read_text()))
         slowest = slowest_groups(timing)
         say(f"  seed {s} placed: estimate {timing.fmax_mhz:.2f} MHz")
@@ -483,7 +486,7 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     def one(seed, stop):
         def abort(log):
             if stop.is_set():
-                return "another run failed"
+                return stop.why
             if first_routed and time.monotonic() - start > ROUTE_GRACE * first_routed[0]:
                 return (f"another seed routed in {first_routed[0]:.0f} s and this one ran past "
                         f"{ROUTE_GRACE:g} times that")

@@ -314,6 +314,26 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
     return routed
 
 
+@pytest.mark.parametrize("error, why", [(KeyboardInterrupt, "interrupted"),
+                                        (B.BuildError("broken"), "another one failed")])
+def test_side_by_side_tells_the_others_why_they_stop(error, why):
+    """A failure or an interrupt in one job stops the others, which learn which it was (the
+    build says "stopped: interrupted" on Ctrl-C or kill), and is raised."""
+    seen = []
+
+    def one(item, stop):
+        if item == 0:
+            time.sleep(0.05)
+            raise error
+        assert stop.wait(10), "never stopped"
+        seen.append(stop.why)
+        return item
+
+    with pytest.raises(type(error) if isinstance(error, Exception) else error):
+        B.side_by_side(one, [0, 1], 2)
+    assert seen == [why]
+
+
 def test_build_routes_the_two_best_placements_side_by_side(tmp_path, monkeypatch):
     board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
     routed = _fake_placements(monkeypatch, {3: 40.0, 4: 52.5, 5: 47.0}, stalled_seeds={4})
