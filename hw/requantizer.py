@@ -228,7 +228,8 @@ class Requantizer(wiring.Component):
         # The valid bits are reset; the payload registers are not (nothing reads them
         # without their valid), so they need no reset net and pack with any neighbour.
         def stage(name, shape):
-            return [Signal(shape, name=f"{name}_{lane}", reset_less=True) for lane in range(lanes)]
+            return [Signal(shape, name=f"{name}_{lane}", reset_less=True)
+                    for lane in range(lanes)]
 
         def flag():
             return Signal(reset_less=True)
