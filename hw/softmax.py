@@ -156,11 +156,9 @@ def _bit_length(m: Module, value, width: int, name: str):
 class _Stage:
     """A pipeline register: ``valid`` is reset, the payload fields are reset-less.
 
-    Nothing reads a payload field without its ``valid`` (or a bank state set after the
-    fields were written), so the payload needs no reset; left out of the reset, its
-    flip-flops need no reset net (on the placed core the engine reset reached 8,700
-    flip-flops across the die) and pack with any neighbour.  Fields are read and assigned
-    as on a struct view: ``stage.valid``, ``stage.x[lane]``.
+    Nothing reads a payload field without its ``valid``, so the payload needs no reset
+    (docs/HARDWARE.md, "Resets").  Fields are read and assigned as on a struct view:
+    ``stage.valid``, ``stage.x[lane]``.
     """
 
     def __init__(self, name: str, fields: dict):

@@ -27,50 +27,46 @@ def run_simulation(dut, *testbenches, scramble: int = 0, seed: int = 0,
     The unit must then behave as from power-up: what its reset leaves alone (reset-less
     payload registers, memories) must not reach an output.
     """
-    if not scramble:
-        sim = Simulator(dut)
-        sim.add_clock(1e-6)
-        for testbench in testbenches:
-            sim.add_testbench(testbench)
-        sim.run()
-        return
-    clear = Signal()
-    top = Module()
-    top.submodules.dut = ResetInserter(clear)(dut)
-    inputs = [Value.cast(value) for _, member, value in dut.signature.flatten(dut)
-              if member.flow == In]
-    assert inputs, f"{dut!r} has no input ports to scramble"
-    ranges = {id(Value.cast(port)): (lo, hi) for port, lo, hi in ranges or []}
-    rng = random.Random(seed)
+    top, start = dut, []
+    if scramble:
+        clear = Signal()
+        top = Module()
+        top.submodules.dut = ResetInserter(clear)(dut)
+        inputs = [Value.cast(value) for _, member, value in dut.signature.flatten(dut)
+                  if member.flow == In]
+        assert inputs, f"{dut!r} has no input ports to scramble"
+        bounds = {id(Value.cast(port)): (lo, hi) for port, lo, hi in ranges or []}
+        rng = random.Random(seed)
 
-    async def scrambler(ctx):
-        for _ in range(scramble):
+        async def scrambler(ctx):
+            for _ in range(scramble):
+                for port in inputs:
+                    if id(port) in bounds:
+                        ctx.set(port, rng.randint(*bounds[id(port)]))
+                    elif port.shape().signed:
+                        ctx.set(port, rng.randint(-(1 << len(port) - 1), (1 << len(port) - 1) - 1))
+                    else:
+                        ctx.set(port, rng.getrandbits(len(port)))
+                await ctx.tick()
+            ctx.set(clear, 1)
             for port in inputs:
-                if id(port) in ranges:
-                    ctx.set(port, rng.randint(*ranges[id(port)]))
-                elif port.shape().signed:
-                    ctx.set(port, rng.randint(-(1 << len(port) - 1), (1 << len(port) - 1) - 1))
-                else:
-                    ctx.set(port, rng.getrandbits(len(port)))
+                ctx.set(port, 0)
             await ctx.tick()
-        ctx.set(clear, 1)
-        for port in inputs:
-            ctx.set(port, 0)
-        await ctx.tick()
-        ctx.set(clear, 0)
+            ctx.set(clear, 0)
+
+        start = [scrambler]
 
     def after_scramble(testbench):
         async def delayed(ctx):
-            for _ in range(scramble + 1):
+            for _ in range(scramble + 1 if scramble else 0):
                 await ctx.tick()
             await testbench(ctx)
         return delayed
 
     sim = Simulator(top)
     sim.add_clock(1e-6)
-    sim.add_testbench(scrambler)
-    for testbench in testbenches:
-        sim.add_testbench(after_scramble(testbench))
+    for testbench in start + [after_scramble(t) for t in testbenches]:
+        sim.add_testbench(testbench)
     sim.run()
 
 
