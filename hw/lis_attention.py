@@ -183,8 +183,12 @@ class LisAttention(wiring.Component):
         # ------------------------------------------------------------------ stationary v
         # shadow[r][c] takes weight beat r; stationary[r][c] takes the shadow on a tile's
         # first row (reading it before any same-cycle weight write).
-        shadow = [[Signal(signed(8), name=f"shadow_{r}_{c}") for c in range(n)] for r in range(n)]
-        stationary = [[Signal(signed(8), name=f"v_{r}_{c}") for c in range(n)] for r in range(n)]
+        # These, the codes and the adder trees are reset-less: only the tile control and the
+        # valid flags take the reset (docs/HARDWARE.md, "Resets").
+        shadow = [[Signal(signed(8), name=f"shadow_{r}_{c}", reset_less=True) for c in range(n)]
+                  for r in range(n)]
+        stationary = [[Signal(signed(8), name=f"v_{r}_{c}", reset_less=True) for c in range(n)]
+                      for r in range(n)]
         beat = self.weights.payload.data
         for r in range(n):
             with m.If(accept_weight & (weight_row == r)):
@@ -193,9 +197,9 @@ class LisAttention(wiring.Component):
             m.d.sync += [stationary[r][c].eq(shadow[r][c]) for r in range(n) for c in range(n)]
 
         # ------------------------------------------------------------------ stage A: codes
-        codes = [Signal(LIS_CODE_BITS, name=f"code_{r}") for r in range(n)]
+        codes = [Signal(LIS_CODE_BITS, name=f"code_{r}", reset_less=True) for r in range(n)]
         valid = Signal(name="valid_codes")
-        last = Signal(name="last_codes")
+        last = Signal(name="last_codes", reset_less=True)
         m.d.sync += [code.eq(self.activations.payload.data[8 * r:8 * r + LIS_CODE_BITS])
                      for r, code in enumerate(codes)]
         m.d.sync += [valid.eq(accept_act), last.eq(self.activations.payload.last)]
@@ -225,13 +229,13 @@ class LisAttention(wiring.Component):
             for c in range(n):
                 sums = []
                 for q in range(len(terms[c]) // 2):
-                    s = Signal(signed(width), name=f"sum_l{level}_{q}_{c}")
+                    s = Signal(signed(width), name=f"sum_l{level}_{q}_{c}", reset_less=True)
                     m.d.sync += s.eq(terms[c][2 * q] + terms[c][2 * q + 1])
                     sums.append(s)
                 nxt.append(sums)
             terms = nxt
             d_valid = Signal(name=f"valid_l{level}")
-            d_last = Signal(name=f"last_l{level}")
+            d_last = Signal(name=f"last_l{level}", reset_less=True)
             m.d.sync += [d_valid.eq(valid), d_last.eq(last)]
             valid, last = d_valid, d_last
             level += 1

@@ -144,8 +144,10 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        shadow = Signal(signed(8))
-        stationary = Signal(signed(8))
+        # Data registers are reset-less (a tile's first row overwrites them on its way
+        # through); the swap flag that travels with the operands takes the reset.
+        shadow = Signal(signed(8), reset_less=True)
+        stationary = Signal(signed(8), reset_less=True)
         current = Signal(signed(8))
         m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
         m.d.sync += stationary.eq(current)
@@ -158,11 +160,20 @@ class ProcessingElement(wiring.Component):
         else:
             m.d.comb += term.eq(self.act_in.value * current)
 
-        product = Signal(signed(PRODUCT_BITS))
+        product = Signal(signed(PRODUCT_BITS), reset_less=True)
+        act_value = Signal(signed(9), reset_less=True)
+        act_swap = Signal()
+        psum = Signal(signed(self._psum_width), reset_less=True)
         m.d.sync += [
-            self.act_out.eq(self.act_in),
+            act_value.eq(self.act_in.value),
+            act_swap.eq(self.act_in.swap),
             product.eq(term),
-            self.psum_out.eq(self.psum_in + product),
+            psum.eq(self.psum_in + product),
+        ]
+        m.d.comb += [
+            self.act_out.value.eq(act_value),
+            self.act_out.swap.eq(act_swap),
+            self.psum_out.eq(psum),
         ]
         return m
 
@@ -230,28 +241,36 @@ class PackedPair(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        shadow = Signal(signed(PACKED_WEIGHT_BITS))
-        stationary = Signal(signed(PACKED_WEIGHT_BITS))
+        # Reset-less data registers, reset swap flags, as in ProcessingElement.
+        shadow = Signal(signed(PACKED_WEIGHT_BITS), reset_less=True)
+        stationary = Signal(signed(PACKED_WEIGHT_BITS), reset_less=True)
         current = Signal(signed(PACKED_WEIGHT_BITS))
         m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
         m.d.sync += stationary.eq(current)
         with m.If(self.weight_write):
             m.d.sync += shadow.eq(pack_weights(self.weight_1, self.weight_0))
 
-        packed = Signal(signed(PACKED_WEIGHT_BITS + 9))
-        act_mid = Signal(STREAM_OPERAND)
+        packed = Signal(signed(PACKED_WEIGHT_BITS + 9), reset_less=True)
+        values = [Signal(signed(9), name=f"act_value_{k}", reset_less=True) for k in range(2)]
+        swaps = [Signal(name=f"act_swap_{k}") for k in range(2)]
         m.d.sync += [
             packed.eq(self.act_in.value * current),
-            act_mid.eq(self.act_in),
-            self.act_out.eq(act_mid),
+            values[0].eq(self.act_in.value),
+            swaps[0].eq(self.act_in.swap),
+            values[1].eq(values[0]),
+            swaps[1].eq(swaps[0]),
         ]
+        m.d.comb += [self.act_out.value.eq(values[1]), self.act_out.swap.eq(swaps[1])]
         hi, lo = split_packed_product(packed)
         lo_term = Signal(signed(PRODUCT_BITS))
-        hi_term = Signal(signed(PRODUCT_BITS))
+        hi_term = Signal(signed(PRODUCT_BITS), reset_less=True)
+        psums = [Signal(signed(self._psum_width), name=f"psum_{k}", reset_less=True)
+                 for k in range(2)]
         m.d.comb += lo_term.eq(lo)
         m.d.sync += [
             hi_term.eq(hi),
-            self.psum_out_0.eq(self.psum_in_0 + lo_term),
-            self.psum_out_1.eq(self.psum_in_1 + hi_term),
+            psums[0].eq(self.psum_in_0 + lo_term),
+            psums[1].eq(self.psum_in_1 + hi_term),
         ]
+        m.d.comb += [self.psum_out_0.eq(psums[0]), self.psum_out_1.eq(psums[1])]
         return m

@@ -203,19 +203,25 @@ class SystolicArray(wiring.Component):
         # ------------------------------------------------------------------ input skews
         # Streaming rows: one register stage converting bytes to PE operands, then row r
         # delayed r more cycles.  A row accepted in cycle t meets PE (r, c) in t + 1 + r + c.
+        # The operand values, like every data register of the array, are reset-less: only
+        # the flags (swap, weight writes, valid) take the reset (docs/HARDWARE.md, "Resets").
         tile_mode = Mux(first_row, shadow_mode, active_mode)
         operands = []
         for r in range(rows):
             byte = self.activations.payload.data[8 * r:8 * r + 8]
-            operand = Signal(STREAM_OPERAND, name=f"operand_{r}")
+            value = Signal(signed(9), name=f"operand_{r}_value", reset_less=True)
+            swap = Signal(name=f"operand_{r}_swap")
             m.d.sync += [
-                operand.value.eq(Mux(tile_mode == StreamMode.INT8, byte.as_signed(), byte)),
-                operand.swap.eq(first_row),
+                value.eq(Mux(tile_mode == StreamMode.INT8, byte.as_signed(), byte)),
+                swap.eq(first_row),
             ]
             for stage in range(r):
-                delayed = Signal(STREAM_OPERAND, name=f"operand_{r}_skew_{stage}")
-                m.d.sync += delayed.eq(operand)
-                operand = delayed
+                d_value = Signal(signed(9), name=f"operand_{r}_value_skew_{stage}", reset_less=True)
+                d_swap = Signal(name=f"operand_{r}_swap_skew_{stage}")
+                m.d.sync += [d_value.eq(value), d_swap.eq(swap)]
+                value, swap = d_value, d_swap
+            operand = Signal(STREAM_OPERAND, name=f"operand_{r}")
+            m.d.comb += [operand.value.eq(value), operand.swap.eq(swap)]
             operands.append(operand)
 
         # Weight rows: one register stage, then column c delayed c more cycles, so a beat
@@ -229,8 +235,8 @@ class SystolicArray(wiring.Component):
         weight_writes = []
         for c in range(cols):
             write = Signal(name=f"weight_write_{c}")
-            row = Signal(range(rows), name=f"weight_row_{c}")
-            value = Signal(signed(8), name=f"weight_{c}")
+            row = Signal(range(rows), name=f"weight_row_{c}", reset_less=True)
+            value = Signal(signed(8), name=f"weight_{c}", reset_less=True)
             m.d.sync += [
                 write.eq(accept_weight),
                 row.eq(weight_row),
@@ -238,8 +244,8 @@ class SystolicArray(wiring.Component):
             ]
             for stage in range(c - 1 if packed and c < dsp_cols and c % 2 else c):
                 d_write = Signal(name=f"weight_write_{c}_skew_{stage}")
-                d_row = Signal(range(rows), name=f"weight_row_{c}_skew_{stage}")
-                d_value = Signal(signed(8), name=f"weight_{c}_skew_{stage}")
+                d_row = Signal(range(rows), name=f"weight_row_{c}_skew_{stage}", reset_less=True)
+                d_value = Signal(signed(8), name=f"weight_{c}_skew_{stage}", reset_less=True)
                 m.d.sync += [d_write.eq(write), d_row.eq(row), d_value.eq(value)]
                 write, row, value = d_write, d_row, d_value
             weight_writes.append((write, row, value))
@@ -284,7 +290,8 @@ class SystolicArray(wiring.Component):
         for c in range(cols):
             column = psums[c]
             for stage in range(cols - 1 - c):
-                delayed = Signal(signed(width), name=f"result_{c}_deskew_{stage}")
+                delayed = Signal(signed(width), name=f"result_{c}_deskew_{stage}",
+                                 reset_less=True)
                 m.d.sync += delayed.eq(column)
                 column = delayed
             m.d.comb += self.results.payload.data[RESULT_BITS * c:RESULT_BITS * (c + 1)].eq(column)
@@ -293,7 +300,7 @@ class SystolicArray(wiring.Component):
         valid, last = accept_act, self.activations.payload.last
         for stage in range(rows + cols + 1):
             d_valid = Signal(name=f"valid_delay_{stage}")
-            d_last = Signal(name=f"last_delay_{stage}")
+            d_last = Signal(name=f"last_delay_{stage}", reset_less=True)
             m.d.sync += [d_valid.eq(valid), d_last.eq(last)]
             valid, last = d_valid, d_last
         m.d.comb += [

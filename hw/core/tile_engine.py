@@ -292,19 +292,19 @@ class TileEngine(wiring.Component):
         ]
 
         # Registered fields (rows are memory rows of the regions, steps rows per stride).
-        p_m = Signal(16)
-        p_slot_last = Signal(16)           # I - 1, I = max(m, N)
-        p_n_last = Signal(16)              # n_tiles - 1
-        p_k_last = Signal(16)              # k_tiles - 1
-        p_a_row = Signal(24)
-        p_a_step = Signal(16)
-        p_prob = Signal()
-        p_w_step = Signal(16)              # rows between two stationary reads of a tile
-        p_dk = Signal(24)                  # stationary rows from tile (n, k) to (n, k + 1)
-        p_dn = Signal(24)                  # ... from tile (n, 0) to (n + 1, 0)
-        p_out_step = Signal(16)
-        p_transpose = Signal()
-        p_mode = Signal(1)                 # StreamMode
+        p_m = Signal(16, reset_less=True)
+        p_slot_last = Signal(16, reset_less=True)  # I - 1, I = max(m, N)
+        p_n_last = Signal(16, reset_less=True)     # n_tiles - 1
+        p_k_last = Signal(16, reset_less=True)     # k_tiles - 1
+        p_a_row = Signal(24, reset_less=True)
+        p_a_step = Signal(16, reset_less=True)
+        p_prob = Signal(reset_less=True)
+        p_w_step = Signal(16, reset_less=True)     # rows between two stationary reads of a tile
+        p_dk = Signal(24, reset_less=True)         # stationary rows from tile (n, k) to (n, k + 1)
+        p_dn = Signal(24, reset_less=True)         # ... from tile (n, 0) to (n + 1, 0)
+        p_out_step = Signal(16, reset_less=True)
+        p_transpose = Signal(reset_less=True)
+        p_mode = Signal(1, reset_less=True)        # StreamMode
 
         # First rows of the operands in their memories.
         a_first = Signal(24)
@@ -347,14 +347,14 @@ class TileEngine(wiring.Component):
             ]
 
         # ------------------------------------------------------------------ tile sequencer
-        q = Signal(16)                     # cycle within the slot
-        kk = Signal(16)
-        nn = Signal(16)
-        w_row = Signal(24)                 # next stationary row to read
-        t_base = Signal(24)                # first stationary row of the tile
-        n_base = Signal(24)                # first stationary row of tile (n, 0)
-        a_tile = Signal(24)                # first streaming row of the tile (a_row + k)
-        out_tile = Signal(24)              # first output row of the tile (out_row + n)
+        q = Signal(16, reset_less=True)            # cycle within the slot
+        kk = Signal(16, reset_less=True)
+        nn = Signal(16, reset_less=True)
+        w_row = Signal(24, reset_less=True)        # next stationary row to read
+        t_base = Signal(24, reset_less=True)       # first stationary row of the tile
+        n_base = Signal(24, reset_less=True)       # first stationary row of tile (n, 0)
+        a_tile = Signal(24, reset_less=True)       # first streaming row of the tile (a_row + k)
+        out_tile = Signal(24, reset_less=True)     # first output row of the tile (out_row + n)
         # last_k (kk == k_tiles - 1) and last_tile (and nn == n_tiles - 1) are registers,
         # set with kk and nn: ``finishing`` is the engine's ready, which the sequencer's
         # start logic and this engine's own loads wait on (placed ULX3S core: the 16-bit
@@ -455,11 +455,11 @@ class TileEngine(wiring.Component):
         # ------------------------------------------------------------------ streaming rows
         head = data.View(self._ahead_layout(), ahead.r_data)
         s_active = Signal()                # rows 1 .. m-1 of a tile being read
-        s_row = Signal(24)
-        s_step = Signal(16)
-        s_count = Signal(16)               # index of the row read this cycle
-        s_m_last = Signal(16)
-        s_prob = Signal()
+        s_row = Signal(24, reset_less=True)
+        s_step = Signal(16, reset_less=True)
+        s_count = Signal(16, reset_less=True)      # index of the row read this cycle
+        s_m_last = Signal(16, reset_less=True)
+        s_prob = Signal(reset_less=True)
         m.d.comb += [
             ahead.r_en.eq(row_trigger),
             out_fifo.w_data.eq(head.out.as_value()),
@@ -511,7 +511,7 @@ class TileEngine(wiring.Component):
         buf_wr = buffer.write_port()
         tile = data.View(self._out_layout(), out_fifo.r_data)
         r_row = Signal(range(max(cfg.max_tile_rows, 2)))
-        r_out = Signal(24)
+        r_out = Signal(24, reset_less=True)
         out_addr = Signal(24)
         result = unit.results
         m.d.comb += [
@@ -522,12 +522,12 @@ class TileEngine(wiring.Component):
             out_fifo.r_en.eq(result.valid & result.payload.last),
         ]
         x_valid = Signal()
-        x_data = Signal(32 * n)
-        x_first = Signal()
-        x_final = Signal()                 # last k: to the output memory
-        x_retire = Signal()
-        x_out = Signal(24)
-        x_row = Signal.like(r_row)
+        x_data = Signal(32 * n, reset_less=True)
+        x_first = Signal(reset_less=True)
+        x_final = Signal(reset_less=True)          # last k: to the output memory
+        x_retire = Signal(reset_less=True)
+        x_out = Signal(24, reset_less=True)
+        x_row = Signal.like(r_row, reset_less=True)
         m.d.sync += x_valid.eq(result.valid)
         with m.If(result.valid):
             m.d.sync += [
@@ -568,8 +568,8 @@ class TileEngine(wiring.Component):
         (its next tile's first row arrives ``2 I >= 2 N`` cycles after its own).
         """
         n = len(beat) // 8
-        banks = [[[Signal(8, name=f"bank{b}_{x}_{y}") for y in range(n)] for x in range(n)]
-                 for b in range(2)]
+        banks = [[[Signal(8, name=f"bank{b}_{x}_{y}", reset_less=True) for y in range(n)]
+                  for x in range(n)] for b in range(2)]
         bank_transpose = [Signal(name=f"bank{b}_transpose") for b in range(2)]
         bank_mode = [Signal(1, name=f"bank{b}_mode") for b in range(2)]
         fill = Signal()                    # the bank the next memory row goes to
