@@ -15,15 +15,19 @@ from amaranth.sim import Simulator
 
 
 def run_simulation(dut, *testbenches, scramble: int = 0, seed: int = 0,
-                   ranges: list | None = None) -> None:
+                   ranges: list | None = None, draws: list | None = None) -> None:
     """Simulate ``dut`` with a 1 MHz clock and ``testbenches`` until they all return.
 
     With ``scramble`` > 0 the unit first runs ``scramble`` cycles with random values on
     every input port (valid, payload, parameters and ready alike), then its ``sync`` reset
-    is raised for one cycle with the inputs at 0, as the accelerator's engine reset does at
-    the start of a run; ``testbenches`` start after that (their cycles count from there).
+    is raised for one cycle, as the accelerator's engine reset does at the start of a run,
+    with random inputs still (in the core the units upstream are reset in the same cycle,
+    so what they drive then is left over from the previous run); ``testbenches`` start
+    after that (their cycles count from there).
     ``ranges`` lists ``(port, lo, hi)``: that input's random values are drawn from that
-    range (a row length the unit supports, say), so that work gets far into the unit.
+    range (a row length the unit supports, say), so that work gets far into the unit;
+    ``draws`` lists ``(port, draw)``: that input's values are ``draw(rng)`` (a legal
+    instruction word, say).
     The unit must then behave as from power-up: what its reset leaves alone (reset-less
     payload registers, memories) must not reach an output.
     """
@@ -35,31 +39,36 @@ def run_simulation(dut, *testbenches, scramble: int = 0, seed: int = 0,
         inputs = [Value.cast(value) for _, member, value in dut.signature.flatten(dut)
                   if member.flow == In]
         assert inputs, f"{dut!r} has no input ports to scramble"
-        bounds = {id(Value.cast(port)): (lo, hi) for port, lo, hi in ranges or []}
+        bounds = {id(Value.cast(port)): (lambda rng, lo=lo, hi=hi: rng.randint(lo, hi))
+                  for port, lo, hi in ranges or []}
+        bounds.update((id(Value.cast(port)), draw) for port, draw in draws or [])
         rng = random.Random(seed)
 
         async def scrambler(ctx):
-            for _ in range(scramble):
+            for cycle in range(scramble + 1):
                 for port in inputs:
                     if id(port) in bounds:
-                        ctx.set(port, rng.randint(*bounds[id(port)]))
+                        ctx.set(port, bounds[id(port)](rng))
                     elif port.shape().signed:
                         ctx.set(port, rng.randint(-(1 << len(port) - 1), (1 << len(port) - 1) - 1))
                     else:
                         ctx.set(port, rng.getrandbits(len(port)))
+                ctx.set(clear, cycle == scramble)
                 await ctx.tick()
-            ctx.set(clear, 1)
+            ctx.set(clear, 0)
             for port in inputs:
                 ctx.set(port, 0)
-            await ctx.tick()
-            ctx.set(clear, 0)
 
         start = [scrambler]
 
     def after_scramble(testbench):
         async def delayed(ctx):
-            for _ in range(scramble + 1 if scramble else 0):
-                await ctx.tick()
+            if scramble:
+                for _ in range(scramble + 1):
+                    await ctx.tick()
+                # After the scrambler has put the inputs to 0 at this edge, well before the
+                # next one (the clock's period is 1 us).
+                await ctx.delay(1e-9)
             await testbench(ctx)
         return delayed
 

@@ -59,8 +59,10 @@ def random_tile(rng: np.random.Generator, rows: int, cols: int, mode: StreamMode
 
 
 def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap=0.0,
-             out_stall=0.0, seed=0, out_pattern=None, lut_mult_cols=0, dsp_pack=1):
-    """Run ``tiles`` back to back.  Returns ``(results per tile, edges)`` where ``edges`` has
+             out_stall=0.0, seed=0, out_pattern=None, lut_mult_cols=0, dsp_pack=1,
+             scramble=0):
+    """Run ``tiles`` back to back (after ``scramble`` cycles of random inputs and a reset:
+    :func:`run_simulation`).  Returns ``(results per tile, edges)`` where ``edges`` has
     the clock edges of each tile's first weight beat, first streaming row and last result."""
     dut = SystolicArray(config_of(rows, cols, lut_mult_cols, dsp_pack))
     results: list[list[list[int]]] = []
@@ -131,7 +133,7 @@ def simulate(rows: int, cols: int, tiles: list[Tile], *, weight_gap=0.0, act_gap
         ctx.set(dut.results.ready, 1)
         await expect_no_beats(ctx, dut.results, rows + cols + 4, "result beat beyond the last tile")
 
-    run_simulation(dut, weight_driver, act_driver, monitor)
+    run_simulation(dut, weight_driver, act_driver, monitor, scramble=scramble, seed=seed)
     return results, edges
 
 
@@ -184,6 +186,20 @@ def test_long_output_stalls(rows, cols):
     tiles = [random_tile(rng, rows, cols, mode, m)
              for mode, m in ((StreamMode.INT8, 7), (StreamMode.UINT8, 2), (StreamMode.UINT8, 5))]
     check(rows, cols, tiles, out_pattern=lambda edge: (edge // 9) % 3 == 2)
+
+
+@pytest.mark.parametrize("scramble", range(3, 40, 4))
+@pytest.mark.parametrize("lut_mult_cols,dsp_pack", [(0, 1), (0, 2), (2, 1)])
+def test_tiles_after_a_reset_mid_work(lut_mult_cols, dsp_pack, scramble):
+    """Random inputs for ``scramble`` cycles leave weights half loaded, a tile half streamed
+    and partial sums in flight; after the reset (the engine reset of a new run) the tiles
+    come out bit-exact and nothing else does: the reset-less operands, weights, products
+    and partial sums never reach a result."""
+    rng = np.random.default_rng(scramble)
+    tiles = [random_tile(rng, 4, 4, mode, m)
+             for mode, m in ((StreamMode.INT8, 1), (StreamMode.UINT8, 6), (StreamMode.INT8, 4))]
+    check(4, 4, tiles, weight_gap=0.2, act_gap=0.2, out_stall=0.3, seed=scramble,
+          scramble=scramble, lut_mult_cols=lut_mult_cols, dsp_pack=dsp_pack)
 
 
 @pytest.mark.parametrize("rows,cols", SIZES)

@@ -189,10 +189,14 @@ def golden_snapshots(config: AcceleratorConfig, kind: str, spad: np.ndarray,
 
 
 def simulate(config: AcceleratorConfig, kind: str, instrs: list[Instruction],
-             deltas: list[int], spad: np.ndarray, seed: int = 0) -> Run:
+             deltas: list[int], spad: np.ndarray, seed: int = 0, scramble: int = 0) -> Run:
     """Offer ``instrs`` in order: instruction ``i`` from ``max(start[i-1] + 1, start[i-1] +
     busy[i-1] + deltas[i])`` on (instruction 0 from ``deltas[0]``), checking every output
-    word at every retirement, the unit and FIFO handshakes in every cycle."""
+    word at every retirement, the unit and FIFO handshakes in every cycle.  With
+    ``scramble``, random instructions (:func:`random_instruction` with one or two tiles a
+    side, offered at random) run for that many cycles first and the engine is reset
+    (:func:`run_simulation`); the memories are then filled again (their contents are not the
+    engine's state) and the run starts."""
     dut = EngineBench(config, kind)
     engine = dut.engine
     n = config.lanes
@@ -221,6 +225,9 @@ def simulate(config: AcceleratorConfig, kind: str, instrs: list[Instruction],
                         dtype=np.int64).reshape(-1)
 
     async def bench(ctx):
+        if scramble:
+            for r in range(rows):
+                ctx.set(out_memory.data[r], 0)
         for name in {*engine.read_ports.values()}:
             memory = dut.memories[name]
             region = config.regions[name]
@@ -265,7 +272,13 @@ def simulate(config: AcceleratorConfig, kind: str, instrs: list[Instruction],
             cycle += 1
             assert cycle < limit, f"stopped: {len(run.starts)} started, {len(run.retires)} retired"
 
-    run_simulation(dut, bench)
+    def draw_instruction(rng):
+        ins = random_instruction(rng, config, kind, max_tiles=2,
+                                 m=rng.choice([1, 2, n, n + 3]))
+        return int.from_bytes(encode(ins), "little")
+
+    run_simulation(dut, bench, scramble=scramble, seed=seed,
+                   draws=[(dut.instr.payload, draw_instruction)])
     check_timing(run, timings)
     return run
 
@@ -288,14 +301,15 @@ def check_timing(run: Run, timings) -> None:
     assert first_bad is None, f"busy is {run.busy[first_bad]} in cycle {first_bad}, expected {busy[first_bad]}"
 
 
-def check_sequence(n: int, kind: str, seed: int, count: int, config=None, **shape) -> Run:
+def check_sequence(n: int, kind: str, seed: int, count: int, config=None, scramble: int = 0,
+                   **shape) -> Run:
     config = config or config_of(n)
     rng = random.Random(seed)
     instrs = [random_instruction(rng, config, kind, **shape) for _ in range(count)]
     deltas = [rng.choice([0, 0, 0, -3, 1, 2, n - 1, n + 1, 3 * n]) for _ in range(count)]
     deltas[0] = rng.randint(0, 3)
     spad = fill_scratchpad(np.random.default_rng(seed), config, kind)
-    return simulate(config, kind, instrs, deltas, spad, seed)
+    return simulate(config, kind, instrs, deltas, spad, seed, scramble)
 
 
 # ---------------------------------------------------------------------------- tests
@@ -310,6 +324,16 @@ def test_random_sequences(kind, n, seed):
     """Six random instructions (every mode, transposed or not, m below / at / above N,
     strides 0 to wide, either streaming region), offered back to back, early and late."""
     check_sequence(n, kind, seed, count=6)
+
+
+@pytest.mark.parametrize("scramble", range(5, 120, 6))
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_sequences_after_a_reset_mid_work(kind, scramble):
+    """Random instructions run for ``scramble`` cycles (tiles half read, results in flight,
+    some retired, the last one cut short), then the engine reset of a new run: the next
+    instructions start, retire and write exactly as from power-up, so the reset-less
+    instruction fields, tile counters, transpose banks and result registers never leak."""
+    check_sequence(4, kind, scramble, count=3, scramble=scramble)
 
 
 @pytest.mark.parametrize("kind", KIND_NAMES)
