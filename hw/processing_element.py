@@ -118,8 +118,11 @@ class ProcessingElement(wiring.Component):
     LATENCY: 1 cycle for ``act_out``; 2 cycles from an operand to the partial sum that
     holds its product (the product is registered, so a DSP block's product is not in the
     same cycle as the adder; every PE of the array shifts by the same cycle, so the
-    partial sums from above line up).  THROUGHPUT: one streaming operand per cycle.  Every register has the ``sync`` domain's enable, so an enclosing
-    ``EnableInserter`` stalls the PE as a whole.
+    partial sums from above line up).  THROUGHPUT: one streaming operand per cycle.  Every
+    register has the ``sync`` domain's enable, so an enclosing ``EnableInserter`` stalls the
+    PE as a whole.  Only the ``swap`` flag takes the ``sync`` reset; the weights, operand
+    value, product and partial sum are reset-less (the array's valid flags say which
+    results count).
     """
 
     def __init__(self, psum_width: int, lut_multiplier: bool = False):
