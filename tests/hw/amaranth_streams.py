@@ -39,16 +39,16 @@ def run_simulation(dut, *testbenches, scramble: int = 0, seed: int = 0,
         inputs = [Value.cast(value) for _, member, value in dut.signature.flatten(dut)
                   if member.flow == In]
         assert inputs, f"{dut!r} has no input ports to scramble"
-        bounds = {id(Value.cast(port)): (lambda rng, lo=lo, hi=hi: rng.randint(lo, hi))
+        draw_of = {id(Value.cast(port)): (lambda rng, lo=lo, hi=hi: rng.randint(lo, hi))
                   for port, lo, hi in ranges or []}
-        bounds.update((id(Value.cast(port)), draw) for port, draw in draws or [])
+        draw_of.update((id(Value.cast(port)), draw) for port, draw in draws or [])
         rng = random.Random(seed)
 
         async def scrambler(ctx):
             for cycle in range(scramble + 1):
                 for port in inputs:
-                    if id(port) in bounds:
-                        ctx.set(port, bounds[id(port)](rng))
+                    if id(port) in draw_of:
+                        ctx.set(port, draw_of[id(port)](rng))
                     elif port.shape().signed:
                         ctx.set(port, rng.randint(-(1 << len(port) - 1), (1 << len(port) - 1) - 1))
                     else:
