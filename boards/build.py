@@ -171,6 +171,10 @@ def _tool(name: str) -> list[str]:
 #: core's 271,488 arcs: docs/BOARDS.md).
 ROUTER = "router2"
 
+#: nextpnr's placer: ``static`` (the electrostatic placer) rather than ``heap``, nextpnr-ecp5's
+#: default: docs/BOARDS.md ("The placer").
+PLACER = "static"
+
 
 def nextpnr_command() -> list[str]:
     return _tool("nextpnr-ecp5")
@@ -310,10 +314,10 @@ def synthesize(il: Path, workdir: Path, timeout: float | None = None,
 def _nextpnr_base(board: BoardProfile, top: str, clock_mhz: float, seed: int,
                   router: str) -> list[str]:
     """nextpnr-ecp5 on ``<top>.json``, out of context, ``clk`` at ``clock_mhz``, one seed and
-    router; a timing failure is a result, not an error."""
+    router, the placer :data:`PLACER`; a timing failure is a result, not an error."""
     return [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
             "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--seed", str(seed),
-            "--timing-allow-fail", "--router", router]
+            "--timing-allow-fail", "--placer", PLACER, "--router", router]
 
 
 def slowest_groups(timing, count: int = 3) -> list[str]:
