@@ -336,11 +336,73 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
     ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
     (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``); ``what``
     names the run in progress lines and errors."""
+    heat = []
+    if router == "router2":
+        (workdir / HEATMAP_DIR).mkdir(exist_ok=True)
+        heat = ["--router2-heatmap", f"{HEATMAP_DIR}/router2"]
     cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router), "--report", "report.json",
-           "--write", f"{top}_routed.json",
+           "--write", f"{top}_routed.json", *heat,
            *(["--threads", str(threads)] if threads else []), *extra_args]
-    return run_tool(cmd, workdir, workdir / "nextpnr.log", what, timeout, progress,
-                    abort=abort)
+    try:
+        return run_tool(cmd, workdir, workdir / "nextpnr.log", what, timeout, progress,
+                        abort=abort)
+    except ToolAborted as exc:
+        where = congestion_summary(workdir / HEATMAP_DIR)
+        raise ToolAborted(exc.what, f"{exc.why}; {where}" if where else exc.why,
+                          exc.log) from None
+    finally:
+        if heat:
+            _keep_last_heatmap(workdir / HEATMAP_DIR)
+
+
+#: router2's congestion maps (``--router2-heatmap``: by tile, by net and by wire type, one
+#: set per iteration) go to this folder of a run; only the last iteration's set is kept.
+HEATMAP_DIR = "congestion"
+
+_HEATMAP = re.compile(r"_(\d+)\.csv$")
+
+
+def _keep_last_heatmap(folder: Path) -> None:
+    files = [(int(m.group(1)), f) for f in folder.glob("*.csv")
+             if (m := _HEATMAP.search(f.name))]
+    last = max((i for i, _ in files), default=None)
+    for i, f in files:
+        if i != last:
+            f.unlink()
+
+
+def congestion_by_module(folder: Path) -> tuple[int, list[tuple[str, float]]]:
+    """router2's last iteration in ``folder`` (:data:`HEATMAP_DIR`) and the share of its
+    overused wires held by each part of the design, largest first: a net is charged to the
+    module path in its name, at most two levels and no memory-bank indices
+    (``engine_vector.softmax``, ``mem_acc``; ``(top)`` for the core's own nets).  ``(0, [])`` without a map."""
+    maps = [(int(m.group(1)), f) for f in Path(folder).glob("*congestion_by_net_*.csv")
+            if (m := _HEATMAP.search(f.name))]
+    if not maps:
+        return 0, []
+    it, path = max(maps)
+    parts: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        name, _, count = line.rpartition(",")
+        if not name or not count.strip().isdigit():
+            continue
+        levels = [p for p in re.sub(r"\[\d+\]$", "", name).lstrip("\\$").split(".")[:-1]
+                  if not p.isdigit()][:2]
+        key = ".".join(levels) or "(top)"
+        parts[key] = parts.get(key, 0) + int(count)
+    total = sum(parts.values())
+    return it, sorted(((k, v / total) for k, v in parts.items() if total),
+                      key=lambda kv: (-kv[1], kv[0]))
+
+
+def congestion_summary(folder: Path, count: int = 4) -> str:
+    """One line from :func:`congestion_by_module`: where router2's overused wires were at its
+    last iteration ('' without a map)."""
+    it, parts = congestion_by_module(folder)
+    if not parts:
+        return ""
+    return (f"overused wires after iteration {it} by module: "
+            + ", ".join(f"{k} {share:.0%}" for k, share in parts[:count]))
 
 
 def place_only(board: BoardProfile, workdir: Path, clock_mhz: float, seed: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -74,6 +75,12 @@ def test_real_synthesis_and_place_and_route(tmp_path):
     rep = B.parse_report(tmp_path / "report.json", "ulx3s-85f", "LFE5U-85F")
     assert rep.utilization["dsp"][0] == 1 and rep.utilization["ff"][0] >= 32
     assert rep.fmax["clk"]["constraint"] == 100 and rep.achieved_mhz > 20
+    # router2's congestion maps: one set (tile, net, wire type) of its last iteration.
+    maps = sorted(f.name for f in (tmp_path / B.HEATMAP_DIR).iterdir())
+    iters = re.findall(r"iter=(\d+) wires=", (tmp_path / "nextpnr.log").read_text())
+    assert iters and {m.rsplit("_", 1)[1] for m in maps} == {f"{iters[-1]}.csv"}, maps
+    assert any("congestion_by_net" in m for m in maps)
+    assert B.congestion_by_module(tmp_path / B.HEATMAP_DIR)[0] == int(iters[-1])
     # The long-net ranking reads the placement nextpnr wrote: the product leaves the
     # multiplier on placed nets, and no clock or constant net is counted.
     from boards.nets import long_nets
@@ -205,6 +212,50 @@ def test_run_tool_abort_stops_the_tool(tmp_path):
                    every=0.2, abort=lambda log: "enough" if "line 3" in log.read_text() else None)
     assert __import__("time").monotonic() - t0 < 4
     assert "line 99" not in (tmp_path / "a.log").read_text()
+
+
+def _write_maps(folder: Path, nets_by_iteration: dict) -> None:
+    folder.mkdir(exist_ok=True)
+    for it, nets in nets_by_iteration.items():
+        (folder / f"router2_congestion_by_net_{it}.csv").write_text(
+            "".join(f"{name},{n}\n" for name, n in nets))
+        (folder / f"router2_congestion_by_coordinate_{it}.csv").write_text("0,1,\n")
+
+
+def test_congestion_by_module(tmp_path):
+    """The last iteration's by-net map, each net charged to its module path (two levels, no
+    bank index, ``(top)`` for the core's own nets); shares of the overuse, largest first."""
+    _write_maps(tmp_path, {
+        3: [("sequencer.decoder.r_prod[31]", 90)],
+        12: [("sequencer.head_r_3[13]", 6), ("sequencer.decoder.r_prod[31]", 2),
+             ("engine_vector.softmax.scale_stage[2]", 4), ("mem_acc.0.9_DOB7[0]", 4),
+             ("\\$signature__data$187_TRELLIS_FF_DI_Q[1]", 3), ("busy", 1)]})
+    it, parts = B.congestion_by_module(tmp_path)
+    assert it == 12
+    assert parts == [("sequencer", 6 / 20), ("(top)", 4 / 20), ("engine_vector.softmax", 4 / 20),
+                     ("mem_acc", 4 / 20), ("sequencer.decoder", 2 / 20)]   # ties by name
+    line = B.congestion_summary(tmp_path, count=2)
+    assert line == "overused wires after iteration 12 by module: sequencer 30%, (top) 20%"
+    assert B.congestion_by_module(tmp_path / "none") == (0, []) and B.congestion_summary(tmp_path / "none") == ""
+
+
+def test_a_stopped_route_says_where_the_congestion_was(tmp_path, monkeypatch):
+    """router2 stopped by the stall rule: the reason names the congested modules of its last
+    iteration, and only that iteration's maps stay in the run's folder."""
+    def run_tool(cmd, cwd, log, what, timeout, progress=None, abort=None, **kw):
+        assert cmd[cmd.index("--router2-heatmap") + 1] == f"{B.HEATMAP_DIR}/router2"
+        assert cmd[cmd.index("--placer") + 1] == B.PLACER
+        _write_maps(cwd / B.HEATMAP_DIR, {9: [("sequencer.held[3]", 5)],
+                                         10: [("engine_vector.gelu.x[1]", 7)]})
+        raise B.ToolAborted(what, "router2 not converging: no fewer than 500", log)
+
+    monkeypatch.setattr(B, "run_tool", run_tool)
+    with pytest.raises(B.ToolAborted) as exc:
+        B.place_and_route(get_profile("ulx3s-85f"), tmp_path, 125.0, abort=B.router2_stalled)
+    assert exc.value.why == ("router2 not converging: no fewer than 500; overused wires after "
+                             "iteration 10 by module: engine_vector.gelu 100%")
+    assert sorted(f.name for f in (tmp_path / B.HEATMAP_DIR).iterdir()) == [
+        "router2_congestion_by_coordinate_10.csv", "router2_congestion_by_net_10.csv"]
 
 
 def _fake_flow(monkeypatch, stalled_seeds):
