@@ -172,7 +172,7 @@ def _tool(name: str) -> list[str]:
 ROUTER = "router2"
 
 #: nextpnr's placer: ``static`` (the electrostatic placer) rather than ``heap``, nextpnr-ecp5's
-#: default: docs/BOARDS.md ("The placer").
+#: default (docs/BOARDS.md, "Per board": "What made it route: the placer").
 PLACER = "static"
 
 
@@ -338,7 +338,8 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
     names the run in progress lines and errors."""
     heat = []
     if router == "router2":
-        (workdir / HEATMAP_DIR).mkdir(exist_ok=True)
+        shutil.rmtree(workdir / HEATMAP_DIR, ignore_errors=True)   # no earlier run's maps
+        (workdir / HEATMAP_DIR).mkdir()
         heat = ["--router2-heatmap", f"{HEATMAP_DIR}/router2"]
     cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router), "--report", "report.json",
            "--write", f"{top}_routed.json", *heat,
@@ -375,7 +376,8 @@ def congestion_by_module(folder: Path) -> tuple[int, list[tuple[str, float]]]:
     """router2's last iteration in ``folder`` (:data:`HEATMAP_DIR`) and the share of its
     overused wires held by each part of the design, largest first: a net is charged to the
     module path in its name, at most two levels and no memory-bank indices
-    (``engine_vector.softmax``, ``mem_acc``; ``(top)`` for the core's own nets).  ``(0, [])`` without a map."""
+    (``engine_vector.softmax``, ``mem_acc``; ``(top)`` for the core's own nets).
+    ``(0, [])`` without a map."""
     maps = [(int(m.group(1)), f) for f in Path(folder).glob("*congestion_by_net_*.csv")
             if (m := _HEATMAP.search(f.name))]
     if not maps:
@@ -519,6 +521,7 @@ def _route_seeds(board, work, clock_mhz, seeds, timeout, say, final):
             # renamed to ``<folder>.failed``).
             kept = work / f"nextpnr.seed{seed}.log"
             os.replace(exc.log, kept)
+            _keep_maps(work, work, seed)
             if k == len(seeds) - 1:
                 failed = final.with_name(final.name + ".failed")
                 raise BuildError(f"{exc.what} stopped: {exc.why}; tried seeds "
@@ -605,8 +608,8 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
                    default=None)
         for r in runs:
             if r is best:
-                for name in ("report.json", "nextpnr.log", f"{TOP}_routed.json"):
-                    if (r["folder"] / name).is_file():
+                for name in ("report.json", "nextpnr.log", f"{TOP}_routed.json", HEATMAP_DIR):
+                    if (r["folder"] / name).exists():
                         os.replace(r["folder"] / name, work / name)
                 shutil.rmtree(r["folder"], ignore_errors=True)
             else:
@@ -627,13 +630,22 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
 
 
 def _keep_run(work: Path, folder: Path, seed: int) -> None:
-    """A side-by-side run that is not kept: its log and report stay in ``work`` under its
-    seed, the rest (its netlists) goes."""
+    """A side-by-side run that is not kept: its log, report and congestion maps stay in
+    ``work`` under its seed, the rest (its netlists) goes."""
     for name, kept in (("nextpnr.log", f"nextpnr.seed{seed}.log"),
                        ("report.json", f"report.seed{seed}.json")):
         if (folder / name).is_file():
             os.replace(folder / name, work / kept)
+    _keep_maps(work, folder, seed)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _keep_maps(work: Path, folder: Path, seed: int) -> None:
+    """A run that is not kept keeps its congestion maps as ``work/congestion.seed<N>``."""
+    if (folder / HEATMAP_DIR).is_dir():
+        kept = work / f"{HEATMAP_DIR}.seed{seed}"
+        shutil.rmtree(kept, ignore_errors=True)
+        os.replace(folder / HEATMAP_DIR, kept)
 
 
 def _route_best_placement(board, work, clock_mhz, seeds, timeout, say, final):

@@ -236,7 +236,8 @@ def test_congestion_by_module(tmp_path):
                      ("mem_acc", 4 / 20), ("sequencer.decoder", 2 / 20)]   # ties by name
     line = B.congestion_summary(tmp_path, count=2)
     assert line == "overused wires after iteration 12 by module: sequencer 30%, (top) 20%"
-    assert B.congestion_by_module(tmp_path / "none") == (0, []) and B.congestion_summary(tmp_path / "none") == ""
+    assert B.congestion_by_module(tmp_path / "none") == (0, [])
+    assert B.congestion_summary(tmp_path / "none") == ""
 
 
 def test_a_stopped_route_says_where_the_congestion_was(tmp_path, monkeypatch):
@@ -272,6 +273,7 @@ def _fake_flow(monkeypatch, stalled_seeds):
     def pnr(board, work, clock, timeout, say, seed=1, abort=None, **kw):
         seeds.append(seed)
         (work / "nextpnr.log").write_text(f"seed {seed}")
+        _write_maps(work / B.HEATMAP_DIR, {seed: [(f"seed{seed}.x", 1)]})
         if seed in stalled_seeds:
             assert abort is B.router2_stalled
             raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
@@ -291,6 +293,10 @@ def test_build_retries_the_next_seed_when_router2_stalls(tmp_path, monkeypatch):
                              progress=lines.append)
     assert seeds == [1, 2, 3] and json.loads((path / "build.json").read_text())["seed"] == 3
     assert (path / "nextpnr.seed1.log").read_text() == "seed 1"
+    # Each stopped seed's congestion maps stay under its seed, the routed one's as they are.
+    assert [B.congestion_by_module(path / d)[1] for d in
+            ("congestion.seed1", "congestion.seed2", "congestion")] == \
+        [[("seed1", 1.0)], [("seed2", 1.0)], [("seed3", 1.0)]]
     assert any("trying seed 2" in ln for ln in lines)
     # The retry's message names the log where it now is.
     retry = next(ln for ln in lines if "trying seed 2" in ln)
@@ -342,6 +348,7 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         assert not list(work.parent.glob("placed.s*.json"))
         routed.add(seed)
         (work / "nextpnr.log").write_text(f"route {seed}")
+        _write_maps(work / B.HEATMAP_DIR, {seed: [(f"seed{seed}.x", 1)]})
         if seed in stalled_seeds:
             raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
         if seed in slow_seeds:
@@ -402,6 +409,8 @@ def test_build_routes_the_two_best_placements_side_by_side(tmp_path, monkeypatch
         [(4, True, False), (5, False, True)]
     assert (path / "nextpnr.seed4.log").read_text() == "route 4"
     assert (path / "nextpnr.log").read_text() == "route 5"
+    assert B.congestion_by_module(path / "congestion")[1] == [("seed5", 1.0)]
+    assert B.congestion_by_module(path / "congestion.seed4")[1] == [("seed4", 1.0)]
     assert not list(path.glob("placed.s*.json")) and not list(path.glob("route.s*"))
     assert any("seed 4 stopped" in ln for ln in lines)
     assert rep.achieved_mhz > 0
