@@ -17,8 +17,9 @@ Each unit's folder also gets the build's placement diagnostics (``nets.json``,
 printed from there is the result.
 
 ``--router``, ``--threads``, ``--seed`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
-``--nextpnr-arg=--placer=static``) are for experiments on the whole core's routability
-(docs/BOARDS.md, "The full core").
+``--nextpnr-arg=--placer=heap`` for nextpnr-ecp5's default placer instead of the flow's
+electrostatic one, :data:`boards.build.PLACER`) are for experiments on the whole core's
+routability (docs/BOARDS.md, "The full core").
 """
 from __future__ import annotations
 
