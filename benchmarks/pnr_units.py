@@ -16,10 +16,10 @@ Each unit's folder also gets the build's placement diagnostics (``nets.json``,
 ``--nextpnr-arg=--no-route`` (placement only, minutes for the whole core) the estimate
 printed from there is the result.
 
-``--router``, ``--threads``, ``--seed`` and ``--nextpnr-arg ARG`` (repeatable, e.g.
-``--nextpnr-arg=--placer=heap`` for nextpnr-ecp5's default placer instead of the flow's
-electrostatic one, :data:`boards.build.PLACER`) are for experiments on the whole core's
-routability (docs/BOARDS.md, "The full core").
+``--router``, ``--placer`` (nextpnr-ecp5's default ``heap``, as the numbers in
+docs/BOARDS.md, or the build flow's :data:`boards.build.PLACER`), ``--threads``, ``--seed``
+and ``--nextpnr-arg ARG`` (repeatable, e.g. ``--nextpnr-arg=--router2-alt-weights``) are
+for experiments on the whole core's routability (docs/BOARDS.md, "The full core").
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from amaranth.back import rtlil  # noqa: E402
 
-from boards.build import (explain_placement, parse_report, place_and_route,  # noqa: E402
+from boards.build import (PLACER, explain_placement, parse_report, place_and_route,  # noqa: E402
                           synthesize)
 from boards.profiles import get_profile  # noqa: E402
 from hw.config import load_config  # noqa: E402
@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--freq", type=float, default=125.0)
     ap.add_argument("--out", type=Path, default=Path("build/units"))
+    ap.add_argument("--placer", default="heap", choices=("heap", "static", "sa"),
+                    help=f"nextpnr's placer: heap (nextpnr-ecp5's default, as every number in "
+                         f"docs/BOARDS.md made with this script) or {PLACER} (the build flow's)")
     ap.add_argument("--router", default="router1", choices=("router1", "router2"),
                     help="router1 (nextpnr-ecp5's default, as the unit numbers in docs/BOARDS.md) or router2")
     ap.add_argument("--threads", type=int, default=1)
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         say = (lambda line: print(line, flush=True)) if args.progress else None
         cells, t_syn = synthesize(work / "top.il", work, top="top", progress=say)
         t_pnr = place_and_route(board, work, args.freq, None, say, top="top", seed=args.seed,
-                                router=args.router, threads=args.threads,
+                                router=args.router, threads=args.threads, placer=args.placer,
                                 extra_args=tuple(args.nextpnr_arg))
         # Every endpoint's post-placement timing and the long nets (boards.sta, boards.nets):
         # with ``--nextpnr-arg=--no-route`` the report has no Fmax, this estimate is all.

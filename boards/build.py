@@ -312,12 +312,12 @@ def synthesize(il: Path, workdir: Path, timeout: float | None = None,
 
 
 def _nextpnr_base(board: BoardProfile, top: str, clock_mhz: float, seed: int,
-                  router: str) -> list[str]:
-    """nextpnr-ecp5 on ``<top>.json``, out of context, ``clk`` at ``clock_mhz``, one seed and
-    router, the placer :data:`PLACER`; a timing failure is a result, not an error."""
+                  router: str, placer: str = PLACER) -> list[str]:
+    """nextpnr-ecp5 on ``<top>.json``, out of context, ``clk`` at ``clock_mhz``, one seed,
+    router and placer; a timing failure is a result, not an error."""
     return [*nextpnr_command(), *board.nextpnr_args, "--json", f"{top}.json",
             "--out-of-context", "--freq", f"{float(clock_mhz):g}", "--seed", str(seed),
-            "--timing-allow-fail", "--placer", PLACER, "--router", router]
+            "--timing-allow-fail", "--placer", placer, "--router", router]
 
 
 def slowest_groups(timing, count: int = 3) -> list[str]:
@@ -330,10 +330,11 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
                     timeout: float | None = None, progress: Callable[[str], None] | None = None,
                     top: str = TOP, seed: int = 1, router: str = ROUTER,
                     threads: int | None = None, extra_args: tuple[str, ...] = (),
+                    placer: str = PLACER,
                     abort: Callable[[Path], str | None] | None = None,
                     what: str = "nextpnr-ecp5") -> float:
     """nextpnr-ecp5, out of context, ``clk`` constrained to ``clock_mhz``; writes
-    ``report.json`` and ``<top>_routed.json``.  ``router``, ``threads`` and ``extra_args``
+    ``report.json`` and ``<top>_routed.json``.  ``router``, ``placer``, ``threads`` and ``extra_args``
     (more nextpnr options) are for experiments (``benchmarks/pnr_units.py``); ``what``
     names the run in progress lines and errors."""
     heat = []
@@ -341,7 +342,7 @@ def place_and_route(board: BoardProfile, workdir: Path, clock_mhz: float,
         shutil.rmtree(workdir / HEATMAP_DIR, ignore_errors=True)   # no earlier run's maps
         (workdir / HEATMAP_DIR).mkdir()
         heat = ["--router2-heatmap", f"{HEATMAP_DIR}/router2"]
-    cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router), "--report", "report.json",
+    cmd = [*_nextpnr_base(board, top, clock_mhz, seed, router, placer), "--report", "report.json",
            "--write", f"{top}_routed.json", *heat,
            *(["--threads", str(threads)] if threads else []), *extra_args]
     try:
