@@ -364,9 +364,14 @@ HEATMAP_DIR = "congestion"
 _HEATMAP = re.compile(r"_(\d+)\.csv$")
 
 
+def _heatmaps(folder: Path, pattern: str = "*.csv") -> list[tuple[int, Path]]:
+    """router2's maps in ``folder`` matching ``pattern``, each with its iteration."""
+    return [(int(m.group(1)), f) for f in Path(folder).glob(pattern)
+            if (m := _HEATMAP.search(f.name))]
+
+
 def _keep_last_heatmap(folder: Path) -> None:
-    files = [(int(m.group(1)), f) for f in folder.glob("*.csv")
-             if (m := _HEATMAP.search(f.name))]
+    files = _heatmaps(folder)
     last = max((i for i, _ in files), default=None)
     for i, f in files:
         if i != last:
@@ -379,8 +384,7 @@ def congestion_by_module(folder: Path) -> tuple[int, list[tuple[str, float]]]:
     module path in its name, at most two levels and no memory-bank indices
     (``engine_vector.softmax``, ``mem_acc``; ``(top)`` for the core's own nets).
     ``(0, [])`` without a map."""
-    maps = [(int(m.group(1)), f) for f in Path(folder).glob("*congestion_by_net_*.csv")
-            if (m := _HEATMAP.search(f.name))]
+    maps = _heatmaps(folder, "*congestion_by_net_*.csv")
     if not maps:
         return 0, []
     it, path = max(maps)
@@ -394,8 +398,9 @@ def congestion_by_module(folder: Path) -> tuple[int, list[tuple[str, float]]]:
         key = ".".join(levels) or "(top)"
         parts[key] = parts.get(key, 0) + int(count)
     total = sum(parts.values())
-    return it, sorted(((k, v / total) for k, v in parts.items() if total),
-                      key=lambda kv: (-kv[1], kv[0]))
+    if not total:
+        return it, []
+    return it, sorted(((k, v / total) for k, v in parts.items()), key=lambda kv: (-kv[1], kv[0]))
 
 
 def congestion_summary(folder: Path, count: int = 4) -> str:
