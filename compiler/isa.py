@@ -43,7 +43,7 @@ from sw import intops
 __all__ = [
     "INSTR_BYTES", "INSTR_BITS", "HEADER_BITS", "NQ", "RECORD_WORDS", "Queue", "Opcode", "Mem",
     "MatMode", "OutType", "SoftmaxMode", "ErrorCode", "Field", "Access", "Timing", "Violation",
-    "OpSpec", "Rule", "Pattern", "sel", "OPCODE_BITS",
+    "OpSpec", "Rule", "Pattern", "sel", "OPCODE_BITS", "MEMORIES", "row_elements",
     "SPECS", "FORMATS", "QUEUE_OF", "Instruction", "IllegalInstructionError", "ArchState",
     "encode", "decode", "encode_program", "decode_program", "check_halt", "check_instruction",
     "check_access",
@@ -162,6 +162,16 @@ MEMORIES = {"spad": "scratchpad bytes", "acc": "accumulator words", "param": "pa
             "dram": "DRAM bytes"}
 
 
+def row_elements(config, mem: str) -> int:
+    """Elements of memory ``mem`` in one row of its on-chip block RAM (``N`` bytes of the
+    scratchpad, ``N`` words of the accumulator, ``N / 4`` parameter words, at least 1; 1 for
+    DRAM): the unit of the hazard rule (docs/ISA.md, "Hazards").  A block RAM row being
+    written by one port reads undefined on the other in that cycle, so two queues may not
+    share a row at all, not only an element."""
+    n = config.lanes
+    return {"spad": n, "acc": n, "param": max(n // 4, 1), "dram": 1}[mem]
+
+
 class Access:
     """A 2-D pattern of one memory: ``rows`` rows of ``width`` elements from ``addr``, rows
     ``stride`` elements apart (bytes for ``spad`` / ``dram``, 32-bit words for ``acc``);
@@ -186,8 +196,11 @@ class Access:
         return isinstance(other, Access) and all(
             getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
-    def overlaps(self, other: "Access") -> bool:
-        """Whether the two patterns (of the same memory) share an element."""
+    def overlaps(self, other: "Access", unit: int = 1) -> bool:
+        """Whether the two patterns (of the same memory) share an element, or with ``unit``
+        > 1 a block of ``unit`` elements (a memory row: :func:`row_elements`)."""
+        if unit > 1:
+            return self._overlaps_in(other, unit)
         if self.mem != other.mem or self.hi <= other.lo or other.hi <= self.lo:
             return False
         a_flat = self.rows == 1 or self.stride <= self.width
@@ -205,6 +218,20 @@ class Access:
         b0, b1 = other._intervals()
         # An interval of b overlaps some interval of a iff a's first start at or after b's
         # end differs from a's first end after b's start (both lists are sorted).
+        starts = np.searchsorted(a0, b1, side="left")
+        ends = np.searchsorted(a1, b0, side="right")
+        return bool(np.any(starts > ends))
+
+    def _overlaps_in(self, other: "Access", unit: int) -> bool:
+        """:meth:`overlaps` on blocks of ``unit`` elements: every interval of elements widened
+        to whole blocks.  The widened intervals stay sorted (by start and by end, ties
+        allowed), which is all the search below needs."""
+        if (self.mem != other.mem or -(-self.hi // unit) <= other.lo // unit
+                or -(-other.hi // unit) <= self.lo // unit):
+            return False
+        a0, a1 = self._intervals()
+        b0, b1 = other._intervals()
+        a0, a1, b0, b1 = a0 // unit, -(-a1 // unit), b0 // unit, -(-b1 // unit)
         starts = np.searchsorted(a0, b1, side="left")
         ends = np.searchsorted(a1, b0, side="right")
         return bool(np.any(starts > ends))

@@ -10,8 +10,9 @@ it stops with.  The model predicts the RTL's cycle counter exactly at a fixed DR
 with no back-pressure (docs/ACCELERATOR.md).
 
 Hazards.  After scheduling, every pair of instructions of different queues that touch a
-common element of the scratchpad, the accumulator memory or DRAM, at least one of them
-writing it, must be ordered by the schedule: the earlier one in program order retires before
+common row of the scratchpad, the accumulator or the parameter memory (a block RAM row,
+:func:`compiler.isa.row_elements`) or a common byte of DRAM, at least one of them writing
+it, must be ordered by the schedule: the earlier one in program order retires before
 the later one starts.  Anything else (an instruction overlapping, or running ahead of, the
 one that feeds it, or overwriting what another still reads) is a :class:`ProgramError`
 naming both instructions, the memory, the addresses and the cycles: the RTL would compute
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.isa import (MEMORIES, NQ, SPECS, Access, ArchState, ErrorCode, Opcode,
-                          QUEUE_OF, Violation, check_instruction)
+                          QUEUE_OF, Violation, check_instruction, row_elements)
 from compiler.program import ProgramImage
 from hw.config import AcceleratorConfig
 from hw.units import UnitTimings
@@ -113,8 +114,12 @@ def validate(image: ProgramImage, timings: UnitTimings | None = None) -> Plan:
 
 def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np.ndarray) -> None:
     """Raise :class:`ProgramError` for the first pair of instructions of different queues
-    that touch a common element (one of them writing) without the earlier one (in program
-    order) retiring before the later one starts.
+    that touch a common row of an on-chip memory or byte of DRAM (one of them writing)
+    without the earlier one (in program order) retiring before the later one starts.
+    On-chip the unit is a row (:func:`~compiler.isa.row_elements`), not an element: a block
+    RAM row written on one port reads undefined on the other in the same cycle, and the
+    builds declare it so (:func:`hw.core.core.undefined_collisions`); this rule is what
+    makes that safe.
 
     Queues retire in order, so for each instruction ``j`` the earlier instructions of
     another queue still unretired at ``start[j]`` form one run of that queue, found by two
@@ -125,7 +130,9 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
     instrs = image.instructions
     n = len(instrs)
     queue = np.array([-1 if QUEUE_OF[ins.op] is None else int(QUEUE_OF[ins.op]) for ins in instrs])
-    spans = np.array([_spans(acc) for acc in plan.accesses], dtype=np.int64).reshape(n, 16)
+    units = {mem: row_elements(image.config, mem) for mem in _MEM_INDEX}
+    spans = np.array([_spans(acc, units) for acc in plan.accesses],
+                     dtype=np.int64).reshape(n, 16)
     index = np.arange(n)
     pairs_i, pairs_j = [], []
     for q in range(NQ):
@@ -154,47 +161,57 @@ def check_hazards(image: ProgramImage, plan: Plan, start: np.ndarray, retire: np
     pi, pj = pi[meet], pj[meet]
     for k in np.lexsort((pi, pj)):                      # the first hazard in program order
         i, j = int(pi[k]), int(pj[k])
-        clash = _conflict(plan.accesses[i], plan.accesses[j])
+        clash = _conflict(plan.accesses[i], plan.accesses[j], units)
         if clash is not None:
-            raise ProgramError(_hazard_message(image, i, j, *clash, start, retire))
+            raise ProgramError(_hazard_message(image, i, j, *clash, start, retire, units))
 
 
 _MEM_INDEX = {"spad": 0, "acc": 1, "dram": 2, "param": 3}
 _NONE_LO, _NONE_HI = 1 << 62, -1
 
 
-def _spans(accesses: list[Access]) -> list[int]:
-    """Per memory, the bounding span of the writes and of all accesses:
-    ``[w_lo, w_hi, a_lo, a_hi] * 4`` (empty spans for what the instruction does not touch)."""
+def _spans(accesses: list[Access], units: dict[str, int]) -> list[int]:
+    """Per memory, the bounding span of the writes and of all accesses in units of
+    ``units[mem]`` elements: ``[w_lo, w_hi, a_lo, a_hi] * 4`` (empty spans for what the
+    instruction does not touch)."""
     out = [_NONE_LO, _NONE_HI] * 8
     for acc in accesses:
         base = 4 * _MEM_INDEX[acc.mem]
+        u = units[acc.mem]
+        lo, hi = acc.lo // u, -(-acc.hi // u)
         if acc.write:
-            out[base] = min(out[base], acc.lo)
-            out[base + 1] = max(out[base + 1], acc.hi)
-        out[base + 2] = min(out[base + 2], acc.lo)
-        out[base + 3] = max(out[base + 3], acc.hi)
+            out[base] = min(out[base], lo)
+            out[base + 1] = max(out[base + 1], hi)
+        out[base + 2] = min(out[base + 2], lo)
+        out[base + 3] = max(out[base + 3], hi)
     return out
 
 
-def _conflict(earlier: list[Access], later: list[Access]):
+def _conflict(earlier: list[Access], later: list[Access], units: dict[str, int]):
     for a in earlier:
         for b in later:
-            if (a.write or b.write) and a.overlaps(b):
+            if (a.write or b.write) and a.overlaps(b, units[a.mem]):
                 return a, b
     return None
 
 
-def _hazard_message(image, i, j, a: Access, b: Access, start, retire) -> str:
+def _hazard_message(image, i, j, a: Access, b: Access, start, retire, units) -> str:
     ins_i, ins_j = image.instructions[i], image.instructions[j]
     verb = {True: "writes", False: "reads"}
     unit = MEMORIES[a.mem]
     lo, hi = max(a.lo, b.lo), min(a.hi, b.hi)
+    if not a.overlaps(b):
+        # Only rows are shared: the elements within the two patterns' common rows.
+        u = units[a.mem]
+        lo, hi = max(a.lo, b.lo) // u * u, -(-min(a.hi, b.hi) // u) * u
+        shared = f"shared {u}-element memory rows within {lo}..{hi - 1}"
+    else:
+        shared = f"shared elements within {lo}..{hi - 1}"
     when = ("before it starts" if start[j] < start[i] else "while it runs")
     return (f"hazard: {_where(j, ins_j.op)} {verb[b.write]} {unit} {b.lo}..{b.hi - 1} "
             f"({b.what}) from cycle {int(start[j])}, {when}: {_where(i, ins_i.op)} "
             f"{verb[a.write]} {unit} {a.lo}..{a.hi - 1} ({a.what}) in cycles "
-            f"{int(start[i])}..{int(retire[i])} (shared elements within {lo}..{hi - 1}); "
+            f"{int(start[i])}..{int(retire[i])} ({shared}); "
             f"a dependency token between them is missing")
 
 
