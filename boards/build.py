@@ -276,9 +276,53 @@ def _last_line(log: Path, error: bool = False) -> str:
 
 
 def write_rtlil(config: AcceleratorConfig, path: Path) -> None:
+    """The core's RTLIL, its region memories' port collisions declared undefined
+    (:func:`hw.core.core.undefined_collisions`)."""
     from amaranth.back import rtlil
-    from hw.core.core import Core
-    path.write_text(rtlil.convert(Core(config), name=TOP))
+    from hw.core.core import Core, undefined_collisions
+    text = rtlil.convert(Core(config), name=TOP)
+    path.write_text(declare_undefined_collisions(text, undefined_collisions(config), TOP))
+
+
+def declare_undefined_collisions(text: str, memories: list[str], top: str) -> str:
+    """RTLIL ``text`` with every ``$memrd_v2`` read port of the named memories of module
+    ``top`` marked to read undefined data when a write port of the memory writes its
+    address in the same cycle (``COLLISION_X_MASK`` all ones), so that ``synth_ecp5`` maps
+    it to a bare block RAM.  Every named memory must have a read port; otherwise
+    ``ValueError``."""
+    wanted = {f'"\\\\{name}"': name for name in memories}
+    marked: set[str] = set()
+    out: list[str] = []
+    cell: list[str] | None = None
+    module = None
+    for line in text.split("\n"):
+        if cell is None:
+            if line.startswith("module "):
+                module = line.split()[1]
+            if module == f"\\{top}" and line.strip().startswith("cell $memrd_v2 "):
+                cell = [line]
+            else:
+                out.append(line)
+            continue
+        cell.append(line)
+        if line.strip() != "end":
+            continue
+        params = dict(ln.split()[1:3] for ln in cell if ln.strip().startswith("parameter "))
+        memid = params.get("\\MEMID")
+        if memid in wanted:
+            for k, ln in enumerate(cell):
+                words = ln.split()
+                if words[:2] == ["parameter", "\\COLLISION_X_MASK"]:
+                    width = int(words[2].split("'")[0])
+                    cell[k] = ln[:ln.index(words[2])] + f"{width}'" + "1" * width
+            marked.add(memid)
+        out.extend(cell)
+        cell = None
+    missing = sorted(wanted[k] for k in set(wanted) - marked)
+    if missing:
+        raise ValueError(f"no read port found for memories {', '.join(missing)} in module "
+                         f"{top} of the RTLIL")
+    return "\n".join(out)
 
 
 def synth_script(il_name: str, top: str = TOP) -> str:

@@ -29,7 +29,7 @@ from hw.core.sequencer import Sequencer
 from hw.core.tile_engine import TileEngine
 from hw.core.vector_engine import VectorEngine
 
-__all__ = ["Core", "WRITERS", "READERS", "REGISTER_ADDR_BITS"]
+__all__ = ["Core", "WRITERS", "READERS", "REGISTER_ADDR_BITS", "undefined_collisions"]
 
 #: Address bits of the register port.
 REGISTER_ADDR_BITS = 12
@@ -51,6 +51,20 @@ READERS = {
     "attn_acc": (Queue.VECTOR, "attn_acc"), "param": (Queue.VECTOR, "param"),
     "out": (Queue.STORE, "out"), "copy": (Queue.STORE, "copy"),
 }
+
+
+def undefined_collisions(config: AcceleratorConfig) -> list[str]:
+    """The memories (their names in the elaborated core) whose read port may return
+    undefined data in a cycle its write port writes the same row: every region memory.  Its
+    writer and reader are engines of two different queues, and the hazard rule orders every
+    two instructions of different queues that share a row (docs/ISA.md, "Hazards"; the cycle
+    model checks it), so in a program the model accepts the two ports never meet on a row.
+    Amaranth's read port returns the old data on a collision, which a block RAM whose ports
+    collide undefined (the ECP5 DP16KD) can only give with logic around it (Yosys'
+    ``emulate_read_first``: a register of the written data, an address compare and an
+    output mux); the open-flow build declares these collisions undefined instead
+    (:func:`boards.build.declare_undefined_collisions`)."""
+    return [f"mem_{name}" for name in config.regions]
 
 
 class Core(wiring.Component):
