@@ -152,3 +152,33 @@ def test_decoder_matches_isa_table(preset, image, dim):
     # The cases reach every verdict the decoder can give.
     assert set(verdicts) == {ErrorCode.NONE, ErrorCode.ILLEGAL, ErrorCode.NO_HALT,
                              ErrorCode.RANGE, ErrorCode.CONSTRAINT}, verdicts
+
+
+def test_decoder_wide_strides_at_the_dram_end():
+    """Strides of 2**16 and more (the multiplier's high partial product) with the DRAM
+    pattern ending exactly at ``dram_size`` and one stride step past it, for several row
+    counts: the compare must see the whole product."""
+    from compiler.isa import decode
+    cfg = load_config("tiny")
+    program = compile_graph(tiny_vit(image=8, dim=16), cfg)
+    dram_size = (1 << 32) - 4096
+    cases = []
+    for op in (Opcode.LOAD, Opcode.STORE):
+        ins = next(i for i in program.instructions if i.op == op)
+        word = int.from_bytes(encode(ins), "little")
+        for rows in (2, 3, 300, 40_000, 65_535):
+            w = _set_field(word, op, "rows", rows)
+            dec = decode(w.to_bytes(INSTR_BITS // 8, "little"))
+            acc = next(a for a in dec.spec.accesses(cfg, dec.args) if a.mem == "dram")
+            stride = (dram_size - acc.addr - acc.width) // (acc.rows - 1)
+            for s in (stride, stride + 1, stride - 1):
+                if s >= 1 << 16 and s < 1 << 32:
+                    cases.append((_set_field(w, op, "dram_stride", s), False))
+    results = run_decoder(cfg, cases, dram_size)
+    verdicts = []
+    for (word, last), (error, _, _) in zip(cases, results):
+        want, _ = expected(cfg, word, last, dram_size)
+        assert error == want, (f"word {word:#066x}: decoder {ErrorCode(error).name}, "
+                               f"ISA table {ErrorCode(want).name}")
+        verdicts.append(ErrorCode(want))
+    assert ErrorCode.NONE in verdicts and ErrorCode.RANGE in verdicts, verdicts
