@@ -63,7 +63,7 @@ INV_CHUNK = 17
 E_CHUNK = 17
 #: ``es = (e * LIS_SQRT2_Q16) >> 16`` likewise: the constant's bits from ``SQRT2_SPLIT`` up
 #: and below it multiply ``e`` in the "mult" stage (shift-and-add in logic, three or four
-#: terms each), their sum is shifted in the "product" stage (the whole constant product, seven
+#: terms each, in logic: :func:`_shift_add`), their sum is shifted in the "product" stage (the whole constant product, seven
 #: terms in one stage, was the vector engine's slowest path: 14 cell levels).
 SQRT2_SPLIT = 11
 
@@ -725,8 +725,8 @@ class LisSoftmax(wiring.Component):
                 e = scale_stage.e[lane]
                 m.d.sync += [
                     scale_stage.e[lane].eq(e_read.data.word_select(lane, EXP_BITS)),
-                    mult_stage.es_hi[lane].eq(e * sqrt2_hi),
-                    mult_stage.es_lo[lane].eq(e * sqrt2_lo),
+                    mult_stage.es_hi[lane].eq(_shift_add(e, sqrt2_hi)),
+                    mult_stage.es_lo[lane].eq(_shift_add(e, sqrt2_lo)),
                     product_stage.es[lane].eq(((mult_stage.es_hi[lane] << SQRT2_SPLIT)
                                                + mult_stage.es_lo[lane]) >> 16),
                     # e * inv <= 2**48 (e <= sum): the sum of the partials, truncated to
@@ -767,6 +767,14 @@ class LisSoftmax(wiring.Component):
                         Mux(shift_stage.mode == SoftmaxMode.LIS, code, shift_stage.prob[lane])),
                 ]
         return m
+
+
+def _shift_add(value, constant: int):
+    """``value * constant`` as the sum of ``value`` shifted to each set bit of ``constant``
+    (written out, a product by a constant stays in logic: Yosys would give each of the two
+    parts of sqrt2 two MULT18X18Ds)."""
+    terms = [value << k for k in range(constant.bit_length()) if constant >> k & 1]
+    return sum(terms[1:], terms[0]) if terms else Const(0)
 
 
 def length_ok(config: AcceleratorConfig, length):
