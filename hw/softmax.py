@@ -61,11 +61,11 @@ INV_CHUNK = 17
 #: register (a 31 x 17 product is two MULT18X18Ds and a 48-bit adder: on the placed ULX3S
 #: core that was 29 cell levels, the vector engine's second slowest path).
 E_CHUNK = 17
-#: ``es = (e * LIS_SQRT2_Q16) >> 16`` likewise: the constant's bits from ``SQRT2_SPLIT`` up
-#: and below it multiply ``e`` in the "mult" stage (shift-and-add in logic, three or four
-#: terms each, in logic: :func:`_shift_add`), their sum is shifted in the "product" stage (the whole constant product, seven
-#: terms in one stage, was the vector engine's slowest path: 14 cell levels).
-SQRT2_SPLIT = 11
+#: ``es = (e * LIS_SQRT2_Q16) >> 16`` likewise: ``e``'s chunks times the 17-bit constant, one
+#: MULT18X18D each, registered in the "mult" stage and summed in the "product" stage (the
+#: whole product in one stage, two MULT18X18Ds and their adder, was the vector engine's
+#: slowest path: 14 cell levels).  In logic (shift and add) it would cost about 235 LUT4 a
+#: lane; a multiplier block is the cheaper resource on the ECP5 fits.
 
 #: Most compare levels of the row-max tree between two registers.
 MAX_TREE_STAGES = 4
@@ -661,14 +661,13 @@ class LisSoftmax(wiring.Component):
                 m.d.sync += exp_state[bank].eq(_BankState.FREE)
 
         # The drain pipeline, every stage held while the output is refused: "fetch" (the
-        # exponential word arrives), "scale" (e registered), "mult" (e times the two parts
-        # of sqrt2, the partial products e[j] * inv[k]), "product" (es = e * sqrt2 >> 16,
+        # exponential word arrives), "scale" (e registered), "mult" (the partial products
+        # e[j] * sqrt2 and e[j] * inv[k]), "product" (es = e * sqrt2 >> 16,
         # e * inv), "bits" (bit_length(es),
         # the rounded probability), "shift" (diff = sum_bits - bit_length(es), es << diff),
         # then the output register.
         chunks = -(-INV_MULT_BITS // INV_CHUNK)
         e_chunks = -(-EXP_BITS // E_CHUNK)
-        sqrt2_hi, sqrt2_lo = LIS_SQRT2_Q16 >> SQRT2_SPLIT, LIS_SQRT2_Q16 & ((1 << SQRT2_SPLIT) - 1)
         row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
                          "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS)}
         fetch_stage = _Stage("fetch_stage", {**row_constants})
@@ -677,8 +676,8 @@ class LisSoftmax(wiring.Component):
         mult_stage = _Stage("mult_stage", {
             "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
-            "es_hi": data.ArrayLayout(unsigned(EXP_BITS + sqrt2_hi.bit_length()), lanes),
-            "es_lo": data.ArrayLayout(unsigned(EXP_BITS + SQRT2_SPLIT), lanes),
+            "es_part": data.ArrayLayout(data.ArrayLayout(
+                unsigned(E_CHUNK + LIS_SQRT2_Q16.bit_length()), e_chunks), lanes),
             "partial": data.ArrayLayout(data.ArrayLayout(unsigned(E_CHUNK + INV_CHUNK),
                                                          chunks * e_chunks), lanes),
         })
@@ -725,16 +724,17 @@ class LisSoftmax(wiring.Component):
                 e = scale_stage.e[lane]
                 m.d.sync += [
                     scale_stage.e[lane].eq(e_read.data.word_select(lane, EXP_BITS)),
-                    mult_stage.es_hi[lane].eq(_shift_add(e, sqrt2_hi)),
-                    mult_stage.es_lo[lane].eq(_shift_add(e, sqrt2_lo)),
-                    product_stage.es[lane].eq(((mult_stage.es_hi[lane] << SQRT2_SPLIT)
-                                               + mult_stage.es_lo[lane]) >> 16),
+                    product_stage.es[lane].eq(sum(
+                        mult_stage.es_part[lane][j] << (E_CHUNK * j) for j in range(e_chunks)) >> 16),
                     # e * inv <= 2**48 (e <= sum): the sum of the partials, truncated to
                     # UNIFORM_PRODUCT_BITS, is exact (inv's bits from INV_MULT_BITS are 0).
                     product_stage.product[lane].eq(sum(
                         mult_stage.partial[lane][k * e_chunks + j] << (INV_CHUNK * k + E_CHUNK * j)
                         for k in range(chunks) for j in range(e_chunks))),
                 ]
+                for j in range(e_chunks):
+                    m.d.sync += mult_stage.es_part[lane][j].eq(
+                        e[E_CHUNK * j:E_CHUNK * (j + 1)] * LIS_SQRT2_Q16)
                 for k in range(chunks):
                     for j in range(e_chunks):
                         m.d.sync += mult_stage.partial[lane][k * e_chunks + j].eq(
@@ -767,14 +767,6 @@ class LisSoftmax(wiring.Component):
                         Mux(shift_stage.mode == SoftmaxMode.LIS, code, shift_stage.prob[lane])),
                 ]
         return m
-
-
-def _shift_add(value, constant: int):
-    """``value * constant`` as the sum of ``value`` shifted to each set bit of ``constant``
-    (written out, a product by a constant stays in logic: Yosys would give each of the two
-    parts of sqrt2 two MULT18X18Ds)."""
-    terms = [value << k for k in range(constant.bit_length()) if constant >> k & 1]
-    return sum(terms[1:], terms[0]) if terms else Const(0)
 
 
 def length_ok(config: AcceleratorConfig, length):
