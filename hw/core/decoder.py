@@ -19,8 +19,8 @@ Timing: the word is taken in the cycle ``start`` is high; the verdict (``error``
 is valid in the cycle ``valid`` is high, :data:`DECODE_LATENCY` cycles later.  One decode at
 a time (``start`` again once ``valid`` was high, at the earliest in that same cycle).
 Patterns are checked one per cycle through one shared multiplier (``(rows - 1) * stride``),
-in three stages: select the pattern's operands from the word (registered), multiply (two
-registered partial products), add and compare.
+in three stages: select the pattern's operands from the word (registered), multiply
+(registered), compare.
 """
 from __future__ import annotations
 
@@ -167,12 +167,7 @@ class Decoder(wiring.Component):
         sel = Signal(pattern)                           # select (comb)
         s_pat = Signal(pattern)                         # registered select -> multiply
         r_pat = Signal(pattern)                         # registered multiply -> compare
-        # The multiply as two registered 16 x 16 partial products (one MULT18X18D each, no
-        # adder before the register), summed in the compare stage: the 16 x 32 product in
-        # one stage (two multipliers and a 48-bit adder) was the slowest path of the placed
-        # ULX3S core's sequencer.
-        r_prod_lo = Signal(32)
-        r_prod_hi = Signal(32)
+        r_prod = Signal(_HI_BITS)
         k = Signal(range(MAX_PATTERNS + 4))
         m.d.comb += k.eq(step)
         with m.Switch(opcode):
@@ -200,10 +195,7 @@ class Decoder(wiring.Component):
                                     sel.mask.eq(mask), sel.apply.eq(when),
                                     sel.overlap.eq(Const(int(p.write), 1) & (rows > 1) & (stride < width)),
                                 ]
-        m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod_lo.eq(s_pat.a * s_pat.b[:16]),
-                     r_prod_hi.eq(s_pat.a * s_pat.b[16:])]
-        r_prod = Signal(_HI_BITS)
-        m.d.comb += r_prod.eq(r_prod_lo + (r_prod_hi << 16))
+        m.d.sync += [s_pat.eq(sel), r_pat.eq(s_pat), r_prod.eq(s_pat.a * s_pat.b)]
 
         # ``addr + (rows - 1) * stride + width <= end`` is compared as ``product <= end -
         # (addr + width)`` with the right side (signed: negative when even the first row
