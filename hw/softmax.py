@@ -64,8 +64,8 @@ E_CHUNK = 17
 #: ``es = (e * LIS_SQRT2_Q16) >> 16`` likewise: ``e``'s chunks times the 17-bit constant, one
 #: MULT18X18D each, registered in the "mult" stage and summed in the "product" stage (the
 #: whole product in one stage, two MULT18X18Ds and their adder, was the vector engine's
-#: slowest path: 14 cell levels).  In logic (shift and add) it would cost about 235 LUT4 a
-#: lane; a multiplier block is the cheaper resource on the ECP5 fits.
+#: slowest path: 14 cell levels).  In logic (shift and add) it cost 176 more LUT4 a lane (the
+#: unit at N = 4); a multiplier block is the cheaper resource on the ECP5 fits.
 
 #: Most compare levels of the row-max tree between two registers.
 MAX_TREE_STAGES = 4
