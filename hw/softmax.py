@@ -56,16 +56,6 @@ INV_MULT_BITS = max(((1 << UNIFORM_RECIP_BITS) // (lis_exp_constants(f)[1] << LI
 #: MULT18X18Ds and their adders, 58.88 MHz).  17 bits: an unsigned chunk fits a
 #: MULT18X18D's signed 18-bit port.
 INV_CHUNK = 17
-#: ``e`` is split the same way, into ``E_CHUNK``-bit chunks: each partial product is one
-#: MULT18X18D (17 x 17 unsigned), registered, with no adder between the multiplier and the
-#: register (a 31 x 17 product is two MULT18X18Ds and a 48-bit adder: on the placed ULX3S
-#: core that was 29 cell levels, the vector engine's second slowest path).
-E_CHUNK = 17
-#: ``es = (e * LIS_SQRT2_Q16) >> 16`` likewise: ``e``'s chunks times the 17-bit constant, one
-#: MULT18X18D each, registered in the "mult" stage and summed in the "product" stage (the
-#: whole product in one stage, two MULT18X18Ds and their adder, was the vector engine's
-#: slowest path: 14 cell levels).  In logic (shift and add) it cost 176 more LUT4 a lane (the
-#: unit at N = 4); a multiplier block is the cheaper resource on the ECP5 fits.
 
 #: Most compare levels of the row-max tree between two registers.
 MAX_TREE_STAGES = 4
@@ -661,13 +651,11 @@ class LisSoftmax(wiring.Component):
                 m.d.sync += exp_state[bank].eq(_BankState.FREE)
 
         # The drain pipeline, every stage held while the output is refused: "fetch" (the
-        # exponential word arrives), "scale" (e registered), "mult" (the partial products
-        # e[j] * sqrt2 and e[j] * inv[k]), "product" (es = e * sqrt2 >> 16,
-        # e * inv), "bits" (bit_length(es),
+        # exponential word arrives), "scale" (e registered), "mult" (es = e * sqrt2 >> 16
+        # and the partial products e * inv[k]), "product" (e * inv), "bits" (bit_length(es),
         # the rounded probability), "shift" (diff = sum_bits - bit_length(es), es << diff),
         # then the output register.
         chunks = -(-INV_MULT_BITS // INV_CHUNK)
-        e_chunks = -(-EXP_BITS // E_CHUNK)
         row_constants = {"mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
                          "sum_bits": range(SUM_BITS + 1), "inv": unsigned(INV_MULT_BITS)}
         fetch_stage = _Stage("fetch_stage", {**row_constants})
@@ -676,10 +664,9 @@ class LisSoftmax(wiring.Component):
         mult_stage = _Stage("mult_stage", {
             "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
             "sum_bits": range(SUM_BITS + 1),
-            "es_part": data.ArrayLayout(data.ArrayLayout(
-                unsigned(E_CHUNK + LIS_SQRT2_Q16.bit_length()), e_chunks), lanes),
-            "partial": data.ArrayLayout(data.ArrayLayout(unsigned(E_CHUNK + INV_CHUNK),
-                                                         chunks * e_chunks), lanes),
+            "es": data.ArrayLayout(unsigned(ES_BITS), lanes),
+            "partial": data.ArrayLayout(data.ArrayLayout(unsigned(EXP_BITS + INV_CHUNK), chunks),
+                                        lanes),
         })
         product_stage = _Stage("product_stage", {
             "mode": SoftmaxMode, "sum": unsigned(SUM_BITS),
@@ -713,6 +700,7 @@ class LisSoftmax(wiring.Component):
                 mult_stage.sum.eq(scale_stage.sum), mult_stage.sum_bits.eq(scale_stage.sum_bits),
                 product_stage.valid.eq(mult_stage.valid), product_stage.mode.eq(mult_stage.mode),
                 product_stage.sum.eq(mult_stage.sum), product_stage.sum_bits.eq(mult_stage.sum_bits),
+                product_stage.es.eq(mult_stage.es),
                 bits_stage.valid.eq(product_stage.valid), bits_stage.mode.eq(product_stage.mode),
                 bits_stage.sum.eq(product_stage.sum), bits_stage.sum_bits.eq(product_stage.sum_bits),
                 bits_stage.es.eq(product_stage.es),
@@ -724,22 +712,15 @@ class LisSoftmax(wiring.Component):
                 e = scale_stage.e[lane]
                 m.d.sync += [
                     scale_stage.e[lane].eq(e_read.data.word_select(lane, EXP_BITS)),
-                    product_stage.es[lane].eq(sum(
-                        mult_stage.es_part[lane][j] << (E_CHUNK * j) for j in range(e_chunks)) >> 16),
+                    mult_stage.es[lane].eq((e * LIS_SQRT2_Q16) >> 16),
                     # e * inv <= 2**48 (e <= sum): the sum of the partials, truncated to
                     # UNIFORM_PRODUCT_BITS, is exact (inv's bits from INV_MULT_BITS are 0).
                     product_stage.product[lane].eq(sum(
-                        mult_stage.partial[lane][k * e_chunks + j] << (INV_CHUNK * k + E_CHUNK * j)
-                        for k in range(chunks) for j in range(e_chunks))),
+                        mult_stage.partial[lane][k] << (INV_CHUNK * k) for k in range(chunks))),
                 ]
-                for j in range(e_chunks):
-                    m.d.sync += mult_stage.es_part[lane][j].eq(
-                        e[E_CHUNK * j:E_CHUNK * (j + 1)] * LIS_SQRT2_Q16)
                 for k in range(chunks):
-                    for j in range(e_chunks):
-                        m.d.sync += mult_stage.partial[lane][k * e_chunks + j].eq(
-                            e[E_CHUNK * j:E_CHUNK * (j + 1)]
-                            * scale_stage.inv[INV_CHUNK * k:INV_CHUNK * (k + 1)])
+                    m.d.sync += mult_stage.partial[lane][k].eq(
+                        e * scale_stage.inv[INV_CHUNK * k:INV_CHUNK * (k + 1)])
 
         for lane in range(lanes):
             es = product_stage.es[lane]

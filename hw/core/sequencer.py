@@ -167,12 +167,6 @@ class Sequencer(wiring.Component):
         # Semaphores sem[s][d]: tokens from queue s for queue d.
         sem = [[Signal(self.token_bits, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
                for s in range(NQ)]
-        # sem_nz[s][d] == (sem[s][d] != 0), kept in a register of its own beside the count
-        # (set from the count's next value): dispatch reads one flip-flop per semaphore, not a
-        # compare of the count (on the routed ULX3S core the semaphore -> vector queue valid
-        # -> vector engine start path was the critical path of one build).
-        sem_nz = [[Signal(name=f"sem_nz_{s}_{d}") if s != d else None for d in range(NQ)]
-                  for s in range(NQ)]
         head_word = [fifos[q].r_data[:INSTR_BITS] for q in range(NQ)]
         head_index = [fifos[q].r_data[INSTR_BITS:] for q in range(NQ)]
         head_wait = [w[8:8 + NQ] for w in head_word]
@@ -182,7 +176,7 @@ class Sequencer(wiring.Component):
         tokens_ok = Signal(NQ)
         for q in range(NQ):
             eng = self.engine[q]
-            ok = [~head_wait[q][s] | sem_nz[s][q] for s in range(NQ) if s != q]
+            ok = [~head_wait[q][s] | (sem[s][q] != 0) for s in range(NQ) if s != q]
             m.d.comb += [
                 tokens_ok[q].eq(Cat(*ok).all()),
                 eng.instr.payload.eq(head_word[q]),
@@ -231,10 +225,9 @@ class Sequencer(wiring.Component):
                 dec = Signal(name=f"dec_{s}_{d}")
                 m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
                 with m.If(inc & ~dec):
-                    m.d.sync += [sem[s][d].eq(sem[s][d] + 1),
-                                 sem_nz[s][d].eq(sem[s][d] != (1 << self.token_bits) - 1)]
+                    m.d.sync += sem[s][d].eq(sem[s][d] + 1)
                 with m.If(dec & ~inc):
-                    m.d.sync += [sem[s][d].eq(sem[s][d] - 1), sem_nz[s][d].eq(sem[s][d] != 1)]
+                    m.d.sync += sem[s][d].eq(sem[s][d] - 1)
                 full.append(inc & ~dec & (sem[s][d] == (1 << self.token_bits) - 1))
             m.d.sync += ovf_source[s].eq(Cat(*full).any())
         overflow_r = Signal()
@@ -244,7 +237,7 @@ class Sequencer(wiring.Component):
             with m.If(ovf_source[s]):
                 m.d.comb += overflow_index_r.eq(ret_index_r[s])
         tokens_left = Signal()
-        m.d.comb += tokens_left.eq(Cat(*[sem_nz[s][d] for s in range(NQ) for d in range(NQ)
+        m.d.comb += tokens_left.eq(Cat(*[sem[s][d] != 0 for s in range(NQ) for d in range(NQ)
                                          if s != d]).any())
 
         # ------------------------------------------------------------------ instruction memory
@@ -398,7 +391,7 @@ class Sequencer(wiring.Component):
                 for s in range(NQ):
                     for d in range(NQ):
                         if s != d:
-                            m.d.sync += [sem[s][d].eq(0), sem_nz[s][d].eq(0)]
+                            m.d.sync += sem[s][d].eq(0)
         with m.Elif(stopping):
             # Drain: in-flight instructions retire, requested fetch beats arrive.
             with m.If(~in_flight.any() & (~fetching | (r_got == ar_sent))):

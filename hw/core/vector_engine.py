@@ -423,21 +423,7 @@ class VectorEngine(wiring.Component):
             b_next_beat.eq(Mux(b_last, 0, r.b_beat + 1)),
             b_read.eq(is_sm & r.bias_on & (r.b_prime | sm_take)),
         ]
-        # The bias port's address comes from registers only: b_row in the prime cycle (b_beat
-        # is 0 then: the start clears it and only a take moves it), else b_after, the row
-        # of the beat after (b_row, b_beat), computed every cycle from the next (b_row,
-        # b_beat) (b_after is wrong only in the cycle after the start, the prime cycle, or
-        # unused: bias off).  The compares and adders of the next beat in front of the
-        # address were the routed ULX3S core's critical path at seed 1 (beats_m1 -> b_last
-        # -> b_next_row -> the address adder -> vin2), 19.98 ns.
-        b_after = Signal.like(r.b_row)
-        b_row_n = Signal.like(r.b_row)
-        b_beat_n = Signal.like(r.b_beat)
-        m.d.comb += [b_row_n.eq(Mux(sm_take, b_next_row, r.b_row)),
-                     b_beat_n.eq(Mux(sm_take, b_next_beat, r.b_beat))]
-        m.d.sync += b_after.eq(Mux(b_beat_n == r.beats_m1, b_row_n + r.wr_stride,
-                                   b_row_n + b_beat_n + 1))
-        b_addr = Mux(r.b_prime, r.b_row, b_after)
+        b_addr = Mux(r.b_prime, r.b_row + r.b_beat, b_next_row + b_next_beat)
         with m.If(sm_take):
             m.d.sync += [r.b_row.eq(b_next_row), r.b_beat.eq(b_next_beat)]
         with m.If(r.b_prime):
