@@ -200,13 +200,11 @@ def _hazard_message(image, i, j, a: Access, b: Access, start, retire, units) -> 
     verb = {True: "writes", False: "reads"}
     unit = MEMORIES[a.mem]
     lo, hi = max(a.lo, b.lo), min(a.hi, b.hi)
-    if not a.overlaps(b):
-        # Only rows are shared: the elements within the two patterns' common rows.
-        u = units[a.mem]
-        lo, hi = max(a.lo, b.lo) // u * u, -(-min(a.hi, b.hi) // u) * u
-        shared = f"shared {u}-element memory rows within {lo}..{hi - 1}"
-    else:
+    if a.overlaps(b):
         shared = f"shared elements within {lo}..{hi - 1}"
+    else:                               # only rows are shared: widen to whole rows
+        u = units[a.mem]
+        shared = f"shared {u}-element memory rows within {lo // u * u}..{-(-hi // u) * u - 1}"
     when = ("before it starts" if start[j] < start[i] else "while it runs")
     return (f"hazard: {_where(j, ins_j.op)} {verb[b.write]} {unit} {b.lo}..{b.hi - 1} "
             f"({b.what}) from cycle {int(start[j])}, {when}: {_where(i, ins_i.op)} "

@@ -155,7 +155,7 @@ def test_decoder_matches_isa_table(preset, image, dim):
 
 
 def test_decoder_wide_strides_at_the_dram_end():
-    """Strides of 2**16 and more (the multiplier's high partial product) with the DRAM
+    """Strides of 2**16 and more (the product's upper half matters) with the DRAM
     pattern ending exactly at ``dram_size`` and one stride step past it, for several row
     counts: the compare must see the whole product."""
     from compiler.isa import decode
