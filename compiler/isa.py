@@ -198,16 +198,16 @@ class Access:
 
     def overlaps(self, other: "Access", unit: int = 1) -> bool:
         """Whether the two patterns (of the same memory) share an element, or with ``unit``
-        > 1 a block of ``unit`` elements (a memory row: :func:`row_elements`)."""
-        if unit > 1:
-            return self._overlaps_in(other, unit)
-        if self.mem != other.mem or self.hi <= other.lo or other.hi <= self.lo:
+        > 1 a block of ``unit`` elements (a memory row: :func:`row_elements`): every interval
+        of elements widened to whole blocks."""
+        if (self.mem != other.mem or -(-self.hi // unit) <= other.lo // unit
+                or -(-other.hi // unit) <= self.lo // unit):
             return False
         a_flat = self.rows == 1 or self.stride <= self.width
         b_flat = other.rows == 1 or other.stride <= other.width
         if a_flat and b_flat:
             return True                                  # both contiguous spans
-        if self.stride == other.stride and not a_flat and not b_flat:
+        if unit == 1 and self.stride == other.stride and not a_flat and not b_flat:
             # Rows of pitch s: x = a + r s + c = b + t s + d has a solution iff some multiple
             # m s with m = r - t lies strictly between (b - a) - wa and (b - a) + wb.
             s, delta = self.stride, other.addr - self.addr
@@ -216,22 +216,10 @@ class Access:
             return m_lo <= m_hi
         a0, a1 = self._intervals()
         b0, b1 = other._intervals()
-        # An interval of b overlaps some interval of a iff a's first start at or after b's
-        # end differs from a's first end after b's start (both lists are sorted).
-        starts = np.searchsorted(a0, b1, side="left")
-        ends = np.searchsorted(a1, b0, side="right")
-        return bool(np.any(starts > ends))
-
-    def _overlaps_in(self, other: "Access", unit: int) -> bool:
-        """:meth:`overlaps` on blocks of ``unit`` elements: every interval of elements widened
-        to whole blocks.  The widened intervals stay sorted (by start and by end, ties
-        allowed), which is all the search below needs."""
-        if (self.mem != other.mem or -(-self.hi // unit) <= other.lo // unit
-                or -(-other.hi // unit) <= self.lo // unit):
-            return False
-        a0, a1 = self._intervals()
-        b0, b1 = other._intervals()
         a0, a1, b0, b1 = a0 // unit, -(-a1 // unit), b0 // unit, -(-b1 // unit)
+        # An interval of b overlaps some interval of a iff a's first start at or after b's
+        # end differs from a's first end after b's start (both lists sorted; widened to
+        # blocks they stay sorted, with ties, which the search allows).
         starts = np.searchsorted(a0, b1, side="left")
         ends = np.searchsorted(a1, b0, side="right")
         return bool(np.any(starts > ends))
