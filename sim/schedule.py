@@ -2,17 +2,15 @@
 
 :func:`schedule` computes, at instruction granularity, the cycle of every event the
 sequencer's docstring defines: segment fetches, the decoder's verdicts, pushes into the
-queue FIFOs, fills of the dispatch slots, starts, busy ends and retirements, tokens, the
-end of the run and the error it stops with.  The engines' own timing comes from
-:class:`EngineModel` objects (one per queue, :mod:`sim.engines`), each the counterpart of
-an RTL engine.
+queue FIFOs, starts, busy ends and retirements, tokens, the end of the run and the error it
+stops with.  The engines' own timing comes from :class:`EngineModel` objects (one per queue,
+:mod:`sim.engines`), each the counterpart of an RTL engine.
 
 Every quantity is a lower bound computed from events already known (a push needs a FIFO
-slot, i.e. an earlier fill; a fill needs its push, its tokens, i.e. earlier retirements,
-and the slot, i.e. the previous start; a start needs its fill and its engine), and the
-engines share no resource, so the schedule is found by repeatedly dispatching and starting
-whatever is computable, in any order, until nothing is: either the program has ended, or
-it has stopped at an error, or it is deadlocked.
+slot, i.e. an earlier start; a start needs its push, its engine and its tokens, i.e. earlier
+retirements), and the engines share no resource, so the schedule is found by repeatedly
+dispatching and starting whatever is computable, in any order, until nothing is: either the
+program has ended, or it has stopped at an error, or it is deadlocked.
 """
 from __future__ import annotations
 
@@ -80,9 +78,6 @@ class Schedule:
     error: tuple[ErrorCode, int, str] | None = None
     #: Instructions in the order they started.
     order: list[int] = field(default_factory=list)
-    #: Per instruction: the cycle it moved from its queue's FIFO into the dispatch slot
-    #: (its tokens taken).
-    fill: np.ndarray | None = None
 
 
 def fetch_timing(config: AcceleratorConfig, instructions: int, request: int) -> int:
@@ -107,7 +102,6 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
     L = DECODE_LATENCY
     verdict = np.full(n, -1, np.int64)
     push = np.full(n, -1, np.int64)
-    fill = np.full(n, -1, np.int64)
     start = np.full(n, -1, np.int64)
     busy_end = np.full(n, -1, np.int64)
     retire = np.full(n, -1, np.int64)
@@ -173,9 +167,9 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
             t = v
             if len(members[q]) >= QUEUE_DEPTH:
                 j = members[q][len(members[q]) - QUEUE_DEPTH]
-                if fill[j] < 0:
-                    break                                  # FIFO full until j leaves it
-                t = max(t, int(fill[j]) + 1)
+                if start[j] < 0:
+                    break                                  # FIFO full until j starts
+                t = max(t, int(start[j]) + 1)
             push[i] = t
             members[q].append(i)
             nxt += 1
@@ -191,11 +185,10 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
             while head[q] < len(mq):
                 i = mq[head[q]]
                 ins = decoded[i]
-                # The fill: the head moves into the dispatch slot (taking its tokens) once
-                # it is in the FIFO, its tokens are there and the slot is free (the previous
-                # instruction starts in that cycle or before); the start follows a cycle
-                # later at the earliest.
-                f, fwhy = int(push[i]) + 1, CAUSE_DISPATCH
+                ready = engines[q].earliest()
+                t, why = ready, -1
+                if push[i] + 1 > t:
+                    t, why = int(push[i]) + 1, CAUSE_DISPATCH
                 blocked = False
                 for s in range(NQ):
                     if (ins.wait >> s) & 1:
@@ -203,16 +196,10 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
                         if not tokens:
                             blocked = True
                             break
-                        if tokens[0] > f:
-                            f, fwhy = tokens[0], s
+                        if tokens[0] > t:
+                            t, why = tokens[0], s
                 if blocked:
                     break
-                if head[q] > 0:
-                    f = max(f, int(start[mq[head[q] - 1]]))
-                ready = engines[q].earliest()
-                t, why = ready, -1
-                if f + 1 > t:
-                    t, why = f + 1, fwhy
                 if head[q] >= MAX_IN_FLIGHT:
                     k = mq[head[q] - MAX_IN_FLIGHT]
                     if retire[k] + 1 > t:
@@ -224,7 +211,7 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
                 if not (b > t and r > t and r > last_retire[q]):
                     raise AssertionError(f"engine {Queue(q).name}: instruction {i} started at {t} "
                                          f"gives busy end {b}, retire {r} (after {last_retire[q]})")
-                fill[i], start[i], busy_end[i], retire[i] = f, t, b, r
+                start[i], busy_end[i], retire[i] = t, b, r
                 wait[i], cause[i] = t - ready, why
                 busy[q] += r - max(t, last_retire[q] + 1) + 1
                 last_retire[q] = r
@@ -240,7 +227,7 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
 
     error = None
     cycles = None
-    overflow = _first_overflow(members, decoded, fill, retire, produced)
+    overflow = _first_overflow(members, decoded, start, retire, produced)
     if stop is not None:
         error = stop[:3]
         # The RTL finds an overflow in the cycle after the retire (a register between the
@@ -275,10 +262,10 @@ def schedule(config: AcceleratorConfig, instructions: list, check, engines: list
             parts.append(f"dispatch waits at instruction {nxt}")
         error = (ErrorCode.DEADLOCK, oldest, "dependency deadlock: " + "; ".join(parts))
     return Schedule(verdict, push, start, busy_end, retire, wait, cause, cycles, busy, fetches,
-                    error, order, fill)
+                    error, order)
 
 
-def _first_overflow(members, decoded, fill, retire, produced):
+def _first_overflow(members, decoded, start, retire, produced):
     """The first retirement that would take a semaphore past :data:`TOKEN_LIMIT`:
     ``(cycle, code, index, message)``, or None."""
     best = None
@@ -286,12 +273,12 @@ def _first_overflow(members, decoded, fill, retire, produced):
         for d in range(NQ):
             if produced[s][d] <= TOKEN_LIMIT:
                 continue
-            gives = [i for i in members[s] if fill[i] >= 0 and (decoded[i].signal >> d) & 1]
-            takes = [i for i in members[d] if fill[i] >= 0 and (decoded[i].wait >> s) & 1]
+            gives = [i for i in members[s] if start[i] >= 0 and (decoded[i].signal >> d) & 1]
+            takes = [i for i in members[d] if start[i] >= 0 and (decoded[i].wait >> s) & 1]
             inc = np.sort(retire[gives])
-            dec = np.sort(fill[takes])
+            dec = np.sort(start[takes])
             for k, r in enumerate(inc):
-                # Tokens before cycle r: retirements before r minus fills before r.
+                # Tokens before cycle r: retirements before r minus starts before r.
                 count = k - int(np.searchsorted(dec, r, side="left"))
                 taken_now = bool(np.any(dec == r))
                 if count == TOKEN_LIMIT and not taken_now:

@@ -16,21 +16,17 @@ first cycle of a run (the cycle after the start command):
   ``f + 1`` and enters the decoder at ``f + 2``.  The decoder's verdict comes
   :data:`~hw.core.decoder.DECODE_LATENCY` (``L``) cycles after it took the word, at ``v``.
   A legal instruction is pushed into its queue's FIFO at ``push = v`` if the FIFO has a free
-  slot, else in the cycle after its oldest entry leaves for the dispatch slot (FIFOs of
-  :data:`QUEUE_DEPTH`); the
+  slot, else in the cycle after its oldest entry leaves (FIFOs of :data:`QUEUE_DEPTH`); the
   next instruction enters the decoder in the cycle of the push, so its verdict comes at
   ``push + L``.  A HALT is not pushed: from ``v + 1`` the sequencer waits for the end.
-* **Fill.**  A queue's head moves into the queue's dispatch slot (a register stage in front
-  of its engine) from the cycle after its push, when every semaphore its wait mask names
-  holds a token and the slot is empty or its instruction starts in that cycle; the tokens
-  are taken in that cycle.
-* **Start.**  The engine is offered the slot's instruction from the cycle after the fill
-  and takes it (the *start*) in a cycle it is ready.
+* **Start.**  A queue's head is offered to its engine from the cycle after its push, when
+  every semaphore its wait mask names holds a token; the engine takes it (the *start*) in a
+  cycle it is ready, and the tokens are taken in that cycle.
 * **Tokens.**  An engine's ``retire`` pulse at cycle ``r`` adds one token to each semaphore
   the retiring instruction's signal mask names, usable from ``r + 1``.  Semaphores are
   16-bit counters.
 * **End.**  After a HALT's verdict at ``v``, the run ends at the first cycle ``E >= v + 1``
-  at which every queue FIFO and dispatch slot is empty and no engine has an instruction in flight (its last
+  at which every queue FIFO is empty and no engine has an instruction in flight (its last
   retire at ``E - 1`` or earlier): ``done`` rises at ``E + 1`` and ``cycles`` holds the number
   of cycles of the run, ``E + 1``.  With a token left in a semaphore the run ends with
   ``TOKENS``.
@@ -174,39 +170,25 @@ class Sequencer(wiring.Component):
         head_word = [fifos[q].r_data[:INSTR_BITS] for q in range(NQ)]
         head_index = [fifos[q].r_data[INSTR_BITS:] for q in range(NQ)]
         head_wait = [w[8:8 + NQ] for w in head_word]
+        head_signal = [w[8 + NQ:8 + 2 * NQ] for w in head_word]
         starts = Signal(NQ)
         retires = Signal(NQ)
         tokens_ok = Signal(NQ)
-        # The dispatch slot between each queue's FIFO and its engine: the head moves into
-        # the slot (a *fill*, taking its tokens) when its tokens are there and the slot is
-        # empty or its instruction starts in that cycle; the engine is offered the slot's
-        # instruction from registers, so no path runs from the semaphores through an
-        # engine's take and back.
-        fills = Signal(NQ)
-        slot_valid = Signal(NQ)
-        slot_word = [Signal(INSTR_BITS, name=f"slot_word_{q}") for q in range(NQ)]
-        slot_index = [Signal(INDEX_BITS, name=f"slot_index_{q}") for q in range(NQ)]
         for q in range(NQ):
             eng = self.engine[q]
             ok = [~head_wait[q][s] | (sem[s][q] != 0) for s in range(NQ) if s != q]
             m.d.comb += [
                 tokens_ok[q].eq(Cat(*ok).all()),
-                eng.instr.payload.eq(slot_word[q]),
-                eng.instr.valid.eq(running & ~stopping & slot_valid[q] & flights[q].w_rdy),
+                eng.instr.payload.eq(head_word[q]),
+                eng.instr.valid.eq(running & ~stopping & fifos[q].r_rdy & tokens_ok[q]
+                                   & flights[q].w_rdy),
                 starts[q].eq(eng.instr.valid & eng.instr.ready),
-                fills[q].eq(running & ~stopping & fifos[q].r_rdy & tokens_ok[q]
-                            & (~slot_valid[q] | starts[q])),
-                fifos[q].r_en.eq(fills[q]),
+                fifos[q].r_en.eq(starts[q]),
                 flights[q].w_en.eq(starts[q]),
-                flights[q].w_data.eq(Cat(slot_word[q][8 + NQ:8 + 2 * NQ], slot_index[q])),
+                flights[q].w_data.eq(Cat(head_signal[q], head_index[q])),
                 retires[q].eq(eng.retire & flights[q].r_rdy),
                 flights[q].r_en.eq(retires[q]),
             ]
-            with m.If(fills[q]):
-                m.d.sync += [slot_valid[q].eq(1), slot_word[q].eq(head_word[q]),
-                             slot_index[q].eq(head_index[q])]
-            with m.Elif(starts[q]):
-                m.d.sync += slot_valid[q].eq(0)
         in_flight = Signal(NQ)
         for q in range(NQ):
             m.d.comb += in_flight[q].eq(flights[q].r_rdy)
@@ -241,7 +223,7 @@ class Sequencer(wiring.Component):
                     continue
                 inc = Signal(name=f"inc_{s}_{d}")
                 dec = Signal(name=f"dec_{s}_{d}")
-                m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(fills[d] & head_wait[d][s])]
+                m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
                 with m.If(inc & ~dec):
                     m.d.sync += sem[s][d].eq(sem[s][d] + 1)
                 with m.If(dec & ~inc):
@@ -344,13 +326,11 @@ class Sequencer(wiring.Component):
 
         # ------------------------------------------------------------------ run control
         empty = Signal()
-        m.d.comb += empty.eq(Cat(*[~fifos[q].r_rdy for q in range(NQ)]).all() & ~slot_valid.any()
-                             & ~in_flight.any())
+        m.d.comb += empty.eq(Cat(*[~fifos[q].r_rdy for q in range(NQ)]).all() & ~in_flight.any())
         load_idle = Signal()
-        m.d.comb += load_idle.eq(~fifos[Queue.LOAD].r_rdy & ~slot_valid[Queue.LOAD]
-                                 & ~in_flight[Queue.LOAD])
+        m.d.comb += load_idle.eq(~fifos[Queue.LOAD].r_rdy & ~in_flight[Queue.LOAD])
         stuck = Signal()                                 # nothing will ever start again
-        m.d.comb += stuck.eq(~in_flight.any() & ~slot_valid.any() & ~fills.any())
+        m.d.comb += stuck.eq(~in_flight.any() & ~starts.any())
         # The oldest instruction waiting in a queue (for DEADLOCK's index): from the queue
         # heads registered the cycle before (the cycle the deadlock was found: the heads do
         # not change while stopping), every pair compared at once and the one head older
@@ -406,8 +386,7 @@ class Sequencer(wiring.Component):
                 m.d.sync += [running.eq(1), done.eq(0), stopping.eq(0), halted.eq(0),
                              error.eq(0), error_index.eq(0), index_due.eq(0), cycles.eq(0),
                              seg_base.eq(0),
-                             nxt.eq(0), phase.eq(FETCH_WAIT), pending.eq(0), fetching.eq(0),
-                             slot_valid.eq(0)]
+                             nxt.eq(0), phase.eq(FETCH_WAIT), pending.eq(0), fetching.eq(0)]
                 m.d.sync += [self.busy_count[q].eq(0) for q in range(NQ)]
                 for s in range(NQ):
                     for d in range(NQ):

@@ -42,8 +42,7 @@ def write_port_signature(depth: int, width: int, granularity: int = 8) -> wiring
 def engine_signature() -> wiring.Signature:
     """The core's side of an engine: instructions in, retirements and activity out.
 
-    ``instr``: a word offered from the sequencer's dispatch slot (registers) once its tokens
-    were taken; the engine takes it
+    ``instr``: a word offered when its queue's head has its tokens; the engine takes it
     (``ready``) when it can start it.  ``retire``: high for one cycle per instruction, in
     order, in the cycle its last write has landed, at the earliest the cycle after its start
     (the core counts its signal tokens from the next cycle).  ``busy``: high from the cycle

@@ -176,17 +176,13 @@ def test_load_then_matmul(unit_timings):
     cfg = img.config
     f = _fetch_end(cfg, 1, 3)
     v0 = f + 2 + L                                 # LOAD pushed at its verdict
-    # In the dispatch slot the cycle after its push, started the cycle after that.
-    assert res.schedule.push[0] == v0 and res.schedule.fill[0] == v0 + 1
-    assert res.start[0] == v0 + 2
+    assert res.schedule.push[0] == v0 and res.start[0] == v0 + 1
     lt = load_timing(cfg, img.instructions[0].args)
-    _, load_retire, _ = lt.schedule(v0 + 2, 0)
+    _, load_retire, _ = lt.schedule(v0 + 1, 0)
     assert res.retire[0] == load_retire
-    # The MATMUL is decoded from the LOAD's push; its token is usable the cycle after the
-    # retire, it moves into the slot then and starts a cycle later.
+    # The MATMUL is decoded from the LOAD's push; it starts the cycle after the token.
     assert res.schedule.push[1] == v0 + L
-    assert res.schedule.fill[1] == load_retire + 1
-    assert res.start[1] == load_retire + 2 and res.cause[1] == 0 and res.wait[1] > 0
+    assert res.start[1] == load_retire + 1 and res.cause[1] == 0 and res.wait[1] > 0
     assert res.retire[1] == res.start[1] + tile_timing(cfg, img.instructions[1].args).done
     assert res.cycles == int(res.retire[1]) + 2        # ends the cycle after the last retire
     assert res.schedule.busy[0] == load_retire - res.start[0] + 1
@@ -194,21 +190,15 @@ def test_load_then_matmul(unit_timings):
 
 def test_queue_fifo_holds_dispatch(unit_timings):
     """Twelve long MATMULs: from the ninth on, an instruction is pushed only once the one
-    QUEUE_DEPTH earlier has left the FIFO (moved into the dispatch slot, in the cycle the
-    instruction before it starts)."""
+    QUEUE_DEPTH earlier has left the FIFO (started)."""
     from hw.core.decoder import DECODE_LATENCY as L
     from hw.core.sequencer import QUEUE_DEPTH as D
     mm = MATMUL.format(w="-", s="-", m=90, n=1).replace("a_stride=2", "a_stride=0")
     text = mm.replace("acc_stride=4", "acc_stride=2") * 12 + "HALT"
     res = _run(text, unit_timings)
     push, start = res.schedule.push, res.start
-
-    def fill(j):
-        return push[0] + 1 if j == 0 else max(push[j] + 1, start[j - 1])
-
-    assert [res.schedule.fill[j] for j in range(12)] == [fill(j) for j in range(12)]
     for i in range(1, 12):
-        want = push[i - 1] + L if i < D else max(push[i - 1] + L, fill(i - D) + 1)
+        want = push[i - 1] + L if i < D else max(push[i - 1] + L, start[i - D] + 1)
         assert push[i] == want, i
     assert push[11] > push[10] + L                  # the FIFO bound binds
     assert all(start[i + 1] == res.busy_end[i] for i in range(11))   # back to back
