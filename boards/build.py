@@ -285,21 +285,26 @@ def write_rtlil(config: AcceleratorConfig, path: Path) -> None:
 
 
 def declare_undefined_collisions(text: str, memories: list[str], top: str) -> str:
-    """RTLIL ``text`` with every ``$memrd_v2`` read port of the named memories of module
-    ``top`` marked to read undefined data when a write port of the memory writes its
-    address in the same cycle (``COLLISION_X_MASK`` all ones), so that ``synth_ecp5`` maps
-    it to a bare block RAM.  Every named memory must have a read port; otherwise
-    ``ValueError``."""
-    wanted = {f'"\\\\{name}"': name for name in memories}
-    marked: set[str] = set()
+    """RTLIL ``text`` with every ``$memrd_v2`` read port of the named memories marked to
+    read undefined data when a write port of the memory writes its address in the same
+    cycle (``COLLISION_X_MASK`` all ones), so that ``synth_ecp5`` maps it to a bare block
+    RAM.  A name is a memory of module ``top`` (``"mem_act"``) or of one of its submodules
+    by its path (``"sequencer.imem"``: memory ``imem`` of module ``top.sequencer``).  Every
+    named memory must have a read port; otherwise ``ValueError``."""
+    wanted = {}
+    for name in memories:
+        path, _, mem = name.rpartition(".")
+        wanted[(f"\\{top}" + (f".{path}" if path else ""), f'"\\\\{mem}"')] = name
+    marked: set = set()
     out: list[str] = []
     cell: list[str] | None = None
     module = None
+    modules = {key[0] for key in wanted}
     for line in text.split("\n"):
         if cell is None:
             if line.startswith("module "):
                 module = line.split()[1]
-            if module == f"\\{top}" and line.strip().startswith("cell $memrd_v2 "):
+            if module in modules and line.strip().startswith("cell $memrd_v2 "):
                 cell = [line]
             else:
                 out.append(line)
@@ -308,7 +313,7 @@ def declare_undefined_collisions(text: str, memories: list[str], top: str) -> st
         if line.strip() != "end":
             continue
         params = dict(ln.split()[1:3] for ln in cell if ln.strip().startswith("parameter "))
-        memid = params.get("\\MEMID")
+        memid = (module, params.get("\\MEMID"))
         if memid in wanted:
             for k, ln in enumerate(cell):
                 words = ln.split()
@@ -321,7 +326,7 @@ def declare_undefined_collisions(text: str, memories: list[str], top: str) -> st
     missing = sorted(wanted[k] for k in set(wanted) - marked)
     if missing:
         raise ValueError(f"no read port found for memories {', '.join(missing)} in module "
-                         f"{top} of the RTLIL")
+                         f"{top} of the RTLIL (or its submodules)")
     return "\n".join(out)
 
 

@@ -54,17 +54,19 @@ READERS = {
 
 
 def undefined_collisions(config: AcceleratorConfig) -> list[str]:
-    """The memories (their names in the elaborated core) whose read port may return
-    undefined data in a cycle its write port writes the same row: every region memory.  Its
-    writer and reader are engines of two different queues, and the hazard rule orders every
-    two instructions of different queues that share a row (docs/ISA.md, "Hazards"; the cycle
+    """The memories (their paths in the elaborated core) whose read port may return
+    undefined data in a cycle its write port writes the same row: every region memory and
+    the sequencer's instruction memory (``sequencer.imem``).  A region memory's writer and
+    reader are engines of two different queues, and the hazard rule orders every two
+    instructions of different queues that share a row (docs/ISA.md, "Hazards"; the cycle
     model checks it), so in a program the model accepts the two ports never meet on a row.
-    Amaranth's read port returns the old data on a collision, which a block RAM whose ports
-    collide undefined (the ECP5 DP16KD) can only give with logic around it (Yosys'
+    The instruction memory's read port is disabled while a fetch writes it.  Amaranth's read
+    port returns the old data on a collision, which a block RAM whose ports collide
+    undefined (the ECP5 DP16KD) can only give with logic around it (Yosys'
     ``emulate_read_first``: a register of the written data, an address compare and an
     output mux); the open-flow build declares these collisions undefined instead
     (:func:`boards.build.declare_undefined_collisions`)."""
-    return [f"mem_{name}" for name in config.regions]
+    return [f"mem_{name}" for name in config.regions] + ["sequencer.imem"]
 
 
 class Core(wiring.Component):

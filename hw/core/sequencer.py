@@ -290,7 +290,12 @@ class Sequencer(wiring.Component):
         # ------------------------------------------------------------------ decoder
         dec = m.submodules.decoder = Decoder(cfg)
         word = Signal(INSTR_BITS)                        # the read port: instruction nxt
-        m.d.comb += [rport.addr.eq(local // per_row), rport.en.eq(1)]
+        # The read port is enabled only while no segment is fetched: every write is in a
+        # fetch (``fetching``), so the two ports never meet on a row and the build may
+        # declare their collision undefined (:func:`hw.core.core.undefined_collisions`).
+        # The words dispatch takes are read from the cycle after the fetch's last beat.
+        m.d.comb += [rport.addr.eq(local // per_row), rport.en.eq(~fetching)]
+        self._imem_ports = (wport, rport)                # observed by the tests
         if per_row == 1:
             m.d.comb += word.eq(rport.data)
         else:

@@ -36,16 +36,40 @@ class _TwoRams(wiring.Component):
         return m
 
 
-def _masks(text: str) -> dict[str, str]:
-    """``MEMID -> COLLISION_X_MASK`` of every ``$memrd_v2`` cell."""
-    out, memid = {}, None
+class _Outer(wiring.Component):
+    """:class:`_TwoRams` as submodule ``inner``, and a memory ``ram`` of its own (one write
+    and one read port)."""
+
+    def __init__(self):
+        super().__init__({"wa": In(9), "wd": In(32), "we": In(1), "ra": In(9), "rd": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = _TwoRams()
+        m.submodules.ram = mem = Memory(shape=unsigned(32), depth=512, init=[])
+        wp, rp = mem.write_port(), mem.read_port()
+        m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we),
+                     rp.addr.eq(self.ra), self.rd.eq(rp.data)]
+        return m
+
+
+def _masks(text: str, by_module: bool = False) -> dict:
+    """``MEMID -> COLLISION_X_MASK`` of every ``$memrd_v2`` cell (keyed by ``(module,
+    MEMID)`` with ``by_module``)."""
+    out, memid, module = {}, None, None
     for line in text.splitlines():
         words = line.split()
+        if words[:1] == ["module"]:
+            module = words[1]
         if words[:2] == ["parameter", "\\MEMID"]:
             memid = words[2]
         elif words[:2] == ["parameter", "\\COLLISION_X_MASK"]:
-            out[memid] = words[2]
+            out[(module, memid) if by_module else memid] = words[2]
     return out
+
+
+def _marked(masks: dict) -> set:
+    return {k for k, v in masks.items() if "1" in v.split("'")[1]}
 
 
 def test_only_the_named_memories_are_marked():
@@ -62,16 +86,28 @@ def test_only_the_named_memories_are_marked():
         B.declare_undefined_collisions(text, ["ram"], "other")
 
 
-def test_core_rtlil_marks_every_region_memory_and_nothing_else(tmp_path):
+def test_a_submodule_memory_is_named_by_its_path():
+    text = rtlil.convert(_Outer(), name="top")
+    marked = B.declare_undefined_collisions(text, ["inner.ram"], "top")
+    assert _marked(_masks(marked, by_module=True)) == {("\\top.inner", '"\\\\ram"')}
+    both = B.declare_undefined_collisions(text, ["ram", "inner.other"], "top")
+    assert _marked(_masks(both, by_module=True)) == {("\\top", '"\\\\ram"'),
+                                                       ("\\top.inner", '"\\\\other"')}
+    with pytest.raises(ValueError, match="memories inner.nothing in module top"):
+        B.declare_undefined_collisions(text, ["inner.nothing"], "top")
+
+
+def test_core_rtlil_marks_the_region_memories_and_the_instruction_memory_only(tmp_path):
     cfg = PRESETS["tiny"]
     B.write_rtlil(cfg, tmp_path / "core.il")
-    masks = _masks((tmp_path / "core.il").read_text())
-    regions = {f'"\\\\mem_{name}"' for name in cfg.regions}
-    assert undefined_collisions(cfg) == [f"mem_{name}" for name in cfg.regions]
-    assert {k for k, v in masks.items() if "1" in v.split("'")[1]} == regions
-    # The others (the sequencer's instruction memory, the FIFOs, the units' tables) keep
-    # Amaranth's semantics: old data on a collision.
-    assert len(masks) > len(regions) and '"\\\\imem"' in masks
+    masks = _masks((tmp_path / "core.il").read_text(), by_module=True)
+    want = {(f"\\{B.TOP}", f'"\\\\mem_{name}"') for name in cfg.regions}
+    want.add((f"\\{B.TOP}.sequencer", '"\\\\imem"'))
+    assert undefined_collisions(cfg) == [f"mem_{name}" for name in cfg.regions] + ["sequencer.imem"]
+    assert _marked(masks) == want
+    # The others (the FIFOs, the units' tables and buffers) keep Amaranth's semantics: old
+    # data on a collision.
+    assert len(masks) > len(want)
     assert Core(cfg).elaborate(None) is not None
 
 

@@ -52,9 +52,9 @@ class StandIn(EngineModel):
 
 def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: int = 30_000,
             token_bits: int = 16, bus_error: tuple[int, int] | None = None,
-            bad_beat: int | None = None):
+            bad_beat: int | None = None, watch=None):
     """Run the sequencer on ``words`` at address 0; the registers and the stand-in engines'
-    start and retire cycles when done.  ``bus_error = (q, c)``: engine ``q`` reports a bus
+    start and retire cycles when done.  ``watch(ctx, dut)`` is called in every cycle.  ``bus_error = (q, c)``: engine ``q`` reports a bus
     error from cycle ``c`` on (held, as the DMA engines hold theirs); ``bad_beat = k``: the
     memory answers the ``k``-th read beat of the run (from 0) with ``SLVERR``."""
     dut = Sequencer(cfg, token_bits=token_bits)
@@ -95,6 +95,8 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
                 ctx.set(eng.busy, cycle < busy_end[q])
                 ctx.set(eng.retire, bool(retire_at[q]) and retire_at[q][0] == cycle)
             # Observe this cycle's handshakes.
+            if watch is not None:
+                watch(ctx, dut)
             if ctx.get(dut.axi.arvalid):
                 addr, length = ctx.get(dut.axi.araddr), ctx.get(dut.axi.arlen) + 1
                 first = max(cycle + latency, beats[-1][0] + 1 if beats else 0)
@@ -181,6 +183,31 @@ def test_compiled_program_cycle_exact(lanes, instr_buffer, latency):
     words, dram_size = _program(cfg)
     model, rtl = compare(cfg, words, dram_size)
     assert model.error is None and len(model.fetches) == -(-len(words) // instr_buffer)
+
+
+@pytest.mark.parametrize("lanes", [4, 64])
+def test_instruction_memory_is_not_read_while_written(lanes):
+    """The build declares the instruction memory's port collisions undefined
+    (``hw.core.core.undefined_collisions``), so its read port must be disabled in every
+    cycle a fetch writes it: several segments, a row assembled from 8 beats (N = 4) and two
+    instructions a row (N = 64)."""
+    cfg = load_config("tiny", array_rows=lanes, instr_buffer=16, dram_latency_cycles=3,
+                      scratchpad_kib=64 if lanes == 4 else 256)
+    words, dram_size = _program(cfg, **({} if lanes == 4 else {"dim": 64, "heads": 1}))
+    count = {"write": 0, "read": 0, "both": 0}
+
+    def watch(ctx, dut):
+        wport, rport = dut._imem_ports
+        w, r = bool(ctx.get(wport.en)), bool(ctx.get(rport.en))
+        count["write"] += w
+        count["read"] += r
+        count["both"] += w and r
+
+    out = run_rtl(cfg, words, dram_size, 3, max_cycles=60_000, watch=watch)
+    assert "timeout" not in out and out["error"] == 0
+    rows = -(-len(words) * INSTR_BYTES // max(INSTR_BYTES, lanes))
+    assert count["write"] >= rows and count["read"] > 0
+    assert count["both"] == 0, count
 
 
 def _ins(op, **args) -> Instruction:
