@@ -53,9 +53,8 @@ class _Outer(wiring.Component):
         return m
 
 
-def _masks(text: str, by_module: bool = False) -> dict:
-    """``MEMID -> COLLISION_X_MASK`` of every ``$memrd_v2`` cell (keyed by ``(module,
-    MEMID)`` with ``by_module``)."""
+def _masks(text: str) -> dict:
+    """``(module, MEMID) -> COLLISION_X_MASK`` of every ``$memrd_v2`` cell."""
     out, memid, module = {}, None, None
     for line in text.splitlines():
         words = line.split()
@@ -64,7 +63,7 @@ def _masks(text: str, by_module: bool = False) -> dict:
         if words[:2] == ["parameter", "\\MEMID"]:
             memid = words[2]
         elif words[:2] == ["parameter", "\\COLLISION_X_MASK"]:
-            out[(module, memid) if by_module else memid] = words[2]
+            out[(module, memid)] = words[2]
     return out
 
 
@@ -76,7 +75,7 @@ def test_only_the_named_memories_are_marked():
     text = rtlil.convert(_TwoRams(), name="top")
     assert set(_masks(text).values()) == {"1'0"}
     marked = B.declare_undefined_collisions(text, ["ram"], "top")
-    assert _masks(marked) == {'"\\\\ram"': "1'1", '"\\\\other"': "1'0"}
+    assert _masks(marked) == {("\\top", '"\\\\ram"'): "1'1", ("\\top", '"\\\\other"'): "1'0"}
     # Nothing else changes.
     assert [ln for ln in marked.splitlines() if "COLLISION_X_MASK" not in ln] == \
         [ln for ln in text.splitlines() if "COLLISION_X_MASK" not in ln]
@@ -89,9 +88,9 @@ def test_only_the_named_memories_are_marked():
 def test_a_submodule_memory_is_named_by_its_path():
     text = rtlil.convert(_Outer(), name="top")
     marked = B.declare_undefined_collisions(text, ["inner.ram"], "top")
-    assert _marked(_masks(marked, by_module=True)) == {("\\top.inner", '"\\\\ram"')}
+    assert _marked(_masks(marked)) == {("\\top.inner", '"\\\\ram"')}
     both = B.declare_undefined_collisions(text, ["ram", "inner.other"], "top")
-    assert _marked(_masks(both, by_module=True)) == {("\\top", '"\\\\ram"'),
+    assert _marked(_masks(both)) == {("\\top", '"\\\\ram"'),
                                                        ("\\top.inner", '"\\\\other"')}
     with pytest.raises(ValueError, match="memories inner.nothing in module top"):
         B.declare_undefined_collisions(text, ["inner.nothing"], "top")
@@ -100,7 +99,7 @@ def test_a_submodule_memory_is_named_by_its_path():
 def test_core_rtlil_marks_the_region_memories_and_the_instruction_memory_only(tmp_path):
     cfg = PRESETS["tiny"]
     B.write_rtlil(cfg, tmp_path / "core.il")
-    masks = _masks((tmp_path / "core.il").read_text(), by_module=True)
+    masks = _masks((tmp_path / "core.il").read_text())
     want = {(f"\\{B.TOP}", f'"\\\\mem_{name}"') for name in cfg.regions}
     want.add((f"\\{B.TOP}.sequencer", '"\\\\imem"'))
     assert undefined_collisions(cfg) == [f"mem_{name}" for name in cfg.regions] + ["sequencer.imem"]

@@ -54,9 +54,10 @@ def run_rtl(cfg, words: list[bytes], dram_size: int, latency: int, max_cycles: i
             token_bits: int = 16, bus_error: tuple[int, int] | None = None,
             bad_beat: int | None = None, watch=None):
     """Run the sequencer on ``words`` at address 0; the registers and the stand-in engines'
-    start and retire cycles when done.  ``watch(ctx, dut)`` is called in every cycle.  ``bus_error = (q, c)``: engine ``q`` reports a bus
+    start and retire cycles when done.  ``bus_error = (q, c)``: engine ``q`` reports a bus
     error from cycle ``c`` on (held, as the DMA engines hold theirs); ``bad_beat = k``: the
-    memory answers the ``k``-th read beat of the run (from 0) with ``SLVERR``."""
+    memory answers the ``k``-th read beat of the run (from 0) with ``SLVERR``;
+    ``watch(ctx, dut)`` is called in every cycle."""
     dut = Sequencer(cfg, token_bits=token_bits)
     program = b"".join(words)
     engines = [StandIn() for _ in range(NQ)]
