@@ -74,6 +74,14 @@ class AcceleratorConfig:
     #: Lanes of the vector units (LayerNorm, softmax, GELU, residual add, requantizer):
     #: elements each unit accepts per cycle.
     vector_lanes: int = 16
+    #: Lanes of the LayerNorm and softmax units, the two with the most multipliers per lane
+    #: (seven MULT18X18D each on ECP5): 0 for ``N``, or a power of two in 2..N/2.  With
+    #: ``L < N`` those two units are built ``L`` lanes wide behind a lane adapter
+    #: (:class:`hw.lane_adapter.LaneAdapter`) that passes each ``N``-element beat in
+    #: ``N / L`` parts: the results are identical, the rows take longer
+    #: (:func:`hw.core.vector_engine.vector_timing`), and the multipliers, logic and
+    #: buffers of those units shrink by ``N / L``.
+    norm_lanes: int = 0
     #: Multiplier mapping: how many of the array's columns (the last ones) compute their
     #: 9 x 8-bit products with an explicit shift-and-add multiplier in logic (LUTs and carry
     #: chains) instead of an inferred ``*`` that synthesis maps to DSP blocks.  Results are
@@ -146,6 +154,9 @@ class AcceleratorConfig:
         need(self.array_cols == self.array_rows and self.vector_lanes == self.array_rows,
              "array_rows, array_cols and vector_lanes must be equal (the datapath is one width), "
              f"got {self.array_rows}/{self.array_cols}/{self.vector_lanes}")
+        need(self.norm_lanes == 0 or (_pow2(self.norm_lanes) and 2 <= self.norm_lanes < self.array_rows),
+             f"norm_lanes must be 0 (the datapath width) or a power of two in 2..{self.array_rows // 2} "
+             f"(half the datapath or less), got {self.norm_lanes}")
         need((self.weight_bits, self.act_bits, self.acc_bits) == (8, 8, 32),
              "weight_bits/act_bits/acc_bits must be 8/8/32 (the integer reference's widths), "
              f"got {self.weight_bits}/{self.act_bits}/{self.acc_bits}")
@@ -186,6 +197,11 @@ class AcceleratorConfig:
     def lanes(self) -> int:
         """``N``: the datapath width (array rows = columns = vector lanes)."""
         return self.array_rows
+
+    @property
+    def norm_unit_lanes(self) -> int:
+        """``L``: lanes of the LayerNorm and softmax units (``norm_lanes``, 0 meaning ``N``)."""
+        return self.norm_lanes or self.lanes
 
     @property
     def dram_bytes(self) -> int:

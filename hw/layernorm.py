@@ -85,24 +85,24 @@ _CF_SPLIT = 17
 
 
 def channels_ok(config: AcceleratorConfig, channels):
-    """Whether the unit runs rows of ``channels`` channels: a multiple of ``vector_lanes`` in
-    ``vector_lanes .. max_channels``.  ``channels`` may be an int (a bool results) or an
+    """Whether the unit runs rows of ``channels`` channels: a multiple of its lanes ``L``
+    (``config.norm_unit_lanes``) in ``L .. max_channels``.  ``channels`` may be an int (a bool results) or an
     Amaranth value (a 1-bit value results: the accelerator's decoder checks it)."""
-    lanes = config.vector_lanes
+    lanes = config.norm_unit_lanes
     return (channels % lanes == 0) & (channels >= lanes) & (channels <= config.max_channels)
 
 
 def layernorm_beats(config: AcceleratorConfig, channels: int) -> int:
     """Beats per row, ``C / L``; raises ``ValueError`` for a channel count the unit cannot run.
 
-    ``channels`` must be a multiple of ``config.vector_lanes`` with
-    ``vector_lanes <= channels <= config.max_channels``.
+    ``channels`` must be a multiple of the unit's lanes ``L = config.norm_unit_lanes`` with
+    ``L <= channels <= config.max_channels``.
     """
-    lanes = config.vector_lanes
+    lanes = config.norm_unit_lanes
     if isinstance(channels, bool) or not isinstance(channels, int):
         raise ValueError(f"channels must be an integer, got {channels!r}")
     if not channels_ok(config, channels):
-        raise ValueError(f"channels must be a multiple of vector_lanes ({lanes}) in "
+        raise ValueError(f"channels must be a multiple of the LayerNorm's lanes ({lanes}) in "
                          f"{lanes}..{config.max_channels} (max_channels), got {channels}")
     return channels // lanes
 
@@ -157,7 +157,8 @@ class PtfLayerNorm(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-        Uses ``vector_lanes`` (``L``, lanes per beat) and ``max_channels`` (row capacity,
+        Uses ``norm_unit_lanes`` (``L``, lanes per beat: ``norm_lanes``, or ``vector_lanes``
+        when that is 0) and ``max_channels`` (row capacity,
         ``L <= max_channels <= 4096``: the reference's widths hold up to 4096 channels).
 
     Members
@@ -198,9 +199,9 @@ class PtfLayerNorm(wiring.Component):
     def __init__(self, config: AcceleratorConfig):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, got {config!r}")
-        lanes = config.vector_lanes
+        lanes = config.norm_unit_lanes
         if not lanes <= config.max_channels <= MAX_CHANNELS_LIMIT:
-            raise ConfigError(f"PtfLayerNorm needs vector_lanes ({lanes}) <= max_channels <= "
+            raise ConfigError(f"PtfLayerNorm needs its lanes ({lanes}) <= max_channels <= "
                               f"{MAX_CHANNELS_LIMIT}, got max_channels={config.max_channels}")
         self._config = config
         super().__init__({
@@ -219,7 +220,7 @@ class PtfLayerNorm(wiring.Component):
     @property
     def lanes(self) -> int:
         """``L``: channels per beat."""
-        return self._config.vector_lanes
+        return self._config.norm_unit_lanes
 
     @property
     def max_beats(self) -> int:

@@ -177,7 +177,7 @@ def _pick(m: Module, bank, banks, name: str):
 
 
 class LisSoftmax(wiring.Component):
-    """Softmax of int16 rows of ``N`` scores, ``L = config.vector_lanes`` per beat.
+    """Softmax of int16 rows of ``N`` scores, ``L = config.norm_unit_lanes`` per beat.
 
     Three passes per row, each a pipeline stage working on its own row, with a two-bank
     row buffer between consecutive passes (up to four rows in the buffers):
@@ -195,7 +195,8 @@ class LisSoftmax(wiring.Component):
     Parameters
     ----------
     config : :class:`hw.config.AcceleratorConfig`
-        Uses ``vector_lanes`` (``L``) and ``max_seq_len`` (longest row, at most
+        Uses ``norm_unit_lanes`` (``L``: ``norm_lanes``, or ``vector_lanes`` when that is 0)
+        and ``max_seq_len`` (longest row, at most
         ``SOFTMAX_MAX_ROW = 4096`` so that the row sum fits 43 bits).
 
     Members
@@ -260,7 +261,7 @@ class LisSoftmax(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig):
         config = _check_config(config)
-        self._lanes = config.vector_lanes
+        self._lanes = config.norm_unit_lanes
         self._max_seq_len = config.max_seq_len
         super().__init__({
             "i": In(stream.Signature(unsigned(SCORE_BITS * self._lanes))),
@@ -778,7 +779,7 @@ def softmax_timing(config: AcceleratorConfig, length: int,
     if isinstance(length, bool) or not isinstance(length, int) \
             or not 1 <= length <= config.max_seq_len:
         raise ValueError(f"length must be an integer in 1..{config.max_seq_len}, got {length!r}")
-    beats = math.ceil(length / config.vector_lanes)
+    beats = math.ceil(length / config.norm_unit_lanes)
     prepare = _prepare_cycles(mode)
-    latency = 3 * beats + EXP_SUM_DELAY + prepare + DRAIN_DELAY + fill_max_delay(config.vector_lanes)
+    latency = 3 * beats + EXP_SUM_DELAY + prepare + DRAIN_DELAY + fill_max_delay(config.norm_unit_lanes)
     return UnitTiming(latency=latency, interval=_row_interval(beats, mode))

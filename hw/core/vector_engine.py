@@ -81,11 +81,13 @@ from hw.core.isa_layout import fields_of
 from hw.core.memories import geometry
 from hw.core.signatures import engine_signature, read_port_signature, write_port_signature
 from hw.gelu import GELU_TABLE_ENTRIES, GeluLut, gelu_table_load_timing, gelu_timing
+from hw.lane_adapter import LaneAdapter
 from hw.layernorm import PtfLayerNorm, layernorm_timing
 from hw.requantizer import Requantizer, requant_timing
 from hw.residual_add import ResidualAdd, residual_add_timing
-from hw.softmax import LisSoftmax, SoftmaxMode, softmax_timing
+from hw.softmax import OUT_BITS, SCORE_BITS, LisSoftmax, SoftmaxMode, softmax_timing
 from hw.timing import UnitTiming, chain
+from sw.intops import LIS_ZERO_CODE
 
 __all__ = ["VectorEngine", "vector_timing", "record_reads", "VECTOR_OPCODES", "READ_MEMORIES",
            "WRITE_MEMORIES"]
@@ -264,6 +266,24 @@ class VectorEngine(wiring.Component):
         sm = m.submodules.softmax = LisSoftmax(cfg)
         ln = m.submodules.layernorm = PtfLayerNorm(cfg)
         add = m.submodules.residual_add = ResidualAdd(cfg)
+        # LayerNorm and softmax at L = norm_unit_lanes < N lanes: each behind a lane adapter
+        # that passes an N-lane beat in N / L parts and gathers their output (no cycle
+        # added; the unit's L-lane timing is the row's).  sm_i / sm_o and ln_i / ln_o are
+        # the N-lane streams the engine drives and reads either way.
+        narrow = cfg.norm_unit_lanes < n
+        if narrow:
+            sm_ad = m.submodules.softmax_lanes = LaneAdapter(
+                n, cfg.norm_unit_lanes, SCORE_BITS, OUT_BITS, cfg.max_seq_len)
+            ln_ad = m.submodules.layernorm_lanes = LaneAdapter(
+                n, cfg.norm_unit_lanes, 8, 8, cfg.max_channels)
+            for ad, unit in ((sm_ad, sm), (ln_ad, ln)):
+                wiring.connect(m, ad.unit_i, unit.i)
+                wiring.connect(m, unit.o, ad.unit_o)
+            sm_i, sm_o, ln_i, ln_o = sm_ad.i, sm_ad.o, ln_ad.i, ln_ad.o
+            ln_ready = ~ln_ad.held & ln.stream_ready
+        else:
+            sm_i, sm_o, ln_i, ln_o = sm.i, sm.o, ln.i, ln.o
+            ln_ready = ln.stream_ready
 
         # ------------------------------------------------------------------ instruction
         ir = Signal(INSTR_BITS)
@@ -360,6 +380,14 @@ class VectorEngine(wiring.Component):
             gelu.table_write.payload.addr.eq(p_index[:8]),
             gelu.table_write.payload.data.eq(self.vin.data.word_select(p_index[:lane_bits], 8)),
         ]
+        if narrow:
+            # A softmax row's padding lanes carry "zero attention": code 15 (LIS), probability 0.
+            m.d.comb += [
+                sm_ad.length.eq(sm_fields.cols),
+                sm_ad.pad.eq(Mux(sm_fields.mode == SoftmaxMode.LIS, LIS_ZERO_CODE, 0)),
+                ln_ad.length.eq(f[Opcode.LAYERNORM].cols),
+                ln_ad.pad.eq(0),
+            ]
         add_fields = f[Opcode.ADD]
         m.d.comb += [
             add.tensor_config.valid.eq(r.add_config),
@@ -443,7 +471,7 @@ class VectorEngine(wiring.Component):
         issue_vin = Signal()              # issue & (is_ln | is_add | is_gelu)
         vin_ready = Signal()              # the ready of the unit vin's ops feed
         m.d.comb += [
-            vin_ready.eq(Mux(is_ln, ln.stream_ready, Mux(is_add, add.a.ready, gelu.i.ready))),
+            vin_ready.eq(Mux(is_ln, ln_ready, Mux(is_add, add.a.ready, gelu.i.ready))),
             issue_rq.eq(ready_go & (is_rq | is_sm) & (~src_valid | rq.i.ready)),
             issue_vin.eq(ready_go & (~src_valid | vin_ready) & (is_ln | is_add | is_gelu)),
         ]
@@ -471,24 +499,24 @@ class VectorEngine(wiring.Component):
             rq.i.payload.per_tensor.eq(is_rq & ~r.per_channel),
             rq.o.ready.eq(Mux(is_sm, sm_in_ready, Mux(r.gelu_chain, gelu.i.ready, 1))),
 
-            sm_in_ready.eq(~sm_pipe_valid | sm.i.ready),
-            sm.i.valid.eq(sm_pipe_valid),
+            sm_in_ready.eq(~sm_pipe_valid | sm_i.ready),
+            sm_i.valid.eq(sm_pipe_valid),
             sm.length.eq(sm_fields.cols),
             sm.frac_bits.eq(sm_fields.frac_bits),
             sm.b_int.eq(sm_fields.b_int),
             sm.c_int.eq(sm_fields.c_int),
             sm.mode.eq(sm_fields.mode),
-            sm.o.ready.eq(1),
+            sm_o.ready.eq(1),
 
             gelu.i.valid.eq(Mux(is_gelu, src_valid, rq.o.valid & is_rq & r.gelu_chain)),
             gelu.i.payload.eq(Mux(is_gelu, self.vin.data, rq_low)),
             gelu.o.ready.eq(1),
 
-            ln.i.valid.eq(src_valid & is_ln),
-            ln.i.payload.eq(self.vin.data),
+            ln_i.valid.eq(src_valid & is_ln),
+            ln_i.payload.eq(self.vin.data),
             ln.channels.eq(f[Opcode.LAYERNORM].cols),
             ln.zp_in.eq(f[Opcode.LAYERNORM].zp_in[:8]),
-            ln.o.ready.eq(1),
+            ln_o.ready.eq(1),
 
             add.a.valid.eq(src_valid & is_add),
             add.b.valid.eq(src_valid & is_add),
@@ -529,10 +557,10 @@ class VectorEngine(wiring.Component):
             ]
             fits = (total[15:] == 0) | (total[15:] == 0b1111)
             biased.append(Mux(fits, total[:16], Mux(total[18], 0x8000, 0x7FFF)))
-        m.d.comb += sm.i.payload.eq(sm_pipe_data)
+        m.d.comb += sm_i.payload.eq(sm_pipe_data)
         with m.If(sm_take):
             m.d.sync += [sm_pipe_valid.eq(1), sm_pipe_data.eq(Cat(*biased))]
-        with m.Elif(sm.i.ready):
+        with m.Elif(sm_i.ready):
             m.d.sync += sm_pipe_valid.eq(0)
 
         # ------------------------------------------------------------------ writer
@@ -551,9 +579,9 @@ class VectorEngine(wiring.Component):
             with m.Else():
                 m.d.comb += [wr_valid.eq(rq.o.valid), wr_data.eq(rq_low)]
         with m.Elif(is_sm):
-            m.d.comb += [wr_valid.eq(sm.o.valid), wr_data.eq(sm.o.payload)]
+            m.d.comb += [wr_valid.eq(sm_o.valid), wr_data.eq(sm_o.payload)]
         with m.Elif(is_ln):
-            m.d.comb += [wr_valid.eq(ln.o.valid), wr_data.eq(ln.o.payload)]
+            m.d.comb += [wr_valid.eq(ln_o.valid), wr_data.eq(ln_o.payload)]
         with m.Elif(is_add):
             m.d.comb += [wr_valid.eq(add.o.valid), wr_data.eq(add.o.payload)]
         with m.Elif(is_gelu):

@@ -547,6 +547,22 @@ def test_every_mode(n):
     check(program, simulate(program))
 
 
+@pytest.mark.parametrize("n, lanes", [(4, 2), (8, 4), (8, 2)])
+def test_every_mode_narrow_units(n, lanes):
+    """LayerNorm and softmax ``L < N`` lanes wide behind their lane adapters
+    (``norm_lanes``): the same grid, bit-exact and cycle-exact against ``vector_timing`` with
+    the units' ``L``-lane timing, plus LayerNorm rows of an odd number of ``L``-lane parts
+    (a last beat the adapter passes in part) and softmax rows ending in every part of a beat."""
+    builder = ProgramBuilder(make_config(n, norm_lanes=lanes), seed=40 + n + lanes)
+    mode_grid(builder)
+    for cols in (n + lanes, 3 * lanes, 2 * n - lanes):
+        builder.emit(Opcode.LAYERNORM, cols=cols, rows=3, load=True)
+    for cols in range(n + 1, 2 * n + 1):
+        builder.emit(Opcode.SOFTMAX, mode=SoftmaxMode(cols % 2), rows=2, cols=cols)
+    program = builder.program()
+    check(program, simulate(program))
+
+
 def test_wide_datapath():
     """N = 16: a parameter record is exactly one row."""
     run_random(16, seed=16, count=8)

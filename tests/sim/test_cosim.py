@@ -29,18 +29,18 @@ from cosim_programs import dedicated_programs, random_dma_chain
 pytestmark = pytest.mark.cocotb
 
 
-def _config(n: int):
+def _config(n: int, norm_lanes: int = 0):
     return cosim.cosim_config(load_config("tiny", array_rows=n, scratchpad_kib=64, accumulator_kib=16,
-                                          instr_buffer=64))
+                                          instr_buffer=64, norm_lanes=norm_lanes))
 
 
 _BUILDS = {}
 
 
-def _build(n: int) -> cosim.Build:
-    if n not in _BUILDS:
-        _BUILDS[n] = cosim.build(_config(n))
-    return _BUILDS[n]
+def _build(n: int, norm_lanes: int = 0) -> cosim.Build:
+    if (n, norm_lanes) not in _BUILDS:
+        _BUILDS[n, norm_lanes] = cosim.build(_config(n, norm_lanes))
+    return _BUILDS[n, norm_lanes]
 
 
 def _margin(cycles: int) -> int:
@@ -76,11 +76,14 @@ def test_every_opcode_and_mode(n):
         _same(out, res, run.name)
 
 
-@pytest.mark.parametrize("n, variant", [(2, dict()), (4, dict()),
-                                         (4, dict(softmax_mode="uniform", pool="mean", fc_norm=True))])
-def test_one_block_tiny_vit(n, variant):
-    """A one-block tiny ViT, bit-exact with the integer executor and cycle-exact."""
-    cfg = _config(n)
+@pytest.mark.parametrize("n, variant, norm_lanes", [
+    (2, dict(), 0), (4, dict(), 0),
+    (4, dict(softmax_mode="uniform", pool="mean", fc_norm=True), 0),
+    (4, dict(), 2)])
+def test_one_block_tiny_vit(n, variant, norm_lanes):
+    """A one-block tiny ViT, bit-exact with the integer executor and cycle-exact; last with
+    the LayerNorm and softmax two lanes wide behind their lane adapters (``norm_lanes``)."""
+    cfg = _config(n, norm_lanes)
     graph = tiny_vit(seed=n, depth=1, **variant)
     image = compile_graph(graph, cfg)
     x = random_image(graph, seed=1)
@@ -88,7 +91,7 @@ def test_one_block_tiny_vit(n, variant):
     ref = execute(graph, x[None], keep=True)
     for name, place in image.tensors.items():
         np.testing.assert_array_equal(place.read(res.dram), ref[name][0], err_msg=name)
-    (out,) = cosim.run(_build(n), [run])
+    (out,) = cosim.run(_build(n, norm_lanes), [run])
     _same(out, res, "tiny ViT")
 
 
