@@ -1,7 +1,8 @@
 """Fit the accelerator to a board: the fastest config whose modelled resources fit.
 
 Candidates vary the datapath width ``N`` (array shape and vector lanes), the multiplier
-mapping (``lut_mult_cols``: array columns on LUT multipliers; ``dsp_pack`` is the board's,
+mapping (``lut_mult_cols``: array columns on LUT multipliers; ``norm_lanes``: the LayerNorm
+and softmax narrower than ``N``, tried before any LUT column; ``dsp_pack`` is the board's,
 :attr:`boards.profiles.BoardProfile.dsp_pack`, unless pinned), the scratchpad, accumulator
 and parameter memory sizes and the accumulation-buffer depth.  A candidate must fit the board's
 budget by the resource model (:mod:`boards.resources`) and compile the ranking model
@@ -126,7 +127,8 @@ def overflow_message(config: AcceleratorConfig, board: BoardProfile) -> str | No
         return None
     parts = [f"{_NAMES[k]} {need:,} of {have:,} (over by {need - have:,}, {100 * need / max(have, 1):.0f}%)"
              for k, need, have in over]
-    return (f"N={config.lanes}, lut_mult_cols={config.lut_mult_cols}, dsp_pack={config.dsp_pack}, "
+    norm = f", norm_lanes={config.norm_lanes}" if config.norm_lanes else ""
+    return (f"N={config.lanes}, lut_mult_cols={config.lut_mult_cols}{norm}, dsp_pack={config.dsp_pack}, "
             f"scratchpad {config.scratchpad_kib} KiB, accumulator {config.accumulator_kib} KiB "
             f"does not fit {board.name} by the resource model: " + "; ".join(parts))
 
@@ -162,16 +164,36 @@ def candidates(board: BoardProfile, pinned: dict, clock_mhz: float | None = None
                     # LUT columns are whole packed pairs when dsp_pack = 2.
                     lut_options = ([pinned["lut_mult_cols"]] if "lut_mult_cols" in pinned
                                    else range(0, n + 1, pack))
-                    for lut in lut_options:
-                        try:
-                            cfg = _with_board(load_config(None, **{**base, "lut_mult_cols": lut}),
-                                              board, clock_mhz)
-                        except ConfigError:
-                            break
-                        res = resources_on(cfg, board)
-                        if res.dsp <= board.dsps:
-                            yield cfg
-                            break
+                    found = _first_fitting_dsps(board, base, lut_options, _norm_options(n, pinned),
+                                                clock_mhz)
+                    if found is not None:
+                        yield found
+
+
+def _norm_options(n: int, pinned: dict) -> list[int]:
+    """``norm_lanes`` to try at width ``n``, widest first: ``N`` (0), ``N / 2``, ... 2."""
+    if "norm_lanes" in pinned:
+        return [pinned["norm_lanes"]]
+    return [0] + [lanes for lanes in (n // 2 ** k for k in range(1, 7)) if lanes >= 2]
+
+
+def _first_fitting_dsps(board: BoardProfile, base: dict, lut_options, norm_options,
+                        clock_mhz: float | None) -> AcceleratorConfig | None:
+    """The config of ``base`` with the fewest LUT-multiplier columns, then the widest
+    LayerNorm and softmax, whose multiplier blocks fit the board (narrower units cost
+    cycles in two units and save logic; LUT multipliers cost logic)."""
+    for lut in lut_options:
+        for norm in norm_options:
+            try:
+                cfg = _with_board(load_config(None, **{**base, "lut_mult_cols": lut,
+                                                       "norm_lanes": norm}), board, clock_mhz)
+            except ConfigError:
+                if len(norm_options) > 1:
+                    continue
+                return None
+            if resources_on(cfg, board).dsp <= board.dsps:
+                return cfg
+    return None
 
 
 def model_graph(model: str = "deit_tiny"):
@@ -330,7 +352,7 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
             raise FitError(str(exc)) from None
         raise FitError(overflow_message(probe, board) or f"no config fits {board.name}")
     # Largest datapath first, then largest memories: the candidates most likely fastest.
-    fitting.sort(key=lambda c: (-c.lanes, c.lut_mult_cols, -c.scratchpad_kib,
+    fitting.sort(key=lambda c: (-c.lanes, c.lut_mult_cols, -c.norm_unit_lanes, -c.scratchpad_kib,
                                 -c.accumulator_kib, -c.max_tile_rows, -c.param_kib))
     ranked = []
     per_width: dict[int, int] = {}
@@ -349,6 +371,7 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
         if per_width.get(cfg.lanes, 0) >= 2 or smaller_than_failed(cfg):
             continue
         say(f"cycle model: N={cfg.lanes} lut_mult_cols={cfg.lut_mult_cols} "
+            + (f"norm_lanes={cfg.norm_lanes} " if cfg.norm_lanes else "") +
             f"scratchpad {cfg.scratchpad_kib} KiB accumulator {cfg.accumulator_kib} KiB "
             f"parameters {cfg.param_kib} KiB, DRAM {cfg.dram_bytes} B/cycle ...")
         cycles = cycles_of(cfg)

@@ -9,11 +9,14 @@ multiplier blocks and block RAMs (and UltraRAMs on the Xilinx parts that have th
   part's block RAM (the cheapest of its width x depth shapes, 8 data bits in every 9 when
   writes are byte-wide), plus the units' own buffers and tables (calibrated).
 * **Multipliers**: one per processing element of the array whose column is not mapped to
-  LUT multipliers (``lut_mult_cols``), plus the vector units' (calibrated: a + b N).  With
+  LUT multipliers (``lut_mult_cols``), plus the vector units' (calibrated: a + b N, the
+  LayerNorm's and softmax's share of ``b`` counted per lane of theirs, ``norm_lanes``).  With
   ``dsp_pack = 2`` a packed pair of columns takes one DSP48E2 per PE row on UltraScale+
   (:func:`products_per_dsp`); elsewhere its 27 x 9-bit product takes two blocks.
 * **LUTs and flip-flops**: calibrated ``a + b N + c N^2`` per kind, ``c`` being the cost of one
-  processing element, plus the LUT multipliers' logic.
+  processing element, plus the LUT multipliers' logic; the LayerNorm's and softmax's share
+  of ``b`` (:data:`NORM_LANE`) scales with their own lanes ``L`` (``norm_lanes``) instead
+  of ``N``.
 
 The calibration constants come from Yosys ``synth_ecp5`` runs listed at :data:`CALIBRATION`
 (docs/BOARDS.md reports the model's error against synthesis of other configs).  For the
@@ -29,7 +32,8 @@ from hw.config import AcceleratorConfig
 from hw.core.memories import geometry
 
 __all__ = ["Resources", "MemoryShape", "estimate", "core_memories", "bram_blocks",
-           "uram_blocks", "products_per_dsp", "macs_per_dsp", "CALIBRATION", "LUT6_PER_LUT4"]
+           "uram_blocks", "products_per_dsp", "macs_per_dsp", "CALIBRATION", "NORM_LANE",
+    "LUT6_PER_LUT4"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,14 @@ CALIBRATION = {
     "pack_lut": 29.0,
     "pack_ff": 26.0,
 }
+
+#: The LayerNorm's and the softmax's resources per lane of theirs, the part of the ``b`` terms
+#: of :data:`CALIBRATION` that follows ``L = norm_unit_lanes`` instead of ``N``: the two units
+#: synthesized alone (``synth_ecp5``) at 4 and 8 lanes, LayerNorm + softmax: 8,805 and 15,169
+#: logic cells, 6,218 and 10,209 flip-flops, 56 and 104 MULT18X18D (LayerNorm 8 + 5 L,
+#: softmax 7 L), 16 and 28 DP16KD.  The lane adapters in front of them are not counted
+#: (a few hundred flip-flops at N = 8; docs/BOARDS.md has the model against synthesis).
+NORM_LANE = {"lut": 1591.0, "ff": 998.0, "dsp": 12.0, "bram": 3.0}
 
 #: Xilinx LUT6 per ECP5 LUT4 of the same logic (a LUT6 absorbs about 1.6 LUT4 of this
 #: kind of datapath; an estimate, not calibrated against Vivado).
@@ -163,17 +175,18 @@ def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 
     ``"7series"``, ``"ultrascale+"``) with ``bram_kbits`` block RAMs and ``urams``
     UltraRAMs available for the largest memories."""
     n = config.lanes
+    narrowed = config.norm_unit_lanes - n      # LayerNorm and softmax lanes less than N
     lut_pes = n * config.lut_mult_cols
     dsp_pes = n * n - lut_pes
     pairs = dsp_pes // 2 if config.dsp_pack == 2 else 0
     a, b, c = CALIBRATION["lut"]
     lut = (a + b * n + c * n * n + CALIBRATION["lut_mult"] * lut_pes
-           + CALIBRATION["pack_lut"] * pairs)
+           + CALIBRATION["pack_lut"] * pairs + NORM_LANE["lut"] * narrowed)
     a, b, c = CALIBRATION["ff"]
     ff = (a + b * n + c * n * n + CALIBRATION["lut_mult_ff"] * lut_pes
-          + CALIBRATION["pack_ff"] * pairs)
+          + CALIBRATION["pack_ff"] * pairs + NORM_LANE["ff"] * narrowed)
     a, b = CALIBRATION["dsp_units"]
-    dsp = dsp_pes // products_per_dsp(config, family) + round(a + b * n)
+    dsp = dsp_pes // products_per_dsp(config, family) + round(a + b * n + NORM_LANE["dsp"] * narrowed)
     mems = core_memories(config)
     uram = 0
     bram = 0
@@ -185,7 +198,7 @@ def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 
         else:
             bram += bram_blocks(mem, bram_kbits)
     a, b = CALIBRATION["bram_units"]
-    units = a + b * n
+    units = a + b * n + NORM_LANE["bram"] * narrowed
     if bram_kbits == 36:
         units /= 2
     bram += math.ceil(units)

@@ -76,7 +76,8 @@ def fit_board(board, pinned: dict, model: str = "deit_tiny", clock_mhz: float | 
 
 
 def describe(cfg) -> str:
-    return (f"N={cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes, "
+    return (f"N={cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, {cfg.vector_lanes} lanes"
+            + (f" ({cfg.norm_lanes} in the LayerNorm and softmax)" if cfg.norm_lanes else "") + ", "
             f"{cfg.lut_mult_cols} columns on LUT multipliers, "
             f"{'two products per DSP' if cfg.dsp_pack == 2 else 'one product per DSP'}), "
             f"scratchpad {cfg.scratchpad_kib} KiB"

@@ -180,6 +180,33 @@ def test_dsp_budget_moves_columns_to_luts():
         assert resources_on(fewer, board).dsp > 156
 
 
+def test_estimate_narrow_layernorm_and_softmax():
+    """norm_lanes = L takes N - L lanes of the two units off: 12 multipliers a lane (the
+    LayerNorm's 5 and the softmax's 7), and their logic, flip-flops and block RAMs."""
+    cfg = load_config("small")                          # N = 8
+    full, half = estimate(cfg), estimate(cfg.replace(norm_lanes=4))
+    assert full.dsp - half.dsp == 4 * 12
+    assert half.lut < full.lut and half.ff < full.ff and half.bram < full.bram
+    assert estimate(cfg.replace(norm_lanes=2)).dsp == full.dsp - 6 * 12
+
+
+def test_dsp_budget_narrows_layernorm_and_softmax_before_lut_columns():
+    """At N = 8 on 156 multipliers: the array's 64 and the vector units' 138 overflow; the
+    LayerNorm and softmax at 4 lanes fit (153) with no LUT column, and at 2 lanes would
+    too, but the widest that fits is chosen.  Pinned at the full width, LUT columns are
+    the way, and the message of a pinned config that cannot fit names norm_lanes."""
+    board = synthetic(dsps=156)
+    pin = {"array_rows": 8, "array_cols": 8, "vector_lanes": 8}
+    r = fit(board, pin, cycles_of=fake_cycles)
+    assert (r.config.lut_mult_cols, r.config.norm_lanes) == (0, 4)
+    assert resources_on(r.config, board).dsp <= 156
+    assert resources_on(r.config.replace(norm_lanes=0), board).dsp > 156
+    full = fit(board, {**pin, "norm_lanes": 0}, cycles_of=fake_cycles).config
+    assert full.norm_lanes == 0 and full.lut_mult_cols > 0
+    with pytest.raises(FitError, match=r"norm_lanes=2, .* multiplier blocks"):
+        fit(synthetic(dsps=100), {**pin, "norm_lanes": 2, "lut_mult_cols": 0}, cycles_of=fake_cycles)
+
+
 def test_block_ram_budget_limits_memories():
     big = fit(synthetic(), cycles_of=fake_cycles).config
     tight = fit(synthetic(brams=200), cycles_of=fake_cycles).config

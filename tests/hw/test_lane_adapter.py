@@ -128,3 +128,23 @@ def test_bad_parameters():
         LaneAdapter(6, 2, 8, 8, 16)
     with pytest.raises(ValueError, match="max_length must be a positive integer"):
         LaneAdapter(4, 2, 8, 8, 0)
+
+
+def test_norm_lanes_field():
+    """``norm_lanes``: 0 (the datapath) or a power of two from 2 to N / 2; the LayerNorm and
+    the softmax, and their timing, follow it."""
+    from hw.config import AcceleratorConfig, ConfigError
+    from hw.layernorm import PtfLayerNorm, channels_ok, layernorm_timing
+    from hw.softmax import LisSoftmax, softmax_timing
+
+    base = AcceleratorConfig(array_rows=8, array_cols=8, vector_lanes=8)
+    assert base.norm_unit_lanes == 8 and base.replace(norm_lanes=2).norm_unit_lanes == 2
+    for bad in (8, 16, 3, 1, -4):
+        with pytest.raises(ConfigError, match="norm_lanes must be 0"):
+            base.replace(norm_lanes=bad)
+    narrow = base.replace(norm_lanes=4)
+    assert PtfLayerNorm(narrow).lanes == 4 and LisSoftmax(narrow).lanes == 4
+    # Rows of C / L beats: twice as many at half the lanes, and a multiple of 4 is a row.
+    assert layernorm_timing(narrow, 256).interval == 2 * layernorm_timing(base, 256).interval
+    assert channels_ok(narrow, 12) and not channels_ok(base, 12)
+    assert softmax_timing(narrow, 197).latency > softmax_timing(base, 197).latency
