@@ -48,7 +48,7 @@ TABLE_MODELS = ("deit_tiny", "deit_small")
 
 #: Search space (fields absent from ``pinned``).
 WIDTHS = (16, 8, 4)
-SCRATCHPAD_KIB = (512, 384, 320, 256, 224, 208, 200, 192, 160, 128)
+SCRATCHPAD_KIB = (512, 384, 320, 256, 224, 208, 200, 192, 160, 128, 96, 64)
 ACCUMULATOR_KIB = (128, 64, 32, 16, 8)
 PARAM_KIB = (16, 8, 4)
 #: DeiT (197 tokens) needs at least 197 rows per tile: smaller buffers do not compile it.
@@ -375,17 +375,24 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
             f"scratchpad {cfg.scratchpad_kib} KiB accumulator {cfg.accumulator_kib} KiB "
             f"parameters {cfg.param_kib} KiB, DRAM {cfg.dram_bytes} B/cycle ...")
         cycles = cycles_of(cfg)
+        # Region shares that compile but whose memories overflow the budget: smaller
+        # memories (sized anew) may still fit and compile, so this one does not rule them out.
+        over_sized = False
         if cycles is None and size_model:
             sized = size_regions(cfg, (model, *others))
-            if sized is not None and sized != cfg and not resources_on(sized, board).overflow(budget):
-                say(f"  -> does not compile with the default region shares; sized for "
-                    f"{', '.join((model, *others))}: "
-                    f"spad_shares {sized.spad_shares} ...")
-                cfg = sized
-                cycles = cycles_of(cfg)
-        say(f"  -> {'does not compile' if cycles is None else f'{cycles:,} cycles'}")
+            if sized is not None and sized != cfg:
+                if resources_on(sized, board).overflow(budget):
+                    over_sized = True
+                else:
+                    say(f"  -> does not compile with the default region shares; sized for "
+                        f"{', '.join((model, *others))}: "
+                        f"spad_shares {sized.spad_shares} ...")
+                    cfg = sized
+                    cycles = cycles_of(cfg)
+        say(f"  -> {'does not compile' if cycles is None else f'{cycles:,} cycles'}"
+            + (" (the region shares it needs overflow the budget)" if over_sized else ""))
         ranked.append((cfg, cycles))
-        if cycles is None:
+        if cycles is None and not over_sized:
             failed.append(cfg)
         else:
             per_width[cfg.lanes] = per_width.get(cfg.lanes, 0) + 1
