@@ -159,7 +159,7 @@ def test_mode_enums_are_the_hardware_units():
 
 
 @pytest.mark.parametrize("op,args,match", [
-    (Opcode.LAYERNORM, dict(SAMPLES["layernorm"][1], cols=5), r"LayerNorm: channels must be a multiple of vector_lanes \(2\)"),
+    (Opcode.LAYERNORM, dict(SAMPLES["layernorm"][1], cols=5), r"LayerNorm: channels must be a multiple of the LayerNorm's lanes \(2\)"),
     (Opcode.ADD, dict(SAMPLES["add"][1], cols=18), r"residual add: .*2\.\.16 \(max_channels\)"),
     (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], cols=300), "exceeds max_seq_len 256 by 44"),
     (Opcode.SOFTMAX, dict(SAMPLES["softmax_lis"][1], mask_value=3), "mask_value 3 must be 0 or negative"),

@@ -111,7 +111,7 @@ def test_layernorm_channels_not_multiple_of_lanes():
     pos = g.op("pos_embed")                      # the one-input add before the first LayerNorm
     pos.kind, pos.params, pos.attrs = "gelu", {"table": np.zeros(256, dtype=np.int8)}, {}
     with pytest.raises(CompileError, match=r"op 'blocks.0.norm1': the LayerNorm unit cannot run "
-                                           r"rows of 12 channels: .*multiple of vector_lanes \(8\)"):
+                                           r"rows of 12 channels: .*multiple of the LayerNorm's lanes \(8\)"):
         compile_graph(g, _cfg(n=8))
 
 

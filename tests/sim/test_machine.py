@@ -247,7 +247,7 @@ def test_missing_halt(unit_timings):
      "mask_value=0\n", "max_seq_len",
      ErrorCode.CONSTRAINT),
     (f"LAYERNORM wait=- signal=- src_addr={VIN} src_stride=4 dst_addr={OUT} dst_stride=4 rows=1 cols=3 "
-     "param_addr=0 load_params=0 zp_in=0\n", "multiple of vector_lanes", ErrorCode.CONSTRAINT),
+     "param_addr=0 load_params=0 zp_in=0\n", "multiple of the LayerNorm's lanes", ErrorCode.CONSTRAINT),
     (f"ADD wait=- signal=- a_addr={VIN} a_stride=4 b_addr={VIN2} b_stride=4 dst_addr={OUT} dst_stride=4 "
      "rows=1 cols=3 param_addr=0 load_params=0 zp_a=0 zp_b=0 zp_out=0\n",
      "residual add: channels must be a multiple of vector_lanes \\(2\\)", ErrorCode.CONSTRAINT),
