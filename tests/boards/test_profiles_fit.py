@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from boards.fit import FitError, candidates, check_fits, fit, overflow_message, resources_on
+from boards.fit import FitError, candidates, check_fits, fit, fit_budget, overflow_message, resources_on
 from boards.profiles import PROFILES, BoardError, BoardProfile, get_profile
 from boards.resources import (MemoryShape, Resources, bram_blocks, core_memories, estimate,
                               macs_per_dsp, products_per_dsp)
@@ -342,12 +342,19 @@ def test_every_table_model_must_compile_on_the_fitted_config(monkeypatch):
             return None
         return 10_000_000 // cfg.macs_per_cycle + 100 * cfg.param_kib   # smaller params faster
     monkeypatch.setattr(boards.fit, "model_cycles", cycles)
-    board = synthetic(dsps=156, brams=208)
-    r = fit(board, {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "spad_shares": ""})
+    pin = {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "spad_shares": "",
+           "scratchpad_kib": 128, "accumulator_kib": 16}
+    # Block RAMs for the 8 KiB parameter memory and not the 16 KiB one, so that the two
+    # ranked per width are the 8 and 4 KiB variants.
+    need = {kib: estimate(load_config(None, **pin, param_kib=kib, norm_lanes=4)).bram
+            for kib in (16, 8)}
+    brams = next(b for b in range(need[8], 10 * need[8]) if fit_budget(synthetic(brams=b))["bram"] >= need[8])
+    board = synthetic(dsps=156, brams=brams)
+    assert fit_budget(board)["bram"] < need[16]
+    r = fit(board, pin)
     assert r.config.param_kib >= 8 and "deit_small" in seen
     # Without the requirement the faster 4 KiB config wins.
-    r = fit(board, {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "spad_shares": ""},
-            require=("deit_tiny",))
+    r = fit(board, pin, require=("deit_tiny",))
     assert r.config.param_kib == 4
     with pytest.raises(FitError, match="unknown model 'vit_huge'"):
         fit(board, require=("vit_huge",))
