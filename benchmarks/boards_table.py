@@ -41,6 +41,7 @@ def board_table(name: str, build_dir: Path) -> str:
     lines = [f"### {board.title} (`{board.name}`, {board.part})", "",
              f"Config: N = {cfg.lanes} ({cfg.array_rows}x{cfg.array_cols} array, "
              f"{cfg.lut_mult_cols} columns on LUT multipliers"
+             + (f", LayerNorm and softmax {cfg.norm_lanes} lanes wide" if cfg.norm_lanes else "")
              + (", two products per DSP48E2" if cfg.dsp_pack == 2 else "")
              + f"), scratchpad {cfg.scratchpad_kib} KiB"
              + (f" (region shares `{cfg.spad_shares}`)" if cfg.spad_shares else "")

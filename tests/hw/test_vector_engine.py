@@ -547,7 +547,8 @@ def test_every_mode(n):
     check(program, simulate(program))
 
 
-@pytest.mark.parametrize("n, lanes", [(4, 2), (8, 4), (8, 2)])
+@pytest.mark.parametrize("n, lanes", [(4, 2), (8, 4), (8, 2),
+                                      pytest.param(16, 4, marks=pytest.mark.slow)])
 def test_every_mode_narrow_units(n, lanes):
     """LayerNorm and softmax ``L < N`` lanes wide behind their lane adapters
     (``norm_lanes``): the same grid, bit-exact and cycle-exact against ``vector_timing`` with
