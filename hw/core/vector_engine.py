@@ -60,6 +60,17 @@ scratchpad words) instead of one; for LAYERNORM one cycle more, as ``layernorm_t
 latency does not count both end cycles; 257 cycles for GELU_TABLE; and the retire
 register's cycle for every opcode.  :func:`vector_timing` is the RTL's.
 
+With ``norm_lanes = L < N`` (:attr:`hw.config.AcceleratorConfig.norm_unit_lanes`) the
+LayerNorm and the softmax are built ``L`` lanes wide, each behind a
+:class:`hw.lane_adapter.LaneAdapter`: a beat enters the unit as ``N / L`` parts in
+consecutive cycles (the first in the cycle it is taken), and the output beat is written in
+the cycle of its last part.  No cycle is added, so :func:`layernorm_timing` and
+:func:`softmax_timing` at ``L`` lanes (rows of ``ceil(cols / L)`` beats) are the rows'
+timing, and the requantizer before the softmax is held by its ready meanwhile.  A
+LAYERNORM's ``cols`` is a multiple of ``L``; a last beat with fewer parts passes only those,
+and the adapter fills the output lanes of the parts it lacks with the unit's padding
+(code 15 or probability 0, as an ``N``-lane softmax writes them).
+
 Zero points (``LAYERNORM.zp_in``, ``ADD.zp_a``, ``zp_b``, ``zp_out``) are int8 in the units:
 the engine passes the low 8 bits of the 16-bit fields.  The requantizer holds the records of
 ``ceil(max_channels / N) N`` channels: a per-channel REQUANT must not have more ``cols``.
@@ -202,7 +213,8 @@ def vector_timing(config: AcceleratorConfig, op: Opcode, args: Mapping[str, int]
 
 class VectorEngine(wiring.Component):
     """The vector engine (module docstring): one requantizer (``N`` lanes), GELU table,
-    Log-Int-Softmax, PTF LayerNorm and residual add, fed from and writing to its memories.
+    Log-Int-Softmax and PTF LayerNorm (``norm_unit_lanes`` lanes, behind lane adapters when
+    fewer than ``N``) and residual add, fed from and writing to its memories.
 
     Parameters
     ----------
