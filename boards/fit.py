@@ -392,10 +392,10 @@ def fit(board: BoardProfile, pinned: dict | None = None, model: str = "deit_tiny
         say(f"  -> {'does not compile' if cycles is None else f'{cycles:,} cycles'}"
             + (" (the region shares it needs overflow the budget)" if over_sized else ""))
         ranked.append((cfg, cycles))
-        if cycles is None and not over_sized:
-            failed.append(cfg)
-        else:
+        if cycles is not None:
             per_width[cfg.lanes] = per_width.get(cfg.lanes, 0) + 1
+        elif not over_sized:
+            failed.append(cfg)
     ok = [(cfg, cyc) for cfg, cyc in ranked if cyc is not None]
     if not ok:
         raise FitError(f"no config that fits {board.name} compiles {', '.join((model, *others))} "

@@ -360,6 +360,32 @@ def test_every_table_model_must_compile_on_the_fitted_config(monkeypatch):
         fit(board, require=("vit_huge",))
 
 
+def test_shares_that_overflow_do_not_rule_out_smaller_memories(monkeypatch):
+    """A candidate that compiles only with region shares whose memories overflow the budget
+    is not proof that smaller memories cannot compile: the next smaller one is sized and
+    ranked too (and the overflowing one does not count as one of the two per width)."""
+    import boards.fit
+    pin = {"array_rows": 8, "array_cols": 8, "vector_lanes": 8, "accumulator_kib": 16,
+           "param_kib": 8}
+    board = synthetic(brams=3000)
+    biggest = max(c.scratchpad_kib for c in candidates(board, pin))
+
+    def cycles(cfg, model="deit_tiny", cache=True):
+        return None if not cfg.spad_shares else 1_000_000 // cfg.scratchpad_kib
+
+    def size(cfg, models):
+        # The largest scratchpad's shares need a memory beyond any budget.
+        grown = {"scratchpad_kib": 100_000} if cfg.scratchpad_kib == biggest else {}
+        return cfg.replace(spad_shares="act=8", **grown)
+    monkeypatch.setattr(boards.fit, "model_cycles", cycles)
+    monkeypatch.setattr(boards.fit, "size_regions", size)
+    said = []
+    r = fit(board, pin, progress=said.append, require=("deit_tiny",))
+    assert r.config.spad_shares == "act=8" and r.config.scratchpad_kib < biggest
+    assert any("overflow the budget" in line for line in said)
+    assert sum(c is not None for _, c in r.ranked) == 2
+
+
 def test_size_regions_for_two_models_at_once():
     """One set of shares for DeiT-Tiny and DeiT-Small (the hardware has one); ``None`` when no
     share holds a model (DeiT-Small's 1,536 parameter words do not fit 4 KiB)."""
