@@ -188,9 +188,7 @@ def _first_fitting_dsps(board: BoardProfile, base: dict, lut_options, norm_optio
                 cfg = _with_board(load_config(None, **{**base, "lut_mult_cols": lut,
                                                        "norm_lanes": norm}), board, clock_mhz)
             except ConfigError:
-                if len(norm_options) > 1:
-                    continue
-                return None
+                continue
             if resources_on(cfg, board).dsp <= board.dsps:
                 return cfg
     return None

@@ -33,7 +33,7 @@ from hw.core.memories import geometry
 
 __all__ = ["Resources", "MemoryShape", "estimate", "core_memories", "bram_blocks",
            "uram_blocks", "products_per_dsp", "macs_per_dsp", "CALIBRATION", "NORM_LANE",
-    "LUT6_PER_LUT4"]
+           "LUT6_PER_LUT4"]
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,8 @@ def estimate(config: AcceleratorConfig, family: str = "ecp5", bram_kbits: int = 
     ff = (a + b * n + c * n * n + CALIBRATION["lut_mult_ff"] * lut_pes
           + CALIBRATION["pack_ff"] * pairs + NORM_LANE["ff"] * narrowed)
     a, b = CALIBRATION["dsp_units"]
-    dsp = dsp_pes // products_per_dsp(config, family) + round(a + b * n + NORM_LANE["dsp"] * narrowed)
+    dsp = (dsp_pes // products_per_dsp(config, family)
+           + round(a + b * n + NORM_LANE["dsp"] * narrowed))
     mems = core_memories(config)
     uram = 0
     bram = 0

@@ -75,7 +75,7 @@ class AcceleratorConfig:
     #: elements each unit accepts per cycle.
     vector_lanes: int = 16
     #: Lanes of the LayerNorm and softmax units, the two with the most multipliers per lane
-    #: (seven MULT18X18D each on ECP5): 0 for ``N``, or a power of two in 2..N/2.  With
+    #: (on ECP5 five and seven MULT18X18D a lane): 0 for ``N``, or a power of two in 2..N/2.  With
     #: ``L < N`` those two units are built ``L`` lanes wide behind a lane adapter
     #: (:class:`hw.lane_adapter.LaneAdapter`) that passes each ``N``-element beat in
     #: ``N / L`` parts: the results are identical, the rows take longer

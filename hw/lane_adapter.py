@@ -103,7 +103,9 @@ class LaneAdapter(wiring.Component):
         k = self.parts
         part_bits = exact_log2(k)
         in_part, out_part = self._in_bits * self._l, self._out_bits * self._l
-        max_parts = -(-self._max_length // self._l)
+        # At least k parts wide, so that a position's low bits are its part of the beat:
+        # every beat but a row's last has k parts, so beats start at multiples of k.
+        max_parts = max(-(-self._max_length // self._l), k)
 
         # P - 1: the index of a row's last part.
         last_part = Signal(range(max_parts + 1))
@@ -111,7 +113,7 @@ class LaneAdapter(wiring.Component):
 
         # ------------------------------------------------------------------ in
         in_pos = Signal(range(max_parts + 1))     # parts of the current row sent
-        sub = Signal(part_bits)                   # part of the held beat to send next
+        sub = in_pos[:part_bits]                  # the next part's place in its beat
         kept = Signal(in_part * (k - 1))          # the held beat's parts not sent, next lowest
         held = self.held
         m.d.comb += [
@@ -122,16 +124,16 @@ class LaneAdapter(wiring.Component):
         in_row_end = in_pos == last_part
         with m.If(self.unit_i.valid & self.unit_i.ready):
             m.d.sync += in_pos.eq(Mux(in_row_end, 0, in_pos + 1))
-            with m.If(in_row_end | (held & (sub == k - 1))):
+            with m.If(in_row_end | (sub == k - 1)):
                 m.d.sync += held.eq(0)
             with m.Elif(held):
-                m.d.sync += [sub.eq(sub + 1), kept.eq(kept >> in_part)]
+                m.d.sync += kept.eq(kept >> in_part)
             with m.Else():
-                m.d.sync += [held.eq(1), sub.eq(1), kept.eq(self.i.payload[in_part:])]
+                m.d.sync += [held.eq(1), kept.eq(self.i.payload[in_part:])]
 
         # ------------------------------------------------------------------ out
         out_pos = Signal(range(max_parts + 1))    # parts of the current row received
-        osub = Signal(part_bits)                  # part of the beat being gathered
+        osub = out_pos[:part_bits]                # the part's place in the beat gathered
         gathered = [Signal(out_part, name=f"gathered_{j}") for j in range(k - 1)]
         out_row_end = out_pos == last_part
         completes = Signal()
@@ -146,10 +148,7 @@ class LaneAdapter(wiring.Component):
         groups.append(Mux(osub == k - 1, self.unit_o.payload, pad))
         m.d.comb += self.o.payload.eq(Cat(*groups))
         with m.If(self.unit_o.valid & self.unit_o.ready):
-            m.d.sync += [
-                out_pos.eq(Mux(out_row_end, 0, out_pos + 1)),
-                osub.eq(Mux(completes, 0, osub + 1)),
-            ]
+            m.d.sync += out_pos.eq(Mux(out_row_end, 0, out_pos + 1))
             for j in range(k - 1):
                 with m.If(osub == j):
                     m.d.sync += gathered[j].eq(self.unit_o.payload)
