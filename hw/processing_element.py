@@ -18,7 +18,10 @@ The stationary element a streaming operand meets is the shadow one when the oper
 carries ``swap`` (the first row of a tile), which also copies the shadow register into the
 stationary one.  So the swap travels through the array with the first row of the new tile
 and every PE changes tiles exactly between the last row of one tile and the first of the
-next.
+next.  The copy is made a cycle ahead, from ``swap_next`` (the ``swap`` the PE's operand
+carries in the next cycle): the multiplier reads the stationary register itself, and the
+swap flag, which one register of the array drives to every PE of an anti-diagonal, ends at
+that register rather than at the multiplier's input.
 """
 from __future__ import annotations
 
@@ -107,9 +110,15 @@ class ProcessingElement(wiring.Component):
     psum_out : ``Out(signed(psum_width))``
         ``psum_in + product`` registered, to the PE below, ``product`` being the registered
         product of the previous cycle's operand.
+    swap_next : ``In(1)``
+        ``act_in.swap`` of the next cycle (the input of the register that drives it).
+    swap_ahead : ``Out(1)``
+        ``act_out.swap`` of the next cycle: the next PE's ``swap_next``.
     weight_write : ``In(1)``
-        Write ``weight`` into the shadow register at the end of this cycle.  A write in the
-        cycle of a ``swap`` does not affect that swap (the swap copies the old shadow value).
+        Write ``weight`` into the shadow register at the end of this cycle.  A swap takes
+        the shadow value of the cycle before it: a write in that cycle or in the swap's
+        own does not affect it (the array writes a tile's shadow elements at least two
+        cycles before its swap reaches them).
     weight : ``In(signed(8))``
         Stationary element of the next tile.
 
@@ -136,6 +145,8 @@ class ProcessingElement(wiring.Component):
             "act_out": Out(STREAM_OPERAND),
             "psum_in": In(signed(psum_width)),
             "psum_out": Out(signed(psum_width)),
+            "swap_next": In(1),
+            "swap_ahead": Out(1),
             "weight_write": In(1),
             "weight": In(signed(8)),
         })
@@ -149,19 +160,20 @@ class ProcessingElement(wiring.Component):
 
         # Data registers are reset-less (a tile's first row overwrites them on its way
         # through); the swap flag that travels with the operands takes the reset.
+        # ``stationary`` is the element this cycle's operand meets: the shadow one is
+        # copied in at the end of the cycle before the operand that carries the swap.
         shadow = Signal(signed(8), reset_less=True)
         stationary = Signal(signed(8), reset_less=True)
-        current = Signal(signed(8))
-        m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
-        m.d.sync += stationary.eq(current)
+        with m.If(self.swap_next):
+            m.d.sync += stationary.eq(shadow)
         with m.If(self.weight_write):
             m.d.sync += shadow.eq(self.weight)
 
         term = Signal(signed(PRODUCT_BITS))
         if self.lut_multiplier:
-            m.d.comb += term.eq(shift_add_product(self.act_in.value, current))
+            m.d.comb += term.eq(shift_add_product(self.act_in.value, stationary))
         else:
-            m.d.comb += term.eq(self.act_in.value * current)
+            m.d.comb += term.eq(self.act_in.value * stationary)
 
         product = Signal(signed(PRODUCT_BITS), reset_less=True)
         act_value = Signal(signed(9), reset_less=True)
@@ -176,6 +188,7 @@ class ProcessingElement(wiring.Component):
         m.d.comb += [
             self.act_out.value.eq(act_value),
             self.act_out.swap.eq(act_swap),
+            self.swap_ahead.eq(self.act_in.swap),
             self.psum_out.eq(psum),
         ]
         return m
@@ -205,6 +218,9 @@ class PackedPair(wiring.Component):
         Partial sums from above for columns ``j`` and ``j + 1``.
     psum_out_0, psum_out_1 : ``Out(signed(psum_width))``
         The two columns' partial sums, each in the cycle the unpacked PE gives it.
+    swap_next, swap_ahead :
+        As :class:`ProcessingElement`'s (``swap_ahead`` is ``act_out.swap`` of the next
+        cycle).
     weight_write : ``In(1)``
         Write ``weight_0`` and ``weight_1`` into the packed shadow register (column
         ``j``'s write cycle; column ``j + 1``'s write one cycle early).
@@ -232,6 +248,8 @@ class PackedPair(wiring.Component):
             "psum_in_1": In(signed(psum_width)),
             "psum_out_0": Out(signed(psum_width)),
             "psum_out_1": Out(signed(psum_width)),
+            "swap_next": In(1),
+            "swap_ahead": Out(1),
             "weight_write": In(1),
             "weight_0": In(signed(8)),
             "weight_1": In(signed(8)),
@@ -247,9 +265,8 @@ class PackedPair(wiring.Component):
         # Reset-less data registers, reset swap flags, as in ProcessingElement.
         shadow = Signal(signed(PACKED_WEIGHT_BITS), reset_less=True)
         stationary = Signal(signed(PACKED_WEIGHT_BITS), reset_less=True)
-        current = Signal(signed(PACKED_WEIGHT_BITS))
-        m.d.comb += current.eq(Mux(self.act_in.swap, shadow, stationary))
-        m.d.sync += stationary.eq(current)
+        with m.If(self.swap_next):
+            m.d.sync += stationary.eq(shadow)
         with m.If(self.weight_write):
             m.d.sync += shadow.eq(pack_weights(self.weight_1, self.weight_0))
 
@@ -257,13 +274,14 @@ class PackedPair(wiring.Component):
         values = [Signal(signed(9), name=f"act_value_{k}", reset_less=True) for k in range(2)]
         swaps = [Signal(name=f"act_swap_{k}") for k in range(2)]
         m.d.sync += [
-            packed.eq(self.act_in.value * current),
+            packed.eq(self.act_in.value * stationary),
             values[0].eq(self.act_in.value),
             swaps[0].eq(self.act_in.swap),
             values[1].eq(values[0]),
             swaps[1].eq(swaps[0]),
         ]
-        m.d.comb += [self.act_out.value.eq(values[1]), self.act_out.swap.eq(swaps[1])]
+        m.d.comb += [self.act_out.value.eq(values[1]), self.act_out.swap.eq(swaps[1]),
+                     self.swap_ahead.eq(swaps[0])]
         hi, lo = split_packed_product(packed)
         lo_term = Signal(signed(PRODUCT_BITS))
         hi_term = Signal(signed(PRODUCT_BITS), reset_less=True)

@@ -205,12 +205,16 @@ class SystolicArray(wiring.Component):
         # delayed r more cycles.  A row accepted in cycle t meets PE (r, c) in t + 1 + r + c.
         # The operand values, like every data register of the array, are reset-less: only
         # the flags (swap, weight writes, valid) take the reset (docs/HARDWARE.md, "Resets").
+        # Each row also gives its first PE the swap flag of the next cycle (``swap_next``:
+        # the input of the row's last swap register), from which the PEs copy their shadow
+        # elements a cycle ahead (hw.processing_element).
         tile_mode = Mux(first_row, shadow_mode, active_mode)
         operands = []
         for r in range(rows):
             byte = self.activations.payload.data[8 * r:8 * r + 8]
             value = Signal(signed(9), name=f"operand_{r}_value", reset_less=True)
             swap = Signal(name=f"operand_{r}_swap")
+            swap_next = first_row
             m.d.sync += [
                 value.eq(Mux(tile_mode == StreamMode.INT8, byte.as_signed(), byte)),
                 swap.eq(first_row),
@@ -219,10 +223,10 @@ class SystolicArray(wiring.Component):
                 d_value = Signal(signed(9), name=f"operand_{r}_value_skew_{stage}", reset_less=True)
                 d_swap = Signal(name=f"operand_{r}_swap_skew_{stage}")
                 m.d.sync += [d_value.eq(value), d_swap.eq(swap)]
-                value, swap = d_value, d_swap
+                value, swap, swap_next = d_value, d_swap, swap
             operand = Signal(STREAM_OPERAND, name=f"operand_{r}")
             m.d.comb += [operand.value.eq(value), operand.swap.eq(swap)]
-            operands.append(operand)
+            operands.append((operand, swap_next))
 
         # Weight rows: one register stage, then column c delayed c more cycles, so a beat
         # accepted in cycle t writes the shadow registers of column c at the end of t + 1 + c.
@@ -253,7 +257,7 @@ class SystolicArray(wiring.Component):
         # ------------------------------------------------------------------ PE grid
         psums = [0] * cols
         for r in range(rows):
-            act = operands[r]
+            act, swap_next = operands[r]
             for c in range(cols):
                 if packed and c < dsp_cols:
                     if c % 2:
@@ -263,13 +267,14 @@ class SystolicArray(wiring.Component):
                     write, row, value = weight_writes[c]
                     m.d.comb += [
                         pair.act_in.eq(act),
+                        pair.swap_next.eq(swap_next),
                         pair.psum_in_0.eq(psums[c]),
                         pair.psum_in_1.eq(psums[c + 1]),
                         pair.weight_write.eq(write & (row == r)),
                         pair.weight_0.eq(value),
                         pair.weight_1.eq(weight_writes[c + 1][2]),
                     ]
-                    act = pair.act_out
+                    act, swap_next = pair.act_out, pair.swap_ahead
                     psums[c], psums[c + 1] = pair.psum_out_0, pair.psum_out_1
                     continue
                 pe = ProcessingElement(width, lut_multiplier=c >= dsp_cols)
@@ -277,11 +282,12 @@ class SystolicArray(wiring.Component):
                 write, row, value = weight_writes[c]
                 m.d.comb += [
                     pe.act_in.eq(act),
+                    pe.swap_next.eq(swap_next),
                     pe.psum_in.eq(psums[c]),
                     pe.weight_write.eq(write & (row == r)),
                     pe.weight.eq(value),
                 ]
-                act = pe.act_out
+                act, swap_next = pe.act_out, pe.swap_ahead
                 psums[c] = pe.psum_out
 
         # ------------------------------------------------------------------ output de-skew
