@@ -17,7 +17,10 @@ last beat of a row has ``P - k (ceil(length / N) - 1)`` parts, and only those re
 unit; the lanes of the missing parts in the last output beat carry ``pad`` (the unit's
 own padding value, so the beat is what an ``N``-lane unit would give).  Both sides count
 parts within the row, so rows follow each other without a gap and ``length`` may change
-between instructions (it must stay constant while a row is in the adapter).
+between instructions: it must stay constant while a row is in the adapter, and be set at
+least one cycle before a row's first part (the adapter registers the row's last part
+index, so that the compares that end a row read two registers and no arithmetic on
+``length``, which the vector engine drives from its instruction register).
 
 Latency and throughput
 ----------------------
@@ -62,7 +65,8 @@ class LaneAdapter(wiring.Component):
     o : ``Out(stream.Signature(unsigned(out_bits * N)))``
         Beats of ``N`` lanes out.  ``unit_o`` waits for ``o.ready`` only with a beat's last part.
     length : ``In(range(max_length + 1))``
-        Elements per row, ``1 .. max_length``.
+        Elements per row, ``1 .. max_length``; set at least one cycle before a row's
+        first part is offered.
     pad : ``In(out_bits)``
         The value of every output lane beyond the row's last part.
     held : ``Out(1)``
@@ -107,9 +111,10 @@ class LaneAdapter(wiring.Component):
         # every beat but a row's last has k parts, so beats start at multiples of k.
         max_parts = max(-(-self._max_length // self._l), k)
 
-        # P - 1: the index of a row's last part.
+        # P - 1: the index of a row's last part, registered (``length`` is set a cycle
+        # before a row's first part).
         last_part = Signal(range(max_parts + 1))
-        m.d.comb += last_part.eq((self.length - 1) >> exact_log2(self._l))
+        m.d.sync += last_part.eq((self.length - 1) >> exact_log2(self._l))
 
         # ------------------------------------------------------------------ in
         in_pos = Signal(range(max_parts + 1))     # parts of the current row sent

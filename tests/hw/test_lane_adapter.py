@@ -64,7 +64,12 @@ def run(n: int, lanes: int, lengths: list[tuple[int, int]], seed: int, busy: boo
         in_flight = deque()                   # (ready cycle, part) inside the stand-in unit
         cycle = 0
         for group, (length, _) in enumerate(lengths):
+            # The adapter registers the row's last part: length is set a cycle ahead.
             ctx.set(dut.length, length)
+            ctx.set(dut.i.valid, 0)
+            ctx.set(dut.unit_o.valid, 0)
+            await ctx.tick()
+            cycle += 1
             pending = deque(beats_in[group])
             want = len(beats_expected[group])
             got = 0
@@ -117,8 +122,8 @@ def test_one_part_a_cycle_from_the_first_beat(n, lanes):
     """Always ready: the first part enters in the cycle the first beat is offered, and then
     one part every cycle until the last (rows of a partial last beat included)."""
     parts, offers = run(n, lanes, [(3 * n + 1, 4)], seed=5, busy=False)
-    assert parts[0] == offers[0] == 0
-    assert parts == list(range(len(parts)))
+    assert parts[0] == offers[0] == 1         # cycle 0 sets the length
+    assert parts == list(range(1, len(parts) + 1))
 
 
 def test_bad_parameters():
