@@ -31,7 +31,8 @@ first cycle of a run (the cycle after the start command):
   of cycles of the run, ``E + 1``.  With a token left in a semaphore the run ends with
   ``TOKENS``.
 * **Busy counters.**  ``busy_count[q]`` counts the cycles engine ``q`` has an instruction in
-  flight: from a start through its retire cycle.
+  flight: from a start through its retire cycle.  Each cycle is added one cycle later (the
+  count is complete when ``done`` rises).
 
 Errors (``error``, ``error_index``): the decoder's verdict at the instruction (``ILLEGAL``,
 ``NO_HALT``, ``RANGE``, ``CONSTRAINT``); ``SEMAPHORE`` at the retiring instruction whose
@@ -164,9 +165,17 @@ class Sequencer(wiring.Component):
             m.submodules[f"queue_{Queue(q).name.lower()}"] = ResetInserter(begin)(fifos[q])
             m.submodules[f"in_flight_{Queue(q).name.lower()}"] = ResetInserter(begin)(flights[q])
 
-        # Semaphores sem[s][d]: tokens from queue s for queue d.
+        # Semaphores sem[s][d]: tokens from queue s for queue d.  Beside each count, two
+        # flags kept with it: ``nonzero`` (sem != 0) and ``top`` (sem at its largest), so
+        # that the start and overflow logic, whose paths reach the engines across the die
+        # and come back, read one register where they compared all the count's bits.
         sem = [[Signal(self.token_bits, name=f"sem_{s}_{d}") if s != d else None for d in range(NQ)]
                for s in range(NQ)]
+        nonzero = [[Signal(name=f"sem_nonzero_{s}_{d}") if s != d else None for d in range(NQ)]
+                   for s in range(NQ)]
+        top = [[Signal(name=f"sem_top_{s}_{d}") if s != d else None for d in range(NQ)]
+               for s in range(NQ)]
+        sem_max = (1 << self.token_bits) - 1
         head_word = [fifos[q].r_data[:INSTR_BITS] for q in range(NQ)]
         head_index = [fifos[q].r_data[INSTR_BITS:] for q in range(NQ)]
         head_wait = [w[8:8 + NQ] for w in head_word]
@@ -176,7 +185,7 @@ class Sequencer(wiring.Component):
         tokens_ok = Signal(NQ)
         for q in range(NQ):
             eng = self.engine[q]
-            ok = [~head_wait[q][s] | (sem[s][q] != 0) for s in range(NQ) if s != q]
+            ok = [~head_wait[q][s] | nonzero[s][q] for s in range(NQ) if s != q]
             m.d.comb += [
                 tokens_ok[q].eq(Cat(*ok).all()),
                 eng.instr.payload.eq(head_word[q]),
@@ -224,11 +233,15 @@ class Sequencer(wiring.Component):
                 inc = Signal(name=f"inc_{s}_{d}")
                 dec = Signal(name=f"dec_{s}_{d}")
                 m.d.comb += [inc.eq(retires[s] & ret_mask[d]), dec.eq(starts[d] & head_wait[d][s])]
+                # A count past its largest wraps to 0 (and stops the run, SEMAPHORE); a
+                # decrement needs a token (the start waited for nonzero).
                 with m.If(inc & ~dec):
-                    m.d.sync += sem[s][d].eq(sem[s][d] + 1)
+                    m.d.sync += [sem[s][d].eq(sem[s][d] + 1), nonzero[s][d].eq(~top[s][d]),
+                                 top[s][d].eq(sem[s][d] == sem_max - 1)]
                 with m.If(dec & ~inc):
-                    m.d.sync += sem[s][d].eq(sem[s][d] - 1)
-                full.append(inc & ~dec & (sem[s][d] == (1 << self.token_bits) - 1))
+                    m.d.sync += [sem[s][d].eq(sem[s][d] - 1), nonzero[s][d].eq(sem[s][d] != 1),
+                                 top[s][d].eq(0)]
+                full.append(inc & ~dec & top[s][d])
             m.d.sync += ovf_source[s].eq(Cat(*full).any())
         overflow_r = Signal()
         overflow_index_r = Signal(INDEX_BITS)
@@ -237,7 +250,7 @@ class Sequencer(wiring.Component):
             with m.If(ovf_source[s]):
                 m.d.comb += overflow_index_r.eq(ret_index_r[s])
         tokens_left = Signal()
-        m.d.comb += tokens_left.eq(Cat(*[sem[s][d] != 0 for s in range(NQ) for d in range(NQ)
+        m.d.comb += tokens_left.eq(Cat(*[nonzero[s][d] for s in range(NQ) for d in range(NQ)
                                          if s != d]).any())
 
         # ------------------------------------------------------------------ instruction memory
@@ -378,11 +391,17 @@ class Sequencer(wiring.Component):
                     with m.Case(src):
                         m.d.sync += error_index.eq(value)
 
+        # A busy counter adds a cycle one cycle late, from a register of whether its engine
+        # had an instruction in flight (the starts come from the engines' ready, across the
+        # die): the last in-flight cycle is at E - 1 or earlier, so the count is complete
+        # when ``done`` rises at E + 1.
+        busy_step = Signal(NQ)
+        m.d.sync += busy_step.eq(Mux(running, in_flight | starts, 0))
+        for q in range(NQ):
+            with m.If(busy_step[q]):
+                m.d.sync += self.busy_count[q].eq(self.busy_count[q] + 1)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
-            for q in range(NQ):
-                with m.If(in_flight[q] | starts[q]):
-                    m.d.sync += self.busy_count[q].eq(self.busy_count[q] + 1)
 
         with m.If(~running):
             with m.If(self.clear):
@@ -396,7 +415,7 @@ class Sequencer(wiring.Component):
                 for s in range(NQ):
                     for d in range(NQ):
                         if s != d:
-                            m.d.sync += sem[s][d].eq(0)
+                            m.d.sync += [sem[s][d].eq(0), nonzero[s][d].eq(0), top[s][d].eq(0)]
         with m.Elif(stopping):
             # Drain: in-flight instructions retire, requested fetch beats arrive.
             with m.If(~in_flight.any() & (~fetching | (r_got == ar_sent))):
