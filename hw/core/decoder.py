@@ -42,8 +42,7 @@ assert MAX_PATTERNS >= 1
 #: Cycles from ``start`` to ``valid``: the word is registered, then the rules and the first
 #: pattern's operand select, one cycle per further pattern (select the next, multiply the
 #: one before, compare the one before that), the last multiply, the last compare, and the
-#: registered verdict.  (The rules' results are registered and enter the verdict in the
-#: multiply cycle of the first pattern, inside the same count.)
+#: registered verdict.
 DECODE_LATENCY = MAX_PATTERNS + 3
 #: Width of an error code.
 ERROR_BITS = max(int(c) for c in ErrorCode).bit_length()
