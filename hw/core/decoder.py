@@ -37,8 +37,6 @@ __all__ = ["Decoder", "DECODE_LATENCY", "MAX_PATTERNS", "ERROR_BITS"]
 
 #: Most memory patterns of any opcode (checked one per cycle).
 MAX_PATTERNS = max(len(_patterns_of(spec, AcceleratorConfig())) for spec in SPECS.values())
-# Stage 1's verdict is written in step 1, before the first compare (step 2) and the end.
-assert MAX_PATTERNS >= 1
 #: Cycles from ``start`` to ``valid``: the word is registered, then the rules and the first
 #: pattern's operand select, one cycle per further pattern (select the next, multiply the
 #: one before, compare the one before that), the last multiply, the last compare, and the
@@ -150,16 +148,6 @@ class Decoder(wiring.Component):
                             m.d.comb += rule_code.eq(int(rule.code))
         not_halt_last = Signal()
         m.d.comb += not_halt_last.eq(last & (opcode != int(Opcode.HALT)))
-        # Stage 1's results are registered in step 0 and written into ``error`` and
-        # ``queue`` in step 1, before the first compare (step 2): the word's checks and the
-        # verdict's priority are a register apart (on the routed ULX3S core the word ->
-        # ``error`` path was 7 LUTs, 20.42 ns, the critical path).
-        v_illegal = Signal()
-        v_not_halt_last = Signal()
-        v_rule_code = Signal(ERROR_BITS)
-        v_queue = Signal(range(NQ + 1), init=NQ)
-        m.d.sync += [v_illegal.eq(illegal), v_not_halt_last.eq(not_halt_last),
-                     v_rule_code.eq(rule_code), v_queue.eq(queue)]
 
         # ---------------------------------------------------------------- pattern pipeline
         step = Signal(range(MAX_PATTERNS + 4))
@@ -230,15 +218,15 @@ class Decoder(wiring.Component):
             m.d.sync += [step.eq(0), running.eq(1)]
         with m.Elif(running):
             m.d.sync += step.eq(step + 1)
-            with m.If(step == 1):
-                # Stage 1 verdict (from the registers of step 0).
-                with m.If(v_illegal):
+            with m.If(step == 0):
+                # Stage 1 verdict.
+                with m.If(illegal):
                     m.d.sync += error.eq(int(ErrorCode.ILLEGAL))
-                with m.Elif(v_not_halt_last):
+                with m.Elif(not_halt_last):
                     m.d.sync += error.eq(int(ErrorCode.NO_HALT))
                 with m.Else():
-                    m.d.sync += error.eq(v_rule_code)
-                m.d.sync += self.queue.eq(v_queue)
+                    m.d.sync += error.eq(rule_code)
+                m.d.sync += self.queue.eq(queue)
             with m.Elif(step >= 2):
                 # Compare pattern step - 2 (selected two cycles ago, multiplied in the
                 # previous cycle).
