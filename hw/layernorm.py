@@ -526,6 +526,10 @@ class PtfLayerNorm(wiring.Component):
                               reset_less=True)
                        for lane in range(lanes)]
         half = (Const(1, 1) << (read_r - 1).as_unsigned()[:len(read_r)])[:_R_BASE + 8]
+        # n * mult, the sum of stage 4's partial products (outside the stall enable).
+        prods = [Signal(signed(_AFFINE_BITS), name=f"prod_{lane}") for lane in range(lanes)]
+        m.d.comb += [prods[lane].eq(prod_lo[lane] + (prod_hi[lane] << _NORM_SPLIT))
+                     for lane in range(lanes)]
         with m.If(advance):
             m.d.sync += [
                 read_valid.eq(issue),
@@ -554,9 +558,7 @@ class PtfLayerNorm(wiring.Component):
             ]
             for lane in range(lanes):
                 params = prod_params[lane]
-                prod = Signal(signed(_AFFINE_BITS), name=f"prod_{lane}")
-                m.d.comb += prod.eq(prod_lo[lane] + (prod_hi[lane] << _NORM_SPLIT))
-                scaled = prod >> (params.shift - intops.LN_OFFSET_FRAC)[:6]
+                scaled = prods[lane] >> (params.shift - intops.LN_OFFSET_FRAC)[:6]
                 rounded = summed_regs[lane] >> intops.LN_OFFSET_FRAC
                 clamped = Mux(rounded > intops.INT8_MAX, intops.INT8_MAX,
                               Mux(rounded < intops.INT8_MIN, intops.INT8_MIN, rounded))
