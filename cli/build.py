@@ -24,6 +24,7 @@ from cli.main import UserError
 
 
 def add_arguments(parser) -> None:
+    from boards.build import ROUTE_MARGIN
     from boards.profiles import board_names
     parser.add_argument("--board", required=True, metavar="NAME",
                         help=f"board profile: {', '.join(board_names())}")
@@ -47,13 +48,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=1, metavar="N",
                         help="open flow: nextpnr's first seed (default 1)")
     parser.add_argument("--attempts", type=int, default=3, metavar="K",
-                        help="open flow: seeds tried in turn while router2 stops converging "
-                             "(default 3; 1 never stops it)")
-    parser.add_argument("--place-seeds", type=int, default=1, metavar="K",
+                        help="open flow with --place-seeds 1: seeds tried in turn while router2 "
+                             "stops converging (default 3; 1 never stops it)")
+    parser.add_argument("--place-seeds", type=int, default=2, metavar="K",
                         help="open flow: place seeds N..N+K-1 first (two at a time), then place "
-                             "and route the two best post-placement estimates side by side and keep "
-                             "the faster, the next two if neither routes (default 1: place and "
-                             "route one seed at a time)")
+                             "and route the two best post-placement estimates side by side, each "
+                             f"against {ROUTE_MARGIN:g} times its estimate with timing-driven rip-up, and keep "
+                             "the faster, the next two if neither routes (default 2; 1: place and "
+                             "route one seed at a time against the board's clock)")
 
 
 def say(text: str) -> None:

@@ -136,17 +136,24 @@ def test_real_placements_ranked_then_the_best_routed(tmp_path):
     best = ranked[0]
     B.place_and_route(board, tmp_path, 100.0, 600, seed=best["seed"], top="small")
     assert _bels(tmp_path / "small_routed.json") == _bels(best["placed"])
-    assert "Running router2" in (tmp_path / "nextpnr.log").read_text()
+    log = (tmp_path / "nextpnr.log").read_text()
+    assert "Running router2" in log and "tmgfail=" not in log      # no timing-driven rip-up
     # Both seeds placed and routed side by side, each in its own folder, each with the
-    # cells where its ranked placement put them.
-    runs = B.route_side_by_side(board, tmp_path, 100.0, [1, 2], 600, lambda s: None, top="small")
+    # cells where its ranked placement put them, each routed against its estimate's clock
+    # with timing-driven rip-up (router2 then counts the nets failing it: "tmgfail=").
+    against = {r["seed"]: B.route_clock(100.0, r["estimate_mhz"]) for r in ranked}
+    runs = B.route_side_by_side(board, tmp_path, 100.0, [1, 2], 600, lambda s: None, top="small",
+                                route_mhz=against)
     assert [r["seed"] for r in runs] == [1, 2] and all("routed_mhz" in r for r in runs), runs
     placed = {r["seed"]: r["placed"] for r in ranked}
     for r in runs:
         folder = r["folder"]
         assert folder == tmp_path / f"route.s{r['seed']}"
-        assert "Running router2" in (folder / "nextpnr.log").read_text()
-        assert r["routed_mhz"] == round(B.parse_report(folder / "report.json").achieved_mhz, 2)
+        log = (folder / "nextpnr.log").read_text()
+        assert "Running router2" in log and "tmgfail=" in log
+        report = B.parse_report(folder / "report.json")
+        assert r["route_mhz"] == against[r["seed"]] == report.fmax["clk"]["constraint"]
+        assert r["routed_mhz"] == round(report.achieved_mhz, 2)
         assert _bels(folder / "small_routed.json") == _bels(placed[r["seed"]])
 
 
@@ -326,8 +333,13 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
     ``estimates[s]`` MHz (its placed netlist names the seed); routing of the placements
     in ``stalled_seeds`` is aborted, of ``slow_seeds`` runs until its abort says stop, and
     of the others routes at ``routed_mhz[s]`` (default: the stored report's).  Returns the
-    seeds routed (a set: routes run side by side)."""
-    routed = set()
+    seeds routed (a set: routes run side by side; ``.against``: seed -> the clock it was
+    routed against and whether with timing-driven rip-up)."""
+
+    class Routed(set):
+        against: dict = {}
+    routed = Routed()
+    routed.against = {}
     monkeypatch.setattr(B, "write_rtlil", lambda config, path: path.write_text(""))
 
     def synth(il, work, *a, **k):
@@ -341,12 +353,14 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         (work / f"placed.s{seed}.json").write_text(json.dumps({"seed": seed}))
         return work / f"placed.s{seed}.json"
 
-    def route(board, work, clock, timeout=None, say=None, seed=1, abort=None, top=B.TOP, **kw):
+    def route(board, work, clock, timeout=None, say=None, seed=1, abort=None, top=B.TOP,
+              tmg_ripup=False, **kw):
         # Each run in a folder of its own, with the synthesized netlist; the ranked
         # placements' netlists are gone before the full runs.
         assert work.name == f"route.s{seed}" and (work / f"{top}.json").is_file()
         assert not list(work.parent.glob("placed.s*.json"))
         routed.add(seed)
+        routed.against[seed] = (clock, tmg_ripup)
         (work / "nextpnr.log").write_text(f"route {seed}")
         _write_maps(work / B.HEATMAP_DIR, {seed: [(f"seed{seed}.x", 1)]})
         if seed in stalled_seeds:
@@ -361,6 +375,7 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         report = json.loads((DATA / "nextpnr_small_report.json").read_text())
         if routed_mhz:
             report["fmax"]["clk"]["achieved"] = routed_mhz[seed]
+        report["fmax"]["clk"]["constraint"] = clock           # as nextpnr reports it
         (work / "report.json").write_text(json.dumps(report))
         (work / f"{top}_routed.json").write_text("{}")
         return 2.0
@@ -431,15 +446,33 @@ def test_build_routes_the_two_best_placements_side_by_side(tmp_path, monkeypatch
     assert routed == set()
 
 
+def test_route_clock_follows_the_estimate_up_to_the_target():
+    assert B.route_clock(125.0, 42.63) == pytest.approx(round(B.ROUTE_MARGIN * 42.63, 1))
+    assert B.route_clock(125.0, 42.63) < 125.0
+    assert B.route_clock(50.0, 42.63) == 50.0                 # never above the board's clock
+    assert B.route_clock(125.0, None) == B.route_clock(125.0, 0.0) == 125.0
+
+
 def test_build_keeps_the_faster_route_not_the_better_estimate(tmp_path, monkeypatch):
     board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
     routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, routed_mhz={1: 44.6, 2: 47.25})
     lines = []
     path, rep = B.build_core(cfg, board, tmp_path, 125.0, progress=lines.append, place_seeds=2)
     assert routed == {1, 2} and rep.achieved_mhz == pytest.approx(47.25)
+    # Each placement routed against its own estimate's clock, with timing-driven rip-up.
+    against = {1: B.route_clock(125.0, 50.0), 2: B.route_clock(125.0, 48.0)}
+    assert against[1] != against[2] and max(against.values()) < 125.0
+    assert routed.against == {s: (c, True) for s, c in against.items()}
     info = json.loads((path / "build.json").read_text())
     assert info["seed"] == 2 and info["placement_estimate_mhz"] == 48.0
-    assert [(r["seed"], r["routed_mhz"]) for r in info["routes"]] == [(1, 44.6), (2, 47.25)]
+    assert [(r["seed"], r["routed_mhz"], r["route_mhz"]) for r in info["routes"]] == \
+        [(1, 44.6, against[1]), (2, 47.25, against[2])]
+    # The build's constraint is the board's clock; the clock routed against is beside it.
+    assert info["fmax"]["clk"] == {"achieved": 47.25, "constraint": 125.0,
+                                   "routed_against": against[2]}
+    assert rep.fmax["clk"]["constraint"] == 125.0
+    assert f"constraint 125.00 MHz, NOT met; routed against {against[2]:.2f} MHz" \
+        in (path / "report.txt").read_text()
     # The other run's report and log stay, under its seed.
     other = B.parse_report(path / "report.seed1.json")
     assert other.achieved_mhz == pytest.approx(44.6)
