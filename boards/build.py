@@ -284,6 +284,36 @@ def router2_stalled(log: Path | str) -> str | None:
     return None
 
 
+#: With timing-driven rip-up router2 ends only when no arc fails the clock it routes against
+#: (nextpnr gives up after 1,000 iterations): a run whose wires are all legal (0 overused)
+#: and that still has failing arcs ``RIPUP_PATIENCE`` iterations later is not going to meet
+#: that clock.  Measured on the fitted ULX3S core: seed 2 against 55 MHz had no failing arc
+#: from its 26th iteration on and ended at its 73rd, when the last overused wire cleared;
+#: seed 1 against 55 MHz reached 0 overused wires at iteration 99 and still had 190-270
+#: failing arcs at every iteration through the 205th.
+RIPUP_PATIENCE = 20
+
+_RIPUP_STOP = "timing-driven rip-up not converging"
+_RIPUP_ITER = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+) overuse=\d+ tmgfail=(\d+)")
+
+
+def ripup_stalled(log: Path | str) -> str | None:
+    """Why router2 with timing-driven rip-up in nextpnr log ``log`` will not meet its
+    clock (:data:`RIPUP_PATIENCE`), or ``None``."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return None
+    legal = None                                  # first iteration with 0 overused wires
+    for it, over, fail in ((int(a), int(b), int(c)) for a, b, c in _RIPUP_ITER.findall(text)):
+        if legal is None and over == 0:
+            legal = it
+        if legal is not None and it - legal >= RIPUP_PATIENCE and fail > 0:
+            return (f"{_RIPUP_STOP}: routed legally at iteration {legal}, "
+                    f"{fail:,} arcs still failing the clock at iteration {it}")
+    return None
+
+
 def _last_line(log: Path, error: bool = False) -> str:
     try:
         lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
@@ -624,7 +654,8 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
     link to ``<top>.json``), each stopped while router2 stops converging
     (:func:`router2_stalled`) or once another routed more than :data:`ROUTE_GRACE` times its
     time ago.  ``route_mhz``: per seed, the clock it is routed against with timing-driven
-    rip-up (:func:`route_clock`; without it, ``clock_mhz`` and no rip-up).  Returns one
+    rip-up (:func:`route_clock`; stopped too when that clock is out of reach,
+    :func:`ripup_stalled`; without it, ``clock_mhz`` and no rip-up).  Returns one
     record per seed, in ``seeds``' order: ``{"seed", "seconds", "routed_mhz", "route_mhz",
     "folder"}`` or ``{"seed", "seconds", "stopped", "route_mhz", "folder"}`` (why).  A failure
     or an interrupt stops the others and is raised."""
@@ -638,7 +669,7 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
             if first_routed and time.monotonic() - start > ROUTE_GRACE * first_routed[0]:
                 return (f"another seed routed in {first_routed[0]:.0f} s and this one ran past "
                         f"{ROUTE_GRACE:g} times that")
-            return router2_stalled(log)
+            return router2_stalled(log) or (ripup_stalled(log) if route_mhz else None)
 
         sub = work / f"route.s{seed}"
         sub.mkdir(exist_ok=True)
@@ -667,9 +698,12 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
 def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
     """Route the ranked placements :data:`ROUTE_JOBS` at a time, best estimates first
     (:func:`route_side_by_side`), each against :func:`route_clock` of its estimate with
-    timing-driven rip-up, until a round routes; the fastest routed seed's files
-    move to ``work`` and every other run keeps its log (``nextpnr.seed<N>.log``) and
-    report (``report.seed<N>.json``).  Returns (seed, seconds, the runs' records)."""
+    timing-driven rip-up, until a round routes; when none of a round routes and some were
+    stopped because their clock was out of reach (:func:`ripup_stalled`), those are routed
+    again against the board's clock without rip-up.  The fastest routed seed's files
+    move to ``work`` and every other run keeps its log (``nextpnr.seed<N>.log``, a stopped
+    rip-up run's ``nextpnr.seed<N>.ripup.log``) and report (``report.seed<N>.json``).
+    Returns (seed, seconds, the runs' records)."""
     estimates = {r["seed"]: r["estimate_mhz"] for r in ranked}
     against = {s: route_clock(clock_mhz, e) for s, e in estimates.items()}
     order = [r["seed"] for r in ranked]
@@ -688,6 +722,20 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
             for s in seeds:
                 _keep_run(work, work / f"route.s{s}", s)
             raise
+        retry = [r["seed"] for r in runs if r.get("stopped", "").startswith(_RIPUP_STOP)]
+        if retry and not any("routed_mhz" in r for r in runs):
+            for r in runs:
+                _keep_run(work, r["folder"], r["seed"], ".ripup" if r["seed"] in retry else "")
+                records.append({"seed": r["seed"], "estimate_mhz": estimates[r["seed"]],
+                                **{key: r[key] for key in ("route_mhz", "stopped", "seconds")}})
+            say(f"  routing seed{'s' if len(retry) > 1 else ''} {', '.join(map(str, retry))} "
+                f"again against {clock_mhz:g} MHz without rip-up ... (minutes)")
+            try:
+                runs = route_side_by_side(board, work, clock_mhz, retry, timeout, say)
+            except BaseException:
+                for s in retry:
+                    _keep_run(work, work / f"route.s{s}", s)
+                raise
         routed = [r for r in runs if "routed_mhz" in r]
         best = max(routed, key=lambda r: (r["routed_mhz"], -order.index(r["seed"])),
                    default=None)
@@ -714,11 +762,11 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
                      f"(logs: {failed}/nextpnr.seed*.log)")
 
 
-def _keep_run(work: Path, folder: Path, seed: int) -> None:
+def _keep_run(work: Path, folder: Path, seed: int, tag: str = "") -> None:
     """A side-by-side run that is not kept: its log, report and congestion maps stay in
-    ``work`` under its seed, the rest (its netlists) goes."""
-    for name, kept in (("nextpnr.log", f"nextpnr.seed{seed}.log"),
-                       ("report.json", f"report.seed{seed}.json")):
+    ``work`` under its seed (and ``tag``), the rest (its netlists) goes."""
+    for name, kept in (("nextpnr.log", f"nextpnr.seed{seed}{tag}.log"),
+                       ("report.json", f"report.seed{seed}{tag}.json")):
         if (folder / name).is_file():
             os.replace(folder / name, work / kept)
     _keep_maps(work, folder, seed)

@@ -182,6 +182,36 @@ def test_router2_stall_detection_on_real_logs():
     assert B.router2_stalled(DATA / "no_such.log") is None
 
 
+def test_ripup_stall_detection_on_real_logs():
+    """router2 with timing-driven rip-up on the fitted ULX3S core: seed 2 against 55 MHz
+    met it (73 iterations), seed 1 against 55 MHz routed legally at iteration 92 and kept
+    190-270 arcs failing the clock for 100 more; the overuse rules see neither as stalled."""
+    assert B.ripup_stalled(DATA / "router2_ripup_converging.log") is None
+    why = B.ripup_stalled(DATA / "router2_ripup_out_of_reach.log")
+    assert why and why.startswith(B._RIPUP_STOP)
+    assert f"at iteration 92, 217 arcs still failing the clock at iteration {92 + B.RIPUP_PATIENCE}" in why
+    assert B.router2_stalled(DATA / "router2_ripup_converging.log") is None
+    assert B.router2_stalled(DATA / "router2_ripup_out_of_reach.log") is None
+    assert B.ripup_stalled(DATA / "router2_converging.log") is None   # no rip-up: no tmgfail
+    assert B.ripup_stalled(DATA / "no_such.log") is None
+
+
+def test_ripup_stall_detection_rule(tmp_path):
+    log = tmp_path / "n.log"
+
+    def stalled(rows):
+        log.write_text("\n".join(f"iter={i} wires=1000 overused={o} overuse={o} tmgfail={t} archfail=NA"
+                                  for i, (o, t) in enumerate(rows, 1)))
+        return B.ripup_stalled(log)
+
+    busy = [(100, 5)] * 30                              # not yet legal: never this rule's
+    assert stalled(busy) is None
+    tail = [(0, 3)] + [(1, 4), (0, 2)] * B.RIPUP_PATIENCE
+    assert stalled(busy + tail[:B.RIPUP_PATIENCE]) is None
+    assert "routed legally at iteration 31" in stalled(busy + tail[:B.RIPUP_PATIENCE + 1])
+    assert stalled(busy + tail[:B.RIPUP_PATIENCE] + [(0, 0)]) is None   # met at the last
+
+
 def test_router2_stall_detection_rules(tmp_path):
     """Each rule alone: a jump past RISE x best + SLACK; RISES rises in a row (one fewer,
     or rises below SLACK, is not a stall); the RISES-th rise is what stops it."""
@@ -328,18 +358,19 @@ class _FakeTiming:
 
 
 def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None,
-                     routed_mhz=None, slow_seeds=()):
+                     routed_mhz=None, slow_seeds=(), ripup_stalled_seeds=()):
     """build_core with ``place_seeds`` > 1, every tool stubbed: seed ``s`` places at
     ``estimates[s]`` MHz (its placed netlist names the seed); routing of the placements
     in ``stalled_seeds`` is aborted, of ``slow_seeds`` runs until its abort says stop, and
-    of the others routes at ``routed_mhz[s]`` (default: the stored report's).  Returns the
+    of the others routes at ``routed_mhz[s]`` (default: the stored report's); with
+    timing-driven rip-up the seeds in ``ripup_stalled_seeds`` stop as out of reach.  Returns the
     seeds routed (a set: routes run side by side; ``.against``: seed -> the clock it was
     routed against and whether with timing-driven rip-up)."""
 
     class Routed(set):
         against: dict = {}
     routed = Routed()
-    routed.against = {}
+    routed.against, routed.calls = {}, []
     monkeypatch.setattr(B, "write_rtlil", lambda config, path: path.write_text(""))
 
     def synth(il, work, *a, **k):
@@ -361,10 +392,14 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         assert not list(work.parent.glob("placed.s*.json"))
         routed.add(seed)
         routed.against[seed] = (clock, tmg_ripup)
+        routed.calls.append((seed, clock, tmg_ripup))
         (work / "nextpnr.log").write_text(f"route {seed}")
         _write_maps(work / B.HEATMAP_DIR, {seed: [(f"seed{seed}.x", 1)]})
         if seed in stalled_seeds:
             raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
+        if tmg_ripup and seed in ripup_stalled_seeds:
+            raise B.ToolAborted("nextpnr-ecp5", f"{B._RIPUP_STOP}: routed legally at iteration 9",
+                                work / "nextpnr.log")
         if seed in slow_seeds:
             for _ in range(500):
                 why = abort(work / "nextpnr.log")
@@ -479,6 +514,31 @@ def test_build_keeps_the_faster_route_not_the_better_estimate(tmp_path, monkeypa
     assert (path / "nextpnr.seed1.log").read_text() == "route 1"
     assert (path / "nextpnr.log").read_text() == "route 2"
     assert any("kept seed 2: 47.25 MHz" in ln for ln in lines)
+
+
+def test_placements_whose_route_clock_is_out_of_reach_route_again_without_ripup(
+        tmp_path, monkeypatch):
+    board, cfg = get_profile("ulx3s-85f"), load_config("tiny")
+    routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, routed_mhz={1: 44.6, 2: 47.25},
+                              ripup_stalled_seeds={1, 2})
+    lines = []
+    path, rep = B.build_core(cfg, board, tmp_path, 125.0, progress=lines.append, place_seeds=2)
+    first = {(1, B.route_clock(125.0, 50.0), True), (2, B.route_clock(125.0, 48.0), True)}
+    assert set(routed.calls[:2]) == first
+    assert set(routed.calls[2:]) == {(1, 125.0, False), (2, 125.0, False)}
+    info = json.loads((path / "build.json").read_text())
+    assert info["seed"] == 2 and rep.achieved_mhz == pytest.approx(47.25)
+    assert "routed_against" not in info["fmax"]["clk"]          # routed against the target
+    assert [(r["seed"], "stopped" in r, r.get("route_mhz")) for r in info["routes"]] == \
+        [(1, True, B.route_clock(125.0, 50.0)), (2, True, B.route_clock(125.0, 48.0)),
+         (1, False, 125.0), (2, False, 125.0)]
+    assert (path / "nextpnr.seed1.ripup.log").is_file() and (path / "nextpnr.seed2.ripup.log").is_file()
+    assert (path / "nextpnr.seed1.log").is_file() and (path / "nextpnr.log").is_file()
+    assert any("again against 125 MHz without rip-up" in ln for ln in lines)
+    # One of the two meeting its clock is enough: no second round.
+    routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, ripup_stalled_seeds={1})
+    path, rep = B.build_core(cfg, board, tmp_path, 125.0, place_seeds=2, force=True)
+    assert len(routed.calls) == 2 and json.loads((path / "build.json").read_text())["seed"] == 2
 
 
 def test_a_slow_route_stops_after_the_grace(tmp_path, monkeypatch):
