@@ -327,3 +327,30 @@ def _cocotb_vectors(seed: int) -> dict:
 def test_cocotb(tmp_path):
     run_cocotb(LisSoftmax(COCOTB_CONFIG), "lis_softmax", "cocotb_softmax", tmp_path,
                vectors=_cocotb_vectors(seed=7))
+
+
+@pytest.mark.parametrize("width", [1, 4, 5, 17, 43])
+def test_leading_one_detector_is_bit_length(width):
+    """The flat detector against ``int.bit_length``: zero, every power of two and every
+    all-ones prefix, and random values of every length."""
+    from amaranth import Module, Signal
+    from amaranth.sim import Simulator
+    from hw.softmax import _bit_length
+    m = Module()
+    value = Signal(width)
+    length = _bit_length(m, value, width, "x")
+    rng = random.Random(width)
+    values = [0, (1 << width) - 1] + [1 << k for k in range(width)] \
+        + [(1 << k) - 1 for k in range(1, width)] \
+        + [rng.getrandbits(width) >> rng.randrange(width) for _ in range(200)]
+    seen = []
+
+    async def bench(ctx):
+        for x in values:
+            ctx.set(value, x)
+            seen.append(ctx.get(length))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [x.bit_length() for x in values]
