@@ -358,12 +358,14 @@ class _FakeTiming:
 
 
 def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None,
-                     routed_mhz=None, slow_seeds=(), ripup_stalled_seeds=()):
+                     routed_mhz=None, slow_seeds=(), ripup_stalled_seeds=(),
+                     ripup_congested_seeds=()):
     """build_core with ``place_seeds`` > 1, every tool stubbed: seed ``s`` places at
     ``estimates[s]`` MHz (its placed netlist names the seed); routing of the placements
     in ``stalled_seeds`` is aborted, of ``slow_seeds`` runs until its abort says stop, and
     of the others routes at ``routed_mhz[s]`` (default: the stored report's); with
-    timing-driven rip-up the seeds in ``ripup_stalled_seeds`` stop as out of reach.  Returns the
+    timing-driven rip-up the seeds in ``ripup_stalled_seeds`` stop as out of reach and those
+    in ``ripup_congested_seeds`` as router2 not converging.  Returns the
     seeds routed (a set: routes run side by side; ``.against``: seed -> the clock it was
     routed against and whether with timing-driven rip-up)."""
 
@@ -396,6 +398,8 @@ def _fake_placements(monkeypatch, estimates, stalled_seeds=(), failing_seed=None
         (work / "nextpnr.log").write_text(f"route {seed}")
         _write_maps(work / B.HEATMAP_DIR, {seed: [(f"seed{seed}.x", 1)]})
         if seed in stalled_seeds:
+            raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
+        if tmg_ripup and seed in ripup_congested_seeds:
             raise B.ToolAborted("nextpnr-ecp5", "router2 not converging", work / "nextpnr.log")
         if tmg_ripup and seed in ripup_stalled_seeds:
             raise B.ToolAborted("nextpnr-ecp5", f"{B._RIPUP_STOP}: routed legally at iteration 9",
@@ -535,6 +539,10 @@ def test_placements_whose_route_clock_is_out_of_reach_route_again_without_ripup(
     assert (path / "nextpnr.seed1.ripup.log").is_file() and (path / "nextpnr.seed2.ripup.log").is_file()
     assert (path / "nextpnr.seed1.log").is_file() and (path / "nextpnr.log").is_file()
     assert any("again against 125 MHz without rip-up" in ln for ln in lines)
+    # The same when router2 does not converge with rip-up.
+    routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, ripup_congested_seeds={1, 2})
+    path, rep = B.build_core(cfg, board, tmp_path, 125.0, place_seeds=2, force=True)
+    assert [c[2] for c in routed.calls] == [True, True, False, False]
     # One of the two meeting its clock is enough: no second round.
     routed = _fake_placements(monkeypatch, {1: 50.0, 2: 48.0}, ripup_stalled_seeds={1})
     path, rep = B.build_core(cfg, board, tmp_path, 125.0, place_seeds=2, force=True)
