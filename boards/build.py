@@ -734,7 +734,8 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
                 records.append({"seed": r["seed"], "estimate_mhz": estimates[r["seed"]],
                                 **{key: r[key] for key in ("route_mhz", "stopped", "seconds")}})
             say(f"  routing seed{'s' if len(retry) > 1 else ''} {', '.join(map(str, retry))} "
-                f"again against {clock_mhz:g} MHz without rip-up ... (minutes)")
+                f"again against {clock_mhz:g} MHz without rip-up (the rip-up logs stay as "
+                f"nextpnr.seed<N>.ripup.log) ... (minutes)")
             try:
                 runs = route_side_by_side(board, work, clock_mhz, retry, timeout, say)
             except BaseException:
