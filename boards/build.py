@@ -701,9 +701,9 @@ def route_side_by_side(board: BoardProfile, work: Path, clock_mhz: float, seeds:
 def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
     """Route the ranked placements :data:`ROUTE_JOBS` at a time, best estimates first
     (:func:`route_side_by_side`), each against :func:`route_clock` of its estimate with
-    timing-driven rip-up, until a round routes; when none of a round routes (their clock
-    out of reach, :func:`ripup_stalled`, or router2 not converging), its seeds are routed
-    again against the board's clock without rip-up.  The fastest routed seed's files
+    timing-driven rip-up, until a round routes; when none of a round routes and some could
+    not meet their clock (:func:`ripup_stalled`), those are routed again against the
+    board's clock without rip-up.  The fastest routed seed's files
     move to ``work`` and every other run keeps its log (``nextpnr.seed<N>.log``, a stopped
     rip-up run's ``nextpnr.seed<N>.ripup.log``) and report (``report.seed<N>.json``).
     Returns (seed, seconds, the runs' records)."""
@@ -725,9 +725,10 @@ def _route_rounds(board, work, clock_mhz, ranked, timeout, say, final):
             for s in seeds:
                 _keep_run(work, work / f"route.s{s}", s)
             raise
-        # Neither routed with rip-up (out of reach, or router2 not converging, which the
-        # rip-up's extra churn can cause): route both again the way that needs no estimate.
-        retry = [r["seed"] for r in runs if "stopped" in r]
+        # Neither routed and a run could not meet its clock: route the runs that could not
+        # again without rip-up.  (A run stopped because router2 did not converge is left:
+        # the rip-up does not change that, the placement does; the next seeds follow.)
+        retry = [r["seed"] for r in runs if r.get("stopped", "").startswith(_RIPUP_STOP)]
         if retry and not any("routed_mhz" in r for r in runs):
             for r in runs:
                 _keep_run(work, r["folder"], r["seed"], ".ripup" if r["seed"] in retry else "")

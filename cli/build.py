@@ -50,11 +50,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attempts", type=int, default=3, metavar="K",
                         help="open flow with --place-seeds 1: seeds tried in turn while router2 "
                              "stops converging (default 3; 1 never stops it)")
-    parser.add_argument("--place-seeds", type=int, default=2, metavar="K",
+    parser.add_argument("--place-seeds", type=int, default=4, metavar="K",
                         help="open flow: place seeds N..N+K-1 first (two at a time), then place "
                              "and route the two best post-placement estimates side by side, each "
                              f"against {ROUTE_MARGIN:g} times its estimate with timing-driven rip-up, and keep "
-                             "the faster, the next two if neither routes (default 2; 1: place and "
+                             "the faster, the next two if neither routes (default 4; 1: place and "
                              "route one seed at a time against the board's clock)")
 
 
